@@ -1,0 +1,82 @@
+//! `post_transfers`: post the transfers accepted in one intake commit.
+//!
+//! Delivery is at-least-once; posting is idempotent per transfer (status guard + one entry per
+//! side), so a redelivered job or one re-run after a crash between COMMIT and ack is a no-op.
+//! Transient failures end this run: attempts are counted on the transfers and a new job is
+//! scheduled with exponential backoff and full jitter, in one transaction.
+
+use apalis::prelude::{BoxDynError, Data};
+use backon::Retryable;
+use serde::{Deserialize, Serialize};
+use tracing::{error, warn};
+use uuid::Uuid;
+
+use crate::ledger::attempts::record_failed_attempt;
+use crate::ledger::retry::{RetryClass, full_jitter_delay, next_retry_delay};
+use crate::ledger::{PostingEngine, PostingError};
+use crate::queue::{self, POST_TRANSFERS_QUEUE};
+
+/// Most transfers one job carries (the batch endpoint's limit).
+pub const TRANSFERS_PER_JOB_MAX: usize = 1000;
+
+/// The job payload: ids of pending transfers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostTransfers {
+    pub transfer_ids: Vec<Uuid>,
+}
+
+/// What the handler needs, shared by all runs.
+#[derive(Clone)]
+pub struct PostingJobContext {
+    pub engine: PostingEngine,
+    pub pool: sqlx::PgPool,
+}
+
+pub async fn handle(job: PostTransfers, ctx: Data<PostingJobContext>) -> Result<(), BoxDynError> {
+    match ctx.engine.post(&job.transfer_ids).await {
+        Ok(_) => Ok(()),
+        Err(e) => reschedule_after(&ctx, &job, e).await,
+    }
+}
+
+async fn reschedule_after(
+    ctx: &PostingJobContext,
+    job: &PostTransfers,
+    cause: PostingError,
+) -> Result<(), BoxDynError> {
+    match cause.retry_class() {
+        RetryClass::Unknown => error!(error = ?cause, "posting failed with an unrecognised error"),
+        _ => warn!(error = %cause, "posting failed; rescheduling"),
+    }
+    let cause_text = error_chain(&cause);
+    let reschedule = || async {
+        let mut tx = ctx.pool.begin().await?;
+        let still = record_failed_attempt(&mut tx, &job.transfer_ids, &cause_text).await?;
+        if !still.transfer_ids.is_empty() {
+            let delay = next_retry_delay(still.attempts_max, &mut rand::rng());
+            let next = PostTransfers {
+                transfer_ids: still.transfer_ids,
+            };
+            queue::enqueue(&mut tx, POST_TRANSFERS_QUEUE, &next, Some(delay)).await?;
+        }
+        tx.commit().await?;
+        Ok::<_, BoxDynError>(())
+    };
+    // The database may be briefly unreachable; if it stays so, apalis retries the job and
+    // reconciliation re-drives whatever is left pending.
+    reschedule
+        .retry((0..4).map(|n| full_jitter_delay(n, 200, 5_000, &mut rand::rng())))
+        .sleep(tokio::time::sleep)
+        .await
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,182 @@
+//! Building and running ferry: database, HTTP intake and job workers in one process, by role.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use apalis::prelude::Monitor;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::intake::{self, AppState};
+use crate::jobs::{self, post_transfers::PostingJobContext};
+use crate::ledger::PostingEngine;
+use crate::{db, telemetry};
+
+/// How often histogram buffers are folded so memory stays flat between scrapes.
+const METRICS_UPKEEP_INTERVAL_MS: u64 = 5_000;
+
+pub struct Application {
+    config: Config,
+    pool: PgPool,
+    listener: Option<TcpListener>,
+}
+
+impl Application {
+    /// Creates and migrates the database, connects, and binds the HTTP port (port 0 picks a
+    /// free one, as tests do).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        db::create_if_missing(&config.database_url).await?;
+        let pool = db::connect(
+            &config.database_url,
+            config.db_pool_connections_max,
+            config.db_acquire_timeout(),
+        )
+        .await?;
+        db::migrate(&pool).await?;
+        let listener = if config.roles.intake {
+            let listener = TcpListener::bind(config.http_addr)
+                .await
+                .with_context(|| format!("binding HTTP address {}", config.http_addr))?;
+            Some(listener)
+        } else {
+            None
+        };
+        Ok(Self {
+            config,
+            pool,
+            listener,
+        })
+    }
+
+    /// The bound HTTP port, if this process runs the intake.
+    pub fn port(&self) -> Option<u16> {
+        self.listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Runs every role until `shutdown` resolves or a part stops on its own; says which.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let metrics = telemetry::metrics_handle();
+        let upkeep = metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(METRICS_UPKEEP_INTERVAL_MS));
+            loop {
+                tick.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+        let http = self.listener.map(|listener| {
+            let state = AppState {
+                pool: self.pool.clone(),
+                metrics,
+            };
+            let router = intake::router(state);
+            let stopped = wait_for(stop_rx.clone());
+            info!(addr = ?listener.local_addr().ok(), "intake listening");
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                    .context("HTTP server failed")
+            })
+        });
+        let workers = self.config.roles.worker.then(|| {
+            let engine = PostingEngine::new(self.pool.clone(), self.config.failpoint);
+            let context = PostingJobContext {
+                engine,
+                pool: self.pool.clone(),
+            };
+            let monitor = Monitor::new().should_restart(|worker, error| {
+                warn!(worker = worker.name(), %error, "worker stopped; restarting");
+                true
+            });
+            let monitor =
+                jobs::register_workers(monitor, &self.pool, &self.config.workers, context);
+            let stopped = wait_for(stop_rx.clone());
+            info!(
+                posting_workers = self.config.workers.posting_workers,
+                "workers starting"
+            );
+            tokio::spawn(async move {
+                monitor
+                    .run_with_signal(async move {
+                        stopped.await;
+                        Ok(())
+                    })
+                    .await
+                    .context("job workers failed")
+            })
+        });
+        let (mut http, mut workers) = (http, workers);
+        let (outcome, finished) = tokio::select! {
+            () = shutdown => { info!("shutdown requested"); (Ok(()), None) }
+            r = join_opt(&mut http) => (r.context("intake stopped"), Some("intake")),
+            r = join_opt(&mut workers) => (r.context("workers stopped"), Some("workers")),
+        };
+        let _ = stop_tx.send(true);
+        // In-flight requests and jobs get the grace period; a job cut off here is re-run by
+        // orphan recovery, and posting is idempotent.
+        let grace = self.config.shutdown_grace();
+        for (part, task) in [("intake", http), ("workers", workers)] {
+            if let (Some(task), false) = (task, finished == Some(part))
+                && tokio::time::timeout(grace, task).await.is_err()
+            {
+                warn!(part, "did not stop within the grace period");
+            }
+        }
+        self.pool.close().await;
+        outcome
+    }
+}
+
+async fn wait_for(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Waits for an optional task; a role this process does not run never finishes.
+async fn join_opt(
+    task: &mut Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+) -> anyhow::Result<()> {
+    match task {
+        Some(task) => task.await.context("task panicked")?,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,227 @@
+//! Configuration from the environment, validated once at start-up with messages that name the
+//! variable at fault.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::failpoint::Failpoint;
+use crate::jobs::WorkerSettings;
+use crate::queue::QueueSettings;
+
+pub const DATABASE_URL_DEFAULT: &str = "postgres://postgres@localhost:5432/ferry";
+pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379";
+pub const HTTP_ADDR_DEFAULT: &str = "127.0.0.1:8080";
+pub const DB_POOL_CONNECTIONS_MAX_DEFAULT: u32 = 16;
+pub const DB_ACQUIRE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+pub const POSTING_WORKERS_DEFAULT: usize = 2;
+pub const POSTING_CONCURRENCY_DEFAULT: usize = 2;
+pub const JOB_FETCH_BATCH_DEFAULT: usize = 16;
+/// 5 s × 4 missed = 20 s until an orphaned job runs again (the contract says under 30 s).
+pub const WORKER_HEARTBEAT_MS_DEFAULT: u64 = 5_000;
+pub const WORKER_MISSED_HEARTBEATS_DEFAULT: usize = 4;
+pub const ORPHAN_TIMEOUT_MS_MAX: u64 = 30_000;
+pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 10_000;
+
+/// Which parts of ferry this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub intake: bool,
+    pub worker: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        intake: true,
+        worker: true,
+    };
+}
+
+impl FromStr for Roles {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut roles = Roles {
+            intake: false,
+            worker: false,
+        };
+        for role in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "intake" => roles.intake = true,
+                "worker" => roles.worker = true,
+                "all" => roles = Roles::ALL,
+                other => {
+                    return Err(format!(
+                        "unknown role {other:?} (roles: intake, worker, all)"
+                    ));
+                }
+            }
+        }
+        if !roles.intake && !roles.worker {
+            return Err("at least one role is needed (intake, worker, all)".into());
+        }
+        Ok(roles)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub redis_url: String,
+    pub http_addr: SocketAddr,
+    pub roles: Roles,
+    pub db_pool_connections_max: u32,
+    pub db_acquire_timeout_ms: u64,
+    pub workers: WorkerSettings,
+    pub shutdown_grace_ms: u64,
+    pub failpoint: Failpoint,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+impl Config {
+    /// Reads `FERRY_*`, `DATABASE_URL` and `REDIS_URL`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let config = Self {
+            database_url: var("DATABASE_URL", DATABASE_URL_DEFAULT.to_owned())?,
+            redis_url: var("REDIS_URL", REDIS_URL_DEFAULT.to_owned())?,
+            http_addr: parsed("FERRY_HTTP_ADDR", HTTP_ADDR_DEFAULT)?,
+            roles: parsed("FERRY_ROLES", "all")?,
+            db_pool_connections_max: parsed(
+                "FERRY_DB_POOL_CONNECTIONS_MAX",
+                &DB_POOL_CONNECTIONS_MAX_DEFAULT.to_string(),
+            )?,
+            db_acquire_timeout_ms: parsed(
+                "FERRY_DB_ACQUIRE_TIMEOUT_MS",
+                &DB_ACQUIRE_TIMEOUT_MS_DEFAULT.to_string(),
+            )?,
+            workers: WorkerSettings {
+                posting_workers: parsed(
+                    "FERRY_POSTING_WORKERS",
+                    &POSTING_WORKERS_DEFAULT.to_string(),
+                )?,
+                posting_concurrency: parsed(
+                    "FERRY_POSTING_CONCURRENCY",
+                    &POSTING_CONCURRENCY_DEFAULT.to_string(),
+                )?,
+                queue: QueueSettings {
+                    fetch_batch: parsed(
+                        "FERRY_JOB_FETCH_BATCH",
+                        &JOB_FETCH_BATCH_DEFAULT.to_string(),
+                    )?,
+                    heartbeat_ms: parsed(
+                        "FERRY_WORKER_HEARTBEAT_MS",
+                        &WORKER_HEARTBEAT_MS_DEFAULT.to_string(),
+                    )?,
+                    missed_heartbeats: parsed(
+                        "FERRY_WORKER_MISSED_HEARTBEATS",
+                        &WORKER_MISSED_HEARTBEATS_DEFAULT.to_string(),
+                    )?,
+                },
+            },
+            shutdown_grace_ms: parsed(
+                "FERRY_SHUTDOWN_GRACE_MS",
+                &SHUTDOWN_GRACE_MS_DEFAULT.to_string(),
+            )?,
+            failpoint: parsed("FERRY_FAILPOINT", "none")?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses settings that would make ferry silently misbehave.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |variable, reason: &str| {
+            Err(ConfigError {
+                variable,
+                reason: reason.to_owned(),
+            })
+        };
+        let workers = &self.workers;
+        if self.db_pool_connections_max < 4 {
+            return fail("FERRY_DB_POOL_CONNECTIONS_MAX", "must be at least 4");
+        }
+        if workers.posting_workers == 0 && self.roles.worker {
+            return fail(
+                "FERRY_POSTING_WORKERS",
+                "must be at least 1 for the worker role",
+            );
+        }
+        if workers.posting_concurrency == 0 {
+            return fail("FERRY_POSTING_CONCURRENCY", "must be at least 1");
+        }
+        let busy = workers.posting_workers * (workers.posting_concurrency + 2);
+        if busy >= self.db_pool_connections_max as usize {
+            return fail(
+                "FERRY_POSTING_CONCURRENCY",
+                "posting workers × (concurrency + 2) must stay below the pool size",
+            );
+        }
+        if workers.queue.fetch_batch == 0 {
+            return fail("FERRY_JOB_FETCH_BATCH", "must be at least 1");
+        }
+        if workers.queue.heartbeat_ms < 100 || workers.queue.missed_heartbeats < 2 {
+            return fail(
+                "FERRY_WORKER_HEARTBEAT_MS",
+                "heartbeat must be ≥ 100 ms and missed heartbeats ≥ 2",
+            );
+        }
+        if workers.queue.orphan_timeout() > Duration::from_millis(ORPHAN_TIMEOUT_MS_MAX) {
+            return fail(
+                "FERRY_WORKER_HEARTBEAT_MS",
+                "heartbeat × missed heartbeats must stay within 30 s so orphans recover quickly",
+            );
+        }
+        Ok(())
+    }
+
+    pub fn db_acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+fn var(variable: &'static str, default: String) -> Result<String, ConfigError> {
+    match std::env::var(variable) {
+        Ok(value) if !value.trim().is_empty() => Ok(value),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(default),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError {
+            variable,
+            reason: "not valid UTF-8".into(),
+        }),
+    }
+}
+
+fn parsed<T: FromStr>(variable: &'static str, default: &str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    let text = var(variable, default.to_owned())?;
+    text.trim().parse().map_err(|e: T::Err| ConfigError {
+        variable,
+        reason: format!("{text:?}: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_from_a_comma_list() {
+        assert_eq!(
+            "intake".parse::<Roles>().map(|r| (r.intake, r.worker)),
+            Ok((true, false))
+        );
+        assert_eq!("worker, intake".parse::<Roles>(), Ok(Roles::ALL));
+        assert!("".parse::<Roles>().is_err());
+        assert!("scheduler2".parse::<Roles>().is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! Domain types, parsed once at the edge so the core never sees a bad value.
+
+pub mod account;
+pub mod api_key;
+pub mod money;
+pub mod transfer;
+
+pub use account::AccountId;
+pub use api_key::{Scope, Scopes};
+pub use money::{Amount, Currency};
+pub use transfer::{FailureCode, IdempotencyKey, NewTransfer, TransferStatus};

@@ -1,0 +1,211 @@
+//! Transfers as the core sees them: validated requests, statuses and failure codes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::account::AccountId;
+use super::money::Amount;
+
+/// Longest idempotency key accepted (DESIGN §2: 1–255 visible ASCII).
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
+/// Longest free-text reference accepted on a transfer.
+pub const REFERENCE_LEN_MAX: usize = 255;
+
+/// The producer's name for one transfer; with the API key it is the transfer's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct IdempotencyKey(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Idempotency-Key must be 1-{IDEMPOTENCY_KEY_LEN_MAX} visible ASCII characters")]
+pub struct IdempotencyKeyError;
+
+impl IdempotencyKey {
+    pub fn parse(text: &str) -> Result<Self, IdempotencyKeyError> {
+        let visible = |b: u8| b.is_ascii_graphic();
+        if text.is_empty() || text.len() > IDEMPOTENCY_KEY_LEN_MAX || !text.bytes().all(visible) {
+            return Err(IdempotencyKeyError);
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn from_trusted(text: String) -> Self {
+        Self(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A transfer request that passed every check the edge can make.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTransfer {
+    pub idempotency_key: IdempotencyKey,
+    pub from_account: AccountId,
+    pub to_account: AccountId,
+    pub amount: Amount,
+    pub reference: Option<String>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl NewTransfer {
+    /// Hash of the canonical request, so a replay with the same key can be told from reuse
+    /// with another body. Canonical means parsed values (`"12.3"` and `"12.30"` are the same
+    /// request) and metadata keys in sorted order (serde_json's map is a BTreeMap).
+    pub fn fingerprint(&self) -> Vec<u8> {
+        let canonical = serde_json::json!({
+            "from_account": self.from_account.as_str(),
+            "to_account": self.to_account.as_str(),
+            "amount": self.amount.value().to_string(),
+            "currency": self.amount.currency().code(),
+            "reference": self.reference,
+            "metadata": self.metadata,
+        });
+        Sha256::digest(canonical.to_string().as_bytes()).to_vec()
+    }
+}
+
+/// Where a transfer is in its life. `posted` and `failed` are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferStatus {
+    Pending,
+    Posted,
+    Failed,
+}
+
+impl TransferStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Posted => "posted",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Pending)
+    }
+}
+
+impl FromStr for TransferStatus {
+    type Err = UnknownCode;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(Self::Pending),
+            "posted" => Ok(Self::Posted),
+            "failed" => Ok(Self::Failed),
+            other => Err(UnknownCode(other.to_owned())),
+        }
+    }
+}
+
+/// Why a transfer failed. Business outcomes, seen through `GET /v1/transfers/{id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCode {
+    InsufficientFunds,
+    AccountNotFound,
+    CurrencyMismatch,
+    RetriesExhausted,
+}
+
+impl FailureCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InsufficientFunds => "insufficient_funds",
+            Self::AccountNotFound => "account_not_found",
+            Self::CurrencyMismatch => "currency_mismatch",
+            Self::RetriesExhausted => "retries_exhausted",
+        }
+    }
+}
+
+impl FromStr for FailureCode {
+    type Err = UnknownCode;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "insufficient_funds" => Ok(Self::InsufficientFunds),
+            "account_not_found" => Ok(Self::AccountNotFound),
+            "currency_mismatch" => Ok(Self::CurrencyMismatch),
+            "retries_exhausted" => Ok(Self::RetriesExhausted),
+            other => Err(UnknownCode(other.to_owned())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown code {0:?} in the database")]
+pub struct UnknownCode(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::money::Currency;
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii_up_to_255() {
+        assert!(IdempotencyKey::parse("order-42/attempt:1").is_ok());
+        assert!(IdempotencyKey::parse(&"k".repeat(255)).is_ok());
+        for bad in ["", " ", "a b", "tab\t", "é", &"k".repeat(256)] {
+            assert_eq!(
+                IdempotencyKey::parse(bad),
+                Err(IdempotencyKeyError),
+                "{bad:?}"
+            );
+        }
+    }
+
+    fn transfer(amount: &str) -> NewTransfer {
+        let usd = Currency::parse("USD").expect("USD");
+        NewTransfer {
+            idempotency_key: IdempotencyKey::parse("k").expect("key"),
+            from_account: AccountId::parse("a").expect("a"),
+            to_account: AccountId::parse("b").expect("b"),
+            amount: Amount::parse(amount, usd).expect("amount"),
+            reference: None,
+            metadata: serde_json::Map::new(),
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_how_an_amount_was_written_but_not_its_value() {
+        assert_eq!(
+            transfer("12.3").fingerprint(),
+            transfer("12.30").fingerprint()
+        );
+        assert_ne!(
+            transfer("12.30").fingerprint(),
+            transfer("12.31").fingerprint()
+        );
+    }
+
+    #[test]
+    fn codes_round_trip_through_their_names() {
+        for status in [
+            TransferStatus::Pending,
+            TransferStatus::Posted,
+            TransferStatus::Failed,
+        ] {
+            assert_eq!(status.as_str().parse::<TransferStatus>(), Ok(status));
+        }
+        for code in [
+            FailureCode::InsufficientFunds,
+            FailureCode::AccountNotFound,
+            FailureCode::CurrencyMismatch,
+            FailureCode::RetriesExhausted,
+        ] {
+            assert_eq!(code.as_str().parse::<FailureCode>(), Ok(code));
+        }
+    }
+}

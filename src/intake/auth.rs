@@ -1,0 +1,45 @@
+//! Bearer API-key authentication and scope checks for every `/v1` route.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::domain::Scope;
+use crate::store::api_keys::{self, ApiKeyIdentity};
+
+/// The caller, authenticated. Handlers call [`Caller::require`] with the scope they need.
+pub struct Caller(pub ApiKeyIdentity);
+
+impl Caller {
+    pub fn require(&self, scope: Scope) -> Result<&ApiKeyIdentity, ApiError> {
+        if self.0.scopes.allows(scope) {
+            Ok(&self.0)
+        } else {
+            Err(ApiError::Forbidden(scope))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let mut values = parts.headers.get_all(AUTHORIZATION).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return Err(ApiError::Unauthorized);
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized)?;
+        api_keys::find(&state.pool, token)
+            .await?
+            .map(Caller)
+            .ok_or(ApiError::Unauthorized)
+    }
+}

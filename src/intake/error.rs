@@ -1,0 +1,135 @@
+//! Request errors: one enum, each variant with its HTTP status and stable `code`, rendered
+//! once as RFC 9457 `application/problem+json`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tracing::error;
+
+use crate::domain::Scope;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a valid API key is required: send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    #[error("this API key lacks the `{0}` scope")]
+    Forbidden(Scope),
+    #[error("the Idempotency-Key header is required")]
+    IdempotencyKeyMissing,
+    #[error("{0}")]
+    IdempotencyKeyInvalid(String),
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyKeyReused,
+    #[error("{0}")]
+    InvalidAmount(String),
+    #[error("{0}")]
+    InvalidCurrency(String),
+    #[error("{0}")]
+    InvalidAccount(String),
+    #[error("from_account and to_account must differ")]
+    SameAccount,
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("request body exceeds {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("account {0} already exists")]
+    AccountExists(String),
+    #[error("account {0} not found")]
+    AccountNotFound(String),
+    #[error("transfer not found")]
+    TransferNotFound,
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::AccountExists(_) => StatusCode::CONFLICT,
+            Self::AccountNotFound(_) | Self::TransferNotFound | Self::RouteNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::IdempotencyKeyMissing
+            | Self::IdempotencyKeyInvalid(_)
+            | Self::InvalidAmount(_)
+            | Self::InvalidCurrency(_)
+            | Self::InvalidAccount(_)
+            | Self::SameAccount
+            | Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The stable machine-readable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::IdempotencyKeyMissing => "idempotency_key_missing",
+            Self::IdempotencyKeyInvalid(_) => "idempotency_key_invalid",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::InvalidAmount(_) => "invalid_amount",
+            Self::InvalidCurrency(_) => "invalid_currency",
+            Self::InvalidAccount(_) => "invalid_account",
+            Self::SameAccount => "same_account",
+            Self::InvalidBody(_) => "invalid_body",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::AccountExists(_) => "account_exists",
+            Self::AccountNotFound(_) => "account_not_found",
+            Self::TransferNotFound => "transfer_not_found",
+            Self::RouteNotFound => "not_found",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The problem body, also used for per-item errors of the batch endpoint.
+    pub fn problem(&self) -> Problem {
+        Problem {
+            problem_type: format!("urn:ferry:error:{}", self.code()),
+            title: self
+                .status()
+                .canonical_reason()
+                .unwrap_or("Error")
+                .to_owned(),
+            status: self.status().as_u16(),
+            code: self.code(),
+            detail: self.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(cause) = &self {
+            error!(error = ?cause, "request failed");
+        }
+        let mut response = (self.status(), axum::Json(self.problem())).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(e.into())
+    }
+}

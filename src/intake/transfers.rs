@@ -1,0 +1,287 @@
+//! `/v1/transfers`: idempotent intake of transfers, single and batched, and reads.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, Problem};
+use super::json::{JsonBody, from_value};
+use crate::domain::{AccountId, Amount, Currency, IdempotencyKey, NewTransfer, Scope};
+use crate::jobs::post_transfers::TRANSFERS_PER_JOB_MAX;
+use crate::store::transfers::{self, Acceptance, TransferView};
+
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+/// Most transfers in one batch request.
+pub const BATCH_LEN_MAX: usize = TRANSFERS_PER_JOB_MAX;
+
+/// The body of `POST /v1/transfers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    from_account: String,
+    to_account: String,
+    /// Kept raw so a number (`12.3`) is refused as `invalid_amount`, not as a generic body error.
+    amount: serde_json::Value,
+    currency: String,
+    reference: Option<String>,
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl TransferRequest {
+    /// Parse, don't validate: the only way from wire to domain.
+    pub fn into_new_transfer(self, key: IdempotencyKey) -> Result<NewTransfer, ApiError> {
+        let currency = Currency::parse(&self.currency)
+            .map_err(|e| ApiError::InvalidCurrency(e.to_string()))?;
+        let amount_text = self.amount.as_str().ok_or_else(|| {
+            ApiError::InvalidAmount("amount must be a JSON string such as \"12.30\"".into())
+        })?;
+        let amount = Amount::parse(amount_text, currency)
+            .map_err(|e| ApiError::InvalidAmount(e.to_string()))?;
+        let account = |text: &str, field: &str| {
+            AccountId::parse(text).map_err(|e| ApiError::InvalidAccount(format!("{field}: {e}")))
+        };
+        let from_account = account(&self.from_account, "from_account")?;
+        let to_account = account(&self.to_account, "to_account")?;
+        if from_account == to_account {
+            return Err(ApiError::SameAccount);
+        }
+        if let Some(reference) = &self.reference
+            && reference.chars().count() > crate::domain::transfer::REFERENCE_LEN_MAX
+        {
+            return Err(ApiError::InvalidBody(format!(
+                "reference is longer than {} characters",
+                crate::domain::transfer::REFERENCE_LEN_MAX
+            )));
+        }
+        Ok(NewTransfer {
+            idempotency_key: key,
+            from_account,
+            to_account,
+            amount,
+            reference: self.reference,
+            metadata: self.metadata.unwrap_or_default(),
+        })
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY_HEADER).iter();
+    let value = values.next().ok_or(ApiError::IdempotencyKeyMissing)?;
+    if values.next().is_some() {
+        return Err(ApiError::IdempotencyKeyInvalid(
+            "send exactly one Idempotency-Key header".into(),
+        ));
+    }
+    let text = value.to_str().map_err(|_| {
+        ApiError::IdempotencyKeyInvalid("Idempotency-Key must be visible ASCII".into())
+    })?;
+    IdempotencyKey::parse(text).map_err(|e| ApiError::IdempotencyKeyInvalid(e.to_string()))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<JsonBody<TransferRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let caller = caller.require(Scope::TransfersWrite)?;
+    let key = idempotency_key(&headers)?;
+    let JsonBody(body) = body?;
+    let transfer = body.into_new_transfer(key)?;
+    let mut results = transfers::accept(&state.pool, caller.id, &[transfer])
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    match results.pop() {
+        Some(Acceptance::Accepted(view)) => {
+            metrics::counter!("ferry_transfers_accepted_total").increment(1);
+            let location = HeaderValue::from_str(&format!("/v1/transfers/{}", view.id))
+                .map_err(|e| ApiError::Internal(e.into()))?;
+            Ok((
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, location)],
+                Json(view),
+            )
+                .into_response())
+        }
+        Some(Acceptance::Replayed(view)) => Ok((
+            StatusCode::OK,
+            [(REPLAYED_HEADER, HeaderValue::from_static("true"))],
+            Json(view),
+        )
+            .into_response()),
+        Some(Acceptance::KeyReused) => Err(ApiError::IdempotencyKeyReused),
+        None => Err(ApiError::Internal(anyhow::anyhow!(
+            "accept returned no result"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    transfers: Vec<serde_json::Value>,
+}
+
+/// One batch item: the single-transfer body plus its key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchItem {
+    idempotency_key: String,
+    from_account: String,
+    to_account: String,
+    amount: serde_json::Value,
+    currency: String,
+    reference: Option<String>,
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl BatchItem {
+    fn parse(value: serde_json::Value) -> Result<NewTransfer, ApiError> {
+        let item: BatchItem = from_value(value)?;
+        let key = IdempotencyKey::parse(&item.idempotency_key)
+            .map_err(|e| ApiError::IdempotencyKeyInvalid(e.to_string()))?;
+        TransferRequest {
+            from_account: item.from_account,
+            to_account: item.to_account,
+            amount: item.amount,
+            currency: item.currency,
+            reference: item.reference,
+            metadata: item.metadata,
+        }
+        .into_new_transfer(key)
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum ItemOutcome {
+    Accepted,
+    Replayed,
+    Rejected,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchResult {
+    idempotency_key: Option<String>,
+    outcome: ItemOutcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transfer: Option<TransferView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Problem>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchResponse {
+    results: Vec<BatchResult>,
+}
+
+pub async fn create_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<JsonBody<BatchRequest>, ApiError>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    let caller = caller.require(Scope::TransfersWrite)?;
+    let JsonBody(body) = body?;
+    if body.transfers.is_empty() || body.transfers.len() > BATCH_LEN_MAX {
+        return Err(ApiError::InvalidBody(format!(
+            "transfers must hold 1 to {BATCH_LEN_MAX} items"
+        )));
+    }
+    let mut results: Vec<Option<BatchResult>> = Vec::with_capacity(body.transfers.len());
+    let mut valid = Vec::new();
+    for value in body.transfers {
+        let key = value
+            .get("idempotency_key")
+            .and_then(|k| k.as_str())
+            .map(str::to_owned);
+        match BatchItem::parse(value) {
+            Ok(transfer) => {
+                valid.push((results.len(), transfer));
+                results.push(None);
+            }
+            Err(e) => results.push(Some(rejected(key, &e))),
+        }
+    }
+    let transfers_only: Vec<NewTransfer> = valid.iter().map(|(_, t)| t.clone()).collect();
+    let accepted = if transfers_only.is_empty() {
+        Vec::new()
+    } else {
+        transfers::accept(&state.pool, caller.id, &transfers_only)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?
+    };
+    let mut accepted_count = 0u64;
+    for ((slot, transfer), acceptance) in valid.into_iter().zip(accepted) {
+        let key = Some(transfer.idempotency_key.as_str().to_owned());
+        results[slot] = Some(match acceptance {
+            Acceptance::Accepted(view) => {
+                accepted_count += 1;
+                done(key, ItemOutcome::Accepted, view)
+            }
+            Acceptance::Replayed(view) => done(key, ItemOutcome::Replayed, view),
+            Acceptance::KeyReused => rejected(key, &ApiError::IdempotencyKeyReused),
+        });
+    }
+    metrics::counter!("ferry_transfers_accepted_total").increment(accepted_count);
+    Ok(Json(BatchResponse {
+        results: results.into_iter().flatten().collect(),
+    }))
+}
+
+fn done(key: Option<String>, outcome: ItemOutcome, view: TransferView) -> BatchResult {
+    BatchResult {
+        idempotency_key: key,
+        outcome,
+        transfer: Some(view),
+        error: None,
+    }
+}
+
+fn rejected(key: Option<String>, error: &ApiError) -> BatchResult {
+    BatchResult {
+        idempotency_key: key,
+        outcome: ItemOutcome::Rejected,
+        transfer: None,
+        error: Some(error.problem()),
+    }
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TransferView>, ApiError> {
+    let caller = caller.require(Scope::TransfersRead)?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::TransferNotFound)?;
+    transfers::get(&state.pool, caller.id, id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::TransferNotFound)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ByKeyQuery {
+    idempotency_key: String,
+}
+
+pub async fn get_by_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ByKeyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TransferView>, ApiError> {
+    let caller = caller.require(Scope::TransfersRead)?;
+    let Query(query) = query.map_err(|e| ApiError::InvalidBody(e.body_text()))?;
+    let key = IdempotencyKey::parse(&query.idempotency_key)
+        .map_err(|e| ApiError::IdempotencyKeyInvalid(e.to_string()))?;
+    transfers::get_by_key(&state.pool, caller.id, &key)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::TransferNotFound)
+}

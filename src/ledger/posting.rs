@@ -1,0 +1,330 @@
+//! The posting engine: moves pending transfers into the double-entry ledger.
+//!
+//! One SERIALIZABLE transaction posts a whole batch:
+//! 1. `LOCK TABLE ledger_posting_gate` — the only statement PostgreSQL runs in a SERIALIZABLE
+//!    transaction *before* fixing its snapshot, so concurrent posters queue here instead of
+//!    reading a snapshot that a competitor makes stale (which would end in 40001 under
+//!    contention and turn a hot account into a retry storm). Throughput comes from batch size,
+//!    not from concurrent posters, which on shared accounts can only fail each other.
+//! 2. read the batch's still-`pending` transfers (the status guard that makes a redelivered job
+//!    a no-op), lock their accounts in id order (`FOR UPDATE`, also fencing writers outside
+//!    ferry);
+//! 3. apply the transfers in memory one by one ([`super::apply`]);
+//! 4. write entries, balances and statuses in three set-based statements, checking that the
+//!    database agrees with the in-memory result before COMMIT.
+//!
+//! A serialization failure re-runs the whole transaction (backon, full jitter, 10 tries).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use backon::Retryable;
+use rust_decimal::Decimal;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::apply::{
+    Applied, LockedAccount, Outcome, PendingTransfer, apply_batch, entries_balance,
+};
+use super::retry::{RetryClass, classify, serialization_backoff};
+use crate::domain::{AccountId, Amount, Currency};
+use crate::failpoint::Failpoint;
+
+/// Statements that open every posting transaction (one round trip, no snapshot taken).
+/// The timeouts stop a stuck poster from holding the gate: a lock wait ends as 55P03
+/// (transient), an abandoned open transaction is killed by the server.
+const POSTING_PREAMBLE: &str = "SET LOCAL lock_timeout = '10s'; \
+     SET LOCAL idle_in_transaction_session_timeout = '30s'; \
+     LOCK TABLE ledger_posting_gate IN EXCLUSIVE MODE";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PostingError {
+    #[error("database error while posting")]
+    Database(#[from] sqlx::Error),
+    /// The database disagreed with the in-memory result; the transaction was rolled back.
+    #[error("ledger invariant violated: {0}")]
+    Invariant(String),
+}
+
+impl PostingError {
+    pub fn retry_class(&self) -> RetryClass {
+        match self {
+            Self::Database(e) => classify(e),
+            Self::Invariant(_) => RetryClass::Unknown,
+        }
+    }
+}
+
+/// What one call to [`PostingEngine::post`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PostingReport {
+    pub posted: usize,
+    pub failed: usize,
+    /// Already terminal (a redelivered job) or not found.
+    pub skipped: usize,
+    pub serialization_retries: usize,
+}
+
+#[derive(Clone)]
+pub struct PostingEngine {
+    pool: PgPool,
+    failpoint: Failpoint,
+}
+
+impl PostingEngine {
+    pub fn new(pool: PgPool, failpoint: Failpoint) -> Self {
+        Self { pool, failpoint }
+    }
+
+    /// Posts the given transfers; idempotent per transfer.
+    #[tracing::instrument(skip_all, fields(batch_len = transfer_ids.len()))]
+    pub async fn post(&self, transfer_ids: &[Uuid]) -> Result<PostingReport, PostingError> {
+        let started = Instant::now();
+        let mut retries = 0usize;
+        let mut report = (|| self.post_once(transfer_ids))
+            .retry(serialization_backoff())
+            .sleep(tokio::time::sleep)
+            .when(|e: &PostingError| e.retry_class() == RetryClass::Serialization)
+            .notify(|e, delay| {
+                retries += 1;
+                metrics::counter!("ferry_posting_serialization_retries_total").increment(1);
+                warn!(error = %e, ?delay, "posting lost a serialization race; retrying");
+            })
+            .await?;
+        report.serialization_retries = retries;
+        metrics::histogram!("ferry_posting_batch_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("ferry_posting_batch_size").record(transfer_ids.len() as f64);
+        metrics::counter!("ferry_transfers_posted_total").increment(report.posted as u64);
+        info!(
+            posted = report.posted,
+            failed = report.failed,
+            skipped = report.skipped,
+            "posted batch"
+        );
+        Ok(report)
+    }
+
+    async fn post_once(&self, transfer_ids: &[Uuid]) -> Result<PostingReport, PostingError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
+            .await?;
+        sqlx::raw_sql(POSTING_PREAMBLE).execute(&mut *tx).await?;
+        let transfers = load_pending(&mut tx, transfer_ids).await?;
+        if transfers.is_empty() {
+            tx.commit().await?;
+            return Ok(PostingReport {
+                skipped: transfer_ids.len(),
+                ..PostingReport::default()
+            });
+        }
+        let mut accounts = lock_accounts(&mut tx, &transfers).await?;
+        let applied = apply_batch(&mut accounts, &transfers);
+        if !entries_balance(&applied.entries) {
+            return Err(PostingError::Invariant(
+                "batch entries do not sum to zero".into(),
+            ));
+        }
+        insert_entries(&mut tx, &applied).await?;
+        update_balances(&mut tx, &applied, &accounts).await?;
+        update_statuses(&mut tx, &applied).await?;
+        self.failpoint.hit(Failpoint::CrashBeforeCommit);
+        tx.commit().await?;
+        self.failpoint.hit(Failpoint::CrashAfterCommit);
+        Ok(summarise(&applied, transfer_ids.len()))
+    }
+}
+
+fn summarise(applied: &Applied, requested: usize) -> PostingReport {
+    let mut report = PostingReport {
+        skipped: requested - applied.outcomes.len(),
+        ..PostingReport::default()
+    };
+    for (_, outcome) in &applied.outcomes {
+        match outcome {
+            Outcome::Posted => report.posted += 1,
+            Outcome::Failed(code) => {
+                report.failed += 1;
+                metrics::counter!("ferry_transfers_failed_total", "code" => code.as_str())
+                    .increment(1);
+            }
+        }
+    }
+    report
+}
+
+async fn load_pending(
+    tx: &mut Transaction<'_, Postgres>,
+    transfer_ids: &[Uuid],
+) -> Result<Vec<PendingTransfer>, PostingError> {
+    let rows = sqlx::query(
+        "SELECT id, from_account, to_account, amount, currency FROM transfers \
+         WHERE id = ANY($1) AND status = 'pending' ORDER BY created_at, id",
+    )
+    .bind(transfer_ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let currency = parse_currency(row.try_get("currency")?)?;
+            let amount: Decimal = row.try_get("amount")?;
+            let id: Uuid = row.try_get("id")?;
+            Ok(PendingTransfer {
+                id,
+                from_account: AccountId::from_trusted(row.try_get("from_account")?),
+                to_account: AccountId::from_trusted(row.try_get("to_account")?),
+                amount: Amount::new(amount, currency).map_err(|e| {
+                    PostingError::Invariant(format!("transfer {id} holds a bad amount: {e}"))
+                })?,
+            })
+        })
+        .collect()
+}
+
+async fn lock_accounts(
+    tx: &mut Transaction<'_, Postgres>,
+    transfers: &[PendingTransfer],
+) -> Result<HashMap<AccountId, LockedAccount>, PostingError> {
+    let mut ids: Vec<&str> = transfers
+        .iter()
+        .flat_map(|t| [t.from_account.as_str(), t.to_account.as_str()])
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let rows = sqlx::query(
+        "SELECT id, currency, balance, allow_overdraft FROM accounts \
+         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let account = LockedAccount {
+                currency: parse_currency(row.try_get("currency")?)?,
+                balance: row.try_get("balance")?,
+                allow_overdraft: row.try_get("allow_overdraft")?,
+            };
+            Ok((AccountId::from_trusted(row.try_get("id")?), account))
+        })
+        .collect()
+}
+
+fn parse_currency(code: String) -> Result<Currency, PostingError> {
+    Currency::parse(code.trim())
+        .map_err(|e| PostingError::Invariant(format!("stored currency is invalid: {e}")))
+}
+
+async fn insert_entries(
+    tx: &mut Transaction<'_, Postgres>,
+    applied: &Applied,
+) -> Result<(), PostingError> {
+    if applied.entries.is_empty() {
+        return Ok(());
+    }
+    let transfer_ids: Vec<Uuid> = applied.entries.iter().map(|e| e.transfer_id).collect();
+    let accounts: Vec<&str> = applied
+        .entries
+        .iter()
+        .map(|e| e.account_id.as_str())
+        .collect();
+    let sides: Vec<&str> = applied.entries.iter().map(|e| e.side.as_str()).collect();
+    let amounts: Vec<Decimal> = applied.entries.iter().map(|e| e.amount).collect();
+    let currencies: Vec<&str> = applied.entries.iter().map(|e| e.currency.code()).collect();
+    let inserted = sqlx::query(
+        "INSERT INTO entries (transfer_id, account_id, side, amount, currency) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::text[])",
+    )
+    .bind(&transfer_ids)
+    .bind(&accounts)
+    .bind(&sides)
+    .bind(&amounts)
+    .bind(&currencies)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    expect_rows("entries inserted", inserted, applied.entries.len())
+}
+
+async fn update_balances(
+    tx: &mut Transaction<'_, Postgres>,
+    applied: &Applied,
+    expected: &HashMap<AccountId, LockedAccount>,
+) -> Result<(), PostingError> {
+    if applied.balance_deltas.is_empty() {
+        return Ok(());
+    }
+    let (ids, deltas): (Vec<&str>, Vec<Decimal>) = applied
+        .balance_deltas
+        .iter()
+        .map(|(id, delta)| (id.as_str(), *delta))
+        .unzip();
+    let rows = sqlx::query(
+        "UPDATE accounts AS a SET balance = a.balance + d.delta \
+         FROM unnest($1::text[], $2::numeric[]) AS d(id, delta) \
+         WHERE a.id = d.id RETURNING a.id, a.balance",
+    )
+    .bind(&ids)
+    .bind(&deltas)
+    .fetch_all(&mut **tx)
+    .await?;
+    expect_rows("balances updated", rows.len() as u64, ids.len())?;
+    for row in rows {
+        let id = AccountId::from_trusted(row.try_get("id")?);
+        let stored: Decimal = row.try_get("balance")?;
+        let computed = expected.get(&id).map(|a| a.balance);
+        if computed != Some(stored) {
+            return Err(PostingError::Invariant(format!(
+                "account {id}: database balance {stored} but posting computed {computed:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn update_statuses(
+    tx: &mut Transaction<'_, Postgres>,
+    applied: &Applied,
+) -> Result<(), PostingError> {
+    let mut ids = Vec::with_capacity(applied.outcomes.len());
+    let mut statuses = Vec::with_capacity(applied.outcomes.len());
+    let mut codes: Vec<Option<&str>> = Vec::with_capacity(applied.outcomes.len());
+    for (id, outcome) in &applied.outcomes {
+        ids.push(*id);
+        match outcome {
+            Outcome::Posted => {
+                statuses.push("posted");
+                codes.push(None);
+            }
+            Outcome::Failed(code) => {
+                statuses.push("failed");
+                codes.push(Some(code.as_str()));
+            }
+        }
+    }
+    let updated = sqlx::query(
+        "UPDATE transfers AS t SET status = u.status, failure_code = u.failure_code, \
+           attempts = t.attempts + 1, updated_at = now(), last_error = NULL, \
+           posted_at = CASE WHEN u.status = 'posted' THEN now() END, \
+           failed_at = CASE WHEN u.status = 'failed' THEN now() END \
+         FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, status, failure_code) \
+         WHERE t.id = u.id AND t.status = 'pending'",
+    )
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&codes)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    expect_rows("transfer statuses updated", updated, ids.len())
+}
+
+fn expect_rows(what: &str, actual: u64, expected: usize) -> Result<(), PostingError> {
+    if actual != expected as u64 {
+        return Err(PostingError::Invariant(format!(
+            "{what}: {actual} rows, expected {expected}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! ferry moves money between ledger accounts as durable background jobs.
+//!
+//! # Layout
+//! Data flows one way: HTTP → transfer row + job → posting → ledger.
+//! - [`intake`]: the HTTP API; parses requests into [`domain`] types at the edge.
+//! - [`store`]: intake's persistence; commits transfer rows together with their job.
+//! - [`queue`]: the durable apalis-on-PostgreSQL queue: names, settings, transactional enqueue.
+//! - [`jobs`] (top-level `jobs/`): the job catalogue, one module per job kind, and the one place
+//!   that registers workers.
+//! - [`ledger`]: the posting engine (SERIALIZABLE, batched), its pure rules and retry policy.
+//! - [`domain`]: `Amount`, `Currency`, `AccountId`, `IdempotencyKey`, `TransferStatus`, scopes.
+//! - [`app`], [`config`], [`db`], [`telemetry`], [`cli`]: start-up and operations.
+//! - [`failpoint`]: crash points for fault-injection tests.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod failpoint;
+pub mod intake;
+#[path = "../jobs/mod.rs"]
+pub mod jobs;
+pub mod ledger;
+pub mod queue;
+pub mod store;
+pub mod telemetry;

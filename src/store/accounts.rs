@@ -1,0 +1,131 @@
+//! Accounts and their ledger entries, as the API reads and creates them.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+
+use crate::domain::{AccountId, Currency};
+
+/// A new account as accepted by the API.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub id: AccountId,
+    pub currency: Currency,
+    pub allow_overdraft: bool,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountView {
+    pub id: String,
+    pub currency: String,
+    pub balance: String,
+    pub allow_overdraft: bool,
+    pub metadata: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryView {
+    pub id: String,
+    pub transfer_id: uuid::Uuid,
+    pub side: String,
+    pub amount: String,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateAccountError {
+    #[error("account already exists")]
+    AlreadyExists,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+pub async fn create(
+    pool: &PgPool,
+    account: &NewAccount,
+) -> Result<AccountView, CreateAccountError> {
+    let row = sqlx::query(
+        "INSERT INTO accounts (id, currency, allow_overdraft, metadata) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (id) DO NOTHING \
+         RETURNING id, currency, balance, allow_overdraft, metadata, created_at",
+    )
+    .bind(account.id.as_str())
+    .bind(account.currency.code())
+    .bind(account.allow_overdraft)
+    .bind(serde_json::Value::Object(account.metadata.clone()))
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        Some(row) => Ok(account_view(&row)?),
+        None => Err(CreateAccountError::AlreadyExists),
+    }
+}
+
+pub async fn get(pool: &PgPool, id: &AccountId) -> Result<Option<AccountView>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT id, currency, balance, allow_overdraft, metadata, created_at \
+         FROM accounts WHERE id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(account_view).transpose()
+}
+
+/// One page of an account's entries, newest first, starting below `before_entry_id`.
+pub async fn entries(
+    pool: &PgPool,
+    id: &AccountId,
+    before_entry_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<EntryView>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, transfer_id, side, amount, currency, created_at FROM entries \
+         WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+    )
+    .bind(id.as_str())
+    .bind(before_entry_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let currency: String = row.try_get("currency")?;
+            let amount: Decimal = row.try_get("amount")?;
+            Ok(EntryView {
+                id: row.try_get::<i64, _>("id")?.to_string(),
+                transfer_id: row.try_get("transfer_id")?,
+                side: row.try_get("side")?,
+                amount: format_amount(&currency, amount),
+                currency,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+fn account_view(row: &PgRow) -> Result<AccountView, sqlx::Error> {
+    let currency: String = row.try_get("currency")?;
+    let balance: Decimal = row.try_get("balance")?;
+    Ok(AccountView {
+        id: row.try_get("id")?,
+        balance: format_amount(&currency, balance),
+        currency,
+        allow_overdraft: row.try_get("allow_overdraft")?,
+        metadata: row.try_get("metadata")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Shows a stored amount with its currency's decimal places (`"0.00"` for USD).
+pub fn format_amount(currency: &str, value: Decimal) -> String {
+    match Currency::parse(currency.trim()) {
+        Ok(c) => c.format(value),
+        Err(_) => value.to_string(),
+    }
+}
