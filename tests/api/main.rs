@@ -1,1 +1,12 @@
+//! ferry's integration tests: real PostgreSQL, real HTTP, one database per test.
 
+mod helpers;
+mod invariants;
+
+mod accounts;
+mod auth;
+mod bank;
+mod crash;
+mod idempotency;
+mod posting;
+mod validation;

@@ -1,0 +1,268 @@
+//! `spawn_app()`: ferry on port 0 against a fresh, migrated database of its own, with helpers
+//! that speak its HTTP API and read its tables.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ferry::app::Application;
+use ferry::config::{Config, Roles};
+use ferry::domain::Scopes;
+use ferry::failpoint::Failpoint;
+use ferry::jobs::WorkerSettings;
+use ferry::queue::QueueSettings;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+/// Server that test databases are created on. Each test gets its own database.
+pub fn server_url() -> String {
+    std::env::var("FERRY_TEST_DATABASE_SERVER")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// A database of one test, dropped when the test ends.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub fn new() -> Self {
+        let name = format!("ferry_test_{}", Uuid::new_v4().simple());
+        let url = format!("{}/{name}", server_url());
+        Self { name, url }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin = format!("{}/postgres", server_url());
+        let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        // Drop runs inside the test's runtime; a fresh thread may block on its own runtime.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let mut conn = PgConnection::connect(&admin).await.ok()?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// Settings for test apps: a fast heartbeat so orphan recovery takes ~2 s, not 20 s.
+pub fn test_config(database_url: &str, roles: Roles) -> Config {
+    Config {
+        database_url: database_url.to_owned(),
+        redis_url: "redis://127.0.0.1:6379".into(),
+        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        roles,
+        db_pool_connections_max: 16,
+        db_acquire_timeout_ms: 10_000,
+        workers: WorkerSettings {
+            posting_workers: 2,
+            posting_concurrency: 2,
+            queue: QueueSettings {
+                fetch_batch: 16,
+                heartbeat_ms: 1_000,
+                missed_heartbeats: 2,
+            },
+        },
+        shutdown_grace_ms: 2_000,
+        failpoint: Failpoint::None,
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub pool: PgPool,
+    pub client: reqwest::Client,
+    pub api_key: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    // Last: the database goes after the app's connections.
+    pub database: TestDatabase,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts ferry with `adjust` applied to the test configuration.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    ferry::telemetry::init_logging();
+    let database = TestDatabase::new();
+    let mut config = test_config(&database.url, Roles::ALL);
+    adjust(&mut config);
+    let app = Application::build(config).await.expect("ferry builds");
+    let port = app.port().expect("intake role binds a port");
+    let pool = app.pool().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let api_key = create_api_key(&pool, "admin").await;
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        pool,
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(128)
+            .build()
+            .expect("client"),
+        api_key,
+        stop: Some(stop),
+        database,
+    }
+}
+
+pub async fn create_api_key(pool: &PgPool, scopes: &str) -> String {
+    let scopes = Scopes::parse_list(scopes).expect("scopes");
+    ferry::store::api_keys::create(pool, "test", &scopes)
+        .await
+        .expect("api key")
+        .1
+}
+
+/// Starts a worker-only ferry on an existing database (a second process would do the same).
+pub async fn spawn_worker(database_url: &str) -> tokio::sync::oneshot::Sender<()> {
+    let config = test_config(
+        database_url,
+        Roles {
+            intake: false,
+            worker: true,
+        },
+    );
+    let app = Application::build(config).await.expect("worker builds");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    stop
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A response read once: status, headers and JSON body.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body read");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.send(
+            self.client
+                .post(self.url(path))
+                .bearer_auth(&self.api_key)
+                .json(body),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.client.get(self.url(path)).bearer_auth(&self.api_key))
+            .await
+    }
+
+    pub async fn create_account(&self, id: &str, currency: &str, allow_overdraft: bool) {
+        let reply = self
+            .post_json(
+                "/v1/accounts",
+                &json!({"id": id, "currency": currency, "allow_overdraft": allow_overdraft}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    }
+
+    pub async fn post_transfer(&self, key: &str, body: &Value) -> Reply {
+        self.send(
+            self.client
+                .post(self.url("/v1/transfers"))
+                .bearer_auth(&self.api_key)
+                .header("Idempotency-Key", key)
+                .json(body),
+        )
+        .await
+    }
+
+    pub async fn balance(&self, account: &str) -> String {
+        let reply = self.get(&format!("/v1/accounts/{account}")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        reply.body["balance"].as_str().expect("balance").to_owned()
+    }
+
+    /// Waits until no transfer is pending (the queue has drained), up to `timeout`.
+    pub async fn run_until_idle(&self, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            let pending: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM transfers WHERE status = 'pending'")
+                    .fetch_one(&self.pool)
+                    .await
+                    .expect("count pending");
+            if pending == 0 {
+                return;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "{pending} transfers still pending after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until transfer `id` is terminal and returns it.
+    pub async fn wait_until_terminal(&self, id: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let reply = self.get(&format!("/v1/transfers/{id}")).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            if reply.body["status"] != "pending" {
+                return reply.body;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "still pending");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count query")
+    }
+}
+
+pub fn transfer(from: &str, to: &str, amount: &str) -> Value {
+    json!({"from_account": from, "to_account": to, "amount": amount, "currency": "USD"})
+}

@@ -1,0 +1,70 @@
+//! DESIGN §1 invariants, checked from the database after a test's traffic has settled.
+
+use sqlx::PgPool;
+
+async fn violations(pool: &PgPool, what: &str, sql: &'static str) {
+    let rows: Vec<String> = sqlx::query_scalar(sql)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(rows.is_empty(), "{what}: {rows:?}");
+}
+
+/// Asserts invariants 3–6 over the whole ledger.
+pub async fn assert_ledger_invariants(pool: &PgPool) {
+    violations(
+        pool,
+        "invariant 3: every acknowledged transfer is terminal",
+        "SELECT id::text FROM transfers WHERE status = 'pending'",
+    )
+    .await;
+    violations(
+        pool,
+        "invariant 4: a posted transfer has one debit and one credit of its amount",
+        "SELECT t.id::text FROM transfers t \
+         LEFT JOIN entries d ON d.transfer_id = t.id AND d.side = 'debit' \
+         LEFT JOIN entries c ON c.transfer_id = t.id AND c.side = 'credit' \
+         WHERE t.status = 'posted' AND (d.id IS NULL OR c.id IS NULL \
+           OR d.account_id <> t.from_account OR c.account_id <> t.to_account \
+           OR d.amount <> -t.amount OR c.amount <> t.amount \
+           OR d.currency <> t.currency OR c.currency <> t.currency)",
+    )
+    .await;
+    violations(
+        pool,
+        "invariant 4: exactly two entries per posted transfer, none for others",
+        "SELECT t.id::text FROM transfers t LEFT JOIN entries e ON e.transfer_id = t.id \
+         GROUP BY t.id, t.status \
+         HAVING count(e.id) <> CASE WHEN t.status = 'posted' THEN 2 ELSE 0 END",
+    )
+    .await;
+    violations(
+        pool,
+        "invariant 5: balance = sum of entries",
+        "SELECT a.id FROM accounts a LEFT JOIN entries e ON e.account_id = a.id \
+         GROUP BY a.id, a.balance HAVING a.balance <> coalesce(sum(e.amount), 0)",
+    )
+    .await;
+    violations(
+        pool,
+        "balance = what posted transfers imply",
+        "SELECT a.id FROM accounts a WHERE a.balance <> \
+           coalesce((SELECT sum(amount) FROM transfers \
+                     WHERE status = 'posted' AND to_account = a.id), 0) - \
+           coalesce((SELECT sum(amount) FROM transfers \
+                     WHERE status = 'posted' AND from_account = a.id), 0)",
+    )
+    .await;
+    violations(
+        pool,
+        "invariant 5: per currency, entries sum to zero",
+        "SELECT currency FROM entries GROUP BY currency HAVING sum(amount) <> 0",
+    )
+    .await;
+    violations(
+        pool,
+        "invariant 6: no account without overdraft below zero",
+        "SELECT id FROM accounts WHERE NOT allow_overdraft AND balance < 0",
+    )
+    .await;
+}

@@ -1,0 +1,226 @@
+//! Posting outcomes: each transfer succeeds or fails on its own with a business code.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{spawn_app, transfer};
+use crate::invariants::assert_ledger_invariants;
+
+#[tokio::test]
+async fn business_failures_are_outcomes_with_codes_and_no_entries() {
+    let app = spawn_app().await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("poor", "USD", false).await;
+    app.create_account("euro", "EUR", false).await;
+    app.create_account("b", "USD", false).await;
+    let cases = [
+        ("k1", transfer("poor", "b", "1.00"), "insufficient_funds"),
+        (
+            "k2",
+            transfer("treasury", "nobody", "1.00"),
+            "account_not_found",
+        ),
+        ("k3", transfer("nobody", "b", "1.00"), "account_not_found"),
+        (
+            "k4",
+            transfer("treasury", "euro", "1.00"),
+            "currency_mismatch",
+        ),
+        (
+            "k5",
+            json!({"from_account": "treasury", "to_account": "b", "amount": "1.00",
+                   "currency": "EUR"}),
+            "currency_mismatch",
+        ),
+    ];
+    for (key, body, code) in &cases {
+        let reply = app.post_transfer(key, body).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{key}");
+        let done = app
+            .wait_until_terminal(reply.body["id"].as_str().expect("id"))
+            .await;
+        assert_eq!(done["status"], "failed", "{key}");
+        assert_eq!(done["failure_code"], *code, "{key}");
+        assert!(done["failed_at"].is_string());
+    }
+    assert_eq!(app.count("SELECT count(*) FROM entries").await, 0);
+    assert_ledger_invariants(&app.pool).await;
+}
+
+#[tokio::test]
+async fn a_batch_posts_in_order_and_fails_only_what_cannot_post() {
+    let app = spawn_app().await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("a", "USD", false).await;
+    app.create_account("b", "USD", false).await;
+    let item = |key: &str, from: &str, to: &str, amount: &str| {
+        json!({"idempotency_key": key, "from_account": from, "to_account": to,
+               "amount": amount, "currency": "USD"})
+    };
+    let reply = app
+        .post_json(
+            "/v1/transfers/batch",
+            &json!({"transfers": [
+                item("1", "treasury", "a", "10.00"),
+                item("2", "a", "b", "6.00"),
+                item("3", "a", "b", "6.00"),
+                item("4", "a", "b", "4.00"),
+            ]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    app.run_until_idle(Duration::from_secs(20)).await;
+    let statuses: Vec<String> = sqlx::query_scalar(
+        "SELECT status || coalesce(':' || failure_code, '') FROM transfers \
+         ORDER BY idempotency_key",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("statuses");
+    assert_eq!(
+        statuses,
+        ["posted", "posted", "failed:insufficient_funds", "posted"]
+    );
+    assert_eq!(app.balance("a").await, "0.00");
+    assert_eq!(app.balance("b").await, "10.00");
+    assert_ledger_invariants(&app.pool).await;
+}
+
+#[tokio::test]
+async fn a_redelivered_job_posts_nothing_twice() {
+    let app = spawn_app().await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("b", "USD", false).await;
+    let reply = app
+        .post_transfer("k", &transfer("treasury", "b", "3.00"))
+        .await;
+    app.wait_until_terminal(reply.body["id"].as_str().expect("id"))
+        .await;
+    // apalis delivers at least once: push the very same job again, as a redelivery would.
+    let id = uuid::Uuid::parse_str(reply.body["id"].as_str().expect("id")).expect("uuid");
+    let mut conn = app.pool.acquire().await.expect("conn");
+    ferry::queue::enqueue(
+        &mut conn,
+        ferry::queue::POST_TRANSFERS_QUEUE,
+        &ferry::jobs::post_transfers::PostTransfers {
+            transfer_ids: vec![id],
+        },
+        None,
+    )
+    .await
+    .expect("enqueue");
+    let started = std::time::Instant::now();
+    while app
+        .count("SELECT count(*) FROM apalis.jobs WHERE status <> 'Done'")
+        .await
+        > 0
+    {
+        assert!(started.elapsed() < Duration::from_secs(20), "job not run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.count("SELECT count(*) FROM entries").await, 2);
+    assert_eq!(app.balance("b").await, "3.00");
+    let again = app.get(&format!("/v1/transfers/{id}")).await;
+    assert_eq!(again.body["attempts"], 1);
+}
+
+#[tokio::test]
+async fn a_serialization_failure_is_retried_and_the_transfer_posts_once() {
+    let app = spawn_app().await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("b", "USD", false).await;
+    // Fail the first two posting transactions with a real 40001 raised by PostgreSQL.
+    sqlx::raw_sql(
+        "CREATE SEQUENCE fail_budget; \
+         CREATE FUNCTION fail_twice() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF nextval('fail_budget') <= 2 THEN \
+           RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER fail_twice BEFORE INSERT ON entries \
+           FOR EACH STATEMENT EXECUTE FUNCTION fail_twice();",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("install fault");
+    let reply = app
+        .post_transfer("k", &transfer("treasury", "b", "2.00"))
+        .await;
+    let done = app
+        .wait_until_terminal(reply.body["id"].as_str().expect("id"))
+        .await;
+    assert_eq!(done["status"], "posted");
+    // Retried in-process: one job run, one attempt.
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(app.count("SELECT count(*) FROM entries").await, 2);
+    assert_eq!(app.balance("b").await, "2.00");
+}
+
+#[tokio::test]
+async fn a_transient_failure_reschedules_with_attempts_counted_until_retries_exhausted() {
+    let app = spawn_app().await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("b", "USD", false).await;
+    // Every posting run fails as if the server were shutting down (57P01, transient).
+    sqlx::raw_sql(
+        "CREATE FUNCTION always_down() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '57P01'; END $$; \
+         CREATE TRIGGER always_down BEFORE INSERT ON entries \
+           FOR EACH STATEMENT EXECUTE FUNCTION always_down();",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("install fault");
+    let reply = app
+        .post_transfer("k", &transfer("treasury", "b", "2.00"))
+        .await;
+    let id = reply.body["id"].as_str().expect("id").to_owned();
+    // Wait for two rescheduled runs, then collapse the backoff so the test need not wait.
+    let started = std::time::Instant::now();
+    loop {
+        let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM transfers")
+            .fetch_one(&app.pool)
+            .await
+            .expect("attempts");
+        if attempts >= 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no retry seen");
+        sqlx::query("UPDATE apalis.jobs SET run_at = now() WHERE status = 'Pending'")
+            .execute(&app.pool)
+            .await
+            .expect("hurry");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last_error: Option<String> = sqlx::query_scalar("SELECT last_error FROM transfers")
+        .fetch_one(&app.pool)
+        .await
+        .expect("last_error");
+    assert!(last_error.is_some_and(|e| e.contains("injected")));
+    let delayed = app
+        .count("SELECT count(*) FROM apalis.jobs WHERE status = 'Pending' AND run_at > now()")
+        .await;
+    assert!(delayed <= 1);
+    loop {
+        sqlx::query("UPDATE apalis.jobs SET run_at = now() WHERE status = 'Pending'")
+            .execute(&app.pool)
+            .await
+            .expect("hurry");
+        let reply = app.get(&format!("/v1/transfers/{id}")).await;
+        if reply.body["status"] == "failed" {
+            assert_eq!(reply.body["failure_code"], "retries_exhausted");
+            assert_eq!(
+                reply.body["attempts"],
+                ferry::ledger::retry::JOB_ATTEMPTS_MAX
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never exhausted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.count("SELECT count(*) FROM entries").await, 0);
+    assert_ledger_invariants(&app.pool).await;
+}

@@ -1,0 +1,233 @@
+//! Bad input gets a clear problem+json error with a stable code, and changes nothing.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app};
+
+fn body(amount: Value, currency: &str) -> Value {
+    json!({"from_account": "a", "to_account": "b", "amount": amount, "currency": currency})
+}
+
+async fn assert_refused(app: &TestApp, key: &str, request: &Value, status: StatusCode, code: &str) {
+    let reply = app.post_transfer(key, request).await;
+    assert_eq!(reply.status, status, "{request}: {}", reply.body);
+    assert_eq!(reply.body["code"], code, "{request}");
+    assert_eq!(reply.headers["content-type"], "application/problem+json");
+    assert!(reply.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    assert_eq!(reply.body["status"], status.as_u16());
+}
+
+async fn assert_nothing_stored(app: &TestApp) {
+    assert_eq!(app.count("SELECT count(*) FROM transfers").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM apalis.jobs").await, 0);
+}
+
+#[tokio::test]
+async fn zero_and_negative_amounts_are_invalid_amount() {
+    let app = spawn_app().await;
+    for amount in ["0", "0.00", "-1.00", "-0.01"] {
+        let request = body(json!(amount), "USD");
+        assert_refused(
+            &app,
+            "k",
+            &request,
+            StatusCode::BAD_REQUEST,
+            "invalid_amount",
+        )
+        .await;
+    }
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn amounts_that_are_not_strings_are_invalid_amount() {
+    let app = spawn_app().await;
+    for amount in [
+        json!(12.3),
+        json!(12),
+        json!(null),
+        json!(["1"]),
+        json!({"v": "1"}),
+        json!(true),
+    ] {
+        let request = body(amount, "USD");
+        assert_refused(
+            &app,
+            "k",
+            &request,
+            StatusCode::BAD_REQUEST,
+            "invalid_amount",
+        )
+        .await;
+    }
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn over_precise_malformed_and_huge_amounts_are_invalid_amount() {
+    let app = spawn_app().await;
+    let huge = "9".repeat(100);
+    for (amount, currency) in [
+        ("1.001", "USD"),
+        ("1.5", "JPY"),
+        ("0.0001", "BHD"),
+        ("1e3", "USD"),
+        ("1,00", "USD"),
+        (" 1.00", "USD"),
+        ("+1.00", "USD"),
+        ("", "USD"),
+        ("NaN", "USD"),
+        ("1000000000000000.01", "USD"),
+        (huge.as_str(), "USD"),
+    ] {
+        let request = body(json!(amount), currency);
+        assert_refused(
+            &app,
+            "k",
+            &request,
+            StatusCode::BAD_REQUEST,
+            "invalid_amount",
+        )
+        .await;
+    }
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn unknown_currencies_are_invalid_currency() {
+    let app = spawn_app().await;
+    for currency in ["ABC", "usd", "US", "EURO", "", "XAU"] {
+        let request = body(json!("1.00"), currency);
+        assert_refused(
+            &app,
+            "k",
+            &request,
+            StatusCode::BAD_REQUEST,
+            "invalid_currency",
+        )
+        .await;
+    }
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn a_transfer_to_the_same_account_is_same_account() {
+    let app = spawn_app().await;
+    let request = json!({"from_account": "a", "to_account": "a", "amount": "1.00",
+                         "currency": "USD"});
+    assert_refused(&app, "k", &request, StatusCode::BAD_REQUEST, "same_account").await;
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn malformed_account_ids_are_invalid_account() {
+    let app = spawn_app().await;
+    let request = json!({"from_account": "a b", "to_account": "b", "amount": "1.00",
+                         "currency": "USD"});
+    assert_refused(
+        &app,
+        "k",
+        &request,
+        StatusCode::BAD_REQUEST,
+        "invalid_account",
+    )
+    .await;
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn unknown_fields_missing_fields_and_wrong_types_are_invalid_body() {
+    let app = spawn_app().await;
+    let cases = [
+        json!({"from_account": "a", "to_account": "b", "amount": "1.00", "currency": "USD",
+               "memo": "unknown field"}),
+        json!({"from_account": "a", "to_account": "b", "currency": "USD"}),
+        json!({"from_account": 1, "to_account": "b", "amount": "1.00", "currency": "USD"}),
+        json!({"from_account": "a", "to_account": "b", "amount": "1.00", "currency": "USD",
+               "metadata": "not an object"}),
+        json!([1, 2, 3]),
+        json!("just a string"),
+    ];
+    for request in &cases {
+        assert_refused(&app, "k", request, StatusCode::BAD_REQUEST, "invalid_body").await;
+    }
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn malformed_json_is_invalid_body() {
+    let app = spawn_app().await;
+    for raw in ["{", "{\"amount\": }", "", "nul", "{\"a\":1}}"] {
+        let reply = app
+            .send(
+                app.client
+                    .post(app.url("/v1/transfers"))
+                    .bearer_auth(&app.api_key)
+                    .header("Idempotency-Key", "k")
+                    .header("Content-Type", "application/json")
+                    .body(raw),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{raw:?}");
+        assert_eq!(reply.body["code"], "invalid_body", "{raw:?}");
+    }
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn a_body_over_one_mebibyte_is_413() {
+    let app = spawn_app().await;
+    let padding = "x".repeat(1024 * 1024);
+    let request = json!({"from_account": "a", "to_account": "b", "amount": "1.00",
+                         "currency": "USD", "reference": padding});
+    assert_refused(
+        &app,
+        "k",
+        &request,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+    let batch = app
+        .post_json("/v1/transfers/batch", &json!({"transfers": [request]}))
+        .await;
+    assert_eq!(batch.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn an_unknown_route_is_a_problem_404() {
+    let app = spawn_app().await;
+    let reply = app.get("/v1/nothing-here").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.body["code"], "not_found");
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let app = spawn_app().await;
+    let health = app.send(app.client.get(app.url("/healthz"))).await;
+    assert_eq!(health.status, StatusCode::OK);
+    let ready = app.send(app.client.get(app.url("/readyz"))).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.body["status"], "ready");
+    app.get("/v1/accounts/x").await;
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("ferry_http_requests_total"), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .all(|l| l.starts_with("ferry_")),
+        "{metrics}"
+    );
+}
