@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::intake::{self, AppState};
 use crate::jobs::{self, post_transfers::PostingJobContext};
 use crate::ledger::PostingEngine;
+use crate::store::group_commit::{COMMITTERS_DEFAULT, GroupCommitter};
 use crate::{db, telemetry};
 
 /// How often histogram buffers are folded so memory stays flat between scrapes.
@@ -83,6 +84,7 @@ impl Application {
             let state = AppState {
                 pool: self.pool.clone(),
                 metrics,
+                intake: GroupCommitter::start(self.pool.clone(), COMMITTERS_DEFAULT),
             };
             let router = intake::router(state);
             let stopped = wait_for(stop_rx.clone());

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
-use super::json::JsonBody;
+use super::json::{JsonBody, reject_nul};
 use crate::domain::{AccountId, Currency, Scope};
 use crate::store::accounts::{self, AccountView, CreateAccountError, EntryView, NewAccount};
 
@@ -39,6 +39,7 @@ impl TryFrom<CreateAccountRequest> for NewAccount {
             }
             None => AccountId::generate(),
         };
+        reject_nul("metadata", &serde_json::Value::Object(req.metadata.clone()))?;
         Ok(NewAccount {
             id,
             currency,

@@ -43,3 +43,32 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
     serde_json::from_value(value).map_err(|e| ApiError::InvalidBody(format!("invalid item: {e}")))
 }
+
+/// PostgreSQL text and jsonb cannot hold U+0000. Refuse it at the edge: inside a group commit
+/// one such value would fail every other request of its group.
+pub fn reject_nul(field: &str, value: &serde_json::Value) -> Result<(), ApiError> {
+    let has_nul = |s: &str| s.contains('\0');
+    let found = match value {
+        serde_json::Value::String(s) => has_nul(s),
+        serde_json::Value::Array(items) => {
+            return items.iter().try_for_each(|v| reject_nul(field, v));
+        }
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                if has_nul(key) {
+                    return Err(nul_error(field));
+                }
+                reject_nul(field, v)?;
+            }
+            false
+        }
+        _ => false,
+    };
+    if found { Err(nul_error(field)) } else { Ok(()) }
+}
+
+fn nul_error(field: &str) -> ApiError {
+    ApiError::InvalidBody(format!(
+        "{field} must not contain the NUL character (U+0000)"
+    ))
+}

@@ -18,6 +18,8 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
+use crate::store::group_commit::GroupCommitter;
+
 use error::ApiError;
 
 /// What every handler may use.
@@ -25,6 +27,8 @@ use error::ApiError;
 pub struct AppState {
     pub pool: PgPool,
     pub metrics: PrometheusHandle,
+    /// Groups concurrent single-transfer requests into shared commits.
+    pub intake: GroupCommitter,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -10,10 +10,10 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, Problem};
-use super::json::{JsonBody, from_value};
+use super::json::{JsonBody, from_value, reject_nul};
 use crate::domain::{AccountId, Amount, Currency, IdempotencyKey, NewTransfer, Scope};
 use crate::jobs::post_transfers::TRANSFERS_PER_JOB_MAX;
-use crate::store::transfers::{self, Acceptance, TransferView};
+use crate::store::transfers::{self, Acceptance, Submission, TransferView};
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -59,13 +59,18 @@ impl TransferRequest {
                 crate::domain::transfer::REFERENCE_LEN_MAX
             )));
         }
+        let metadata = self.metadata.unwrap_or_default();
+        if let Some(reference) = &self.reference {
+            reject_nul("reference", &serde_json::Value::String(reference.clone()))?;
+        }
+        reject_nul("metadata", &serde_json::Value::Object(metadata.clone()))?;
         Ok(NewTransfer {
             idempotency_key: key,
             from_account,
             to_account,
             amount,
             reference: self.reference,
-            metadata: self.metadata.unwrap_or_default(),
+            metadata,
         })
     }
 }
@@ -94,11 +99,17 @@ pub async fn create(
     let key = idempotency_key(&headers)?;
     let JsonBody(body) = body?;
     let transfer = body.into_new_transfer(key)?;
-    let mut results = transfers::accept(&state.pool, caller.id, &[transfer])
+    let submission = Submission {
+        api_key_id: caller.id,
+        transfer,
+    };
+    let outcome = state
+        .intake
+        .submit(submission)
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
-    match results.pop() {
-        Some(Acceptance::Accepted(view)) => {
+    match outcome {
+        Acceptance::Accepted(view) => {
             metrics::counter!("ferry_transfers_accepted_total").increment(1);
             let location = HeaderValue::from_str(&format!("/v1/transfers/{}", view.id))
                 .map_err(|e| ApiError::Internal(e.into()))?;
@@ -109,16 +120,13 @@ pub async fn create(
             )
                 .into_response())
         }
-        Some(Acceptance::Replayed(view)) => Ok((
+        Acceptance::Replayed(view) => Ok((
             StatusCode::OK,
             [(REPLAYED_HEADER, HeaderValue::from_static("true"))],
             Json(view),
         )
             .into_response()),
-        Some(Acceptance::KeyReused) => Err(ApiError::IdempotencyKeyReused),
-        None => Err(ApiError::Internal(anyhow::anyhow!(
-            "accept returned no result"
-        ))),
+        Acceptance::KeyReused => Err(ApiError::IdempotencyKeyReused),
     }
 }
 
@@ -208,11 +216,18 @@ pub async fn create_batch(
             Err(e) => results.push(Some(rejected(key, &e))),
         }
     }
-    let transfers_only: Vec<NewTransfer> = valid.iter().map(|(_, t)| t.clone()).collect();
-    let accepted = if transfers_only.is_empty() {
+    let submissions: Vec<Submission> = valid
+        .iter()
+        .map(|(_, transfer)| Submission {
+            api_key_id: caller.id,
+            transfer: transfer.clone(),
+        })
+        .collect();
+    // A batch is already a group: one commit and one job of its own.
+    let accepted = if submissions.is_empty() {
         Vec::new()
     } else {
-        transfers::accept(&state.pool, caller.id, &transfers_only)
+        transfers::accept(&state.pool, &submissions)
             .await
             .map_err(|e| ApiError::Internal(e.into()))?
     };

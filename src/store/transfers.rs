@@ -78,16 +78,22 @@ const TRANSFER_COLUMNS: &str = "id, idempotency_key, request_fingerprint, status
     to_account, amount, currency, reference, metadata, failure_code, attempts, created_at, \
     updated_at, posted_at, failed_at";
 
-/// Stores `transfers` for `api_key_id` and enqueues one job for the new ones, all in one
-/// transaction. Results are in the order given.
+/// A transfer submitted under an API key.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub api_key_id: Uuid,
+    pub transfer: NewTransfer,
+}
+
+/// Stores `submissions` and enqueues one job for the new ones, all in one transaction.
+/// Results are in the order given.
 pub async fn accept(
     pool: &PgPool,
-    api_key_id: Uuid,
-    transfers: &[NewTransfer],
+    submissions: &[Submission],
 ) -> Result<Vec<Acceptance>, AcceptError> {
     // Two batches inserting the same keys in opposite orders could deadlock (40P01); keys are
     // inserted in sorted order, and a deadlock that slips through is retried like one.
-    (|| accept_once(pool, api_key_id, transfers))
+    (|| accept_once(pool, submissions))
         .retry(serialization_backoff())
         .sleep(tokio::time::sleep)
         .when(|e: &AcceptError| e.retry_class() == RetryClass::Serialization)
@@ -96,30 +102,32 @@ pub async fn accept(
 
 async fn accept_once(
     pool: &PgPool,
-    api_key_id: Uuid,
-    transfers: &[NewTransfer],
+    submissions: &[Submission],
 ) -> Result<Vec<Acceptance>, AcceptError> {
     let mut tx = pool.begin().await?;
-    let new_ids: Vec<Uuid> = transfers.iter().map(|_| Uuid::now_v7()).collect();
-    let inserted = insert_new(&mut tx, api_key_id, transfers, &new_ids).await?;
-    let missing: Vec<&str> = transfers
+    let new_ids: Vec<Uuid> = submissions.iter().map(|_| Uuid::now_v7()).collect();
+    let inserted = insert_new(&mut tx, submissions, &new_ids).await?;
+    let missing: Vec<(Uuid, &str)> = submissions
         .iter()
-        .map(|t| t.idempotency_key.as_str())
-        .filter(|key| !inserted.contains_key(*key))
+        .map(|s| (s.api_key_id, s.transfer.idempotency_key.as_str()))
+        .filter(|(api_key, key)| !inserted.contains_key(&(*api_key, (*key).to_owned())))
         .collect();
-    let existing = find_by_keys(&mut tx, api_key_id, &missing).await?;
+    let existing = find_by_keys(&mut tx, &missing).await?;
     let mut accepted_ids = Vec::new();
-    let results = transfers
+    let results = submissions
         .iter()
         .zip(&new_ids)
-        .map(|(transfer, new_id)| {
-            let key = transfer.idempotency_key.as_str();
-            match inserted.get(key).or_else(|| existing.get(key)) {
+        .map(|(submission, new_id)| {
+            let identity = (
+                submission.api_key_id,
+                submission.transfer.idempotency_key.as_str().to_owned(),
+            );
+            match inserted.get(&identity).or_else(|| existing.get(&identity)) {
                 Some(view) if view.id == *new_id => {
                     accepted_ids.push(view.id);
                     Acceptance::Accepted(view.clone())
                 }
-                Some(view) if view.fingerprint == transfer.fingerprint() => {
+                Some(view) if view.fingerprint == submission.transfer.fingerprint() => {
                     Acceptance::Replayed(view.clone())
                 }
                 // Missing cannot happen (the row conflicted, so it exists), but if the row
@@ -138,79 +146,93 @@ async fn accept_once(
     Ok(results)
 }
 
+/// Transfers keyed by their identity: (API key, idempotency key).
+type ByIdentity = HashMap<(Uuid, String), TransferView>;
+
 async fn insert_new(
     conn: &mut PgConnection,
-    api_key_id: Uuid,
-    transfers: &[NewTransfer],
+    submissions: &[Submission],
     new_ids: &[Uuid],
-) -> Result<HashMap<String, TransferView>, sqlx::Error> {
-    let mut order: Vec<usize> = (0..transfers.len()).collect();
+) -> Result<ByIdentity, sqlx::Error> {
+    let mut order: Vec<usize> = (0..submissions.len()).collect();
     order.sort_by(|a, b| {
-        transfers[*a]
-            .idempotency_key
-            .cmp(&transfers[*b].idempotency_key)
+        let (a, b) = (&submissions[*a], &submissions[*b]);
+        (a.api_key_id, &a.transfer.idempotency_key)
+            .cmp(&(b.api_key_id, &b.transfer.idempotency_key))
     });
-    let pick = |f: &dyn Fn(&NewTransfer) -> String| -> Vec<String> {
-        order.iter().map(|i| f(&transfers[*i])).collect()
+    let column = |f: &dyn Fn(&NewTransfer) -> String| -> Vec<String> {
+        order.iter().map(|i| f(&submissions[*i].transfer)).collect()
     };
     let ids: Vec<Uuid> = order.iter().map(|i| new_ids[*i]).collect();
-    let fingerprints: Vec<Vec<u8>> = order.iter().map(|i| transfers[*i].fingerprint()).collect();
-    let amounts: Vec<Decimal> = order.iter().map(|i| transfers[*i].amount.value()).collect();
-    let references: Vec<Option<String>> = order
+    let api_keys: Vec<Uuid> = order.iter().map(|i| submissions[*i].api_key_id).collect();
+    let transfers: Vec<&NewTransfer> = order.iter().map(|i| &submissions[*i].transfer).collect();
+    let fingerprints: Vec<Vec<u8>> = transfers.iter().map(|t| t.fingerprint()).collect();
+    let amounts: Vec<Decimal> = transfers.iter().map(|t| t.amount.value()).collect();
+    let references: Vec<Option<String>> = transfers.iter().map(|t| t.reference.clone()).collect();
+    let metadata: Vec<serde_json::Value> = transfers
         .iter()
-        .map(|i| transfers[*i].reference.clone())
-        .collect();
-    let metadata: Vec<serde_json::Value> = order
-        .iter()
-        .map(|i| serde_json::Value::Object(transfers[*i].metadata.clone()))
+        .map(|t| serde_json::Value::Object(t.metadata.clone()))
         .collect();
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
            from_account, to_account, amount, currency, reference, metadata) \
-         SELECT u.id, $1, u.key, u.fp, u.from_account, u.to_account, u.amount, u.currency, \
-           u.reference, u.metadata \
-         FROM unnest($2::uuid[], $3::text[], $4::bytea[], $5::text[], $6::text[], \
-           $7::numeric[], $8::text[], $9::text[], $10::jsonb[]) \
-           AS u(id, key, fp, from_account, to_account, amount, currency, reference, metadata) \
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::text[], \
+           $6::text[], $7::numeric[], $8::text[], $9::text[], $10::jsonb[]) \
          ON CONFLICT (api_key_id, idempotency_key) DO NOTHING \
-         RETURNING {TRANSFER_COLUMNS}"
+         RETURNING api_key_id, {TRANSFER_COLUMNS}"
     )))
-    .bind(api_key_id)
     .bind(&ids)
-    .bind(pick(&|t| t.idempotency_key.as_str().to_owned()))
+    .bind(&api_keys)
+    .bind(column(&|t| t.idempotency_key.as_str().to_owned()))
     .bind(&fingerprints)
-    .bind(pick(&|t| t.from_account.as_str().to_owned()))
-    .bind(pick(&|t| t.to_account.as_str().to_owned()))
+    .bind(column(&|t| t.from_account.as_str().to_owned()))
+    .bind(column(&|t| t.to_account.as_str().to_owned()))
     .bind(&amounts)
-    .bind(pick(&|t| t.amount.currency().code().to_owned()))
+    .bind(column(&|t| t.amount.currency().code().to_owned()))
     .bind(&references)
     .bind(&metadata)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
-        .map(|row| transfer_view(row).map(|v| (v.idempotency_key.clone(), v)))
-        .collect()
+    by_identity(&rows)
 }
 
 async fn find_by_keys(
     conn: &mut PgConnection,
-    api_key_id: Uuid,
-    keys: &[&str],
-) -> Result<HashMap<String, TransferView>, sqlx::Error> {
-    if keys.is_empty() {
+    identities: &[(Uuid, &str)],
+) -> Result<ByIdentity, sqlx::Error> {
+    if identities.is_empty() {
         return Ok(HashMap::new());
     }
+    let (api_keys, keys): (Vec<Uuid>, Vec<&str>) = identities.iter().copied().unzip();
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {TRANSFER_COLUMNS} FROM transfers \
-         WHERE api_key_id = $1 AND idempotency_key = ANY($2)"
+        "SELECT t.api_key_id, {} FROM transfers t \
+         JOIN unnest($1::uuid[], $2::text[]) AS k(api_key_id, idempotency_key) \
+           ON t.api_key_id = k.api_key_id AND t.idempotency_key = k.idempotency_key",
+        qualified_columns("t")
     )))
-    .bind(api_key_id)
-    .bind(keys)
+    .bind(&api_keys)
+    .bind(&keys)
     .fetch_all(&mut *conn)
     .await?;
+    by_identity(&rows)
+}
+
+fn by_identity(rows: &[PgRow]) -> Result<ByIdentity, sqlx::Error> {
     rows.iter()
-        .map(|row| transfer_view(row).map(|v| (v.idempotency_key.clone(), v)))
+        .map(|row| {
+            let view = transfer_view(row)?;
+            let api_key_id: Uuid = row.try_get("api_key_id")?;
+            Ok(((api_key_id, view.idempotency_key.clone()), view))
+        })
         .collect()
+}
+
+fn qualified_columns(alias: &str) -> String {
+    TRANSFER_COLUMNS
+        .split(',')
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A transfer by id, visible only to the API key that created it.
@@ -236,9 +258,9 @@ pub async fn get_by_key(
     key: &IdempotencyKey,
 ) -> Result<Option<TransferView>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    Ok(find_by_keys(&mut conn, api_key_id, &[key.as_str()])
+    Ok(find_by_keys(&mut conn, &[(api_key_id, key.as_str())])
         .await?
-        .remove(key.as_str()))
+        .remove(&(api_key_id, key.as_str().to_owned())))
 }
 
 fn transfer_view(row: &PgRow) -> Result<TransferView, sqlx::Error> {

@@ -231,3 +231,29 @@ async fn health_readiness_and_metrics_answer() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_nul_character_in_text_is_invalid_body_and_spares_concurrent_requests() {
+    let app = spawn_app().await;
+    app.create_account("t", "USD", true).await;
+    app.create_account("b", "USD", false).await;
+    let poisoned = [
+        json!({"from_account": "t", "to_account": "b", "amount": "1.00", "currency": "USD",
+               "reference": "a\u{0}b"}),
+        json!({"from_account": "t", "to_account": "b", "amount": "1.00", "currency": "USD",
+               "metadata": {"k": ["x\u{0}"]}}),
+    ];
+    let good = json!({"from_account": "t", "to_account": "b", "amount": "1.00",
+                      "currency": "USD"});
+    let (bad1, bad2, ok) = tokio::join!(
+        app.post_transfer("p1", &poisoned[0]),
+        app.post_transfer("p2", &poisoned[1]),
+        app.post_transfer("fine", &good),
+    );
+    for bad in [bad1, bad2] {
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+        assert_eq!(bad.body["code"], "invalid_body");
+    }
+    assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.body);
+    assert_eq!(app.count("SELECT count(*) FROM transfers").await, 1);
+}
