@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::intake::rate_limit::RateLimiter;
 use crate::intake::{self, AppState};
 use crate::jobs::{self, post_transfers::PostingJobContext};
 use crate::ledger::PostingEngine;
@@ -24,6 +25,7 @@ pub struct Application {
     config: Config,
     pool: PgPool,
     listener: Option<TcpListener>,
+    rate_limiter: RateLimiter,
 }
 
 impl Application {
@@ -46,10 +48,13 @@ impl Application {
         } else {
             None
         };
+        let rate_limiter = RateLimiter::start(&config.redis_url, config.rate_limit)
+            .context("REDIS_URL is not a valid Redis URL")?;
         Ok(Self {
             config,
             pool,
             listener,
+            rate_limiter,
         })
     }
 
@@ -85,6 +90,7 @@ impl Application {
                 pool: self.pool.clone(),
                 metrics,
                 intake: GroupCommitter::start(self.pool.clone(), COMMITTERS_DEFAULT),
+                rate_limiter: self.rate_limiter.clone(),
             };
             let router = intake::router(state);
             let stopped = wait_for(stop_rx.clone());

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::failpoint::Failpoint;
+use crate::intake::rate_limit::RateLimit;
 use crate::jobs::WorkerSettings;
 use crate::queue::QueueSettings;
 
@@ -73,6 +74,8 @@ pub struct Config {
     pub db_acquire_timeout_ms: u64,
     pub workers: WorkerSettings,
     pub shutdown_grace_ms: u64,
+    /// Requests per second and burst per API key, kept in Redis; 0 disables.
+    pub rate_limit: RateLimit,
     pub failpoint: Failpoint,
 }
 
@@ -127,6 +130,10 @@ impl Config {
                 "FERRY_SHUTDOWN_GRACE_MS",
                 &SHUTDOWN_GRACE_MS_DEFAULT.to_string(),
             )?,
+            rate_limit: RateLimit {
+                per_sec: parsed("FERRY_RATE_LIMIT_PER_SEC", "0")?,
+                burst: parsed("FERRY_RATE_LIMIT_BURST", "100")?,
+            },
             failpoint: parsed("FERRY_FAILPOINT", "none")?,
         };
         config.validate()?;

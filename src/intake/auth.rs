@@ -6,6 +6,7 @@ use axum::http::request::Parts;
 
 use super::AppState;
 use super::error::ApiError;
+use super::rate_limit::Decision;
 use crate::domain::Scope;
 use crate::store::api_keys::{self, ApiKeyIdentity};
 
@@ -37,9 +38,12 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::Unauthorized)?;
-        api_keys::find(&state.pool, token)
+        let identity = api_keys::find(&state.pool, token)
             .await?
-            .map(Caller)
-            .ok_or(ApiError::Unauthorized)
+            .ok_or(ApiError::Unauthorized)?;
+        match state.rate_limiter.check(identity.id).await {
+            Decision::Allowed => Ok(Caller(identity)),
+            Decision::Limited { retry_after } => Err(ApiError::RateLimited { retry_after }),
+        }
     }
 }

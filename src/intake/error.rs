@@ -38,6 +38,8 @@ pub enum ApiError {
     AccountNotFound(String),
     #[error("transfer not found")]
     TransferNotFound,
+    #[error("too many requests for this API key; retry after {} ms", retry_after.as_millis())]
+    RateLimited { retry_after: std::time::Duration },
     #[error("no such route")]
     RouteNotFound,
     #[error("internal error")]
@@ -51,6 +53,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::AccountExists(_) => StatusCode::CONFLICT,
             Self::AccountNotFound(_) | Self::TransferNotFound | Self::RouteNotFound => {
                 StatusCode::NOT_FOUND
@@ -83,6 +86,7 @@ impl ApiError {
             Self::AccountExists(_) => "account_exists",
             Self::AccountNotFound(_) => "account_not_found",
             Self::TransferNotFound => "transfer_not_found",
+            Self::RateLimited { .. } => "rate_limited",
             Self::RouteNotFound => "not_found",
             Self::Internal(_) => "internal",
         }
@@ -120,10 +124,16 @@ impl IntoResponse for ApiError {
             error!(error = ?cause, "request failed");
         }
         let mut response = (self.status(), axum::Json(self.problem())).into_response();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Self::RateLimited { retry_after } = &self {
+            // Whole seconds, rounded up, as RFC 9110 requires.
+            let secs = retry_after.as_millis().div_ceil(1000).max(1);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
+        }
         response
     }
 }

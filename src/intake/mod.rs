@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod json;
+pub mod rate_limit;
 pub mod transfers;
 
 use std::time::Instant;
@@ -29,6 +30,7 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Groups concurrent single-transfer requests into shared commits.
     pub intake: GroupCommitter,
+    pub rate_limiter: rate_limit::RateLimiter,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferry::config::Roles;
+use ferry::config::{Roles, WORKER_HEARTBEAT_MS_DEFAULT, WORKER_MISSED_HEARTBEATS_DEFAULT};
 use serde_json::json;
 use tokio::process::Command;
 
@@ -86,7 +86,7 @@ async fn a_worker_killed_after_commit_before_ack_posts_nothing_twice() {
             .await,
         0
     );
-    let _worker = spawn_worker(&app.database.url).await;
+    let _worker = spawn_worker(&app.database.url, |_| {}).await;
     let recovered_in = wait_for_job_done(&app, Duration::from_secs(30)).await;
     println!("orphaned job re-run and acknowledged {recovered_in:?} after the new worker started");
     assert_eq!(
@@ -114,8 +114,15 @@ async fn a_worker_killed_mid_transaction_loses_nothing_and_the_job_reruns() {
         TRANSFERS as i64
     );
     assert_eq!(app.count("SELECT count(*) FROM entries").await, 0);
-    let _worker = spawn_worker(&app.database.url).await;
-    wait_for_job_done(&app, Duration::from_secs(30)).await;
+    // The recovering worker runs with the production heartbeat (5 s × 4 missed = 20 s), to
+    // show an orphaned job is picked up again in under 30 s with the defaults.
+    let _worker = spawn_worker(&app.database.url, |c| {
+        c.workers.queue.heartbeat_ms = WORKER_HEARTBEAT_MS_DEFAULT;
+        c.workers.queue.missed_heartbeats = WORKER_MISSED_HEARTBEATS_DEFAULT;
+    })
+    .await;
+    let recovered_in = wait_for_job_done(&app, Duration::from_secs(30)).await;
+    println!("orphaned job recovered {recovered_in:?} after the new worker started");
     app.run_until_idle(Duration::from_secs(10)).await;
     assert_eq!(
         app.count("SELECT count(*) FROM transfers WHERE status = 'posted'")

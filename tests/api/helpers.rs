@@ -8,6 +8,7 @@ use ferry::app::Application;
 use ferry::config::{Config, Roles};
 use ferry::domain::Scopes;
 use ferry::failpoint::Failpoint;
+use ferry::intake::rate_limit::RateLimit;
 use ferry::jobs::WorkerSettings;
 use ferry::queue::QueueSettings;
 use reqwest::StatusCode;
@@ -76,6 +77,10 @@ pub fn test_config(database_url: &str, roles: Roles) -> Config {
             },
         },
         shutdown_grace_ms: 2_000,
+        rate_limit: RateLimit {
+            per_sec: 0,
+            burst: 1,
+        },
         failpoint: Failpoint::None,
     }
 }
@@ -130,14 +135,18 @@ pub async fn create_api_key(pool: &PgPool, scopes: &str) -> String {
 }
 
 /// Starts a worker-only ferry on an existing database (a second process would do the same).
-pub async fn spawn_worker(database_url: &str) -> tokio::sync::oneshot::Sender<()> {
-    let config = test_config(
+pub async fn spawn_worker(
+    database_url: &str,
+    adjust: impl FnOnce(&mut Config),
+) -> tokio::sync::oneshot::Sender<()> {
+    let mut config = test_config(
         database_url,
         Roles {
             intake: false,
             worker: true,
         },
     );
+    adjust(&mut config);
     let app = Application::build(config).await.expect("worker builds");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {

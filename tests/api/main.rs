@@ -9,4 +9,5 @@ mod bank;
 mod crash;
 mod idempotency;
 mod posting;
+mod rate_limit;
 mod validation;

@@ -1,0 +1,115 @@
+//! Per-API-key rate limiting in Redis (GCRA), failing open.
+//!
+//! Redis holds only what may be lost (DESIGN §6): if Redis is slow or down, requests are let
+//! through and the failure is counted, so a Redis outage never stops a transfer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::RwLock;
+use tracing::warn;
+use uuid::Uuid;
+
+/// Longest a limit check may take before the request is let through.
+pub const REDIS_TIMEOUT_MS: u64 = 50;
+/// How often a missing Redis connection is tried again.
+pub const REDIS_RECONNECT_MS: u64 = 5_000;
+
+/// Generic cell rate algorithm: one key per API key holding the "theoretical arrival time".
+/// Returns {allowed (1/0), milliseconds until allowed}.
+const GCRA: &str = r"
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local interval_ms = tonumber(ARGV[1])
+local burst_ms = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now_ms)
+if tat < now_ms then tat = now_ms end
+local new_tat = tat + interval_ms
+local allow_at = new_tat - burst_ms
+if allow_at > now_ms then return {0, math.ceil(allow_at - now_ms)} end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now_ms) + 1)
+return {1, 0}
+";
+
+/// Requests per second and burst allowed per API key; `per_sec = 0` disables limiting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allowed,
+    Limited { retry_after: Duration },
+}
+
+#[derive(Clone)]
+pub struct RateLimiter {
+    limit: RateLimit,
+    connection: Arc<RwLock<Option<ConnectionManager>>>,
+    script: Arc<redis::Script>,
+}
+
+impl RateLimiter {
+    /// Connects in the background; until connected (or when disabled) every request passes.
+    pub fn start(redis_url: &str, limit: RateLimit) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(redis_url)?;
+        let limiter = Self {
+            limit,
+            connection: Arc::new(RwLock::new(None)),
+            script: Arc::new(redis::Script::new(GCRA)),
+        };
+        if limit.per_sec > 0 {
+            let slot = limiter.connection.clone();
+            tokio::spawn(async move {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_millis(1_000)))
+                    .set_response_timeout(Some(Duration::from_millis(REDIS_TIMEOUT_MS)));
+                loop {
+                    match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+                        Ok(manager) => {
+                            *slot.write().await = Some(manager);
+                            return;
+                        }
+                        Err(e) => warn!(error = %e, "Redis unavailable; rate limits not enforced"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(REDIS_RECONNECT_MS)).await;
+                }
+            });
+        }
+        Ok(limiter)
+    }
+
+    /// Counts one request against `api_key_id`'s budget.
+    pub async fn check(&self, api_key_id: Uuid) -> Decision {
+        if self.limit.per_sec == 0 {
+            return Decision::Allowed;
+        }
+        let Some(mut connection) = self.connection.read().await.clone() else {
+            metrics::counter!("ferry_rate_limiter_unavailable_total").increment(1);
+            return Decision::Allowed;
+        };
+        let interval_ms = 1_000.0 / f64::from(self.limit.per_sec);
+        let burst_ms = interval_ms * f64::from(self.limit.burst.max(1));
+        let mut invocation = self.script.key(format!("ferry:ratelimit:{api_key_id}"));
+        invocation.arg(interval_ms).arg(burst_ms);
+        let call = invocation.invoke_async::<(i64, i64)>(&mut connection);
+        match tokio::time::timeout(Duration::from_millis(REDIS_TIMEOUT_MS), call).await {
+            Ok(Ok((1, _))) => Decision::Allowed,
+            Ok(Ok((_, wait_ms))) => Decision::Limited {
+                retry_after: Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0)),
+            },
+            Ok(Err(e)) => {
+                metrics::counter!("ferry_rate_limiter_unavailable_total").increment(1);
+                warn!(error = %e, "rate limit check failed; letting the request through");
+                Decision::Allowed
+            }
+            Err(_) => {
+                metrics::counter!("ferry_rate_limiter_unavailable_total").increment(1);
+                Decision::Allowed
+            }
+        }
+    }
+}
