@@ -136,34 +136,28 @@ pub struct BatchRequest {
     transfers: Vec<serde_json::Value>,
 }
 
-/// One batch item: the single-transfer body plus its key.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchItem {
-    idempotency_key: String,
-    from_account: String,
-    to_account: String,
-    amount: serde_json::Value,
-    currency: String,
-    reference: Option<String>,
-    metadata: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-impl BatchItem {
-    fn parse(value: serde_json::Value) -> Result<NewTransfer, ApiError> {
-        let item: BatchItem = from_value(value)?;
-        let key = IdempotencyKey::parse(&item.idempotency_key)
-            .map_err(|e| ApiError::IdempotencyKeyInvalid(e.to_string()))?;
-        TransferRequest {
-            from_account: item.from_account,
-            to_account: item.to_account,
-            amount: item.amount,
-            currency: item.currency,
-            reference: item.reference,
-            metadata: item.metadata,
+/// One batch item: the single-transfer body plus its `idempotency_key`.
+fn parse_batch_item(value: serde_json::Value) -> Result<NewTransfer, ApiError> {
+    let serde_json::Value::Object(mut fields) = value else {
+        return Err(ApiError::InvalidBody(
+            "each item must be a JSON object".into(),
+        ));
+    };
+    let key = match fields.remove("idempotency_key") {
+        Some(serde_json::Value::String(key)) => IdempotencyKey::parse(&key)
+            .map_err(|e| ApiError::IdempotencyKeyInvalid(e.to_string()))?,
+        Some(_) => {
+            return Err(ApiError::IdempotencyKeyInvalid(
+                "idempotency_key must be a string".into(),
+            ));
         }
-        .into_new_transfer(key)
-    }
+        None => {
+            return Err(ApiError::InvalidBody(
+                "missing field `idempotency_key`".into(),
+            ));
+        }
+    };
+    from_value::<TransferRequest>(serde_json::Value::Object(fields))?.into_new_transfer(key)
 }
 
 #[derive(Debug, Serialize)]
@@ -208,7 +202,7 @@ pub async fn create_batch(
             .get("idempotency_key")
             .and_then(|k| k.as_str())
             .map(str::to_owned);
-        match BatchItem::parse(value) {
+        match parse_batch_item(value) {
             Ok(transfer) => {
                 valid.push((results.len(), transfer));
                 results.push(None);

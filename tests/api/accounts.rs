@@ -101,13 +101,7 @@ async fn entries_are_listed_newest_first_with_a_cursor() {
     }
     let page = app.get("/v1/accounts/a/entries?limit=2").await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
-    let amounts: Vec<_> = page.body["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| e["amount"].as_str().unwrap_or("").to_owned())
-        .collect();
-    assert_eq!(amounts, ["5.00", "4.00"]);
+    assert_eq!(amounts(&page.body), ["5.00", "4.00"]);
     let cursor = page.body["next_cursor"]
         .as_str()
         .expect("cursor")
@@ -115,13 +109,7 @@ async fn entries_are_listed_newest_first_with_a_cursor() {
     let page = app
         .get(&format!("/v1/accounts/a/entries?limit=10&cursor={cursor}"))
         .await;
-    let amounts: Vec<_> = page.body["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| e["amount"].as_str().unwrap_or("").to_owned())
-        .collect();
-    assert_eq!(amounts, ["3.00", "2.00", "1.00"]);
+    assert_eq!(amounts(&page.body), ["3.00", "2.00", "1.00"]);
     assert!(page.body.get("next_cursor").is_none());
     let treasury = app.get("/v1/accounts/treasury/entries").await;
     assert_eq!(treasury.body["entries"][0]["amount"], "-5.00");
@@ -131,4 +119,13 @@ async fn entries_are_listed_newest_first_with_a_cursor() {
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(reply.body["code"], "invalid_body");
     }
+}
+
+fn amounts(page: &serde_json::Value) -> Vec<String> {
+    page["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["amount"].as_str().unwrap_or("").to_owned())
+        .collect()
 }

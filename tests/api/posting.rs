@@ -186,10 +186,7 @@ async fn a_transient_failure_reschedules_with_attempts_counted_until_retries_exh
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(20), "no retry seen");
-        sqlx::query("UPDATE apalis.jobs SET run_at = now() WHERE status = 'Pending'")
-            .execute(&app.pool)
-            .await
-            .expect("hurry");
+        run_scheduled_jobs_now(&app).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let last_error: Option<String> = sqlx::query_scalar("SELECT last_error FROM transfers")
@@ -202,10 +199,7 @@ async fn a_transient_failure_reschedules_with_attempts_counted_until_retries_exh
         .await;
     assert!(delayed <= 1);
     loop {
-        sqlx::query("UPDATE apalis.jobs SET run_at = now() WHERE status = 'Pending'")
-            .execute(&app.pool)
-            .await
-            .expect("hurry");
+        run_scheduled_jobs_now(&app).await;
         let reply = app.get(&format!("/v1/transfers/{id}")).await;
         if reply.body["status"] == "failed" {
             assert_eq!(reply.body["failure_code"], "retries_exhausted");
@@ -223,4 +217,12 @@ async fn a_transient_failure_reschedules_with_attempts_counted_until_retries_exh
     }
     assert_eq!(app.count("SELECT count(*) FROM entries").await, 0);
     assert_ledger_invariants(&app.pool).await;
+}
+
+/// Collapses the retry backoff of scheduled jobs so a test need not wait for it.
+async fn run_scheduled_jobs_now(app: &crate::helpers::TestApp) {
+    sqlx::query("UPDATE apalis.jobs SET run_at = now() WHERE status = 'Pending'")
+        .execute(&app.pool)
+        .await
+        .expect("reschedule");
 }

@@ -23,52 +23,42 @@ async fn assert_nothing_stored(app: &TestApp) {
     assert_eq!(app.count("SELECT count(*) FROM apalis.jobs").await, 0);
 }
 
-#[tokio::test]
-async fn zero_and_negative_amounts_are_invalid_amount() {
+/// Sends each request, expects the same refusal for all, and that nothing was stored.
+async fn assert_all_refused(requests: &[Value], status: StatusCode, code: &str) {
     let app = spawn_app().await;
-    for amount in ["0", "0.00", "-1.00", "-0.01"] {
-        let request = body(json!(amount), "USD");
-        assert_refused(
-            &app,
-            "k",
-            &request,
-            StatusCode::BAD_REQUEST,
-            "invalid_amount",
-        )
-        .await;
+    for request in requests {
+        assert_refused(&app, "k", request, status, code).await;
     }
     assert_nothing_stored(&app).await;
 }
 
 #[tokio::test]
+async fn zero_and_negative_amounts_are_invalid_amount() {
+    let requests: Vec<_> = ["0", "0.00", "-1.00", "-0.01"]
+        .into_iter()
+        .map(|amount| body(json!(amount), "USD"))
+        .collect();
+    assert_all_refused(&requests, StatusCode::BAD_REQUEST, "invalid_amount").await;
+}
+
+#[tokio::test]
 async fn amounts_that_are_not_strings_are_invalid_amount() {
-    let app = spawn_app().await;
-    for amount in [
+    let amounts = [
         json!(12.3),
         json!(12),
         json!(null),
         json!(["1"]),
         json!({"v": "1"}),
         json!(true),
-    ] {
-        let request = body(amount, "USD");
-        assert_refused(
-            &app,
-            "k",
-            &request,
-            StatusCode::BAD_REQUEST,
-            "invalid_amount",
-        )
-        .await;
-    }
-    assert_nothing_stored(&app).await;
+    ];
+    let requests: Vec<_> = amounts.into_iter().map(|a| body(a, "USD")).collect();
+    assert_all_refused(&requests, StatusCode::BAD_REQUEST, "invalid_amount").await;
 }
 
 #[tokio::test]
 async fn over_precise_malformed_and_huge_amounts_are_invalid_amount() {
-    let app = spawn_app().await;
     let huge = "9".repeat(100);
-    for (amount, currency) in [
+    let cases = [
         ("1.001", "USD"),
         ("1.5", "JPY"),
         ("0.0001", "BHD"),
@@ -80,35 +70,21 @@ async fn over_precise_malformed_and_huge_amounts_are_invalid_amount() {
         ("NaN", "USD"),
         ("1000000000000000.01", "USD"),
         (huge.as_str(), "USD"),
-    ] {
-        let request = body(json!(amount), currency);
-        assert_refused(
-            &app,
-            "k",
-            &request,
-            StatusCode::BAD_REQUEST,
-            "invalid_amount",
-        )
-        .await;
-    }
-    assert_nothing_stored(&app).await;
+    ];
+    let requests: Vec<_> = cases
+        .into_iter()
+        .map(|(amount, currency)| body(json!(amount), currency))
+        .collect();
+    assert_all_refused(&requests, StatusCode::BAD_REQUEST, "invalid_amount").await;
 }
 
 #[tokio::test]
 async fn unknown_currencies_are_invalid_currency() {
-    let app = spawn_app().await;
-    for currency in ["ABC", "usd", "US", "EURO", "", "XAU"] {
-        let request = body(json!("1.00"), currency);
-        assert_refused(
-            &app,
-            "k",
-            &request,
-            StatusCode::BAD_REQUEST,
-            "invalid_currency",
-        )
-        .await;
-    }
-    assert_nothing_stored(&app).await;
+    let requests: Vec<_> = ["ABC", "usd", "US", "EURO", "", "XAU"]
+        .into_iter()
+        .map(|currency| body(json!("1.00"), currency))
+        .collect();
+    assert_all_refused(&requests, StatusCode::BAD_REQUEST, "invalid_currency").await;
 }
 
 #[tokio::test]
