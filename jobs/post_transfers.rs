@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
 use uuid::Uuid;
 
+use crate::ledger::PostingError;
 use crate::ledger::attempts::record_failed_attempt;
+use crate::ledger::combiner::PostingCombiner;
 use crate::ledger::retry::{RetryClass, full_jitter_delay, next_retry_delay};
-use crate::ledger::{PostingEngine, PostingError};
 use crate::queue::{self, POST_TRANSFERS_QUEUE};
 
 /// Most transfers one job carries (the batch endpoint's limit).
@@ -28,27 +29,27 @@ pub struct PostTransfers {
 /// What the handler needs, shared by all runs.
 #[derive(Clone)]
 pub struct PostingJobContext {
-    pub engine: PostingEngine,
+    pub poster: PostingCombiner,
     pub pool: sqlx::PgPool,
 }
 
 pub async fn handle(job: PostTransfers, ctx: Data<PostingJobContext>) -> Result<(), BoxDynError> {
-    match ctx.engine.post(&job.transfer_ids).await {
-        Ok(_) => Ok(()),
-        Err(e) => reschedule_after(&ctx, &job, e).await,
+    match ctx.poster.post(job.transfer_ids.clone()).await {
+        Ok(()) => Ok(()),
+        Err(e) => reschedule_after(&ctx, &job, &e).await,
     }
 }
 
 async fn reschedule_after(
     ctx: &PostingJobContext,
     job: &PostTransfers,
-    cause: PostingError,
+    cause: &PostingError,
 ) -> Result<(), BoxDynError> {
     match cause.retry_class() {
         RetryClass::Unknown => error!(error = ?cause, "posting failed with an unrecognised error"),
         _ => warn!(error = %cause, "posting failed; rescheduling"),
     }
-    let cause_text = error_chain(&cause);
+    let cause_text = error_chain(cause);
     let reschedule = || async {
         let mut tx = ctx.pool.begin().await?;
         let still = record_failed_attempt(&mut tx, &job.transfer_ids, &cause_text).await?;

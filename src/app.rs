@@ -15,6 +15,8 @@ use crate::intake::rate_limit::RateLimiter;
 use crate::intake::{self, AppState};
 use crate::jobs::{self, post_transfers::PostingJobContext};
 use crate::ledger::PostingEngine;
+use crate::ledger::combiner::PostingCombiner;
+use crate::store::api_keys::ApiKeyCache;
 use crate::store::group_commit::{COMMITTERS_DEFAULT, GroupCommitter};
 use crate::{db, telemetry};
 
@@ -91,6 +93,7 @@ impl Application {
                 metrics,
                 intake: GroupCommitter::start(self.pool.clone(), COMMITTERS_DEFAULT),
                 rate_limiter: self.rate_limiter.clone(),
+                api_keys: ApiKeyCache::default(),
             };
             let router = intake::router(state);
             let stopped = wait_for(stop_rx.clone());
@@ -105,7 +108,7 @@ impl Application {
         let workers = self.config.roles.worker.then(|| {
             let engine = PostingEngine::new(self.pool.clone(), self.config.failpoint);
             let context = PostingJobContext {
-                engine,
+                poster: PostingCombiner::start(engine),
                 pool: self.pool.clone(),
             };
             let monitor = Monitor::new().should_restart(|worker, error| {

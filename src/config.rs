@@ -16,7 +16,8 @@ pub const HTTP_ADDR_DEFAULT: &str = "127.0.0.1:8080";
 pub const DB_POOL_CONNECTIONS_MAX_DEFAULT: u32 = 16;
 pub const DB_ACQUIRE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 pub const POSTING_WORKERS_DEFAULT: usize = 2;
-pub const POSTING_CONCURRENCY_DEFAULT: usize = 2;
+/// Jobs a worker holds at once; they wait on the process's one poster, not on connections.
+pub const POSTING_CONCURRENCY_DEFAULT: usize = 16;
 pub const JOB_FETCH_BATCH_DEFAULT: usize = 16;
 /// 5 s × 4 missed = 20 s until an orphaned job runs again (the contract says under 30 s).
 pub const WORKER_HEARTBEAT_MS_DEFAULT: u64 = 5_000;
@@ -161,11 +162,11 @@ impl Config {
         if workers.posting_concurrency == 0 {
             return fail("FERRY_POSTING_CONCURRENCY", "must be at least 1");
         }
-        let busy = workers.posting_workers * (workers.posting_concurrency + 2);
-        if busy >= self.db_pool_connections_max as usize {
+        // Each worker fetches, acks and heartbeats; the poster holds one more connection.
+        if workers.posting_workers * 2 + 2 >= self.db_pool_connections_max as usize {
             return fail(
-                "FERRY_POSTING_CONCURRENCY",
-                "posting workers × (concurrency + 2) must stay below the pool size",
+                "FERRY_POSTING_WORKERS",
+                "posting workers × 2 + 2 must stay below the pool size",
             );
         }
         if workers.queue.fetch_batch == 0 {

@@ -8,7 +8,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::rate_limit::Decision;
 use crate::domain::Scope;
-use crate::store::api_keys::{self, ApiKeyIdentity};
+use crate::store::api_keys::ApiKeyIdentity;
 
 /// The caller, authenticated. Handlers call [`Caller::require`] with the scope they need.
 pub struct Caller(pub ApiKeyIdentity);
@@ -38,7 +38,9 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::Unauthorized)?;
-        let identity = api_keys::find(&state.pool, token)
+        let identity = state
+            .api_keys
+            .find(&state.pool, token)
             .await?
             .ok_or(ApiError::Unauthorized)?;
         match state.rate_limiter.check(identity.id).await {

@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
+use crate::store::api_keys::ApiKeyCache;
 use crate::store::group_commit::GroupCommitter;
 
 use error::ApiError;
@@ -31,6 +32,7 @@ pub struct AppState {
     /// Groups concurrent single-transfer requests into shared commits.
     pub intake: GroupCommitter,
     pub rate_limiter: rate_limit::RateLimiter,
+    pub api_keys: ApiKeyCache,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod attempts;
+pub mod combiner;
 pub mod posting;
 pub mod retry;
 

@@ -45,6 +45,9 @@ pub enum PostingError {
     /// The database disagreed with the in-memory result; the transaction was rolled back.
     #[error("ledger invariant violated: {0}")]
     Invariant(String),
+    /// The process is shutting down; the job is re-run elsewhere.
+    #[error("posting stopped: the process is shutting down")]
+    Stopped,
 }
 
 impl PostingError {
@@ -52,6 +55,7 @@ impl PostingError {
         match self {
             Self::Database(e) => classify(e),
             Self::Invariant(_) => RetryClass::Unknown,
+            Self::Stopped => RetryClass::Transient,
         }
     }
 }

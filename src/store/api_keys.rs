@@ -1,5 +1,9 @@
 //! API keys: created by the CLI, looked up by hash on every request.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -31,11 +35,56 @@ pub async fn create(
     Ok((id, key.plaintext))
 }
 
+/// How long a looked-up key is trusted without asking the database again; a revoked key
+/// stops working within this time.
+pub const CACHE_TTL_MS: u64 = 10_000;
+/// Most keys remembered; past this the cache is cleared (keys are few, floods are not).
+pub const CACHE_ENTRIES_MAX: usize = 10_000;
+
+type CacheEntries = HashMap<Vec<u8>, (Option<ApiKeyIdentity>, Instant)>;
+
+/// Remembers recent look-ups (found or not) so authentication costs no query per request.
+#[derive(Clone, Default)]
+pub struct ApiKeyCache {
+    entries: Arc<Mutex<CacheEntries>>,
+}
+
+impl ApiKeyCache {
+    pub async fn find(
+        &self,
+        pool: &PgPool,
+        presented: &str,
+    ) -> Result<Option<ApiKeyIdentity>, sqlx::Error> {
+        let hash = hash_api_key(presented);
+        let ttl = Duration::from_millis(CACHE_TTL_MS);
+        if let Some(identity) = self.entries.lock().ok().and_then(|entries| {
+            entries
+                .get(&hash)
+                .filter(|(_, at)| at.elapsed() < ttl)
+                .map(|(identity, _)| identity.clone())
+        }) {
+            return Ok(identity);
+        }
+        let identity = find_by_hash(pool, &hash).await?;
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= CACHE_ENTRIES_MAX {
+                entries.clear();
+            }
+            entries.insert(hash, (identity.clone(), Instant::now()));
+        }
+        Ok(identity)
+    }
+}
+
 /// Finds the live key matching what a client presented.
 pub async fn find(pool: &PgPool, presented: &str) -> Result<Option<ApiKeyIdentity>, sqlx::Error> {
+    find_by_hash(pool, &hash_api_key(presented)).await
+}
+
+async fn find_by_hash(pool: &PgPool, hash: &[u8]) -> Result<Option<ApiKeyIdentity>, sqlx::Error> {
     let row =
         sqlx::query("SELECT id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
-            .bind(hash_api_key(presented))
+            .bind(hash)
             .fetch_optional(pool)
             .await?;
     let Some(row) = row else { return Ok(None) };

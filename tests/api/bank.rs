@@ -145,10 +145,13 @@ async fn a_hot_account_posts_every_transfer_without_contention_failures() {
         .collect();
     let started = Instant::now();
     submit_singly(&app, &transfers, 64).await;
+    let accepted_after = started.elapsed();
     app.run_until_idle(Duration::from_secs(120)).await;
     let elapsed = started.elapsed();
+    let jobs = app.count("SELECT count(*) FROM apalis.jobs").await;
     println!(
-        "hot account: {} transfers in {:.2}s = {:.0} transfers/s (submitted to all terminal)",
+        "hot account: {} transfers in {:.2}s = {:.0} transfers/s (submitted to all terminal), \
+         {jobs} jobs; all accepted after {accepted_after:.2?}",
         transfers.len(),
         elapsed.as_secs_f64(),
         transfers.len() as f64 / elapsed.as_secs_f64()

@@ -69,7 +69,7 @@ pub fn test_config(database_url: &str, roles: Roles) -> Config {
         db_acquire_timeout_ms: 10_000,
         workers: WorkerSettings {
             posting_workers: 2,
-            posting_concurrency: 2,
+            posting_concurrency: 16,
             queue: QueueSettings {
                 fetch_batch: 16,
                 heartbeat_ms: 1_000,

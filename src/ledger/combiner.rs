@@ -1,0 +1,96 @@
+//! One poster per process: jobs waiting to post at the same time share one transaction.
+//!
+//! Posting transactions already queue on `ledger_posting_gate`, so two jobs of one process
+//! posting concurrently would only wait for each other; merging them instead turns N commits
+//! (N WAL flushes, N gate hand-offs) into one. Each job still learns its own fate: on a
+//! transient error every job reschedules its own transfers; if a merged batch breaks an
+//! invariant, its jobs are posted one by one so one bad transfer cannot hold back the others.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::posting::{PostingEngine, PostingError};
+
+/// Most transfers one merged posting transaction carries.
+pub const MERGED_TRANSFERS_MAX: usize = 4_000;
+/// Jobs waiting for the poster; beyond this, handlers wait for room.
+pub const WAITING_JOBS_MAX: usize = 256;
+
+pub type PostingOutcome = Result<(), Arc<PostingError>>;
+
+struct Waiting {
+    transfer_ids: Vec<Uuid>,
+    reply: oneshot::Sender<PostingOutcome>,
+}
+
+/// Handle to this process's poster; cheap to clone.
+#[derive(Clone)]
+pub struct PostingCombiner {
+    queue: mpsc::Sender<Waiting>,
+}
+
+impl PostingCombiner {
+    pub fn start(engine: PostingEngine) -> Self {
+        let (queue, receiver) = mpsc::channel(WAITING_JOBS_MAX);
+        tokio::spawn(run_poster(engine, receiver));
+        Self { queue }
+    }
+
+    /// Posts `transfer_ids`, possibly together with other jobs' transfers.
+    pub async fn post(&self, transfer_ids: Vec<Uuid>) -> PostingOutcome {
+        let (reply, outcome) = oneshot::channel();
+        let stopped = || Arc::new(PostingError::Stopped);
+        self.queue
+            .send(Waiting {
+                transfer_ids,
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run_poster(engine: PostingEngine, mut receiver: mpsc::Receiver<Waiting>) {
+    while let Some(first) = receiver.recv().await {
+        let mut merged = first.transfer_ids.len();
+        let mut group = vec![first];
+        while merged < MERGED_TRANSFERS_MAX {
+            match receiver.try_recv() {
+                Ok(next) => {
+                    merged += next.transfer_ids.len();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        post_group(&engine, group).await;
+    }
+}
+
+async fn post_group(engine: &PostingEngine, group: Vec<Waiting>) {
+    metrics::histogram!("ferry_posting_jobs_per_transaction").record(group.len() as f64);
+    let ids: Vec<Uuid> = group
+        .iter()
+        .flat_map(|w| w.transfer_ids.iter().copied())
+        .collect();
+    match engine.post(&ids).await {
+        Ok(_) => reply_all(group, &Ok(())),
+        Err(PostingError::Invariant(_)) if group.len() > 1 => {
+            for waiting in group {
+                let outcome = engine.post(&waiting.transfer_ids).await.map(|_| ());
+                let _ = waiting.reply.send(outcome.map_err(Arc::new));
+            }
+        }
+        Err(e) => reply_all(group, &Err(Arc::new(e))),
+    }
+}
+
+fn reply_all(group: Vec<Waiting>, outcome: &PostingOutcome) {
+    for waiting in group {
+        // A handler that went away (shutdown) is re-run by orphan recovery.
+        let _ = waiting.reply.send(outcome.clone());
+    }
+}
