@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::intake::rate_limit::RateLimiter;
 use crate::intake::{self, AppState};
+use crate::jobs::reconcile::{ReconcileJobContext, SchedulerContext, parse_schedule};
 use crate::jobs::{self, post_transfers::PostingJobContext};
 use crate::ledger::PostingEngine;
 use crate::ledger::combiner::PostingCombiner;
@@ -28,6 +29,7 @@ pub struct Application {
     pool: PgPool,
     listener: Option<TcpListener>,
     rate_limiter: RateLimiter,
+    schedule: cron::Schedule,
 }
 
 impl Application {
@@ -52,11 +54,14 @@ impl Application {
         };
         let rate_limiter = RateLimiter::start(&config.redis_url, config.rate_limit)
             .context("REDIS_URL is not a valid Redis URL")?;
+        let schedule = parse_schedule(&config.reconcile_cron)
+            .map_err(|e| anyhow::anyhow!("FERRY_RECONCILE_CRON: {e}"))?;
         Ok(Self {
             config,
             pool,
             listener,
             rate_limiter,
+            schedule,
         })
     }
 
@@ -74,7 +79,7 @@ impl Application {
 
     /// Runs every role until `shutdown` resolves or a part stops on its own; says which.
     pub async fn run_until_stopped(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -87,7 +92,7 @@ impl Application {
                 upkeep.run_upkeep();
             }
         });
-        let http = self.listener.map(|listener| {
+        let http = self.listener.take().map(|listener| {
             let state = AppState {
                 pool: self.pool.clone(),
                 metrics,
@@ -105,20 +110,13 @@ impl Application {
                     .context("HTTP server failed")
             })
         });
-        let workers = self.config.roles.worker.then(|| {
-            let engine = PostingEngine::new(self.pool.clone(), self.config.failpoint);
-            let context = PostingJobContext {
-                poster: PostingCombiner::start(engine),
-                pool: self.pool.clone(),
-            };
-            let monitor = Monitor::new().should_restart(|worker, error| {
-                warn!(worker = worker.name(), %error, "worker stopped; restarting");
-                true
-            });
-            let monitor =
-                jobs::register_workers(monitor, &self.pool, &self.config.workers, context);
+        let roles = self.config.roles;
+        let workers = (roles.worker || roles.scheduler).then(|| {
+            let monitor = self.build_monitor();
             let stopped = wait_for(stop_rx.clone());
             info!(
+                worker = roles.worker,
+                scheduler = roles.scheduler,
                 posting_workers = self.config.workers.posting_workers,
                 "workers starting"
             );
@@ -151,6 +149,42 @@ impl Application {
         }
         self.pool.close().await;
         outcome
+    }
+}
+
+impl Application {
+    /// The apalis monitor with this process's workers (worker role) and cron (scheduler role).
+    fn build_monitor(&self) -> Monitor {
+        let mut monitor = Monitor::new().should_restart(|worker, error| {
+            warn!(worker = worker.name(), %error, "worker stopped; restarting");
+            true
+        });
+        if self.config.roles.worker {
+            let engine = PostingEngine::new(self.pool.clone(), self.config.failpoint);
+            let posting = PostingJobContext {
+                poster: PostingCombiner::start(engine),
+                pool: self.pool.clone(),
+            };
+            let reconciling = ReconcileJobContext {
+                pool: self.pool.clone(),
+                settings: self.config.reconcile.clone(),
+            };
+            monitor = jobs::register_workers(
+                monitor,
+                &self.pool,
+                &self.config.workers,
+                posting,
+                reconciling,
+            );
+        }
+        if self.config.roles.scheduler {
+            let scheduler = SchedulerContext {
+                pool: self.pool.clone(),
+                schedule: self.schedule.clone(),
+            };
+            monitor = jobs::register_scheduler(monitor, scheduler);
+        }
+        monitor
     }
 }
 

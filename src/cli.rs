@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `api-key create`.
+//! The command line: `serve`, `migrate`, `api-key create`, `reconcile`.
 
 use clap::{Parser, Subcommand};
 
@@ -17,7 +17,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP intake and the posting workers (creates and migrates the database).
     Serve {
-        /// Comma-separated roles: intake, worker, all.
+        /// Comma-separated roles: intake, worker, scheduler, all.
         #[arg(long, env = "FERRY_ROLES", default_value = "all")]
         roles: String,
     },
@@ -26,6 +26,8 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     ApiKey(ApiKeyCommand),
+    /// Run one reconciliation now, in the foreground; exits 1 if it finds anything critical.
+    Reconcile(ReconcileArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,4 +40,48 @@ pub enum ApiKeyCommand {
         #[arg(long)]
         scopes: String,
     },
+}
+
+/// Arguments of `ferry reconcile`.
+#[derive(Debug, clap::Args)]
+pub struct ReconcileArgs {
+    /// Window start (RFC 3339); default: `--to` minus five minutes.
+    #[arg(long)]
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Window end (RFC 3339); default: now.
+    #[arg(long)]
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Rebuild the incremental balance sums from the whole ledger.
+    #[arg(long)]
+    pub full: bool,
+}
+
+/// A progress bar on a terminal, nothing otherwise.
+pub struct BarProgress(indicatif::ProgressBar);
+
+impl BarProgress {
+    pub fn new(steps: u64) -> Self {
+        let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            indicatif::ProgressBar::new(steps)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Self(bar)
+    }
+
+    pub fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl crate::reconcile::Progress for BarProgress {
+    fn step(&self, name: &'static str) {
+        self.0.set_message(name);
+        self.0.inc(1);
+    }
 }

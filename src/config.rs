@@ -8,7 +8,10 @@ use std::time::Duration;
 use crate::failpoint::Failpoint;
 use crate::intake::rate_limit::RateLimit;
 use crate::jobs::WorkerSettings;
+use crate::jobs::reconcile::{RECONCILE_CRON_DEFAULT, parse_schedule};
 use crate::queue::QueueSettings;
+use crate::reconcile::repair::Retention;
+use crate::reconcile::{FULL_SCAN_EVERY_SECS_DEFAULT, ReconcileSettings, STUCK_AFTER_SECS_DEFAULT};
 
 pub const DATABASE_URL_DEFAULT: &str = "postgres://postgres@localhost:5432/ferry";
 pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379";
@@ -24,42 +27,54 @@ pub const WORKER_HEARTBEAT_MS_DEFAULT: u64 = 5_000;
 pub const WORKER_MISSED_HEARTBEATS_DEFAULT: usize = 4;
 pub const ORPHAN_TIMEOUT_MS_MAX: u64 = 30_000;
 pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 10_000;
+/// Acknowledged jobs are purged after an hour: apalis's fetch slows with every finished row,
+/// and ferry keeps the history in its own tables.
+pub const JOB_RETENTION_DONE_SECS_DEFAULT: u64 = 3_600;
+/// Dead jobs are the dead-letter record; kept a week.
+pub const JOB_RETENTION_DEAD_SECS_DEFAULT: u64 = 7 * 24 * 3_600;
+/// Worker registrations not seen for a day are removed.
+pub const WORKER_RETENTION_SECS: u64 = 24 * 3_600;
 
 /// Which parts of ferry this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Roles {
     pub intake: bool,
     pub worker: bool,
+    pub scheduler: bool,
 }
 
 impl Roles {
     pub const ALL: Roles = Roles {
         intake: true,
         worker: true,
+        scheduler: true,
+    };
+    pub const NONE: Roles = Roles {
+        intake: false,
+        worker: false,
+        scheduler: false,
     };
 }
 
 impl FromStr for Roles {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut roles = Roles {
-            intake: false,
-            worker: false,
-        };
+        let mut roles = Roles::NONE;
         for role in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
             match role {
                 "intake" => roles.intake = true,
                 "worker" => roles.worker = true,
+                "scheduler" => roles.scheduler = true,
                 "all" => roles = Roles::ALL,
                 other => {
                     return Err(format!(
-                        "unknown role {other:?} (roles: intake, worker, all)"
+                        "unknown role {other:?} (roles: intake, worker, scheduler, all)"
                     ));
                 }
             }
         }
-        if !roles.intake && !roles.worker {
-            return Err("at least one role is needed (intake, worker, all)".into());
+        if roles == Roles::NONE {
+            return Err("at least one role is needed (intake, worker, scheduler, all)".into());
         }
         Ok(roles)
     }
@@ -77,6 +92,9 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// Requests per second and burst per API key, kept in Redis; 0 disables.
     pub rate_limit: RateLimit,
+    /// Cron expression (seconds first) of scheduled reconciliation.
+    pub reconcile_cron: String,
+    pub reconcile: ReconcileSettings,
     pub failpoint: Failpoint,
 }
 
@@ -135,6 +153,25 @@ impl Config {
                 per_sec: parsed("FERRY_RATE_LIMIT_PER_SEC", "0")?,
                 burst: parsed("FERRY_RATE_LIMIT_BURST", "100")?,
             },
+            reconcile_cron: var("FERRY_RECONCILE_CRON", RECONCILE_CRON_DEFAULT.to_owned())?,
+            reconcile: ReconcileSettings {
+                stuck_after: secs("FERRY_STUCK_PENDING_SECS", STUCK_AFTER_SECS_DEFAULT)?,
+                full_scan_every: secs(
+                    "FERRY_RECONCILE_FULL_SCAN_EVERY_SECS",
+                    FULL_SCAN_EVERY_SECS_DEFAULT,
+                )?,
+                retention: Retention {
+                    done: secs(
+                        "FERRY_JOB_RETENTION_DONE_SECS",
+                        JOB_RETENTION_DONE_SECS_DEFAULT,
+                    )?,
+                    dead: secs(
+                        "FERRY_JOB_RETENTION_DEAD_SECS",
+                        JOB_RETENTION_DEAD_SECS_DEFAULT,
+                    )?,
+                    workers: Duration::from_secs(WORKER_RETENTION_SECS),
+                },
+            },
             failpoint: parsed("FERRY_FAILPOINT", "none")?,
         };
         config.validate()?;
@@ -167,6 +204,18 @@ impl Config {
             return fail(
                 "FERRY_POSTING_WORKERS",
                 "posting workers × 2 + 2 must stay below the pool size",
+            );
+        }
+        if let Err(reason) = parse_schedule(&self.reconcile_cron) {
+            return fail("FERRY_RECONCILE_CRON", &reason);
+        }
+        if self.reconcile.stuck_after < Duration::from_secs(60) {
+            return fail("FERRY_STUCK_PENDING_SECS", "must be at least 60");
+        }
+        if self.reconcile.retention.done.is_zero() || self.reconcile.retention.dead.is_zero() {
+            return fail(
+                "FERRY_JOB_RETENTION_DONE_SECS",
+                "retention must be above zero",
             );
         }
         if workers.queue.fetch_batch == 0 {
@@ -207,6 +256,10 @@ fn var(variable: &'static str, default: String) -> Result<String, ConfigError> {
     }
 }
 
+fn secs(variable: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    parsed::<u64>(variable, &default.to_string()).map(Duration::from_secs)
+}
+
 fn parsed<T: FromStr>(variable: &'static str, default: &str) -> Result<T, ConfigError>
 where
     T::Err: std::fmt::Display,
@@ -225,10 +278,13 @@ mod tests {
     #[test]
     fn roles_parse_from_a_comma_list() {
         assert_eq!(
-            "intake".parse::<Roles>().map(|r| (r.intake, r.worker)),
-            Ok((true, false))
+            "intake"
+                .parse::<Roles>()
+                .map(|r| (r.intake, r.worker, r.scheduler)),
+            Ok((true, false, false))
         );
-        assert_eq!("worker, intake".parse::<Roles>(), Ok(Roles::ALL));
+        assert_eq!("worker, intake,scheduler".parse::<Roles>(), Ok(Roles::ALL));
+        assert_eq!("all".parse::<Roles>(), Ok(Roles::ALL));
         assert!("".parse::<Roles>().is_err());
         assert!("scheduler2".parse::<Roles>().is_err());
     }

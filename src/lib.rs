@@ -23,5 +23,6 @@ pub mod intake;
 pub mod jobs;
 pub mod ledger;
 pub mod queue;
+pub mod reconcile;
 pub mod store;
 pub mod telemetry;

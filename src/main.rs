@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use ferry::app::{Application, shutdown_signal};
-use ferry::cli::{ApiKeyCommand, Cli, Command};
+use ferry::cli::{ApiKeyCommand, BarProgress, Cli, Command, ReconcileArgs};
 use ferry::config::Config;
 use ferry::domain::Scopes;
+use ferry::reconcile::runs::{self, Trigger};
+use ferry::reconcile::window::Window;
 use ferry::{db, store, telemetry};
 
 #[tokio::main]
@@ -34,17 +36,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown_signal()).await
         }
         Command::Migrate => {
-            db::create_if_missing(&config.database_url).await?;
-            let pool = db::connect(&config.database_url, 2, config.db_acquire_timeout()).await?;
-            db::migrate(&pool).await?;
+            connect_migrated(&config).await?;
             println!("database migrated");
             Ok(())
         }
+        Command::Reconcile(args) => reconcile(&config, args).await,
         Command::ApiKey(ApiKeyCommand::Create { name, scopes }) => {
             let scopes = Scopes::parse_list(&scopes)?;
-            db::create_if_missing(&config.database_url).await?;
-            let pool = db::connect(&config.database_url, 2, config.db_acquire_timeout()).await?;
-            db::migrate(&pool).await?;
+            let pool = connect_migrated(&config).await?;
             let (id, key) = store::api_keys::create(&pool, &name, &scopes)
                 .await
                 .context("storing the API key")?;
@@ -57,4 +56,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `ferry reconcile`: one run in the foreground, a report, and exit 1 on critical findings.
+async fn reconcile(config: &Config, args: ReconcileArgs) -> anyhow::Result<()> {
+    let to = args.to.unwrap_or_else(chrono::Utc::now);
+    let from = args.from.unwrap_or(to - chrono::Duration::minutes(5));
+    let window = Window::new(from, to)?;
+    let pool = connect_migrated(config).await?;
+    let mut conn = pool.acquire().await?;
+    let run = runs::create(&mut conn, Trigger::Cli, window, args.full)
+        .await?
+        .context("creating the run")?;
+    drop(conn);
+    let progress = BarProgress::new(ferry::reconcile::STEPS);
+    let outcome = ferry::reconcile::execute(&pool, run.id, &config.reconcile, &progress).await;
+    progress.finish();
+    let outcome = outcome?.context("the run was already finished")?;
+    print!("{}", ferry::reconcile::report::render(&run, &outcome));
+    if outcome.has_critical() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn connect_migrated(config: &Config) -> anyhow::Result<sqlx::PgPool> {
+    db::create_if_missing(&config.database_url).await?;
+    let pool = db::connect(&config.database_url, 4, config.db_acquire_timeout()).await?;
+    db::migrate(&pool).await?;
+    Ok(pool)
 }

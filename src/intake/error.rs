@@ -38,6 +38,8 @@ pub enum ApiError {
     AccountNotFound(String),
     #[error("transfer not found")]
     TransferNotFound,
+    #[error("reconciliation run not found")]
+    ReconciliationNotFound,
     #[error("too many requests for this API key; retry after {} ms", retry_after.as_millis())]
     RateLimited { retry_after: std::time::Duration },
     #[error("no such route")]
@@ -55,9 +57,10 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::AccountExists(_) => StatusCode::CONFLICT,
-            Self::AccountNotFound(_) | Self::TransferNotFound | Self::RouteNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            Self::AccountNotFound(_)
+            | Self::TransferNotFound
+            | Self::ReconciliationNotFound
+            | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::IdempotencyKeyMissing
             | Self::IdempotencyKeyInvalid(_)
@@ -86,6 +89,7 @@ impl ApiError {
             Self::AccountExists(_) => "account_exists",
             Self::AccountNotFound(_) => "account_not_found",
             Self::TransferNotFound => "transfer_not_found",
+            Self::ReconciliationNotFound => "reconciliation_not_found",
             Self::RateLimited { .. } => "rate_limited",
             Self::RouteNotFound => "not_found",
             Self::Internal(_) => "internal",

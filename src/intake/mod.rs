@@ -7,6 +7,7 @@ pub mod error;
 pub mod health;
 pub mod json;
 pub mod rate_limit;
+pub mod reconciliations;
 pub mod transfers;
 
 use std::time::Instant;
@@ -45,7 +46,12 @@ pub fn router(state: AppState) -> Router {
             post(transfers::create).get(transfers::get_by_key),
         )
         .route("/transfers/batch", post(transfers::create_batch))
-        .route("/transfers/{id}", get(transfers::get));
+        .route("/transfers/{id}", get(transfers::get))
+        .route(
+            "/reconciliations",
+            post(reconciliations::start).get(reconciliations::list),
+        )
+        .route("/reconciliations/{id}", get(reconciliations::get));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(health::healthz))

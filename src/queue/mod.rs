@@ -14,6 +14,8 @@ use sqlx::PgConnection;
 
 /// Queue of `post_transfers` jobs.
 pub const POST_TRANSFERS_QUEUE: &str = "ferry.post_transfers";
+/// Queue of `reconcile` jobs.
+pub const RECONCILE_QUEUE: &str = "ferry.reconcile";
 
 /// Backend-level attempts of one job. Transient failures are rescheduled by ferry itself with
 /// backoff (apalis-postgres retries immediately); this only bounds a job whose handler cannot

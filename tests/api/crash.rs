@@ -17,6 +17,7 @@ async fn intake_only_app_with_pending_batch() -> TestApp {
         c.roles = Roles {
             intake: true,
             worker: false,
+            scheduler: false,
         }
     })
     .await;

@@ -11,6 +11,8 @@ use ferry::failpoint::Failpoint;
 use ferry::intake::rate_limit::RateLimit;
 use ferry::jobs::WorkerSettings;
 use ferry::queue::QueueSettings;
+use ferry::reconcile::ReconcileSettings;
+use ferry::reconcile::repair::Retention;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -81,6 +83,16 @@ pub fn test_config(database_url: &str, roles: Roles) -> Config {
             per_sec: 0,
             burst: 1,
         },
+        reconcile_cron: "0 */5 * * * *".into(),
+        reconcile: ReconcileSettings {
+            stuck_after: Duration::from_secs(600),
+            full_scan_every: Duration::from_secs(24 * 3600),
+            retention: Retention {
+                done: Duration::from_secs(3600),
+                dead: Duration::from_secs(7 * 24 * 3600),
+                workers: Duration::from_secs(24 * 3600),
+            },
+        },
         failpoint: Failpoint::None,
     }
 }
@@ -103,7 +115,14 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     ferry::telemetry::init_logging();
     let database = TestDatabase::new();
-    let mut config = test_config(&database.url, Roles::ALL);
+    // No scheduler: tests start reconciliation runs themselves.
+    let mut config = test_config(
+        &database.url,
+        Roles {
+            scheduler: false,
+            ..Roles::ALL
+        },
+    );
     adjust(&mut config);
     let app = Application::build(config).await.expect("ferry builds");
     let port = app.port().expect("intake role binds a port");
@@ -144,6 +163,7 @@ pub async fn spawn_worker(
         Roles {
             intake: false,
             worker: true,
+            scheduler: false,
         },
     );
     adjust(&mut config);

@@ -1,0 +1,121 @@
+//! `/v1/reconciliations`: start a run now, list runs, read a run with its findings.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::ApiError;
+use super::json::JsonBody;
+use crate::domain::Scope;
+use crate::jobs::reconcile::enqueue_run;
+use crate::reconcile::findings::{self, FindingView};
+use crate::reconcile::runs::{self, RunView, Trigger};
+use crate::reconcile::window::Window;
+
+/// Window of an on-demand run when the request names none: the last five minutes.
+pub const DEFAULT_WINDOW_SECS: i64 = 300;
+pub const RUNS_PAGE_LEN_DEFAULT: i64 = 20;
+pub const RUNS_PAGE_LEN_MAX: i64 = 200;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    /// Rebuild the incremental balance sums from the whole ledger.
+    #[serde(default)]
+    full: bool,
+}
+
+pub async fn start(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<JsonBody<StartRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let JsonBody(body) = body?;
+    let to = body.to.unwrap_or_else(Utc::now);
+    let from = body
+        .from
+        .unwrap_or(to - Duration::seconds(DEFAULT_WINDOW_SECS));
+    let window = Window::new(from, to).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let run = enqueue_run(&state.pool, Trigger::Api, window, body.full)
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("on-demand run was not created")))?;
+    let location = HeaderValue::from_str(&format!("/v1/reconciliations/{}", run.id))
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(run),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunsPage {
+    runs: Vec<RunView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<Uuid>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<RunsPage>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let Query(query) = query.map_err(|e| ApiError::InvalidBody(e.body_text()))?;
+    let limit = query.limit.unwrap_or(RUNS_PAGE_LEN_DEFAULT);
+    if !(1..=RUNS_PAGE_LEN_MAX).contains(&limit) {
+        return Err(ApiError::InvalidBody(format!(
+            "limit must be between 1 and {RUNS_PAGE_LEN_MAX}"
+        )));
+    }
+    let runs = runs::list(&state.pool, limit, query.cursor).await?;
+    let next_cursor = (runs.len() as i64 == limit)
+        .then(|| runs.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(RunsPage { runs, next_cursor }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    run: RunView,
+    /// Findings this run saw (still open, or resolved by a later run).
+    findings: Vec<FindingView>,
+    /// Findings this run found gone.
+    resolved: Vec<FindingView>,
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RunDetail>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::ReconciliationNotFound)?;
+    let run = runs::get(&state.pool, id)
+        .await?
+        .ok_or(ApiError::ReconciliationNotFound)?;
+    Ok(Json(RunDetail {
+        findings: findings::seen_by_run(&state.pool, id).await?,
+        resolved: findings::resolved_by_run(&state.pool, id).await?,
+        run,
+    }))
+}

@@ -1,0 +1,281 @@
+//! The checks of DESIGN §4, each one set-based SQL inside the run's snapshot.
+//!
+//! Transfer-level checks cost O(window): they look at transfers whose last change falls in
+//! the window, plus the subjects of findings still open (so an open finding is resolved only
+//! when its problem is really gone). The balance check costs O(accounts + new entries):
+//! per-account sums of entries are kept in `reconciliation_checkpoints` and each run folds in
+//! only the entries added since the last one. Entries are append-only (a trigger refuses
+//! UPDATE and DELETE), and posting transactions commit one at a time behind
+//! `ledger_posting_gate`, so the entries a snapshot sees are exactly those with
+//! `id <= max(id)`; a full run (daily, or on demand) rebuilds the sums from scratch.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use super::finding::{FindingKind, Observation};
+
+/// Transfer-level problems among transfers changed in `[from, to)` or listed in `recheck`.
+/// Returns the observations and how many transfers were looked at.
+pub async fn transfers(
+    conn: &mut PgConnection,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    recheck: &[Uuid],
+) -> Result<(Vec<Observation>, i64), sqlx::Error> {
+    let rows = sqlx::query(
+        "WITH scope AS MATERIALIZED ( \
+           SELECT id, status, amount, currency, from_account, to_account FROM transfers \
+           WHERE (updated_at >= $1 AND updated_at < $2) OR id = ANY($3)), \
+         checked AS ( \
+           SELECT s.id, s.status, \
+             count(e.id) AS entries, \
+             count(e.id) FILTER (WHERE e.side = 'debit') AS debits, \
+             count(e.id) FILTER (WHERE e.side = 'credit') AS credits, \
+             count(e.id) FILTER (WHERE \
+               (e.side = 'debit' AND (e.account_id <> s.from_account OR e.amount <> -s.amount)) \
+               OR (e.side = 'credit' AND (e.account_id <> s.to_account OR e.amount <> s.amount)) \
+               OR e.currency <> s.currency) AS mismatched \
+           FROM scope s LEFT JOIN entries e ON e.transfer_id = s.id \
+           GROUP BY s.id, s.status) \
+         SELECT id, status, entries, debits, credits, mismatched, \
+           (SELECT count(*) FROM scope) AS checked_count \
+         FROM checked \
+         WHERE debits > 1 OR credits > 1 \
+            OR (status <> 'posted' AND entries > 0) \
+            OR (status = 'posted' AND (debits <> 1 OR credits <> 1 OR mismatched > 0)) \
+         UNION ALL \
+         SELECT NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM scope)",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(recheck)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut checked = 0;
+    let mut found = Vec::new();
+    for row in rows {
+        checked = row.try_get("checked_count")?;
+        let Some(id) = row.try_get::<Option<Uuid>, _>("id")? else {
+            continue;
+        };
+        let status: String = row.try_get("status")?;
+        let entries: i64 = row.try_get("entries")?;
+        let debits: i64 = row.try_get("debits")?;
+        let credits: i64 = row.try_get("credits")?;
+        let mismatched: i64 = row.try_get("mismatched")?;
+        let (kind, detail) = if debits > 1 || credits > 1 {
+            (
+                FindingKind::DoublePosted,
+                format!("{status} transfer has {debits} debits and {credits} credits"),
+            )
+        } else if status != "posted" {
+            (
+                FindingKind::FailedWithEntries,
+                format!("{status} transfer has {entries} ledger entries"),
+            )
+        } else {
+            (
+                FindingKind::PostedWithoutEntries,
+                format!(
+                    "posted transfer has {debits} debits and {credits} credits \
+                     ({mismatched} not matching its accounts, amount or currency)"
+                ),
+            )
+        };
+        found.push(Observation::about_transfer(kind, id, detail));
+    }
+    Ok((found, checked))
+}
+
+/// Entries whose transfer does not exist, grouped by the missing transfer id. Looks at
+/// entries after `after_entry_id` (all of them when 0) and at the transfers in `recheck`.
+pub async fn orphan_entries(
+    conn: &mut PgConnection,
+    after_entry_id: i64,
+    recheck: &[Uuid],
+) -> Result<Vec<Observation>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT e.transfer_id, count(*) AS entries, string_agg(e.account_id, ', ') AS accounts \
+         FROM entries e LEFT JOIN transfers t ON t.id = e.transfer_id \
+         WHERE (e.id > $1 OR e.transfer_id = ANY($2)) AND t.id IS NULL \
+         GROUP BY e.transfer_id",
+    )
+    .bind(after_entry_id)
+    .bind(recheck)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let transfer_id: Uuid = row.try_get("transfer_id")?;
+            let entries: i64 = row.try_get("entries")?;
+            let accounts: String = row.try_get("accounts")?;
+            Ok(Observation::about_transfer(
+                FindingKind::OrphanEntry,
+                transfer_id,
+                format!(
+                    "{entries} entries (accounts {accounts}) name a transfer that does not exist"
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// Outcome of the balance check.
+pub struct BalanceCheck {
+    pub observations: Vec<Observation>,
+    pub accounts_checked: i64,
+    /// The highest entry id now folded into the checkpoints.
+    pub entries_through_id: i64,
+}
+
+/// Folds entries after `through_id` into the per-account sums (or rebuilds them all when
+/// `full`), then compares every balance with its sum and every currency's total with zero.
+pub async fn balances(
+    conn: &mut PgConnection,
+    through_id: i64,
+    full: bool,
+) -> Result<BalanceCheck, sqlx::Error> {
+    let from_id = if full { 0 } else { through_id };
+    let new_through: i64 =
+        sqlx::query_scalar("SELECT coalesce(max(id), $1) FROM entries WHERE id > $1")
+            .bind(from_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    if full {
+        sqlx::query("DELETE FROM reconciliation_checkpoints")
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query(
+        "INSERT INTO reconciliation_checkpoints (account_id, entries_sum) \
+         SELECT account_id, sum(amount) FROM entries WHERE id > $1 AND id <= $2 \
+         GROUP BY account_id \
+         ON CONFLICT (account_id) DO UPDATE \
+           SET entries_sum = reconciliation_checkpoints.entries_sum + EXCLUDED.entries_sum",
+    )
+    .bind(from_id)
+    .bind(new_through)
+    .execute(&mut *conn)
+    .await?;
+    let drifted = sqlx::query(
+        "SELECT a.id, a.balance, coalesce(c.entries_sum, 0) AS entries_sum, \
+           (SELECT count(*) FROM accounts) AS accounts \
+         FROM accounts a LEFT JOIN reconciliation_checkpoints c ON c.account_id = a.id \
+         WHERE a.balance <> coalesce(c.entries_sum, 0) \
+         UNION ALL SELECT NULL, NULL, NULL, (SELECT count(*) FROM accounts)",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut observations = Vec::new();
+    let mut accounts_checked = 0;
+    for row in drifted {
+        accounts_checked = row.try_get("accounts")?;
+        let Some(id) = row.try_get::<Option<String>, _>("id")? else {
+            continue;
+        };
+        let balance: Decimal = row.try_get("balance")?;
+        let sum: Decimal = row.try_get("entries_sum")?;
+        observations.push(Observation::about_account(
+            FindingKind::BalanceDrift,
+            id,
+            format!(
+                "balance {balance} but its entries sum to {sum} (difference {})",
+                balance - sum
+            ),
+        ));
+    }
+    observations.extend(unbalanced_currencies(conn, new_through).await?);
+    Ok(BalanceCheck {
+        observations,
+        accounts_checked,
+        entries_through_id: new_through,
+    })
+}
+
+/// Currencies whose entries do not sum to zero. Entries of one currency sit only on accounts
+/// of that currency, except through corruption, which the transfer checks report.
+async fn unbalanced_currencies(
+    conn: &mut PgConnection,
+    through_id: i64,
+) -> Result<Vec<Observation>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT a.currency, sum(c.entries_sum) AS total \
+         FROM reconciliation_checkpoints c JOIN accounts a ON a.id = c.account_id \
+         GROUP BY a.currency HAVING sum(c.entries_sum) <> 0",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let currency: String = row.try_get("currency")?;
+            let total: Decimal = row.try_get("total")?;
+            Ok(Observation {
+                kind: FindingKind::LedgerUnbalanced,
+                subject: format!("currency:{}", currency.trim()),
+                transfer_id: None,
+                account_id: None,
+                detail: format!(
+                    "{} entries sum to {total}, not zero (entries through id {through_id})",
+                    currency.trim()
+                ),
+            })
+        })
+        .collect()
+}
+
+/// Transfers pending since before `older_than`.
+pub async fn stuck_pending(
+    conn: &mut PgConnection,
+    older_than: DateTime<Utc>,
+) -> Result<Vec<Observation>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, created_at, attempts FROM transfers \
+         WHERE status = 'pending' AND created_at < $1 ORDER BY created_at LIMIT 10000",
+    )
+    .bind(older_than)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let id: Uuid = row.try_get("id")?;
+            let created: DateTime<Utc> = row.try_get("created_at")?;
+            let attempts: i32 = row.try_get("attempts")?;
+            Ok(Observation::about_transfer(
+                FindingKind::StuckPending,
+                id,
+                format!("pending since {created} after {attempts} attempts"),
+            ))
+        })
+        .collect()
+}
+
+/// Jobs apalis gave up on: exhausted (`Failed`) or killed.
+pub async fn dead_jobs(conn: &mut PgConnection) -> Result<Vec<Observation>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, job_type, status, attempts, last_result::text AS last_result \
+         FROM apalis.jobs \
+         WHERE status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts) \
+         ORDER BY id LIMIT 10000",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            let queue: String = row.try_get("job_type")?;
+            let status: String = row.try_get("status")?;
+            let attempts: i32 = row.try_get("attempts")?;
+            let last: Option<String> = row.try_get("last_result")?;
+            let last: String = last.unwrap_or_default().chars().take(300).collect();
+            Ok(Observation {
+                kind: FindingKind::JobDead,
+                subject: format!("job:{id}"),
+                transfer_id: None,
+                account_id: None,
+                detail: format!("{queue} job {status} after {attempts} attempts: {last}"),
+            })
+        })
+        .collect()
+}

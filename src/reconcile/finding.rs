@@ -1,0 +1,129 @@
+//! What reconciliation can find, and how bad each kind is (DESIGN §4).
+
+use serde::Serialize;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Medium,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Medium => "medium",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// Posted, but its entries are missing or do not match it.
+    PostedWithoutEntries,
+    /// Failed or pending, yet entries exist.
+    FailedWithEntries,
+    /// More than one debit or credit for one transfer.
+    DoublePosted,
+    /// An account's balance differs from the sum of its entries.
+    BalanceDrift,
+    /// A currency's entries do not sum to zero.
+    LedgerUnbalanced,
+    /// Entries whose transfer does not exist.
+    OrphanEntry,
+    /// Pending for longer than the threshold.
+    StuckPending,
+    /// A job apalis gave up on (exhausted or killed).
+    JobDead,
+}
+
+impl FindingKind {
+    pub const ALL: [FindingKind; 8] = [
+        Self::PostedWithoutEntries,
+        Self::FailedWithEntries,
+        Self::DoublePosted,
+        Self::BalanceDrift,
+        Self::LedgerUnbalanced,
+        Self::OrphanEntry,
+        Self::StuckPending,
+        Self::JobDead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PostedWithoutEntries => "posted_without_entries",
+            Self::FailedWithEntries => "failed_with_entries",
+            Self::DoublePosted => "double_posted",
+            Self::BalanceDrift => "balance_drift",
+            Self::LedgerUnbalanced => "ledger_unbalanced",
+            Self::OrphanEntry => "orphan_entry",
+            Self::StuckPending => "stuck_pending",
+            Self::JobDead => "job_dead",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    pub fn severity(self) -> Severity {
+        match self {
+            Self::StuckPending | Self::JobDead => Severity::Medium,
+            _ => Severity::Critical,
+        }
+    }
+}
+
+/// One problem seen by one run. `subject` identifies it across runs (`transfer:<id>`,
+/// `account:<id>`, `currency:<code>`, `job:<id>`), so a problem still present stays one finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub kind: FindingKind,
+    pub subject: String,
+    pub transfer_id: Option<Uuid>,
+    pub account_id: Option<String>,
+    pub detail: String,
+}
+
+impl Observation {
+    pub fn about_transfer(kind: FindingKind, transfer_id: Uuid, detail: String) -> Self {
+        Self {
+            kind,
+            subject: format!("transfer:{transfer_id}"),
+            transfer_id: Some(transfer_id),
+            account_id: None,
+            detail,
+        }
+    }
+
+    pub fn about_account(kind: FindingKind, account_id: String, detail: String) -> Self {
+        Self {
+            kind,
+            subject: format!("account:{account_id}"),
+            transfer_id: None,
+            account_id: Some(account_id),
+            detail,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_and_carry_the_design_severities() {
+        for kind in FindingKind::ALL {
+            assert_eq!(FindingKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(FindingKind::StuckPending.severity(), Severity::Medium);
+        assert_eq!(FindingKind::JobDead.severity(), Severity::Medium);
+        assert_eq!(FindingKind::BalanceDrift.severity(), Severity::Critical);
+        assert_eq!(FindingKind::OrphanEntry.severity(), Severity::Critical);
+    }
+}

@@ -1,0 +1,258 @@
+//! Reconciliation: re-checks the ledger's invariants from the database, records findings,
+//! re-drives stuck transfers and purges finished jobs. Runs every five minutes (scheduler
+//! role), on demand (`POST /v1/reconciliations`), or in the foreground (`ferry reconcile`).
+
+pub mod checks;
+pub mod finding;
+pub mod findings;
+pub mod repair;
+pub mod report;
+pub mod runs;
+pub mod window;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sqlx::{PgPool, Row};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use finding::{FindingKind, Observation, Severity};
+use findings::FindingChanges;
+use repair::Retention;
+
+/// Default: a pending transfer older than this is `stuck_pending` (DESIGN §4: 10 min).
+pub const STUCK_AFTER_SECS_DEFAULT: u64 = 600;
+/// Windows are widened backwards by this much, so a transfer committed just after a run's
+/// snapshot but stamped inside its window is seen by the next run. Findings are deduplicated,
+/// so the overlap costs nothing but a little scanning.
+pub const WINDOW_OVERLAP_SECS: i64 = 60;
+/// A full rescan of the ledger (rebuilding the incremental sums) at least this often.
+pub const FULL_SCAN_EVERY_SECS_DEFAULT: u64 = 24 * 3600;
+/// Steps a run reports to its progress display.
+pub const STEPS: u64 = 8;
+
+#[derive(Debug, Clone)]
+pub struct ReconcileSettings {
+    pub stuck_after: Duration,
+    pub full_scan_every: Duration,
+    pub retention: Retention,
+}
+
+/// Receives progress from a run (the CLI draws a bar; jobs ignore it).
+pub trait Progress: Send + Sync {
+    fn step(&self, name: &'static str);
+}
+
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn step(&self, _: &'static str) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("reconciliation run {0} does not exist")]
+    UnknownRun(Uuid),
+    #[error("database error during reconciliation")]
+    Database(#[from] sqlx::Error),
+    #[error("could not re-drive stuck transfers")]
+    Redrive(#[from] crate::queue::EnqueueError),
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunOutcome {
+    pub transfers_checked: i64,
+    pub accounts_checked: i64,
+    pub full_scan: bool,
+    pub changes: FindingChanges,
+    pub observed: Vec<Observation>,
+    pub transfers_redriven: usize,
+    pub jobs_purged: u64,
+    pub elapsed: Duration,
+}
+
+impl RunOutcome {
+    pub fn has_critical(&self) -> bool {
+        self.observed
+            .iter()
+            .any(|o| o.kind.severity() == Severity::Critical)
+    }
+}
+
+/// Executes run `run_id` (created by [`runs::create`]) and records its outcome. A run that
+/// already finished (a redelivered job) is left as it is.
+pub async fn execute(
+    pool: &PgPool,
+    run_id: Uuid,
+    settings: &ReconcileSettings,
+    progress: &dyn Progress,
+) -> Result<Option<RunOutcome>, ReconcileError> {
+    let row = sqlx::query(
+        "UPDATE reconciliation_runs SET started_at = now() \
+         WHERE id = $1 AND status = 'running' RETURNING window_start, window_end, full_scan",
+    )
+    .bind(run_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        let exists = runs::get(pool, run_id).await?.is_some();
+        return if exists {
+            Ok(None)
+        } else {
+            Err(ReconcileError::UnknownRun(run_id))
+        };
+    };
+    let window = window::Window {
+        start: row.try_get("window_start")?,
+        end: row.try_get("window_end")?,
+    };
+    let full: bool = row.try_get("full_scan")?;
+    match check_and_record(pool, run_id, window, full, settings, progress).await {
+        Ok(outcome) => {
+            finish(pool, run_id, &outcome).await?;
+            info!(
+                %run_id,
+                transfers = outcome.transfers_checked,
+                open = outcome.changes.open,
+                opened = outcome.changes.opened.len(),
+                resolved = outcome.changes.resolved.len(),
+                elapsed_ms = outcome.elapsed.as_millis() as u64,
+                "reconciliation completed"
+            );
+            Ok(Some(outcome))
+        }
+        Err(e) => {
+            warn!(%run_id, error = %e, "reconciliation failed");
+            sqlx::query(
+                "UPDATE reconciliation_runs SET status = 'failed', error = $2, \
+                 finished_at = now() WHERE id = $1",
+            )
+            .bind(run_id)
+            .bind(format!("{e:#}"))
+            .execute(pool)
+            .await?;
+            Err(e)
+        }
+    }
+}
+
+async fn check_and_record(
+    pool: &PgPool,
+    run_id: Uuid,
+    window: window::Window,
+    full_requested: bool,
+    settings: &ReconcileSettings,
+    progress: &dyn Progress,
+) -> Result<RunOutcome, ReconcileError> {
+    let started = Instant::now();
+    // One consistent snapshot for every check. The state lock comes first, before the
+    // snapshot is fixed, so runs take turns and each sees the sums its predecessor wrote.
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await?;
+    sqlx::raw_sql(
+        "SET LOCAL lock_timeout = '120s'; \
+         LOCK TABLE reconciliation_state IN EXCLUSIVE MODE",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let state = sqlx::query(
+        "SELECT entries_through_id, \
+           coalesce(last_full_scan_at < now() - make_interval(secs => $1), true) AS full_due \
+         FROM reconciliation_state",
+    )
+    .bind(settings.full_scan_every.as_secs_f64())
+    .fetch_one(&mut *tx)
+    .await?;
+    let through_id: i64 = state.try_get("entries_through_id")?;
+    let full = full_requested || state.try_get::<bool, _>("full_due")?;
+    let mut outcome = RunOutcome {
+        full_scan: full,
+        ..RunOutcome::default()
+    };
+    let mut observed = Vec::new();
+
+    progress.step("open findings");
+    let recheck = findings::open_transfer_subjects(&mut tx).await?;
+    progress.step("transfers and their entries");
+    let overlap = chrono::Duration::seconds(WINDOW_OVERLAP_SECS);
+    let (found, checked) =
+        checks::transfers(&mut tx, window.start - overlap, window.end, &recheck).await?;
+    observed.extend(found);
+    outcome.transfers_checked = checked;
+    progress.step("orphan entries");
+    let orphans_after = if full { 0 } else { through_id };
+    observed.extend(checks::orphan_entries(&mut tx, orphans_after, &recheck).await?);
+    progress.step("balances and currency totals");
+    let balances = checks::balances(&mut tx, through_id, full).await?;
+    observed.extend(balances.observations);
+    outcome.accounts_checked = balances.accounts_checked;
+    sqlx::query(
+        "UPDATE reconciliation_state SET entries_through_id = $1, \
+           last_full_scan_at = CASE WHEN $2 THEN now() ELSE last_full_scan_at END",
+    )
+    .bind(balances.entries_through_id)
+    .bind(full)
+    .execute(&mut *tx)
+    .await?;
+    progress.step("stuck transfers");
+    let stuck_before =
+        Utc::now() - chrono::Duration::from_std(settings.stuck_after).unwrap_or_default();
+    let stuck = checks::stuck_pending(&mut tx, stuck_before).await?;
+    let stuck_ids: Vec<Uuid> = stuck.iter().filter_map(|o| o.transfer_id).collect();
+    outcome.transfers_redriven = repair::redrive(&mut tx, &stuck_ids).await?;
+    observed.extend(stuck);
+    progress.step("dead jobs");
+    observed.extend(checks::dead_jobs(&mut tx).await?);
+    progress.step("recording findings");
+    let observed = deduplicate(observed);
+    outcome.changes = findings::record(&mut tx, run_id, &observed).await?;
+    tx.commit().await?;
+    outcome.observed = observed;
+
+    progress.step("purging finished jobs");
+    let mut conn = pool.acquire().await?;
+    outcome.jobs_purged = repair::purge_finished_jobs(&mut conn, settings.retention).await?;
+    outcome.elapsed = started.elapsed();
+    metrics::histogram!("ferry_reconciliation_seconds").record(outcome.elapsed.as_secs_f64());
+    Ok(outcome)
+}
+
+/// One observation per (kind, subject): a finding is one row however it was reached.
+fn deduplicate(observed: Vec<Observation>) -> Vec<Observation> {
+    let mut seen = HashSet::new();
+    observed
+        .into_iter()
+        .filter(|o| seen.insert((o.kind, o.subject.clone())))
+        .collect()
+}
+
+async fn finish(pool: &PgPool, run_id: Uuid, outcome: &RunOutcome) -> Result<(), sqlx::Error> {
+    for kind in FindingKind::ALL {
+        let open = outcome.observed.iter().filter(|o| o.kind == kind).count();
+        metrics::gauge!("ferry_reconciliation_open_findings", "kind" => kind.as_str())
+            .set(open as f64);
+    }
+    sqlx::query(
+        "UPDATE reconciliation_runs SET status = 'completed', finished_at = now(), \
+           full_scan = $2, transfers_checked = $3, accounts_checked = $4, findings_open = $5, \
+           findings_opened = $6, findings_resolved = $7, transfers_redriven = $8, \
+           jobs_purged = $9 \
+         WHERE id = $1",
+    )
+    .bind(run_id)
+    .bind(outcome.full_scan)
+    .bind(outcome.transfers_checked)
+    .bind(outcome.accounts_checked)
+    .bind(i32::try_from(outcome.changes.open).unwrap_or(i32::MAX))
+    .bind(i32::try_from(outcome.changes.opened.len()).unwrap_or(i32::MAX))
+    .bind(i32::try_from(outcome.changes.resolved.len()).unwrap_or(i32::MAX))
+    .bind(i32::try_from(outcome.transfers_redriven).unwrap_or(i32::MAX))
+    .bind(i64::try_from(outcome.jobs_purged).unwrap_or(i64::MAX))
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Self-healing and housekeeping done by each run.
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::jobs::post_transfers::{PostTransfers, TRANSFERS_PER_JOB_MAX};
+use crate::queue::{self, EnqueueError, POST_TRANSFERS_QUEUE};
+
+/// Re-enqueues the `stuck` transfers that no live job carries (the job is gone, or apalis gave
+/// up on it). Transfers a live job still carries are left to it; posting is idempotent either
+/// way. Returns how many transfers were re-driven.
+pub async fn redrive(conn: &mut PgConnection, stuck: &[Uuid]) -> Result<usize, EnqueueError> {
+    if stuck.is_empty() {
+        return Ok(0);
+    }
+    let orphaned: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT s.id FROM unnest($1::uuid[]) AS s(id) \
+         WHERE NOT EXISTS ( \
+           SELECT 1 FROM apalis.jobs j \
+           WHERE j.job_type = $2 AND j.status IN ('Pending', 'Queued', 'Running', 'Failed') \
+             AND (j.status <> 'Failed' OR j.attempts < j.max_attempts) \
+             AND convert_from(j.job, 'UTF8')::jsonb -> 'transfer_ids' ? s.id::text)",
+    )
+    .bind(stuck)
+    .bind(POST_TRANSFERS_QUEUE)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| EnqueueError::Database(e.into()))?;
+    for chunk in orphaned.chunks(TRANSFERS_PER_JOB_MAX) {
+        let job = PostTransfers {
+            transfer_ids: chunk.to_vec(),
+        };
+        queue::enqueue(conn, POST_TRANSFERS_QUEUE, &job, None).await?;
+    }
+    if !orphaned.is_empty() {
+        metrics::counter!("ferry_transfers_redriven_total").increment(orphaned.len() as u64);
+        tracing::warn!(
+            transfers = orphaned.len(),
+            "re-drove stuck transfers whose job was gone"
+        );
+    }
+    Ok(orphaned.len())
+}
+
+/// How long finished jobs are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Acknowledged jobs: their history lives in ferry's own tables.
+    pub done: Duration,
+    /// Dead jobs, kept longer as the dead-letter record `job_dead` findings point to.
+    pub dead: Duration,
+    /// Worker registrations not seen for this long.
+    pub workers: Duration,
+}
+
+/// Deletes finished apalis jobs past their retention (apalis never deletes them, and its
+/// fetch slows with every finished row) and long-gone worker registrations.
+pub async fn purge_finished_jobs(
+    conn: &mut PgConnection,
+    retention: Retention,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM apalis.jobs WHERE status = 'Done' AND done_at < now() - make_interval(secs => $1)",
+    )
+    .bind(retention.done.as_secs_f64())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    let dead = sqlx::query(
+        "DELETE FROM apalis.jobs \
+         WHERE (status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts)) \
+           AND coalesce(done_at, run_at) < now() - make_interval(secs => $1)",
+    )
+    .bind(retention.dead.as_secs_f64())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    sqlx::query(
+        "DELETE FROM apalis.workers w WHERE w.last_seen < now() - make_interval(secs => $1) \
+         AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.lock_by = w.id)",
+    )
+    .bind(retention.workers.as_secs_f64())
+    .execute(&mut *conn)
+    .await?;
+    Ok(done + dead)
+}

@@ -1,0 +1,72 @@
+//! The human-readable report `ferry reconcile` prints.
+
+use std::fmt::Write;
+
+use super::RunOutcome;
+use super::finding::Severity;
+use super::runs::RunView;
+
+pub fn render(run: &RunView, outcome: &RunOutcome) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "reconciliation {}", run.id);
+    let _ = writeln!(
+        out,
+        "  window      {} .. {}",
+        run.window_start, run.window_end
+    );
+    let _ = writeln!(
+        out,
+        "  checked     {} transfers, {} accounts{} in {:.2}s",
+        outcome.transfers_checked,
+        outcome.accounts_checked,
+        if outcome.full_scan {
+            " (full scan)"
+        } else {
+            ""
+        },
+        outcome.elapsed.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "  findings    {} open ({} new), {} resolved",
+        outcome.changes.open,
+        outcome.changes.opened.len(),
+        outcome.changes.resolved.len()
+    );
+    if outcome.transfers_redriven > 0 {
+        let _ = writeln!(
+            out,
+            "  re-driven   {} stuck transfers whose job was gone",
+            outcome.transfers_redriven
+        );
+    }
+    let _ = writeln!(out, "  purged      {} finished jobs", outcome.jobs_purged);
+    if outcome.observed.is_empty() {
+        let _ = writeln!(out, "\nledger is consistent: no findings");
+        return out;
+    }
+    let mut observed: Vec<_> = outcome.observed.iter().collect();
+    observed.sort_by_key(|o| {
+        (
+            std::cmp::Reverse(o.kind.severity()),
+            o.kind.as_str(),
+            &o.subject,
+        )
+    });
+    let _ = writeln!(out);
+    for o in observed {
+        let marker = match o.kind.severity() {
+            Severity::Critical => "CRITICAL",
+            Severity::Medium => "medium  ",
+            Severity::Info => "info    ",
+        };
+        let _ = writeln!(
+            out,
+            "{marker} {:<24} {:<48} {}",
+            o.kind.as_str(),
+            o.subject,
+            o.detail
+        );
+    }
+    out
+}
