@@ -10,4 +10,5 @@ mod crash;
 mod idempotency;
 mod posting;
 mod rate_limit;
+mod reconciliation;
 mod validation;

@@ -1,0 +1,567 @@
+//! Reconciliation: every finding kind caught after deliberate corruption, exactly once, and
+//! resolved after repair; a clean ledger reports nothing; one run per scheduled window.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use ferry::config::Roles;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, create_api_key, spawn_app, spawn_worker, transfer};
+
+/// Starts a run over the last hour via the API and waits for it to finish.
+async fn reconcile(app: &TestApp, full: bool) -> Value {
+    let now = chrono::Utc::now();
+    let body = json!({
+        "from": (now - chrono::Duration::hours(1)).to_rfc3339(),
+        "to": (now + chrono::Duration::minutes(1)).to_rfc3339(),
+        "full": full,
+    });
+    let started = app.post_json("/v1/reconciliations", &body).await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
+    let id = started.body["id"].as_str().expect("run id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = app.get(&format!("/v1/reconciliations/{id}")).await;
+        assert_eq!(run.status, StatusCode::OK, "{}", run.body);
+        match run.body["status"].as_str() {
+            Some("completed") => return run.body,
+            Some("failed") => panic!("run failed: {}", run.body),
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run did not finish: {}",
+            run.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The (kind, subject, severity) of the findings a run saw, sorted.
+fn findings(run: &Value) -> Vec<(String, String, String)> {
+    let mut found: Vec<_> = run["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            let text = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
+            (text("kind"), text("subject"), text("severity"))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn finding(kind: &str, subject: &str, severity: &str) -> (String, String, String) {
+    (kind.to_owned(), subject.to_owned(), severity.to_owned())
+}
+
+fn resolved_kinds(run: &Value) -> Vec<String> {
+    let mut kinds: Vec<_> = run["resolved"]
+        .as_array()
+        .expect("resolved")
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+/// An app with a treasury, accounts `a` and `b`, and one posted transfer treasury → a → b.
+async fn app_with_posted_transfer() -> (TestApp, String) {
+    let app = spawn_app().await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("a", "USD", false).await;
+    app.create_account("b", "USD", false).await;
+    app.post_transfer("fund", &transfer("treasury", "a", "50.00"))
+        .await;
+    let reply = app.post_transfer("pay", &transfer("a", "b", "20.00")).await;
+    let id = reply.body["id"].as_str().expect("id").to_owned();
+    app.run_until_idle(Duration::from_secs(20)).await;
+    // A first, clean run folds the existing entries into the incremental sums.
+    let clean = reconcile(&app, false).await;
+    assert_eq!(findings(&clean), vec![], "{clean}");
+    (app, id)
+}
+
+/// Runs SQL as a superuser session with triggers and foreign keys off, the way someone
+/// tampering with the database would.
+async fn tamper(app: &TestApp, sql: &str) {
+    let statement = format!("SET session_replication_role = replica; {sql}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+        .execute(&app.pool)
+        .await
+        .expect("tampering statement");
+    sqlx::raw_sql("SET session_replication_role = origin")
+        .execute(&app.pool)
+        .await
+        .expect("reset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_ledger_under_concurrent_traffic_reports_no_findings() {
+    let app = spawn_app().await;
+    app.create_account("treasury", "USD", true).await;
+    for n in 0..5 {
+        app.create_account(&format!("acct{n}"), "USD", false).await;
+    }
+    let items: Vec<_> = (0..400)
+        .map(|n| {
+            let (from, to) = if n < 5 {
+                ("treasury".to_owned(), format!("acct{n}"))
+            } else {
+                (format!("acct{}", n % 5), format!("acct{}", (n + 1) % 5))
+            };
+            json!({"idempotency_key": format!("k{n}"), "from_account": from, "to_account": to,
+                   "amount": format!("{}.{:02}", n % 40 + 1, n % 100), "currency": "USD"})
+        })
+        .collect();
+    let (first, second) = items.split_at(200);
+    let (first, second) = (json!({"transfers": first}), json!({"transfers": second}));
+    let (a, b) = tokio::join!(
+        app.post_json("/v1/transfers/batch", &first),
+        app.post_json("/v1/transfers/batch", &second),
+    );
+    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
+    app.run_until_idle(Duration::from_secs(30)).await;
+    let run = reconcile(&app, false).await;
+    assert_eq!(findings(&run), vec![], "{run}");
+    assert_eq!(run["transfers_checked"], 400);
+    assert_eq!(run["accounts_checked"], 6);
+    let full = reconcile(&app, true).await;
+    assert_eq!(findings(&full), vec![], "{full}");
+    assert_eq!(full["full_scan"], true);
+}
+
+#[tokio::test]
+async fn deleted_entries_are_posted_without_entries_and_resolve_when_restored() {
+    let (app, id) = app_with_posted_transfer().await;
+    tamper(
+        &app,
+        &format!(
+            "CREATE TABLE deleted AS SELECT * FROM entries WHERE transfer_id = '{id}'; \
+             DELETE FROM entries WHERE transfer_id = '{id}';"
+        ),
+    )
+    .await;
+    let run = reconcile(&app, false).await;
+    let subject = format!("transfer:{id}");
+    assert_eq!(
+        findings(&run),
+        vec![finding("posted_without_entries", &subject, "critical")]
+    );
+    // A full scan also sees that the balances no longer match the remaining entries.
+    let full = reconcile(&app, true).await;
+    assert_eq!(
+        findings(&full),
+        vec![
+            finding("balance_drift", "account:a", "critical"),
+            finding("balance_drift", "account:b", "critical"),
+            finding("posted_without_entries", &subject, "critical"),
+        ]
+    );
+    tamper(
+        &app,
+        "INSERT INTO entries OVERRIDING SYSTEM VALUE SELECT * FROM deleted",
+    )
+    .await;
+    let repaired = reconcile(&app, true).await;
+    assert_eq!(findings(&repaired), vec![]);
+    assert_eq!(
+        resolved_kinds(&repaired),
+        ["balance_drift", "balance_drift", "posted_without_entries"]
+    );
+}
+
+#[tokio::test]
+async fn a_changed_balance_is_balance_drift_and_resolves_when_reverted() {
+    let (app, _) = app_with_posted_transfer().await;
+    tamper(
+        &app,
+        "UPDATE accounts SET balance = balance + 1 WHERE id = 'b'",
+    )
+    .await;
+    let run = reconcile(&app, false).await;
+    assert_eq!(
+        findings(&run),
+        vec![finding("balance_drift", "account:b", "critical")]
+    );
+    let detail = run["findings"][0]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("21.00") && detail.contains("20.00"),
+        "{detail}"
+    );
+    // Still there on the next run: the same finding, not a second one.
+    let again = reconcile(&app, false).await;
+    assert_eq!(again["findings"][0]["id"], run["findings"][0]["id"]);
+    assert_eq!(again["findings_opened"], 0);
+    assert_eq!(again["findings_open"], 1);
+    tamper(
+        &app,
+        "UPDATE accounts SET balance = balance - 1 WHERE id = 'b'",
+    )
+    .await;
+    let repaired = reconcile(&app, false).await;
+    assert_eq!(findings(&repaired), vec![]);
+    assert_eq!(resolved_kinds(&repaired), ["balance_drift"]);
+    assert!(repaired["resolved"][0]["resolved_at"].is_string());
+}
+
+#[tokio::test]
+async fn an_entry_without_a_transfer_is_orphan_entry() {
+    let (app, _) = app_with_posted_transfer().await;
+    let ghost = uuid::Uuid::new_v4();
+    // A balanced pair on real accounts, balances adjusted: only the missing transfer is wrong.
+    tamper(
+        &app,
+        &format!(
+            "INSERT INTO entries (transfer_id, account_id, side, amount, currency) VALUES \
+               ('{ghost}', 'a', 'debit', -5, 'USD'), ('{ghost}', 'b', 'credit', 5, 'USD'); \
+             UPDATE accounts SET balance = balance - 5 WHERE id = 'a'; \
+             UPDATE accounts SET balance = balance + 5 WHERE id = 'b';"
+        ),
+    )
+    .await;
+    let run = reconcile(&app, false).await;
+    assert_eq!(
+        findings(&run),
+        vec![finding(
+            "orphan_entry",
+            &format!("transfer:{ghost}"),
+            "critical"
+        )]
+    );
+    tamper(
+        &app,
+        &format!(
+            "DELETE FROM entries WHERE transfer_id = '{ghost}'; \
+             UPDATE accounts SET balance = balance + 5 WHERE id = 'a'; \
+             UPDATE accounts SET balance = balance - 5 WHERE id = 'b';"
+        ),
+    )
+    .await;
+    // Entries were removed by hand, so the incremental sums need a full rescan.
+    let repaired = reconcile(&app, true).await;
+    assert_eq!(findings(&repaired), vec![]);
+    assert_eq!(resolved_kinds(&repaired), ["orphan_entry"]);
+}
+
+#[tokio::test]
+async fn a_second_debit_and_credit_for_one_transfer_is_double_posted() {
+    let (app, id) = app_with_posted_transfer().await;
+    tamper(
+        &app,
+        &format!(
+            "ALTER TABLE entries DROP CONSTRAINT entries_one_per_side; \
+             INSERT INTO entries (transfer_id, account_id, side, amount, currency) VALUES \
+               ('{id}', 'a', 'debit', -20, 'USD'), ('{id}', 'b', 'credit', 20, 'USD'); \
+             UPDATE accounts SET balance = balance - 20 WHERE id = 'a'; \
+             UPDATE accounts SET balance = balance + 20 WHERE id = 'b';"
+        ),
+    )
+    .await;
+    let run = reconcile(&app, false).await;
+    assert_eq!(
+        findings(&run),
+        vec![finding(
+            "double_posted",
+            &format!("transfer:{id}"),
+            "critical"
+        )]
+    );
+    tamper(
+        &app,
+        &format!(
+            "DELETE FROM entries WHERE id IN (SELECT max(id) FROM entries \
+               WHERE transfer_id = '{id}' GROUP BY side); \
+             UPDATE accounts SET balance = balance + 20 WHERE id = 'a'; \
+             UPDATE accounts SET balance = balance - 20 WHERE id = 'b';"
+        ),
+    )
+    .await;
+    let repaired = reconcile(&app, true).await;
+    assert_eq!(findings(&repaired), vec![]);
+    assert_eq!(resolved_kinds(&repaired), ["double_posted"]);
+}
+
+#[tokio::test]
+async fn a_posted_transfer_marked_failed_is_failed_with_entries() {
+    let (app, id) = app_with_posted_transfer().await;
+    tamper(
+        &app,
+        &format!(
+            "UPDATE transfers SET status = 'failed', failure_code = 'insufficient_funds', \
+               posted_at = NULL, failed_at = now() WHERE id = '{id}'"
+        ),
+    )
+    .await;
+    let run = reconcile(&app, false).await;
+    assert_eq!(
+        findings(&run),
+        vec![finding(
+            "failed_with_entries",
+            &format!("transfer:{id}"),
+            "critical"
+        )]
+    );
+    tamper(
+        &app,
+        &format!(
+            "UPDATE transfers SET status = 'posted', failure_code = NULL, posted_at = now(), \
+               failed_at = NULL WHERE id = '{id}'"
+        ),
+    )
+    .await;
+    let repaired = reconcile(&app, false).await;
+    assert_eq!(findings(&repaired), vec![]);
+    assert_eq!(resolved_kinds(&repaired), ["failed_with_entries"]);
+}
+
+/// Inserts a transfer that has been pending for 11 minutes (as if intake had committed it
+/// and its job had since vanished).
+async fn insert_aged_pending(app: &TestApp, key: &str) -> uuid::Uuid {
+    let id = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
+           from_account, to_account, amount, currency, created_at, updated_at) \
+         SELECT $1, id, $2, '\\x00', 'treasury', 'b', 3, 'USD', \
+           now() - interval '11 minutes', now() - interval '11 minutes' \
+         FROM api_keys LIMIT 1",
+    )
+    .bind(id)
+    .bind(key)
+    .execute(&app.pool)
+    .await
+    .expect("aged transfer");
+    id
+}
+
+#[tokio::test]
+async fn a_stuck_transfer_without_a_job_is_reported_and_re_driven_once() {
+    let (app, _) = app_with_posted_transfer().await;
+    let id = insert_aged_pending(&app, "aged").await;
+    let run = reconcile(&app, false).await;
+    assert_eq!(
+        findings(&run),
+        vec![finding(
+            "stuck_pending",
+            &format!("transfer:{id}"),
+            "medium"
+        )]
+    );
+    assert_eq!(run["transfers_redriven"], 1);
+    // The re-driven job posts it; the next run finds nothing left to do.
+    let posted = app.wait_until_terminal(&id.to_string()).await;
+    assert_eq!(posted["status"], "posted");
+    let after = reconcile(&app, false).await;
+    assert_eq!(findings(&after), vec![]);
+    assert_eq!(after["transfers_redriven"], 0);
+    assert_eq!(resolved_kinds(&after), ["stuck_pending"]);
+    assert_eq!(app.balance("b").await, "23.00");
+}
+
+#[tokio::test]
+async fn a_stuck_transfer_whose_job_is_still_queued_is_not_re_driven() {
+    let (app, _) = app_with_posted_transfer().await;
+    let id = insert_aged_pending(&app, "aged").await;
+    let mut conn = app.pool.acquire().await.expect("conn");
+    let job = ferry::jobs::post_transfers::PostTransfers {
+        transfer_ids: vec![id],
+    };
+    ferry::queue::enqueue(
+        &mut conn,
+        ferry::queue::POST_TRANSFERS_QUEUE,
+        &job,
+        Some(Duration::from_secs(3600)),
+    )
+    .await
+    .expect("enqueue");
+    let run = reconcile(&app, false).await;
+    assert_eq!(
+        findings(&run),
+        vec![finding(
+            "stuck_pending",
+            &format!("transfer:{id}"),
+            "medium"
+        )]
+    );
+    assert_eq!(run["transfers_redriven"], 0);
+}
+
+#[tokio::test]
+async fn a_killed_job_is_job_dead_and_resolves_when_cleared() {
+    let (app, _) = app_with_posted_transfer().await;
+    let job_id: String = sqlx::query_scalar(
+        "UPDATE apalis.jobs SET status = 'Killed' WHERE id = \
+           (SELECT id FROM apalis.jobs WHERE job_type = 'ferry.post_transfers' LIMIT 1) \
+         RETURNING id",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("kill a job");
+    let run = reconcile(&app, false).await;
+    assert_eq!(
+        findings(&run),
+        vec![finding("job_dead", &format!("job:{job_id}"), "medium")]
+    );
+    sqlx::query("DELETE FROM apalis.jobs WHERE id = $1")
+        .bind(&job_id)
+        .execute(&app.pool)
+        .await
+        .expect("clear");
+    let repaired = reconcile(&app, false).await;
+    assert_eq!(findings(&repaired), vec![]);
+    assert_eq!(resolved_kinds(&repaired), ["job_dead"]);
+}
+
+#[tokio::test]
+async fn an_unbalanced_currency_is_ledger_unbalanced() {
+    let (app, _) = app_with_posted_transfer().await;
+    // A credit with no debit (money invented), the balance adjusted to match: the currency
+    // total is wrong, and the stray entry is also an orphan.
+    let ghost = uuid::Uuid::new_v4();
+    tamper(
+        &app,
+        &format!(
+            "INSERT INTO entries (transfer_id, account_id, side, amount, currency) \
+               VALUES ('{ghost}', 'b', 'credit', 20, 'USD'); \
+             UPDATE accounts SET balance = balance + 20 WHERE id = 'b';"
+        ),
+    )
+    .await;
+    let run = reconcile(&app, false).await;
+    let kinds: HashSet<String> = findings(&run).into_iter().map(|f| f.0).collect();
+    assert!(kinds.contains("ledger_unbalanced"), "{run}");
+    let unbalanced = findings(&run)
+        .into_iter()
+        .filter(|f| f.0 == "ledger_unbalanced")
+        .collect::<Vec<_>>();
+    assert_eq!(
+        unbalanced,
+        vec![finding("ledger_unbalanced", "currency:USD", "critical")]
+    );
+    assert_eq!(
+        findings(&run),
+        vec![
+            finding("ledger_unbalanced", "currency:USD", "critical"),
+            finding("orphan_entry", &format!("transfer:{ghost}"), "critical"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn finished_jobs_past_retention_are_purged() {
+    let (app, _) = app_with_posted_transfer().await;
+    let done = app
+        .count("SELECT count(*) FROM apalis.jobs WHERE status = 'Done'")
+        .await;
+    assert!(done >= 2);
+    sqlx::query(
+        "UPDATE apalis.jobs SET done_at = now() - interval '2 hours' WHERE id = \
+           (SELECT id FROM apalis.jobs WHERE status = 'Done' \
+            AND job_type = 'ferry.post_transfers' LIMIT 1)",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("age a job");
+    let run = reconcile(&app, false).await;
+    assert_eq!(run["jobs_purged"], 1);
+    assert!(
+        app.count("SELECT count(*) FROM apalis.jobs WHERE status = 'Done'")
+            .await
+            >= done - 1
+    );
+}
+
+#[tokio::test]
+async fn runs_are_listed_newest_first_and_need_the_admin_scope() {
+    let (app, _) = app_with_posted_transfer().await;
+    let second = reconcile(&app, false).await;
+    let list = app.get("/v1/reconciliations?limit=10").await;
+    assert_eq!(list.status, StatusCode::OK);
+    let runs = list.body["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["id"], second["id"]);
+    assert_eq!(runs[0]["status"], "completed");
+    assert!(runs[0]["window_start"].is_string() && runs[0]["window_end"].is_string());
+    let missing = app
+        .get(&format!("/v1/reconciliations/{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.body["code"], "reconciliation_not_found");
+    let writer = create_api_key(&app.pool, "transfers:write,transfers:read").await;
+    let forbidden = app
+        .send(
+            app.client
+                .get(app.url("/v1/reconciliations"))
+                .bearer_auth(&writer),
+        )
+        .await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+    let bad_window = app
+        .post_json(
+            "/v1/reconciliations",
+            &json!({"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(bad_window.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad_window.body["code"], "invalid_body");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_schedulers_make_exactly_one_run_per_window() {
+    let app = spawn_app().await;
+    let every_two_seconds = |c: &mut ferry::config::Config| {
+        c.roles = Roles {
+            intake: false,
+            worker: true,
+            scheduler: true,
+        };
+        c.reconcile_cron = "*/2 * * * * *".into();
+    };
+    let _one = spawn_worker(&app.database.url, every_two_seconds).await;
+    let _two = spawn_worker(&app.database.url, every_two_seconds).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let windows: Vec<(chrono::DateTime<chrono::Utc>, i64)> = sqlx::query_as(
+        "SELECT window_start, count(*) FROM reconciliation_runs WHERE trigger = 'schedule' \
+         GROUP BY window_start ORDER BY window_start",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("runs");
+    assert!(windows.len() >= 2, "{windows:?}");
+    assert!(windows.iter().all(|(_, runs)| *runs == 1), "{windows:?}");
+    for pair in windows.windows(2) {
+        assert_eq!((pair[1].0 - pair[0].0).num_seconds(), 2, "{windows:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_cli_prints_a_report_and_exits_1_on_critical_findings() {
+    let (app, _) = app_with_posted_transfer().await;
+    let run_cli = || async {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["reconcile", "--from", "2000-01-01T00:00:00Z"])
+            .env("DATABASE_URL", &app.database.url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .expect("ferry reconcile runs")
+    };
+    let clean = run_cli().await;
+    let report = String::from_utf8_lossy(&clean.stdout).into_owned();
+    assert!(clean.status.success(), "{report}");
+    assert!(report.contains("no findings"), "{report}");
+    tamper(
+        &app,
+        "UPDATE accounts SET balance = balance + 1 WHERE id = 'a'",
+    )
+    .await;
+    let dirty = run_cli().await;
+    let report = String::from_utf8_lossy(&dirty.stdout).into_owned();
+    assert_eq!(dirty.status.code(), Some(1), "{report}");
+    assert!(report.contains("CRITICAL balance_drift"), "{report}");
+    assert!(report.contains("account:a"), "{report}");
+}
