@@ -28,6 +28,21 @@ pub enum Command {
     ApiKey(ApiKeyCommand),
     /// Run one reconciliation now, in the foreground; exits 1 if it finds anything critical.
     Reconcile(ReconcileArgs),
+    /// Measure scenarios against throwaway databases on DATABASE_URL's server.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Scenario to run: reconcile, or all.
+    #[arg(long, default_value = "all")]
+    pub scenario: String,
+    /// Transfers in the scenario's ledger.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub transfers: u64,
+    /// Also write the rows as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

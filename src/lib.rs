@@ -13,6 +13,7 @@
 //! - [`failpoint`]: crash points for fault-injection tests.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;

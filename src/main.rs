@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use ferry::app::{Application, shutdown_signal};
-use ferry::cli::{ApiKeyCommand, BarProgress, Cli, Command, ReconcileArgs};
+use ferry::cli::{ApiKeyCommand, BarProgress, BenchArgs, Cli, Command, ReconcileArgs};
 use ferry::config::Config;
 use ferry::domain::Scopes;
 use ferry::reconcile::runs::{self, Trigger};
@@ -41,6 +41,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reconcile(args) => reconcile(&config, args).await,
+        Command::Bench(args) => bench(&config, args).await,
         Command::ApiKey(ApiKeyCommand::Create { name, scopes }) => {
             let scopes = Scopes::parse_list(&scopes)?;
             let pool = connect_migrated(&config).await?;
@@ -85,4 +86,24 @@ async fn connect_migrated(config: &Config) -> anyhow::Result<sqlx::PgPool> {
     let pool = db::connect(&config.database_url, 4, config.db_acquire_timeout()).await?;
     db::migrate(&pool).await?;
     Ok(pool)
+}
+
+/// `ferry bench`: run scenarios, print the table, write JSON rows if asked.
+async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    match args.scenario.as_str() {
+        "reconcile" | "all" => {
+            rows.extend(
+                ferry::bench::reconcile::run(&config.database_url, args.transfers, &config.reconcile)
+                    .await?,
+            );
+        }
+        other => anyhow::bail!("unknown scenario {other:?} (scenarios: reconcile, all)"),
+    }
+    ferry::bench::print_table(&rows);
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }

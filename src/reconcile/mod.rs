@@ -153,8 +153,14 @@ async fn check_and_record(
     let mut tx = pool
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
         .await?;
+    // Large windows aggregate a million transfers: give the hash tables room in memory
+    // instead of spilling to disk (4 MB is PostgreSQL's default). Random reads on SSD cost
+    // about what sequential ones do; with the default cost model the planner hashes the whole
+    // entries table even for a 10k window (measured: 0.9 s instead of 0.06 s on 2M entries).
     sqlx::raw_sql(
         "SET LOCAL lock_timeout = '120s'; \
+         SET LOCAL work_mem = '256MB'; \
+         SET LOCAL random_page_cost = 1.1; \
          LOCK TABLE reconciliation_state IN EXCLUSIVE MODE",
     )
     .execute(&mut *tx)

@@ -1,0 +1,88 @@
+//! `ferry bench`: measured scenarios against throwaway databases on `DATABASE_URL`'s server,
+//! printed as a table and optionally written as JSON rows.
+
+pub mod reconcile;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::db;
+
+/// One measured row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub scenario: String,
+    pub transfers: u64,
+    pub seconds: f64,
+    pub transfers_per_sec: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    pub failed_contention: u64,
+    /// Scenario-specific facts (window, ledger size, ...).
+    pub note: String,
+}
+
+/// A database created for one scenario and dropped afterwards.
+pub struct ScratchDatabase {
+    pub pool: PgPool,
+    pub url: String,
+    name: String,
+    admin: PgConnectOptions,
+}
+
+impl ScratchDatabase {
+    pub async fn create(server_url: &str) -> anyhow::Result<Self> {
+        let options: PgConnectOptions = server_url.parse().context("parsing DATABASE_URL")?;
+        let name = format!("ferry_bench_{}", Uuid::new_v4().simple());
+        let admin = options.clone().database("postgres");
+        let url = options.database(&name).to_url_lossy().to_string();
+        db::create_if_missing(&url).await?;
+        let pool = db::connect(&url, 8, Duration::from_secs(30)).await?;
+        db::migrate(&pool).await?;
+        Ok(Self {
+            pool,
+            url,
+            name,
+            admin,
+        })
+    }
+
+    pub async fn drop_now(self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        let mut conn = PgConnection::connect_with(&self.admin).await?;
+        let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Prints rows as an aligned table.
+pub fn print_table(rows: &[Row]) {
+    println!(
+        "{:<22} {:>10} {:>9} {:>12} {:>8} {:>8} {:>10}  note",
+        "scenario", "transfers", "seconds", "transfers/s", "p50 ms", "p99 ms", "contention"
+    );
+    for row in rows {
+        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+        println!(
+            "{:<22} {:>10} {:>9.3} {:>12.0} {:>8} {:>8} {:>10}  {}",
+            row.scenario,
+            row.transfers,
+            row.seconds,
+            row.transfers_per_sec,
+            ms(row.p50_ms),
+            ms(row.p99_ms),
+            row.failed_contention,
+            row.note
+        );
+    }
+}
