@@ -94,8 +94,12 @@ async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     match args.scenario.as_str() {
         "reconcile" | "all" => {
             rows.extend(
-                ferry::bench::reconcile::run(&config.database_url, args.transfers, &config.reconcile)
-                    .await?,
+                ferry::bench::reconcile::run(
+                    &config.database_url,
+                    args.transfers,
+                    &config.reconcile,
+                )
+                .await?,
             );
         }
         other => anyhow::bail!("unknown scenario {other:?} (scenarios: reconcile, all)"),

@@ -34,16 +34,33 @@ pub async fn run(
         seeded.elapsed().as_secs_f64()
     );
     let mut rows = Vec::new();
-    let (seconds, checked) =
-        timed_run(&scratch.pool, settings, window(anchor, ledger_transfers), true).await?;
-    rows.push(row("reconcile-full", checked, seconds, ledger_transfers, "full scan"));
+    let (seconds, checked) = timed_run(
+        &scratch.pool,
+        settings,
+        window(anchor, ledger_transfers),
+        true,
+    )
+    .await?;
+    rows.push(row(
+        "reconcile-full",
+        checked,
+        seconds,
+        ledger_transfers,
+        "full scan",
+    ));
     for size in [10_000u64, 100_000, 1_000_000] {
         if size > ledger_transfers {
             continue;
         }
         let (seconds, checked) =
             timed_run(&scratch.pool, settings, window(anchor, size), false).await?;
-        rows.push(row("reconcile", checked, seconds, ledger_transfers, "window"));
+        rows.push(row(
+            "reconcile",
+            checked,
+            seconds,
+            ledger_transfers,
+            "window",
+        ));
     }
     if std::env::var_os("FERRY_BENCH_KEEP_DB").is_some() {
         eprintln!("kept database {}", scratch.url);
@@ -101,7 +118,10 @@ async fn timed_run(
         outcome.transfers_checked,
         if full { "full" } else { "incremental" }
     );
-    Ok((seconds, u64::try_from(outcome.transfers_checked).unwrap_or(0)))
+    Ok((
+        seconds,
+        u64::try_from(outcome.transfers_checked).unwrap_or(0),
+    ))
 }
 
 /// Writes `transfers` posted transfers among [`ACCOUNTS`] accounts, with their entries and

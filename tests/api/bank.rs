@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, findings, reconcile, spawn_app};
 use crate::invariants::assert_ledger_invariants;
 
 const CLIENTS: usize = 32;
@@ -130,6 +130,10 @@ async fn the_bank_test_conserves_money_under_concurrency_and_replays() {
             .await
             > 1000
     );
+    // Reconciliation re-checks the same ledger from the database and finds nothing.
+    let run = reconcile(&app, true).await;
+    assert_eq!(findings(&run), vec![], "{run}");
+    assert_eq!(run["transfers_checked"], 3008);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

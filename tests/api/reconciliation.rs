@@ -2,57 +2,15 @@
 //! resolved after repair; a clean ledger reports nothing; one run per scheduled window.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry::config::Roles;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, create_api_key, spawn_app, spawn_worker, transfer};
-
-/// Starts a run over the last hour via the API and waits for it to finish.
-async fn reconcile(app: &TestApp, full: bool) -> Value {
-    let now = chrono::Utc::now();
-    let body = json!({
-        "from": (now - chrono::Duration::hours(1)).to_rfc3339(),
-        "to": (now + chrono::Duration::minutes(1)).to_rfc3339(),
-        "full": full,
-    });
-    let started = app.post_json("/v1/reconciliations", &body).await;
-    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
-    let id = started.body["id"].as_str().expect("run id").to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let run = app.get(&format!("/v1/reconciliations/{id}")).await;
-        assert_eq!(run.status, StatusCode::OK, "{}", run.body);
-        match run.body["status"].as_str() {
-            Some("completed") => return run.body,
-            Some("failed") => panic!("run failed: {}", run.body),
-            _ => {}
-        }
-        assert!(
-            Instant::now() < deadline,
-            "run did not finish: {}",
-            run.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The (kind, subject, severity) of the findings a run saw, sorted.
-fn findings(run: &Value) -> Vec<(String, String, String)> {
-    let mut found: Vec<_> = run["findings"]
-        .as_array()
-        .expect("findings")
-        .iter()
-        .map(|f| {
-            let text = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
-            (text("kind"), text("subject"), text("severity"))
-        })
-        .collect();
-    found.sort();
-    found
-}
+use crate::helpers::{
+    TestApp, create_api_key, findings, reconcile, spawn_app, spawn_worker, transfer,
+};
 
 fn finding(kind: &str, subject: &str, severity: &str) -> (String, String, String) {
     (kind.to_owned(), subject.to_owned(), severity.to_owned())
