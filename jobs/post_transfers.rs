@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
 use uuid::Uuid;
 
+use crate::alerts::{Alerting, outbox, retries_exhausted_event};
 use crate::ledger::PostingError;
 use crate::ledger::attempts::record_failed_attempt;
 use crate::ledger::combiner::PostingCombiner;
@@ -31,6 +32,7 @@ pub struct PostTransfers {
 pub struct PostingJobContext {
     pub poster: PostingCombiner,
     pub pool: sqlx::PgPool,
+    pub alerting: Alerting,
 }
 
 pub async fn handle(job: PostTransfers, ctx: Data<PostingJobContext>) -> Result<(), BoxDynError> {
@@ -53,6 +55,10 @@ async fn reschedule_after(
     let reschedule = || async {
         let mut tx = ctx.pool.begin().await?;
         let still = record_failed_attempt(&mut tx, &job.transfer_ids, &cause_text).await?;
+        for transfer_id in &still.exhausted {
+            let event = retries_exhausted_event(*transfer_id, &cause_text);
+            outbox::raise(&mut tx, &ctx.alerting.config, &event, None).await?;
+        }
         if !still.transfer_ids.is_empty() {
             let delay = next_retry_delay(still.attempts_max, &mut rand::rng());
             let next = PostTransfers {

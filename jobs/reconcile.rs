@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use tracing::{debug, info};
 use uuid::Uuid;
 
+use crate::alerts::Alerting;
 use crate::queue::{self, RECONCILE_QUEUE};
 use crate::reconcile::runs::{self, Trigger};
 use crate::reconcile::window::{Window, window_closed_by};
@@ -33,10 +34,18 @@ pub struct Reconcile {
 pub struct ReconcileJobContext {
     pub pool: PgPool,
     pub settings: ReconcileSettings,
+    pub alerting: Alerting,
 }
 
 pub async fn handle(job: Reconcile, ctx: Data<ReconcileJobContext>) -> Result<(), BoxDynError> {
-    reconcile::execute(&ctx.pool, job.run_id, &ctx.settings, &NoProgress).await?;
+    reconcile::execute(
+        &ctx.pool,
+        job.run_id,
+        &ctx.settings,
+        &ctx.alerting,
+        &NoProgress,
+    )
+    .await?;
     Ok(())
 }
 

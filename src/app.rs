@@ -10,9 +10,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::alerts::Alerting;
 use crate::config::Config;
 use crate::intake::rate_limit::RateLimiter;
 use crate::intake::{self, AppState};
+use crate::jobs::deliver_alert::AlertJobContext;
 use crate::jobs::reconcile::{ReconcileJobContext, SchedulerContext, parse_schedule};
 use crate::jobs::{self, post_transfers::PostingJobContext};
 use crate::ledger::PostingEngine;
@@ -36,6 +38,7 @@ impl Application {
     /// Creates and migrates the database, connects, and binds the HTTP port (port 0 picks a
     /// free one, as tests do).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        crate::alerts::deliver::install_crypto_provider();
         db::create_if_missing(&config.database_url).await?;
         let pool = db::connect(
             &config.database_url,
@@ -160,14 +163,21 @@ impl Application {
             true
         });
         if self.config.roles.worker {
+            let alerting = Alerting::new(self.config.alerts.clone());
             let engine = PostingEngine::new(self.pool.clone(), self.config.failpoint);
             let posting = PostingJobContext {
                 poster: PostingCombiner::start(engine),
                 pool: self.pool.clone(),
+                alerting: alerting.clone(),
             };
             let reconciling = ReconcileJobContext {
                 pool: self.pool.clone(),
                 settings: self.config.reconcile.clone(),
+                alerting: alerting.clone(),
+            };
+            let delivering = AlertJobContext {
+                pool: self.pool.clone(),
+                alerting,
             };
             monitor = jobs::register_workers(
                 monitor,
@@ -175,6 +185,7 @@ impl Application {
                 &self.config.workers,
                 posting,
                 reconciling,
+                delivering,
             );
         }
         if self.config.roles.scheduler {

@@ -30,6 +30,16 @@ pub enum Command {
     Reconcile(ReconcileArgs),
     /// Measure scenarios against throwaway databases on DATABASE_URL's server.
     Bench(BenchArgs),
+    /// Alert sinks (configured in the file named by FERRY_CONFIG).
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// Send one test alert (and its resolve) through every sink and print each outcome;
+    /// exits non-zero if any sink refuses it permanently.
+    Test,
 }
 
 #[derive(Debug, clap::Args)]

@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use crate::alerts::config::AlertConfig;
 use crate::failpoint::Failpoint;
 use crate::intake::rate_limit::RateLimit;
 use crate::jobs::WorkerSettings;
@@ -95,6 +98,8 @@ pub struct Config {
     /// Cron expression (seconds first) of scheduled reconciliation.
     pub reconcile_cron: String,
     pub reconcile: ReconcileSettings,
+    /// Alert sinks from the TOML file named by `FERRY_CONFIG` (none without it).
+    pub alerts: Arc<AlertConfig>,
     pub failpoint: Failpoint,
 }
 
@@ -172,6 +177,7 @@ impl Config {
                     workers: Duration::from_secs(WORKER_RETENTION_SECS),
                 },
             },
+            alerts: Arc::new(load_alerts()?),
             failpoint: parsed("FERRY_FAILPOINT", "none")?,
         };
         config.validate()?;
@@ -254,6 +260,14 @@ fn var(variable: &'static str, default: String) -> Result<String, ConfigError> {
             reason: "not valid UTF-8".into(),
         }),
     }
+}
+
+fn load_alerts() -> Result<AlertConfig, ConfigError> {
+    let path = std::env::var_os("FERRY_CONFIG").map(std::path::PathBuf::from);
+    AlertConfig::load(path.as_deref()).map_err(|e| ConfigError {
+        variable: "FERRY_CONFIG",
+        reason: e.to_string(),
+    })
 }
 
 fn secs(variable: &'static str, default: u64) -> Result<Duration, ConfigError> {

@@ -12,6 +12,7 @@
 //! - [`app`], [`config`], [`db`], [`telemetry`], [`cli`]: start-up and operations.
 //! - [`failpoint`]: crash points for fault-injection tests.
 
+pub mod alerts;
 pub mod app;
 pub mod bench;
 pub mod cli;

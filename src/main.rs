@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use ferry::app::{Application, shutdown_signal};
-use ferry::cli::{ApiKeyCommand, BarProgress, BenchArgs, Cli, Command, ReconcileArgs};
+use ferry::cli::{
+    AlertsCommand, ApiKeyCommand, BarProgress, BenchArgs, Cli, Command, ReconcileArgs,
+};
 use ferry::config::Config;
 use ferry::domain::Scopes;
 use ferry::reconcile::runs::{self, Trigger};
@@ -42,6 +44,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Reconcile(args) => reconcile(&config, args).await,
         Command::Bench(args) => bench(&config, args).await,
+        Command::Alerts(AlertsCommand::Test) => alerts_test(&config).await,
         Command::ApiKey(ApiKeyCommand::Create { name, scopes }) => {
             let scopes = Scopes::parse_list(&scopes)?;
             let pool = connect_migrated(&config).await?;
@@ -71,7 +74,9 @@ async fn reconcile(config: &Config, args: ReconcileArgs) -> anyhow::Result<()> {
         .context("creating the run")?;
     drop(conn);
     let progress = BarProgress::new(ferry::reconcile::STEPS);
-    let outcome = ferry::reconcile::execute(&pool, run.id, &config.reconcile, &progress).await;
+    let alerting = ferry::alerts::Alerting::new(config.alerts.clone());
+    let outcome =
+        ferry::reconcile::execute(&pool, run.id, &config.reconcile, &alerting, &progress).await;
     progress.finish();
     let outcome = outcome?.context("the run was already finished")?;
     print!("{}", ferry::reconcile::report::render(&run, &outcome));
@@ -109,5 +114,50 @@ async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+/// `ferry alerts test`: a test alert through every sink, sent now (not queued), then its
+/// resolve so no incident stays open.
+async fn alerts_test(config: &Config) -> anyhow::Result<()> {
+    use ferry::alerts::deliver::{AttemptOutcome, send};
+    use ferry::alerts::payload::Action;
+    let alerting = ferry::alerts::Alerting::new(config.alerts.clone());
+    anyhow::ensure!(
+        !alerting.config.sinks.is_empty(),
+        "no alert sinks configured (set FERRY_CONFIG to a TOML file with [[alerts.sinks]])"
+    );
+    let mut refused = 0;
+    for sink in &alerting.config.sinks {
+        let mut line = format!("{:<24} {:<10}", sink.name, sink.kind.as_str());
+        for action in [Action::Trigger, Action::Resolve] {
+            let event = ferry::alerts::outbox::event(
+                "ferry:test".into(),
+                action,
+                "ferry.test".into(),
+                ferry::reconcile::finding::Severity::Info,
+                "test alert from `ferry alerts test`".into(),
+                serde_json::json!({"test": true}),
+            );
+            let message_id = format!("msg_{}", event.id.simple());
+            let (outcome, latency) = send(&alerting.client, sink, &event, &message_id).await;
+            line.push_str(&format!(
+                "  {} {} ({} ms)",
+                action.as_str(),
+                match &outcome {
+                    AttemptOutcome::Delivered { status } => format!("delivered HTTP {status}"),
+                    AttemptOutcome::Retry { error, .. } => format!("failed, retryable: {error}"),
+                    AttemptOutcome::Permanent { error, .. } => format!("REFUSED: {error}"),
+                },
+                latency.as_millis()
+            ));
+            if matches!(outcome, AttemptOutcome::Permanent { .. }) {
+                refused += 1;
+                break;
+            }
+        }
+        println!("{line}");
+    }
+    anyhow::ensure!(refused == 0, "{refused} sink(s) refused the test alert");
     Ok(())
 }

@@ -11,6 +11,8 @@ use chrono::{DateTime, Duration, Utc};
 use sqlx::PgPool;
 
 use super::{Row, ScratchDatabase};
+use crate::alerts::Alerting;
+use crate::alerts::config::AlertConfig;
 use crate::reconcile::runs::{self, Trigger};
 use crate::reconcile::window::Window;
 use crate::reconcile::{NoProgress, ReconcileSettings, execute};
@@ -104,7 +106,8 @@ async fn timed_run(
         .ok_or_else(|| anyhow::anyhow!("run not created"))?;
     drop(conn);
     let started = Instant::now();
-    let outcome = execute(pool, run.id, settings, &NoProgress)
+    let alerting = Alerting::new(std::sync::Arc::new(AlertConfig::default()));
+    let outcome = execute(pool, run.id, settings, &alerting, &NoProgress)
         .await?
         .ok_or_else(|| anyhow::anyhow!("run already finished"))?;
     let seconds = started.elapsed().as_secs_f64();

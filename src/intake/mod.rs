@@ -2,6 +2,7 @@
 //! `store`, which commits the transfer rows together with their job.
 
 pub mod accounts;
+pub mod alerts;
 pub mod auth;
 pub mod error;
 pub mod health;
@@ -51,7 +52,8 @@ pub fn router(state: AppState) -> Router {
             "/reconciliations",
             post(reconciliations::start).get(reconciliations::list),
         )
-        .route("/reconciliations/{id}", get(reconciliations::get));
+        .route("/reconciliations/{id}", get(reconciliations::get))
+        .route("/alerts", get(alerts::list));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(health::healthz))

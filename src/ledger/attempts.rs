@@ -11,8 +11,8 @@ pub struct StillPending {
     pub transfer_ids: Vec<Uuid>,
     /// The highest attempt count among them, which sets the next delay.
     pub attempts_max: i32,
-    /// How many transfers this call failed with `retries_exhausted`.
-    pub exhausted: usize,
+    /// Transfers this call failed with `retries_exhausted`.
+    pub exhausted: Vec<Uuid>,
 }
 
 /// Records that a posting run for `transfer_ids` failed with a transient error: each still
@@ -44,12 +44,12 @@ pub async fn record_failed_attempt(
             still.transfer_ids.push(row.try_get("id")?);
             still.attempts_max = still.attempts_max.max(row.try_get("attempts")?);
         } else {
-            still.exhausted += 1;
+            still.exhausted.push(row.try_get("id")?);
         }
     }
-    if still.exhausted > 0 {
+    if !still.exhausted.is_empty() {
         metrics::counter!("ferry_transfers_failed_total", "code" => "retries_exhausted")
-            .increment(still.exhausted as u64);
+            .increment(still.exhausted.len() as u64);
     }
     Ok(still)
 }

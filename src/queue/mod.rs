@@ -16,6 +16,8 @@ use sqlx::PgConnection;
 pub const POST_TRANSFERS_QUEUE: &str = "ferry.post_transfers";
 /// Queue of `reconcile` jobs.
 pub const RECONCILE_QUEUE: &str = "ferry.reconcile";
+/// Queue of `deliver_alert` jobs.
+pub const ALERTS_QUEUE: &str = "ferry.deliver_alert";
 
 /// Backend-level attempts of one job. Transient failures are rescheduled by ferry itself with
 /// backoff (apalis-postgres retries immediately); this only bounds a job whose handler cannot
@@ -65,7 +67,12 @@ pub async fn enqueue(
     let mut task =
         TaskBuilder::new(serde_json::to_vec(payload)?).max_attempts(JOB_BACKEND_ATTEMPTS_MAX);
     if let Some(delay) = delay {
-        task = task.run_after(delay);
+        // apalis stores whole seconds; round up so a job never runs before its delay is over.
+        let due = std::time::SystemTime::now() + delay;
+        let due_secs = due
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+        task = task.run_at_timestamp(due_secs);
     }
     apalis_postgres::queries::push_tasks(conn, queue, vec![task.build()]).await?;
     Ok(())

@@ -10,9 +10,29 @@ use super::finding::{FindingKind, Observation};
 /// How a run changed the set of open findings.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FindingChanges {
-    pub opened: Vec<Uuid>,
-    pub resolved: Vec<Uuid>,
+    pub opened: Vec<ChangedFinding>,
+    pub resolved: Vec<ChangedFinding>,
     pub open: usize,
+}
+
+/// A finding that opened or resolved in this run (what an alert needs to say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedFinding {
+    pub id: Uuid,
+    pub kind: String,
+    pub subject: String,
+    pub severity: String,
+    pub detail: String,
+}
+
+fn changed(row: &sqlx::postgres::PgRow) -> Result<ChangedFinding, sqlx::Error> {
+    Ok(ChangedFinding {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        subject: row.try_get("subject")?,
+        severity: row.try_get("severity")?,
+        detail: row.try_get("detail")?,
+    })
 }
 
 /// The subjects of open findings, so windowed checks look at them again.
@@ -51,7 +71,7 @@ pub async fn record(
          ON CONFLICT (kind, subject) WHERE resolved_at IS NULL DO UPDATE \
            SET last_seen_run = EXCLUDED.last_seen_run, last_seen_at = now(), \
                detail = EXCLUDED.detail \
-         RETURNING id, (xmax = 0) AS inserted",
+         RETURNING id, kind, subject, severity, detail, (xmax = 0) AS inserted",
     )
     .bind(&ids)
     .bind(&kinds)
@@ -71,7 +91,7 @@ pub async fn record(
     for row in rows {
         let id: Uuid = row.try_get("id")?;
         if row.try_get::<bool, _>("inserted")? {
-            changes.opened.push(id);
+            changes.opened.push(changed(&row)?);
         }
         seen.push(id);
     }
@@ -83,14 +103,16 @@ pub async fn record(
     .bind(&seen)
     .execute(&mut *conn)
     .await?;
-    changes.resolved = sqlx::query_scalar(
+    let resolved = sqlx::query(
         "UPDATE reconciliation_findings SET resolved_at = now(), resolved_run = $1 \
-         WHERE resolved_at IS NULL AND NOT (id = ANY($2)) RETURNING id",
+         WHERE resolved_at IS NULL AND NOT (id = ANY($2)) \
+         RETURNING id, kind, subject, severity, detail",
     )
     .bind(run_id)
     .bind(&seen)
     .fetch_all(&mut *conn)
     .await?;
+    changes.resolved = resolved.iter().map(changed).collect::<Result<_, _>>()?;
     Ok(changes)
 }
 

@@ -18,6 +18,8 @@ use sqlx::{PgPool, Row};
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::alerts::payload::Action;
+use crate::alerts::{Alerting, finding_event, outbox};
 use finding::{FindingKind, Observation, Severity};
 use findings::FindingChanges;
 use repair::Retention;
@@ -59,6 +61,8 @@ pub enum ReconcileError {
     Database(#[from] sqlx::Error),
     #[error("could not re-drive stuck transfers")]
     Redrive(#[from] crate::queue::EnqueueError),
+    #[error("could not raise alerts")]
+    Alert(#[from] crate::alerts::outbox::OutboxError),
 }
 
 /// What a run did.
@@ -88,6 +92,7 @@ pub async fn execute(
     pool: &PgPool,
     run_id: Uuid,
     settings: &ReconcileSettings,
+    alerting: &Alerting,
     progress: &dyn Progress,
 ) -> Result<Option<RunOutcome>, ReconcileError> {
     let row = sqlx::query(
@@ -110,7 +115,7 @@ pub async fn execute(
         end: row.try_get("window_end")?,
     };
     let full: bool = row.try_get("full_scan")?;
-    match check_and_record(pool, run_id, window, full, settings, progress).await {
+    match check_and_record(pool, run_id, window, full, settings, alerting, progress).await {
         Ok(outcome) => {
             finish(pool, run_id, &outcome).await?;
             info!(
@@ -145,6 +150,7 @@ async fn check_and_record(
     window: window::Window,
     full_requested: bool,
     settings: &ReconcileSettings,
+    alerting: &Alerting,
     progress: &dyn Progress,
 ) -> Result<RunOutcome, ReconcileError> {
     let started = Instant::now();
@@ -216,6 +222,7 @@ async fn check_and_record(
     progress.step("recording findings");
     let observed = deduplicate(observed);
     outcome.changes = findings::record(&mut tx, run_id, &observed).await?;
+    raise_alerts(&mut tx, alerting, &outcome.changes).await?;
     tx.commit().await?;
     outcome.observed = observed;
 
@@ -225,6 +232,33 @@ async fn check_and_record(
     outcome.elapsed = started.elapsed();
     metrics::histogram!("ferry_reconciliation_seconds").record(outcome.elapsed.as_secs_f64());
     Ok(outcome)
+}
+
+/// Opened findings trigger alerts and resolved ones resolve them, in the run's transaction:
+/// a finding still open is not alerted again.
+async fn raise_alerts(
+    conn: &mut sqlx::PgConnection,
+    alerting: &Alerting,
+    changes: &FindingChanges,
+) -> Result<(), ReconcileError> {
+    let changed = changes
+        .opened
+        .iter()
+        .map(|f| (Action::Trigger, f))
+        .chain(changes.resolved.iter().map(|f| (Action::Resolve, f)));
+    for (action, finding) in changed {
+        let severity =
+            FindingKind::parse(&finding.kind).map_or(Severity::Critical, FindingKind::severity);
+        let event = finding_event(
+            action,
+            &finding.kind,
+            &finding.subject,
+            severity,
+            &finding.detail,
+        );
+        outbox::raise(conn, &alerting.config, &event, None).await?;
+    }
+    Ok(())
 }
 
 /// One observation per (kind, subject): a finding is one row however it was reached.

@@ -93,6 +93,7 @@ pub fn test_config(database_url: &str, roles: Roles) -> Config {
                 workers: Duration::from_secs(24 * 3600),
             },
         },
+        alerts: std::sync::Arc::new(ferry::alerts::config::AlertConfig::default()),
         failpoint: Failpoint::None,
     }
 }

@@ -4,6 +4,7 @@ mod helpers;
 mod invariants;
 
 mod accounts;
+mod alerts;
 mod auth;
 mod bank;
 mod crash;

@@ -1,0 +1,426 @@
+//! Alert sinks from the TOML file named by `FERRY_CONFIG`, validated at start-up.
+//!
+//! Values may reference the environment as `${VAR}`. Errors name the sink and the field but
+//! never echo a value: URLs (Slack's is the credential), routing keys and secrets stay secret.
+
+use std::time::Duration;
+
+use base64::Engine;
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+use serde::Deserialize;
+
+use crate::reconcile::finding::Severity;
+
+/// Request timeout when a sink does not set one (Standard Webhooks suggests 15–30 s).
+pub const SINK_TIMEOUT_MS_DEFAULT: u64 = 15_000;
+pub const PAGERDUTY_URL_DEFAULT: &str = "https://events.pagerduty.com/v2/enqueue";
+/// Standard Webhooks: secrets are 24 to 64 bytes once base64-decoded.
+const WEBHOOK_SECRET_BYTES_MIN: usize = 24;
+const WEBHOOK_SECRET_BYTES_MAX: usize = 64;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("invalid alert configuration: {sink}: {field}: {reason}")]
+pub struct AlertConfigError {
+    pub sink: String,
+    pub field: &'static str,
+    pub reason: String,
+}
+
+/// Where alerts go. `Debug` shows names and kinds only.
+pub struct Sink {
+    pub name: String,
+    pub kind: SinkKind,
+    pub url: SecretString,
+    pub min_severity: Severity,
+    pub timeout: Duration,
+}
+
+pub enum SinkKind {
+    Slack,
+    PagerDuty { routing_key: SecretString },
+    Webhook { key: SecretBox<Vec<u8>> },
+}
+
+impl SinkKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Slack => "slack",
+            Self::PagerDuty { .. } => "pagerduty",
+            Self::Webhook { .. } => "webhook",
+        }
+    }
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("name", &self.name)
+            .field("kind", &self.kind.as_str())
+            .field("min_severity", &self.min_severity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sink {
+    pub fn accepts(&self, severity: Severity) -> bool {
+        severity >= self.min_severity
+    }
+
+    pub fn webhook_key(&self) -> Option<&[u8]> {
+        match &self.kind {
+            SinkKind::Webhook { key } => Some(key.expose_secret().as_slice()),
+            _ => None,
+        }
+    }
+}
+
+/// When a sink's circuit opens and for how long (defaults for low-volume destinations, from
+/// `shared/reference/alerts-and-retries.md` §7).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSettings {
+    #[serde(default = "default_window")]
+    pub window: usize,
+    #[serde(default = "default_min_calls")]
+    pub min_calls: usize,
+    #[serde(default = "default_failure_ratio")]
+    pub failure_ratio: f64,
+    #[serde(default = "default_open_ms")]
+    pub open_ms: u64,
+}
+
+fn default_window() -> usize {
+    20
+}
+fn default_min_calls() -> usize {
+    10
+}
+fn default_failure_ratio() -> f64 {
+    0.5
+}
+fn default_open_ms() -> u64 {
+    30_000
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            window: default_window(),
+            min_calls: default_min_calls(),
+            failure_ratio: default_failure_ratio(),
+            open_ms: default_open_ms(),
+        }
+    }
+}
+
+/// Everything about alerting: the sinks and their breaker settings.
+#[derive(Debug, Default)]
+pub struct AlertConfig {
+    pub sinks: Vec<Sink>,
+    pub breaker: BreakerSettings,
+}
+
+impl AlertConfig {
+    pub fn sink(&self, name: &str) -> Option<&Sink> {
+        self.sinks.iter().find(|s| s.name == name)
+    }
+
+    /// Reads the file at `path`; `None` means no sinks.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, AlertConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| AlertConfigError {
+            sink: path.display().to_string(),
+            field: "file",
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses TOML text; `env` resolves `${VAR}` references.
+    pub fn parse(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, AlertConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| AlertConfigError {
+            sink: "FERRY_CONFIG".into(),
+            field: "toml",
+            reason: e.message().to_owned(),
+        })?;
+        let mut sinks = Vec::new();
+        for (index, raw) in file.alerts.sinks.into_iter().enumerate() {
+            let sink = raw.validate(index, env)?;
+            if sinks.iter().any(|s: &Sink| s.name == sink.name) {
+                return Err(AlertConfigError {
+                    sink: format!("alerts.sinks[{index}]"),
+                    field: "name",
+                    reason: format!("duplicate sink name {:?}", sink.name),
+                });
+            }
+            sinks.push(sink);
+        }
+        let breaker = file.alerts.breaker.unwrap_or_default();
+        if breaker.window == 0 || breaker.min_calls == 0 || breaker.open_ms == 0 {
+            return Err(AlertConfigError {
+                sink: "alerts.breaker".into(),
+                field: "window/min_calls/open_ms",
+                reason: "must be above zero".into(),
+            });
+        }
+        if !(0.0..=1.0).contains(&breaker.failure_ratio) || breaker.failure_ratio == 0.0 {
+            return Err(AlertConfigError {
+                sink: "alerts.breaker".into(),
+                field: "failure_ratio",
+                reason: "must be in (0, 1]".into(),
+            });
+        }
+        Ok(Self { sinks, breaker })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    alerts: AlertsSection,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsSection {
+    #[serde(default)]
+    sinks: Vec<RawSink>,
+    breaker: Option<BreakerSettings>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    kind: String,
+    name: Option<String>,
+    url: Option<String>,
+    min_severity: Option<String>,
+    routing_key: Option<String>,
+    secret: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+impl RawSink {
+    fn validate(
+        self,
+        index: usize,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Sink, AlertConfigError> {
+        let label = format!("alerts.sinks[{index}] ({})", self.kind);
+        let fail = |field: &'static str, reason: &str| AlertConfigError {
+            sink: label.clone(),
+            field,
+            reason: reason.to_owned(),
+        };
+        let expand = |field: &'static str,
+                      value: Option<String>|
+         -> Result<Option<String>, AlertConfigError> {
+            value
+                .map(|v| {
+                    expand_env(&v, env).map_err(|var| {
+                        fail(field, &format!("environment variable {var} is not set"))
+                    })
+                })
+                .transpose()
+        };
+        let url = expand("url", self.url)?;
+        let min_severity = match self.min_severity.as_deref().unwrap_or("info") {
+            "info" => Severity::Info,
+            "medium" => Severity::Medium,
+            "critical" => Severity::Critical,
+            _ => return Err(fail("min_severity", "must be info, medium or critical")),
+        };
+        let (kind, url) = match self.kind.as_str() {
+            "slack" => (
+                SinkKind::Slack,
+                url.ok_or_else(|| fail("url", "is required"))?,
+            ),
+            "pagerduty" => {
+                let key = expand("routing_key", self.routing_key)?
+                    .filter(|k| !k.trim().is_empty())
+                    .ok_or_else(|| fail("routing_key", "is required"))?;
+                let url = url.unwrap_or_else(|| PAGERDUTY_URL_DEFAULT.to_owned());
+                (
+                    SinkKind::PagerDuty {
+                        routing_key: SecretString::from(key),
+                    },
+                    url,
+                )
+            }
+            "webhook" => {
+                let secret =
+                    expand("secret", self.secret)?.ok_or_else(|| fail("secret", "is required"))?;
+                let key =
+                    decode_webhook_secret(&secret).map_err(|reason| fail("secret", &reason))?;
+                let url = url.ok_or_else(|| fail("url", "is required"))?;
+                (
+                    SinkKind::Webhook {
+                        key: SecretBox::new(Box::new(key)),
+                    },
+                    url,
+                )
+            }
+            _ => return Err(fail("kind", "must be slack, pagerduty or webhook")),
+        };
+        check_url(&url).map_err(|reason| fail("url", &reason))?;
+        let timeout_ms = self.timeout_ms.unwrap_or(SINK_TIMEOUT_MS_DEFAULT);
+        if timeout_ms == 0 || timeout_ms > 60_000 {
+            return Err(fail("timeout_ms", "must be between 1 and 60000"));
+        }
+        let name = self
+            .name
+            .unwrap_or_else(|| format!("{}-{}", self.kind, index + 1));
+        if name.is_empty() || name.len() > 64 || name.contains(char::is_whitespace) {
+            return Err(fail("name", "must be 1-64 characters without spaces"));
+        }
+        Ok(Sink {
+            name,
+            kind,
+            url: SecretString::from(url),
+            min_severity,
+            timeout: Duration::from_millis(timeout_ms),
+        })
+    }
+}
+
+/// HTTPS, except to loopback (local receivers, tests).
+fn check_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| "is not a valid URL".to_owned())?;
+    let loopback = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err("must be an https:// URL (http:// only for loopback)".into()),
+    }
+}
+
+/// `whsec_` + base64 of 24–64 random bytes (Standard Webhooks).
+pub fn decode_webhook_secret(secret: &str) -> Result<Vec<u8>, String> {
+    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| "must be whsec_ followed by base64".to_owned())?;
+    if !(WEBHOOK_SECRET_BYTES_MIN..=WEBHOOK_SECRET_BYTES_MAX).contains(&key.len()) {
+        return Err(format!(
+            "must decode to {WEBHOOK_SECRET_BYTES_MIN}-{WEBHOOK_SECRET_BYTES_MAX} bytes"
+        ));
+    }
+    Ok(key)
+}
+
+/// Replaces `${VAR}` with the variable's value; returns the name of a missing variable.
+fn expand_env(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = &after[..end];
+        out.push_str(&env(name).ok_or_else(|| name.to_owned())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+    fn parse(text: &str) -> Result<AlertConfig, AlertConfigError> {
+        AlertConfig::parse(text, &|name| {
+            (name == "PD_KEY").then(|| "pd-routing-key".to_owned())
+        })
+    }
+
+    #[test]
+    fn the_documented_example_parses_with_env_secrets() {
+        let config = parse(&format!(
+            r#"
+            [[alerts.sinks]]
+            kind = "slack"
+            url = "https://hooks.slack.com/services/T000/B000/XXXX"
+            min_severity = "medium"
+
+            [[alerts.sinks]]
+            kind = "pagerduty"
+            routing_key = "${{PD_KEY}}"
+            min_severity = "critical"
+
+            [[alerts.sinks]]
+            kind = "webhook"
+            url = "https://ops.example.com/ferry"
+            secret = "{SECRET}"
+            "#
+        ))
+        .expect("valid");
+        assert_eq!(config.sinks.len(), 3);
+        assert_eq!(config.sinks[1].url.expose_secret(), PAGERDUTY_URL_DEFAULT);
+        assert!(config.sinks[0].accepts(Severity::Critical));
+        assert!(!config.sinks[0].accepts(Severity::Info));
+        assert_eq!(config.sinks[2].name, "webhook-3");
+    }
+
+    #[test]
+    fn errors_name_the_sink_and_field_but_never_the_secret() {
+        let err = parse(
+            r#"
+            [[alerts.sinks]]
+            kind = "webhook"
+            url = "https://ops.example.com/ferry"
+            secret = "whsec_c2hvcnQ="
+            "#,
+        )
+        .expect_err("short secret");
+        assert_eq!(err.sink, "alerts.sinks[0] (webhook)");
+        assert_eq!(err.field, "secret");
+        assert!(!err.to_string().contains("c2hvcnQ"));
+        let err = parse("[[alerts.sinks]]\nkind = \"pagerduty\"\nrouting_key = \"${NOPE}\"\n")
+            .expect_err("missing env");
+        assert_eq!(err.field, "routing_key");
+        assert!(err.reason.contains("NOPE"));
+        let err =
+            parse("[[alerts.sinks]]\nkind = \"slack\"\nurl = \"http://hooks.example.com/x\"\n")
+                .expect_err("http");
+        assert_eq!(err.field, "url");
+        let err =
+            parse("[[alerts.sinks]]\nkind = \"email\"\nurl = \"https://x\"\n").expect_err("kind");
+        assert_eq!(err.field, "kind");
+        let err = parse(
+            "[[alerts.sinks]]\nkind = \"slack\"\nurl = \"https://x\"\nmin_severity = \"high\"\n",
+        )
+        .expect_err("severity");
+        assert_eq!(err.field, "min_severity");
+        assert!(
+            parse("[[alerts.sinks]]\nkind = \"slack\"\nurl = \"https://x\"\ncolour = 1\n").is_err()
+        );
+    }
+
+    #[test]
+    fn debug_output_shows_no_secrets() {
+        let config = parse(&format!(
+            "[[alerts.sinks]]\nkind = \"webhook\"\nurl = \"https://ops.example.com/secret-path\"\nsecret = \"{SECRET}\"\n"
+        ))
+        .expect("valid");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("secret-path"), "{shown}");
+        assert!(!shown.contains("C2FVsBQ"), "{shown}");
+    }
+
+    #[test]
+    fn no_file_means_no_sinks() {
+        assert!(AlertConfig::load(None).expect("empty").sinks.is_empty());
+    }
+}

@@ -1,0 +1,205 @@
+//! Raising alerts durably: the alert row, one delivery per matching sink and a job for each
+//! delivery commit in the caller's transaction, next to the change that caused them.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use super::config::AlertConfig;
+use super::payload::{Action, AlertEvent};
+use crate::queue::{self, ALERTS_QUEUE, EnqueueError};
+use crate::reconcile::finding::Severity;
+
+/// The job payload of an alert delivery.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeliverAlert {
+    pub delivery_id: Uuid,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Enqueue(#[from] EnqueueError),
+}
+
+/// Records `event` and schedules its delivery to every sink that takes its severity, except
+/// `skip_sink` (a sink does not alert about its own broken circuit). Returns the deliveries.
+pub async fn raise(
+    conn: &mut PgConnection,
+    config: &AlertConfig,
+    event: &AlertEvent,
+    skip_sink: Option<&str>,
+) -> Result<usize, OutboxError> {
+    let sinks: Vec<&str> = config
+        .sinks
+        .iter()
+        .filter(|s| s.accepts(event.severity) && Some(s.name.as_str()) != skip_sink)
+        .map(|s| s.name.as_str())
+        .collect();
+    if sinks.is_empty() {
+        return Ok(0);
+    }
+    sqlx::query(
+        "INSERT INTO alerts (id, dedup_key, action, event_type, severity, summary, details, \
+           created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(event.id)
+    .bind(&event.dedup_key)
+    .bind(event.action.as_str())
+    .bind(&event.event_type)
+    .bind(event.severity.as_str())
+    .bind(&event.summary)
+    .bind(&event.details)
+    .bind(event.created_at)
+    .execute(&mut *conn)
+    .await?;
+    for sink in &sinks {
+        let delivery_id = Uuid::now_v7();
+        sqlx::query("INSERT INTO alert_deliveries (id, alert_id, sink) VALUES ($1, $2, $3)")
+            .bind(delivery_id)
+            .bind(event.id)
+            .bind(sink)
+            .execute(&mut *conn)
+            .await?;
+        queue::enqueue(conn, ALERTS_QUEUE, &DeliverAlert { delivery_id }, None).await?;
+    }
+    metrics::counter!("ferry_alerts_raised_total", "event_type" => event.event_type.clone())
+        .increment(1);
+    Ok(sinks.len())
+}
+
+/// A new alert event with a fresh id, stamped now.
+pub fn event(
+    dedup_key: String,
+    action: Action,
+    event_type: String,
+    severity: Severity,
+    summary: String,
+    details: Value,
+) -> AlertEvent {
+    AlertEvent {
+        id: Uuid::now_v7(),
+        dedup_key,
+        action,
+        event_type,
+        severity,
+        summary,
+        details,
+        created_at: Utc::now(),
+    }
+}
+
+/// A delivery with its alert, as the delivery job loads it.
+pub struct PendingDelivery {
+    pub sink: String,
+    pub status: String,
+    pub attempts: i32,
+    pub event: AlertEvent,
+}
+
+pub async fn load_delivery(
+    pool: &PgPool,
+    delivery_id: Uuid,
+) -> Result<Option<PendingDelivery>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT d.sink, d.status, d.attempts, a.id, a.dedup_key, a.action, a.event_type, \
+           a.severity, a.summary, a.details, a.created_at \
+         FROM alert_deliveries d JOIN alerts a ON a.id = d.alert_id WHERE d.id = $1",
+    )
+    .bind(delivery_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let action = match row.try_get::<String, _>("action")?.as_str() {
+        "resolve" => Action::Resolve,
+        _ => Action::Trigger,
+    };
+    let severity = match row.try_get::<String, _>("severity")?.as_str() {
+        "critical" => Severity::Critical,
+        "medium" => Severity::Medium,
+        _ => Severity::Info,
+    };
+    Ok(Some(PendingDelivery {
+        sink: row.try_get("sink")?,
+        status: row.try_get("status")?,
+        attempts: row.try_get("attempts")?,
+        event: AlertEvent {
+            id: row.try_get("id")?,
+            dedup_key: row.try_get("dedup_key")?,
+            action,
+            event_type: row.try_get("event_type")?,
+            severity,
+            summary: row.try_get("summary")?,
+            details: row.try_get("details")?,
+            created_at: row.try_get("created_at")?,
+        },
+    }))
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct DeliveryView {
+    pub sink: String,
+    pub status: String,
+    pub attempts: i32,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertView {
+    pub id: Uuid,
+    pub dedup_key: String,
+    pub action: String,
+    pub event_type: String,
+    pub severity: String,
+    pub summary: String,
+    pub details: Value,
+    pub created_at: DateTime<Utc>,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+/// Alerts newest first, each with its delivery state per sink.
+pub async fn list(
+    pool: &PgPool,
+    limit: i64,
+    before: Option<Uuid>,
+) -> Result<Vec<AlertView>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT a.id, a.dedup_key, a.action, a.event_type, a.severity, a.summary, a.details, \
+           a.created_at, coalesce(jsonb_agg(jsonb_build_object( \
+             'sink', d.sink, 'status', d.status, 'attempts', d.attempts, \
+             'last_status', d.last_status, 'last_error', d.last_error, \
+             'next_attempt_at', d.next_attempt_at, 'delivered_at', d.delivered_at) \
+             ORDER BY d.sink) FILTER (WHERE d.id IS NOT NULL), '[]') AS deliveries \
+         FROM alerts a LEFT JOIN alert_deliveries d ON d.alert_id = a.id \
+         WHERE $2::uuid IS NULL OR a.id < $2 \
+         GROUP BY a.id ORDER BY a.id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .bind(before)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let deliveries: Value = row.try_get("deliveries")?;
+            Ok(AlertView {
+                id: row.try_get("id")?,
+                dedup_key: row.try_get("dedup_key")?,
+                action: row.try_get("action")?,
+                event_type: row.try_get("event_type")?,
+                severity: row.try_get("severity")?,
+                summary: row.try_get("summary")?,
+                details: row.try_get("details")?,
+                created_at: row.try_get("created_at")?,
+                deliveries: serde_json::from_value(deliveries)
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            })
+        })
+        .collect()
+}

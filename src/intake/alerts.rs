@@ -1,0 +1,52 @@
+//! `GET /v1/alerts`: alerts, newest first, with their delivery state per sink.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::ApiError;
+use crate::alerts::outbox::{self, AlertView};
+use crate::domain::Scope;
+
+pub const ALERTS_PAGE_LEN_DEFAULT: i64 = 50;
+pub const ALERTS_PAGE_LEN_MAX: i64 = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AlertsPage {
+    alerts: Vec<AlertView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<Uuid>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AlertsPage>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let Query(query) = query.map_err(|e| ApiError::InvalidBody(e.body_text()))?;
+    let limit = query.limit.unwrap_or(ALERTS_PAGE_LEN_DEFAULT);
+    if !(1..=ALERTS_PAGE_LEN_MAX).contains(&limit) {
+        return Err(ApiError::InvalidBody(format!(
+            "limit must be between 1 and {ALERTS_PAGE_LEN_MAX}"
+        )));
+    }
+    let alerts = outbox::list(&state.pool, limit, query.cursor).await?;
+    let next_cursor = (alerts.len() as i64 == limit)
+        .then(|| alerts.last().map(|a| a.id))
+        .flatten();
+    Ok(Json(AlertsPage {
+        alerts,
+        next_cursor,
+    }))
+}
