@@ -26,8 +26,9 @@ pub enum OutboxError {
     Enqueue(#[from] EnqueueError),
 }
 
-/// Records `event` and schedules its delivery to every sink that takes its severity, except
-/// `skip_sink` (a sink does not alert about its own broken circuit). Returns the deliveries.
+/// Records `event` (always, so `GET /v1/alerts` shows it even with no sinks configured) and
+/// schedules its delivery to every sink that takes its severity, except `skip_sink` (a sink
+/// does not alert about its own broken circuit). Returns how many deliveries were scheduled.
 pub async fn raise(
     conn: &mut PgConnection,
     config: &AlertConfig,
@@ -40,9 +41,6 @@ pub async fn raise(
         .filter(|s| s.accepts(event.severity) && Some(s.name.as_str()) != skip_sink)
         .map(|s| s.name.as_str())
         .collect();
-    if sinks.is_empty() {
-        return Ok(0);
-    }
     sqlx::query(
         "INSERT INTO alerts (id, dedup_key, action, event_type, severity, summary, details, \
            created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

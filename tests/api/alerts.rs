@@ -348,3 +348,57 @@ async fn a_finding_triggers_once_and_its_repair_resolves_with_the_same_dedup_key
     assert_eq!(listed[0]["action"], "resolve");
     assert_eq!(listed[0]["deliveries"].as_array().map(Vec::len), Some(2));
 }
+
+#[tokio::test]
+async fn ferry_alerts_test_reports_each_sink_and_fails_on_a_refusal() {
+    let good = Receiver::start(vec![]).await;
+    let refusing = Receiver::start(vec![(400, None)]).await;
+    let dir = std::env::temp_dir().join(format!("ferry-alerts-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let run = |toml: String| {
+        let path = dir.join(format!("{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, toml).expect("config");
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .args(["alerts", "test"])
+                .env("FERRY_CONFIG", &path)
+                .env("RUST_LOG", "warn")
+                .output()
+                .await
+                .expect("ferry alerts test runs")
+        }
+    };
+    let ok = run(webhook_sink(&good.url(), "")).await;
+    let report = String::from_utf8_lossy(&ok.stdout).into_owned();
+    assert!(ok.status.success(), "{report}");
+    assert!(
+        report.contains("ops") && report.contains("delivered HTTP 200"),
+        "{report}"
+    );
+    assert_eq!(good.received().len(), 2, "a trigger and its resolve");
+    assert_eq!(good.received()[0].json()["type"], "ferry.test");
+    let failed = run(webhook_sink(&refusing.url(), "")).await;
+    let report = String::from_utf8_lossy(&failed.stdout).into_owned();
+    assert!(!failed.status.success(), "{report}");
+    assert!(report.contains("REFUSED"), "{report}");
+}
+
+#[tokio::test]
+async fn an_invalid_alert_config_stops_ferry_at_start_naming_the_sink_and_field() {
+    let path = std::env::temp_dir().join(format!("ferry-bad-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &path,
+        "[[alerts.sinks]]\nkind = \"pagerduty\"\nrouting_key = \"${FERRY_TEST_UNSET_KEY}\"\n",
+    )
+    .expect("config");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve"])
+        .env("FERRY_CONFIG", &path)
+        .output()
+        .await
+        .expect("ferry runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success());
+    assert!(stderr.contains("alerts.sinks[0] (pagerduty)"), "{stderr}");
+    assert!(stderr.contains("routing_key"), "{stderr}");
+}

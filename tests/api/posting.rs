@@ -217,6 +217,18 @@ async fn a_transient_failure_reschedules_with_attempts_counted_until_retries_exh
     }
     assert_eq!(app.count("SELECT count(*) FROM entries").await, 0);
     assert_ledger_invariants(&app.pool).await;
+    // The failure raised an alert, once.
+    let alerts: Vec<(String, String)> = sqlx::query_as("SELECT event_type, dedup_key FROM alerts")
+        .fetch_all(&app.pool)
+        .await
+        .expect("alerts");
+    assert_eq!(
+        alerts,
+        vec![(
+            "transfer.retries_exhausted".to_owned(),
+            format!("ferry:transfer:{id}:retries_exhausted")
+        )]
+    );
 }
 
 /// Collapses the retry backoff of scheduled jobs so a test need not wait for it.
