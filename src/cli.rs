@@ -44,12 +44,15 @@ pub enum AlertsCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Scenario to run: reconcile, or all.
+    /// Scenario: baseline-uniform, uniform, baseline-hot, hot, intake, reconcile, or all.
     #[arg(long, default_value = "all")]
     pub scenario: String,
-    /// Transfers in the scenario's ledger.
-    #[arg(long, default_value_t = 1_000_000)]
+    /// Transfers each scenario moves (for reconcile: the ledger size).
+    #[arg(long, default_value_t = 20_000)]
     pub transfers: u64,
+    /// Accounts of the uniform and hot scenarios.
+    #[arg(long, default_value_t = ferry_accounts_default())]
+    pub accounts: u32,
     /// Also write the rows as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -109,4 +112,8 @@ impl crate::reconcile::Progress for BarProgress {
         self.0.set_message(name);
         self.0.inc(1);
     }
+}
+
+const fn ferry_accounts_default() -> u32 {
+    crate::bench::workload::ACCOUNTS_DEFAULT
 }

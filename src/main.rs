@@ -95,20 +95,7 @@ async fn connect_migrated(config: &Config) -> anyhow::Result<sqlx::PgPool> {
 
 /// `ferry bench`: run scenarios, print the table, write JSON rows if asked.
 async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
-    let mut rows = Vec::new();
-    match args.scenario.as_str() {
-        "reconcile" | "all" => {
-            rows.extend(
-                ferry::bench::reconcile::run(
-                    &config.database_url,
-                    args.transfers,
-                    &config.reconcile,
-                )
-                .await?,
-            );
-        }
-        other => anyhow::bail!("unknown scenario {other:?} (scenarios: reconcile, all)"),
-    }
+    let rows = ferry::bench::run(config, &args.scenario, args.transfers, args.accounts).await?;
     ferry::bench::print_table(&rows);
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&rows)?)

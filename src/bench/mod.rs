@@ -1,7 +1,10 @@
 //! `ferry bench`: measured scenarios against throwaway databases on `DATABASE_URL`'s server,
 //! printed as a table and optionally written as JSON rows.
 
+pub mod baseline;
+pub mod pipeline;
 pub mod reconcile;
+pub mod workload;
 
 use std::time::Duration;
 
@@ -63,6 +66,91 @@ impl ScratchDatabase {
             .await?;
         Ok(())
     }
+}
+
+/// Every scenario, in the order `all` runs them.
+pub const SCENARIOS: [&str; 6] = [
+    "baseline-uniform",
+    "uniform",
+    "baseline-hot",
+    "hot",
+    "intake",
+    "reconcile",
+];
+
+/// Runs `scenario` (or all) with `transfers` transfers, each in a database of its own.
+pub async fn run(
+    config: &crate::config::Config,
+    scenario: &str,
+    transfers: u64,
+    accounts: u32,
+) -> anyhow::Result<Vec<Row>> {
+    let chosen: Vec<&str> = match scenario {
+        "all" => SCENARIOS.to_vec(),
+        one if SCENARIOS.contains(&one) => vec![one],
+        other => anyhow::bail!(
+            "unknown scenario {other:?} (scenarios: {}, all)",
+            SCENARIOS.join(", ")
+        ),
+    };
+    let mut rows = Vec::new();
+    for name in chosen {
+        eprintln!("running {name} with {transfers} transfers");
+        let row = match name {
+            "reconcile" => {
+                reconcile::run(&config.database_url, transfers, &config.reconcile).await?
+            }
+            _ => vec![run_transfer_scenario(config, name, transfers, accounts).await?],
+        };
+        rows.extend(row);
+    }
+    Ok(rows)
+}
+
+async fn run_transfer_scenario(
+    config: &crate::config::Config,
+    name: &str,
+    transfers: u64,
+    accounts: u32,
+) -> anyhow::Result<Row> {
+    use workload::{Shape, plan, seed_accounts};
+    let shape = if name.ends_with("hot") {
+        Shape::Hot
+    } else {
+        Shape::Uniform
+    };
+    let planned = plan(shape, transfers, accounts, 20_261_121);
+    let scratch = ScratchDatabase::create(&config.database_url).await?;
+    seed_accounts(&scratch.pool, accounts).await?;
+    let row = if name.starts_with("baseline") {
+        let pool = db::connect(
+            &scratch.url,
+            baseline::BASELINE_CONNECTIONS,
+            Duration::from_secs(30),
+        )
+        .await?;
+        let api_key = Uuid::now_v7();
+        sqlx::query("INSERT INTO api_keys (id, name, key_hash, scopes) VALUES ($1, 'baseline', $2, '{admin}')")
+            .bind(api_key)
+            .bind(api_key.as_bytes().to_vec())
+            .execute(&pool)
+            .await?;
+        let row = baseline::run(name, &pool, api_key, &planned).await;
+        pool.close().await;
+        row?
+    } else {
+        let ferry = pipeline::RunningFerry::start(config, &scratch.url).await?;
+        let row = if name == "intake" {
+            pipeline::intake(&ferry, &planned).await
+        } else {
+            pipeline::batched(name, &ferry, &planned).await
+        };
+        ferry.stop();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        row?
+    };
+    scratch.drop_now().await?;
+    Ok(row)
 }
 
 /// Prints rows as an aligned table.

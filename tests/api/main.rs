@@ -7,6 +7,7 @@ mod accounts;
 mod alerts;
 mod auth;
 mod bank;
+mod bench;
 mod crash;
 mod idempotency;
 mod posting;

@@ -1,0 +1,191 @@
+//! ferry's own scenarios: the whole pipeline (HTTP intake → commit with job → apalis →
+//! posting) running in this process against the scratch database.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+
+use super::Row;
+use super::workload::{PlannedTransfer, percentile};
+use crate::app::Application;
+use crate::config::{Config, Roles};
+use crate::domain::Scopes;
+
+/// Transfers per batch request (the issue: "batch endpoint, 100 per request").
+pub const BATCH_LEN: usize = 100;
+/// Batch requests in flight at once.
+pub const BATCH_CLIENTS: usize = 8;
+/// Concurrent clients of the single-transfer intake scenario.
+pub const INTAKE_CLIENTS: usize = 64;
+/// Longest wait for the queue to drain.
+const DRAIN_TIMEOUT_SECS: u64 = 600;
+
+/// A running ferry on the scratch database, with an admin key.
+pub struct RunningFerry {
+    pub base_url: String,
+    pub api_key: String,
+    pub pool: sqlx::PgPool,
+    client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl RunningFerry {
+    pub async fn start(base: &Config, database_url: &str) -> anyhow::Result<Self> {
+        let mut config = base.clone();
+        config.database_url = database_url.to_owned();
+        config.http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        config.roles = Roles {
+            intake: true,
+            worker: true,
+            scheduler: false,
+        };
+        let app = Application::build(config).await?;
+        let port = app
+            .port()
+            .ok_or_else(|| anyhow::anyhow!("intake did not bind"))?;
+        let pool = app.pool().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        let scopes = Scopes::parse_list("admin")?;
+        let (_, api_key) = crate::store::api_keys::create(&pool, "bench", &scopes).await?;
+        Ok(Self {
+            base_url: format!("http://127.0.0.1:{port}"),
+            api_key,
+            pool,
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(INTAKE_CLIENTS * 2)
+                .build()?,
+            stop: Some(stop),
+        })
+    }
+
+    pub fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    async fn pending(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM transfers WHERE status = 'pending'")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    async fn drain(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(DRAIN_TIMEOUT_SECS);
+        while self.pending().await? > 0 {
+            anyhow::ensure!(Instant::now() < deadline, "transfers still pending");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    async fn failed_for_contention(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM transfers WHERE failure_code = 'retries_exhausted'",
+        )
+        .fetch_one(&self.pool)
+        .await
+    }
+}
+
+fn item(t: &PlannedTransfer) -> serde_json::Value {
+    json!({"idempotency_key": t.key, "from_account": t.from, "to_account": t.to,
+           "amount": t.amount(), "currency": "USD"})
+}
+
+/// `uniform` / `hot`: batches of 100 from 8 clients; first request to last posted.
+pub async fn batched(
+    scenario: &str,
+    ferry: &RunningFerry,
+    transfers: &[PlannedTransfer],
+) -> anyhow::Result<Row> {
+    let started = Instant::now();
+    let url = format!("{}/v1/transfers/batch", ferry.base_url);
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(transfers.chunks(BATCH_LEN))
+        .map(|chunk| {
+            let body = json!({"transfers": chunk.iter().map(item).collect::<Vec<_>>()});
+            let request = ferry
+                .client
+                .post(&url)
+                .bearer_auth(&ferry.api_key)
+                .json(&body);
+            async move {
+                let response = request.send().await?;
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "batch refused: {}",
+                    response.status()
+                );
+                Ok(())
+            }
+        })
+        .buffer_unordered(BATCH_CLIENTS)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    ferry.drain().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let failed = u64::try_from(ferry.failed_for_contention().await?).unwrap_or(0);
+    Ok(Row {
+        scenario: scenario.to_owned(),
+        transfers: transfers.len() as u64,
+        seconds,
+        transfers_per_sec: transfers.len() as f64 / seconds.max(f64::EPSILON),
+        p50_ms: None,
+        p99_ms: None,
+        failed_contention: failed,
+        note: format!(
+            "HTTP batch of {BATCH_LEN}, {BATCH_CLIENTS} clients; first request to last posted"
+        ),
+    })
+}
+
+/// `intake`: single `POST /v1/transfers` from 64 clients; accepted/s and latency.
+pub async fn intake(ferry: &RunningFerry, transfers: &[PlannedTransfer]) -> anyhow::Result<Row> {
+    let url = format!("{}/v1/transfers", ferry.base_url);
+    let started = Instant::now();
+    let latencies: Vec<anyhow::Result<f64>> = futures::stream::iter(transfers)
+        .map(|t| {
+            let body = json!({"from_account": t.from, "to_account": t.to,
+                              "amount": t.amount(), "currency": "USD"});
+            let request = ferry
+                .client
+                .post(&url)
+                .bearer_auth(&ferry.api_key)
+                .header("Idempotency-Key", &t.key)
+                .json(&body);
+            async move {
+                let begun = Instant::now();
+                let response = request.send().await?;
+                anyhow::ensure!(
+                    response.status().as_u16() == 202,
+                    "not accepted: {}",
+                    response.status()
+                );
+                Ok(begun.elapsed().as_secs_f64() * 1000.0)
+            }
+        })
+        .buffer_unordered(INTAKE_CLIENTS)
+        .collect()
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut latencies = latencies
+        .into_iter()
+        .collect::<anyhow::Result<Vec<f64>>>()?;
+    latencies.sort_by(f64::total_cmp);
+    ferry.drain().await?;
+    Ok(Row {
+        scenario: "intake".to_owned(),
+        transfers: transfers.len() as u64,
+        seconds,
+        transfers_per_sec: transfers.len() as f64 / seconds.max(f64::EPSILON),
+        p50_ms: percentile(&latencies, 50.0),
+        p99_ms: percentile(&latencies, 99.0),
+        failed_contention: 0,
+        note: format!("single POST /v1/transfers, {INTAKE_CLIENTS} clients; accepted/s"),
+    })
+}

@@ -1,0 +1,108 @@
+//! The transfers every scenario moves: generated once from a seed, so the baseline and ferry
+//! move exactly the same money between exactly the same accounts.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sqlx::PgPool;
+
+/// Accounts of the uniform and hot scenarios (the issue's "100k accounts").
+pub const ACCOUNTS_DEFAULT: u32 = 100_000;
+/// The account every hot-scenario transfer debits.
+pub const HOT_ACCOUNT: &str = "acct1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Both sides chosen uniformly.
+    Uniform,
+    /// Every transfer debits [`HOT_ACCOUNT`].
+    Hot,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedTransfer {
+    pub key: String,
+    pub from: String,
+    pub to: String,
+    /// Cents, shown as "x.yy" on the wire.
+    pub cents: u32,
+}
+
+impl PlannedTransfer {
+    pub fn amount(&self) -> String {
+        format!("{}.{:02}", self.cents / 100, self.cents % 100)
+    }
+}
+
+pub fn plan(shape: Shape, transfers: u64, accounts: u32, seed: u64) -> Vec<PlannedTransfer> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..transfers)
+        .map(|n| {
+            let from = match shape {
+                Shape::Uniform => rng.random_range(1..=accounts),
+                Shape::Hot => 1,
+            };
+            let mut to = rng.random_range(1..=accounts);
+            if to == from {
+                to = if from == accounts { 1 } else { from + 1 };
+            }
+            PlannedTransfer {
+                key: format!("bench-{n}"),
+                from: format!("acct{from}"),
+                to: format!("acct{to}"),
+                cents: rng.random_range(1..=10_000),
+            }
+        })
+        .collect()
+}
+
+/// Creates `accounts` USD accounts named `acct1..`; all may overdraw, so no transfer fails for
+/// funds and every failure counted is a contention failure.
+pub async fn seed_accounts(pool: &PgPool, accounts: u32) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO accounts (id, currency, allow_overdraft) \
+         SELECT 'acct' || n, 'USD', true FROM generate_series(1, $1) n",
+    )
+    .bind(i64::from(accounts))
+    .execute(pool)
+    .await?;
+    sqlx::query("ANALYZE accounts").execute(pool).await?;
+    Ok(())
+}
+
+/// Percentile `p` (0–100) of sorted latencies in milliseconds.
+pub fn percentile(sorted_ms: &[f64], p: f64) -> Option<f64> {
+    if sorted_ms.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * (sorted_ms.len() - 1) as f64).round() as usize;
+    sorted_ms.get(rank.min(sorted_ms.len() - 1)).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_are_deterministic_and_never_self_transfers() {
+        let a = plan(Shape::Uniform, 1000, 10, 7);
+        let b = plan(Shape::Uniform, 1000, 10, 7);
+        assert_eq!(
+            a.iter().map(|t| &t.to).collect::<Vec<_>>(),
+            b.iter().map(|t| &t.to).collect::<Vec<_>>()
+        );
+        assert!(a.iter().all(|t| t.from != t.to && t.cents > 0));
+        assert!(
+            plan(Shape::Hot, 100, 10, 1)
+                .iter()
+                .all(|t| t.from == HOT_ACCOUNT)
+        );
+    }
+
+    #[test]
+    fn percentiles_pick_from_the_sorted_list() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), Some(51.0));
+        assert_eq!(percentile(&v, 99.0), Some(99.0));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+}

@@ -1,0 +1,49 @@
+//! A small run of every `ferry bench` scenario, so the benchmark cannot rot.
+
+use ferry::config::Roles;
+
+use crate::helpers::{TestDatabase, test_config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bench_scenario_runs_and_reports_a_row() {
+    // The scenarios make and drop databases of their own on this server.
+    let database = TestDatabase::new();
+    let config = test_config(&database.url, Roles::ALL);
+    let rows = ferry::bench::run(&config, "all", 300, 500)
+        .await
+        .expect("bench runs");
+    let names: Vec<&str> = rows.iter().map(|r| r.scenario.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "baseline-uniform",
+            "uniform",
+            "baseline-hot",
+            "hot",
+            "intake",
+            "reconcile-full"
+        ]
+    );
+    for row in &rows {
+        assert!(row.seconds > 0.0 && row.transfers_per_sec > 0.0, "{row:?}");
+        assert_eq!(row.transfers, 300, "{row:?}");
+    }
+    for row in rows.iter().filter(|r| !r.scenario.starts_with("baseline")) {
+        assert_eq!(row.failed_contention, 0, "{row:?}");
+    }
+    let intake = &rows[4];
+    assert!(
+        intake.p50_ms.is_some() && intake.p99_ms >= intake.p50_ms,
+        "{intake:?}"
+    );
+    let json = serde_json::to_value(&rows).expect("json");
+    for key in [
+        "scenario",
+        "transfers",
+        "seconds",
+        "transfers_per_sec",
+        "failed_contention",
+    ] {
+        assert!(json[0].get(key).is_some(), "missing {key}");
+    }
+}
