@@ -127,6 +127,7 @@ pub async fn batched(
         .collect()
         .await;
     results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    let accepted_secs = started.elapsed().as_secs_f64();
     ferry.drain().await?;
     let seconds = started.elapsed().as_secs_f64();
     let failed = u64::try_from(ferry.failed_for_contention().await?).unwrap_or(0);
@@ -139,7 +140,8 @@ pub async fn batched(
         p99_ms: None,
         failed_contention: failed,
         note: format!(
-            "HTTP batch of {BATCH_LEN}, {BATCH_CLIENTS} clients; first request to last posted"
+            "HTTP batch of {BATCH_LEN}, {BATCH_CLIENTS} clients; first request to last posted \
+             (all accepted after {accepted_secs:.2}s)"
         ),
     })
 }

@@ -21,7 +21,7 @@ use std::time::Instant;
 use backon::Retryable;
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, Row, Transaction};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::apply::{
@@ -110,12 +110,15 @@ impl PostingEngine {
     }
 
     async fn post_once(&self, transfer_ids: &[Uuid]) -> Result<PostingReport, PostingError> {
+        let mut steps = StepTimer::new();
         let mut tx = self
             .pool
             .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
             .await?;
         sqlx::raw_sql(POSTING_PREAMBLE).execute(&mut *tx).await?;
+        steps.lap("gate");
         let transfers = load_pending(&mut tx, transfer_ids).await?;
+        steps.lap("load");
         if transfers.is_empty() {
             tx.commit().await?;
             return Ok(PostingReport {
@@ -124,6 +127,7 @@ impl PostingEngine {
             });
         }
         let mut accounts = lock_accounts(&mut tx, &transfers).await?;
+        steps.lap("lock");
         let applied = apply_batch(&mut accounts, &transfers);
         if !entries_balance(&applied.entries) {
             return Err(PostingError::Invariant(
@@ -131,12 +135,50 @@ impl PostingEngine {
             ));
         }
         insert_entries(&mut tx, &applied).await?;
+        steps.lap("entries");
         update_balances(&mut tx, &applied, &accounts).await?;
+        steps.lap("balances");
         update_statuses(&mut tx, &applied).await?;
+        steps.lap("statuses");
         self.failpoint.hit(Failpoint::CrashBeforeCommit);
         tx.commit().await?;
+        steps.lap("commit");
         self.failpoint.hit(Failpoint::CrashAfterCommit);
+        debug!(transfers = transfers.len(), steps = %steps, "posting transaction");
         Ok(summarise(&applied, transfer_ids.len()))
+    }
+}
+
+/// Where a posting transaction spends its time, for profiling (debug log, and the
+/// `ferry_posting_step_seconds` histogram).
+struct StepTimer {
+    last: Instant,
+    laps: Vec<(&'static str, f64)>,
+}
+
+impl StepTimer {
+    fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, step: &'static str) {
+        let now = Instant::now();
+        let seconds = (now - self.last).as_secs_f64();
+        metrics::histogram!("ferry_posting_step_seconds", "step" => step).record(seconds);
+        self.laps.push((step, seconds));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for StepTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (step, seconds) in &self.laps {
+            write!(f, "{step}={:.1}ms ", seconds * 1000.0)?;
+        }
+        Ok(())
     }
 }
 

@@ -238,3 +238,36 @@ async fn run_scheduled_jobs_now(app: &crate::helpers::TestApp) {
         .await
         .expect("reschedule");
 }
+
+#[tokio::test]
+async fn the_database_refuses_to_move_a_terminal_transfer_or_edit_an_entry() {
+    let app = spawn_app().await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("b", "USD", false).await;
+    let reply = app
+        .post_transfer("k", &transfer("treasury", "b", "1.00"))
+        .await;
+    app.wait_until_terminal(reply.body["id"].as_str().expect("id"))
+        .await;
+    let reopen = sqlx::query(
+        "UPDATE transfers SET status = 'failed', failure_code = 'insufficient_funds', \
+           posted_at = NULL, failed_at = now()",
+    )
+    .execute(&app.pool)
+    .await;
+    assert!(reopen.is_err(), "a posted transfer became failed");
+    let edit = sqlx::query("UPDATE entries SET amount = amount * 2")
+        .execute(&app.pool)
+        .await;
+    assert!(edit.is_err(), "an entry was edited");
+    let delete = sqlx::query("DELETE FROM entries").execute(&app.pool).await;
+    assert!(delete.is_err(), "an entry was deleted");
+    let overdraw = sqlx::query("UPDATE accounts SET balance = -1 WHERE id = 'b'")
+        .execute(&app.pool)
+        .await;
+    assert!(
+        overdraw.is_err(),
+        "an account without overdraft went negative"
+    );
+    assert_ledger_invariants(&app.pool).await;
+}
