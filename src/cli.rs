@@ -44,12 +44,16 @@ pub enum AlertsCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Scenario: baseline-uniform, uniform, baseline-hot, hot, intake, reconcile, or all.
+    /// Scenario: baseline-uniform, uniform, baseline-hot, hot, intake, reconcile, soak, or all
+    /// (all but soak).
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// Transfers each scenario moves (for reconcile: the ledger size).
     #[arg(long, default_value_t = 20_000)]
     pub transfers: u64,
+    /// How long the soak scenario runs.
+    #[arg(long, default_value_t = 600)]
+    pub soak_secs: u64,
     /// Accounts of the uniform and hot scenarios.
     #[arg(long, default_value_t = ferry_accounts_default())]
     pub accounts: u32,

@@ -95,7 +95,14 @@ async fn connect_migrated(config: &Config) -> anyhow::Result<sqlx::PgPool> {
 
 /// `ferry bench`: run scenarios, print the table, write JSON rows if asked.
 async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
-    let rows = ferry::bench::run(config, &args.scenario, args.transfers, args.accounts).await?;
+    let rows = ferry::bench::run(
+        config,
+        &args.scenario,
+        args.transfers,
+        args.accounts,
+        args.soak_secs,
+    )
+    .await?;
     ferry::bench::print_table(&rows);
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&rows)?)

@@ -68,7 +68,7 @@ impl ScratchDatabase {
     }
 }
 
-/// Every scenario, in the order `all` runs them.
+/// Every scenario, in the order `all` runs them (`soak`, which runs for minutes, only by name).
 pub const SCENARIOS: [&str; 6] = [
     "baseline-uniform",
     "uniform",
@@ -84,10 +84,11 @@ pub async fn run(
     scenario: &str,
     transfers: u64,
     accounts: u32,
+    soak_secs: u64,
 ) -> anyhow::Result<Vec<Row>> {
     let chosen: Vec<&str> = match scenario {
         "all" => SCENARIOS.to_vec(),
-        one if SCENARIOS.contains(&one) => vec![one],
+        one if SCENARIOS.contains(&one) || one == "soak" => vec![one],
         other => anyhow::bail!(
             "unknown scenario {other:?} (scenarios: {}, all)",
             SCENARIOS.join(", ")
@@ -100,7 +101,7 @@ pub async fn run(
             "reconcile" => {
                 reconcile::run(&config.database_url, transfers, &config.reconcile).await?
             }
-            _ => vec![run_transfer_scenario(config, name, transfers, accounts).await?],
+            _ => vec![run_transfer_scenario(config, name, transfers, accounts, soak_secs).await?],
         };
         rows.extend(row);
     }
@@ -112,6 +113,7 @@ async fn run_transfer_scenario(
     name: &str,
     transfers: u64,
     accounts: u32,
+    soak_secs: u64,
 ) -> anyhow::Result<Row> {
     use workload::{Shape, plan, seed_accounts};
     let shape = if name.ends_with("hot") {
@@ -142,6 +144,8 @@ async fn run_transfer_scenario(
         let ferry = pipeline::RunningFerry::start(config, &scratch.url).await?;
         let row = if name == "intake" {
             pipeline::intake(&ferry, &planned).await
+        } else if name == "soak" {
+            pipeline::soak(&ferry, &planned, Duration::from_secs(soak_secs)).await
         } else {
             pipeline::batched(name, &ferry, &planned).await
         };

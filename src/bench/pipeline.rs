@@ -191,3 +191,79 @@ pub async fn intake(ferry: &RunningFerry, transfers: &[PlannedTransfer]) -> anyh
         note: format!("single POST /v1/transfers, {INTAKE_CLIENTS} clients; accepted/s"),
     })
 }
+
+/// Resident memory of this process in KiB (Linux), for the soak scenario.
+pub fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// `soak`: uniform batches for `duration`, RSS at start and end (is memory flat?).
+pub async fn soak(
+    ferry: &RunningFerry,
+    transfers: &[PlannedTransfer],
+    duration: Duration,
+) -> anyhow::Result<Row> {
+    let url = format!("{}/v1/transfers/batch", ferry.base_url);
+    let started = Instant::now();
+    let rss_start = rss_kib();
+    let mut sent = 0u64;
+    let mut round = 0u64;
+    let mut rss_warm = None;
+    while started.elapsed() < duration {
+        let results: Vec<anyhow::Result<()>> = futures::stream::iter(transfers.chunks(BATCH_LEN))
+            .map(|chunk| {
+                let items: Vec<_> = chunk
+                    .iter()
+                    .map(|t| {
+                        let mut value = item(t);
+                        value["idempotency_key"] = json!(format!("{}-r{round}", t.key));
+                        value
+                    })
+                    .collect();
+                let request = ferry
+                    .client
+                    .post(&url)
+                    .bearer_auth(&ferry.api_key)
+                    .json(&json!({"transfers": items}));
+                async move {
+                    let response = request.send().await?;
+                    anyhow::ensure!(response.status().is_success(), "batch refused");
+                    Ok(())
+                }
+            })
+            .buffer_unordered(BATCH_CLIENTS)
+            .collect()
+            .await;
+        results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+        ferry.drain().await?;
+        sent += transfers.len() as u64;
+        round += 1;
+        if round == 1 {
+            rss_warm = rss_kib();
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let mib = |kib: Option<u64>| {
+        kib.map_or_else(|| "?".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0))
+    };
+    Ok(Row {
+        scenario: "soak".to_owned(),
+        transfers: sent,
+        seconds,
+        transfers_per_sec: sent as f64 / seconds.max(f64::EPSILON),
+        p50_ms: None,
+        p99_ms: None,
+        failed_contention: u64::try_from(ferry.failed_for_contention().await?).unwrap_or(0),
+        note: format!(
+            "uniform batches for {:.0}s; RSS MiB at start {}, after first round {}, at end {}",
+            duration.as_secs_f64(),
+            mib(rss_start),
+            mib(rss_warm),
+            mib(rss_kib())
+        ),
+    })
+}

@@ -9,7 +9,7 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
     // The scenarios make and drop databases of their own on this server.
     let database = TestDatabase::new();
     let config = test_config(&database.url, Roles::ALL);
-    let rows = ferry::bench::run(&config, "all", 300, 500)
+    let rows = ferry::bench::run(&config, "all", 300, 500, 1)
         .await
         .expect("bench runs");
     let names: Vec<&str> = rows.iter().map(|r| r.scenario.as_str()).collect();
@@ -46,4 +46,17 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
     ] {
         assert!(json[0].get(key).is_some(), "missing {key}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soak_scenario_reports_memory_at_start_and_end() {
+    let database = TestDatabase::new();
+    let config = test_config(&database.url, Roles::ALL);
+    let rows = ferry::bench::run(&config, "soak", 200, 500, 1)
+        .await
+        .expect("soak runs");
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].transfers >= 200, "{:?}", rows[0]);
+    assert!(rows[0].note.contains("RSS MiB at start"), "{:?}", rows[0]);
+    assert!(!rows[0].note.contains('?'), "RSS not read: {:?}", rows[0]);
 }
