@@ -9,6 +9,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::json::{JsonBody, reject_nul};
+use super::paging::{next_cursor, page_len};
 use crate::domain::{AccountId, Currency, Scope};
 use crate::store::accounts::{self, AccountView, CreateAccountError, EntryView, NewAccount};
 
@@ -101,12 +102,7 @@ pub async fn entries(
 ) -> Result<Json<EntriesPage>, ApiError> {
     caller.require(Scope::AccountsRead)?;
     let Query(query) = query.map_err(|e| ApiError::InvalidBody(e.body_text()))?;
-    let limit = query.limit.unwrap_or(ENTRIES_PAGE_LEN_DEFAULT);
-    if !(1..=ENTRIES_PAGE_LEN_MAX).contains(&limit) {
-        return Err(ApiError::InvalidBody(format!(
-            "limit must be between 1 and {ENTRIES_PAGE_LEN_MAX}"
-        )));
-    }
+    let limit = page_len(query.limit, ENTRIES_PAGE_LEN_DEFAULT, ENTRIES_PAGE_LEN_MAX)?;
     let before = query
         .cursor
         .map(|c| c.parse::<i64>())
@@ -117,9 +113,7 @@ pub async fn entries(
         return Err(ApiError::AccountNotFound(id.to_string()));
     }
     let entries = accounts::entries(&state.pool, &id, before, limit).await?;
-    let next_cursor = (entries.len() as i64 == limit)
-        .then(|| entries.last().map(|e| e.id.clone()))
-        .flatten();
+    let next_cursor = next_cursor(&entries, limit, |e| e.id.clone());
     Ok(Json(EntriesPage {
         entries,
         next_cursor,

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
+use super::paging::{next_cursor, page_len};
 use crate::alerts::outbox::{self, AlertView};
 use crate::domain::Scope;
 
@@ -35,16 +36,9 @@ pub async fn list(
 ) -> Result<Json<AlertsPage>, ApiError> {
     caller.require(Scope::Admin)?;
     let Query(query) = query.map_err(|e| ApiError::InvalidBody(e.body_text()))?;
-    let limit = query.limit.unwrap_or(ALERTS_PAGE_LEN_DEFAULT);
-    if !(1..=ALERTS_PAGE_LEN_MAX).contains(&limit) {
-        return Err(ApiError::InvalidBody(format!(
-            "limit must be between 1 and {ALERTS_PAGE_LEN_MAX}"
-        )));
-    }
+    let limit = page_len(query.limit, ALERTS_PAGE_LEN_DEFAULT, ALERTS_PAGE_LEN_MAX)?;
     let alerts = outbox::list(&state.pool, limit, query.cursor).await?;
-    let next_cursor = (alerts.len() as i64 == limit)
-        .then(|| alerts.last().map(|a| a.id))
-        .flatten();
+    let next_cursor = next_cursor(&alerts, limit, |a| a.id);
     Ok(Json(AlertsPage {
         alerts,
         next_cursor,

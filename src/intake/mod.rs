@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod json;
+pub mod paging;
 pub mod rate_limit;
 pub mod reconciliations;
 pub mod transfers;

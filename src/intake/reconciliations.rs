@@ -12,6 +12,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::json::JsonBody;
+use super::paging::{next_cursor, page_len};
 use crate::domain::Scope;
 use crate::jobs::reconcile::enqueue_run;
 use crate::reconcile::findings::{self, FindingView};
@@ -80,16 +81,9 @@ pub async fn list(
 ) -> Result<Json<RunsPage>, ApiError> {
     caller.require(Scope::Admin)?;
     let Query(query) = query.map_err(|e| ApiError::InvalidBody(e.body_text()))?;
-    let limit = query.limit.unwrap_or(RUNS_PAGE_LEN_DEFAULT);
-    if !(1..=RUNS_PAGE_LEN_MAX).contains(&limit) {
-        return Err(ApiError::InvalidBody(format!(
-            "limit must be between 1 and {RUNS_PAGE_LEN_MAX}"
-        )));
-    }
+    let limit = page_len(query.limit, RUNS_PAGE_LEN_DEFAULT, RUNS_PAGE_LEN_MAX)?;
     let runs = runs::list(&state.pool, limit, query.cursor).await?;
-    let next_cursor = (runs.len() as i64 == limit)
-        .then(|| runs.last().map(|r| r.id))
-        .flatten();
+    let next_cursor = next_cursor(&runs, limit, |r| r.id);
     Ok(Json(RunsPage { runs, next_cursor }))
 }
 

@@ -1,0 +1,21 @@
+//! Cursor pagination shared by the list endpoints.
+
+use super::error::ApiError;
+
+/// The page length a client asked for, or `default`; refused outside `1..=max`.
+pub fn page_len(requested: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let len = requested.unwrap_or(default);
+    if !(1..=max).contains(&len) {
+        return Err(ApiError::InvalidBody(format!(
+            "limit must be between 1 and {max}"
+        )));
+    }
+    Ok(len)
+}
+
+/// The cursor of the next page: the last item's, when the page came back full.
+pub fn next_cursor<T, C>(items: &[T], len: i64, cursor: impl Fn(&T) -> C) -> Option<C> {
+    (items.len() as i64 == len)
+        .then(|| items.last().map(cursor))
+        .flatten()
+}
