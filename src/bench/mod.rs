@@ -123,6 +123,8 @@ async fn run_transfer_scenario(
     };
     let planned = plan(shape, transfers, accounts, 20_261_121);
     let scratch = ScratchDatabase::create(&config.database_url).await?;
+    // Measure, then drop the scratch database whatever happened.
+    let result = async {
     seed_accounts(&scratch.pool, accounts).await?;
     let row = if name.starts_with("baseline") {
         let pool = db::connect(
@@ -153,8 +155,11 @@ async fn run_transfer_scenario(
         tokio::time::sleep(Duration::from_millis(200)).await;
         row?
     };
+    anyhow::Ok(row)
+    }
+    .await;
     scratch.drop_now().await?;
-    Ok(row)
+    result
 }
 
 /// Prints rows as an aligned table.

@@ -28,6 +28,20 @@ pub async fn run(
     settings: &ReconcileSettings,
 ) -> anyhow::Result<Vec<Row>> {
     let scratch = ScratchDatabase::create(server_url).await?;
+    let result = measure(&scratch, ledger_transfers, settings).await;
+    if std::env::var_os("FERRY_BENCH_KEEP_DB").is_some() {
+        eprintln!("kept database {}", scratch.url);
+    } else {
+        scratch.drop_now().await?;
+    }
+    result
+}
+
+async fn measure(
+    scratch: &ScratchDatabase,
+    ledger_transfers: u64,
+    settings: &ReconcileSettings,
+) -> anyhow::Result<Vec<Row>> {
     let anchor = Utc::now() - Duration::hours(1);
     let seeded = Instant::now();
     seed(&scratch.pool, ledger_transfers, anchor).await?;
@@ -63,11 +77,6 @@ pub async fn run(
             ledger_transfers,
             "window",
         ));
-    }
-    if std::env::var_os("FERRY_BENCH_KEEP_DB").is_some() {
-        eprintln!("kept database {}", scratch.url);
-    } else {
-        scratch.drop_now().await?;
     }
     Ok(rows)
 }
