@@ -92,31 +92,7 @@ pub async fn handle(job: DeliverAlert, ctx: Data<AlertJobContext>) -> Result<(),
         AttemptOutcome::Delivered { .. } => {
             update(&mut tx, job.delivery_id, "delivered", attempt, status, None).await?;
         }
-        AttemptOutcome::Permanent { error, .. } => {
-            error!(sink = %sink.name, %error, "alert delivery refused; not retrying");
-            update(
-                &mut tx,
-                job.delivery_id,
-                "failed",
-                attempt,
-                status,
-                Some(error),
-            )
-            .await?;
-        }
-        AttemptOutcome::Retry { error, .. } if attempt >= DELIVERY_ATTEMPTS_MAX => {
-            error!(sink = %sink.name, %error, attempt, "alert delivery gave up");
-            update(
-                &mut tx,
-                job.delivery_id,
-                "failed",
-                attempt,
-                status,
-                Some(error),
-            )
-            .await?;
-        }
-        AttemptOutcome::Retry { after, error, .. } => {
+        AttemptOutcome::Retry { after, error, .. } if attempt < DELIVERY_ATTEMPTS_MAX => {
             let exponent = u32::try_from(attempt - 1).unwrap_or(0);
             let backoff = full_jitter_delay(
                 exponent,
@@ -136,6 +112,19 @@ pub async fn handle(job: DeliverAlert, ctx: Data<AlertJobContext>) -> Result<(),
             )
             .await?;
             schedule(&mut tx, job.delivery_id, delay).await?;
+        }
+        // Refused (non-retryable status) or out of attempts.
+        AttemptOutcome::Permanent { error, .. } | AttemptOutcome::Retry { error, .. } => {
+            error!(sink = %sink.name, %error, attempt, "alert delivery failed for good");
+            update(
+                &mut tx,
+                job.delivery_id,
+                "failed",
+                attempt,
+                status,
+                Some(error),
+            )
+            .await?;
         }
     }
     if let Some(transition) = transition {

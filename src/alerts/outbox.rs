@@ -116,11 +116,8 @@ pub async fn load_delivery(
         "resolve" => Action::Resolve,
         _ => Action::Trigger,
     };
-    let severity = match row.try_get::<String, _>("severity")?.as_str() {
-        "critical" => Severity::Critical,
-        "medium" => Severity::Medium,
-        _ => Severity::Info,
-    };
+    let severity =
+        Severity::parse(&row.try_get::<String, _>("severity")?).unwrap_or(Severity::Critical);
     Ok(Some(PendingDelivery {
         sink: row.try_get("sink")?,
         status: row.try_get("status")?,

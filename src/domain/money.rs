@@ -51,11 +51,6 @@ impl Currency {
         self.minor_units
     }
 
-    /// Zero written with the currency's scale, e.g. `0.00` for USD.
-    pub fn zero(&self) -> Decimal {
-        Decimal::new(0, self.minor_units)
-    }
-
     /// A stored value shown with exactly the currency's decimal places.
     pub fn format(&self, value: Decimal) -> String {
         let mut shown = value;

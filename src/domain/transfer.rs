@@ -92,10 +92,6 @@ impl TransferStatus {
             Self::Failed => "failed",
         }
     }
-
-    pub fn is_terminal(self) -> bool {
-        !matches!(self, Self::Pending)
-    }
 }
 
 impl FromStr for TransferStatus {

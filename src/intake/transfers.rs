@@ -196,7 +196,9 @@ pub async fn create_batch(
         )));
     }
     let mut results: Vec<Option<BatchResult>> = Vec::with_capacity(body.transfers.len());
+    // Slot in `results` and key of each valid item, in the order of `submissions`.
     let mut valid = Vec::new();
+    let mut submissions = Vec::new();
     for value in body.transfers {
         let key = value
             .get("idempotency_key")
@@ -204,19 +206,16 @@ pub async fn create_batch(
             .map(str::to_owned);
         match parse_batch_item(value) {
             Ok(transfer) => {
-                valid.push((results.len(), transfer));
+                valid.push((results.len(), key));
                 results.push(None);
+                submissions.push(Submission {
+                    api_key_id: caller.id,
+                    transfer,
+                });
             }
             Err(e) => results.push(Some(rejected(key, &e))),
         }
     }
-    let submissions: Vec<Submission> = valid
-        .iter()
-        .map(|(_, transfer)| Submission {
-            api_key_id: caller.id,
-            transfer: transfer.clone(),
-        })
-        .collect();
     // A batch is already a group: one commit and one job of its own.
     let accepted = if submissions.is_empty() {
         Vec::new()
@@ -226,8 +225,7 @@ pub async fn create_batch(
             .map_err(|e| ApiError::Internal(e.into()))?
     };
     let mut accepted_count = 0u64;
-    for ((slot, transfer), acceptance) in valid.into_iter().zip(accepted) {
-        let key = Some(transfer.idempotency_key.as_str().to_owned());
+    for ((slot, key), acceptance) in valid.into_iter().zip(accepted) {
         results[slot] = Some(match acceptance {
             Acceptance::Accepted(view) => {
                 accepted_count += 1;

@@ -12,6 +12,12 @@ pub enum Severity {
 }
 
 impl Severity {
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Info, Self::Medium, Self::Critical]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Info => "info",

@@ -5,7 +5,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use super::finding::{FindingKind, Observation};
+use super::finding::Observation;
 
 /// How a run changed the set of open findings.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -131,12 +131,6 @@ pub struct FindingView {
     pub first_seen_at: DateTime<Utc>,
     pub last_seen_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
-}
-
-impl FindingView {
-    pub fn kind(&self) -> Option<FindingKind> {
-        FindingKind::parse(&self.kind)
-    }
 }
 
 const FINDING_COLUMNS: &str = "f.id, f.kind, f.severity, f.subject, f.transfer_id, \

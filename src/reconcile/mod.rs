@@ -247,8 +247,7 @@ async fn raise_alerts(
         .map(|f| (Action::Trigger, f))
         .chain(changes.resolved.iter().map(|f| (Action::Resolve, f)));
     for (action, finding) in changed {
-        let severity =
-            FindingKind::parse(&finding.kind).map_or(Severity::Critical, FindingKind::severity);
+        let severity = Severity::parse(&finding.severity).unwrap_or(Severity::Critical);
         let event = finding_event(
             action,
             &finding.kind,

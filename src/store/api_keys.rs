@@ -76,11 +76,6 @@ impl ApiKeyCache {
     }
 }
 
-/// Finds the live key matching what a client presented.
-pub async fn find(pool: &PgPool, presented: &str) -> Result<Option<ApiKeyIdentity>, sqlx::Error> {
-    find_by_hash(pool, &hash_api_key(presented)).await
-}
-
 async fn find_by_hash(pool: &PgPool, hash: &[u8]) -> Result<Option<ApiKeyIdentity>, sqlx::Error> {
     let row =
         sqlx::query("SELECT id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")

@@ -12,7 +12,8 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::accounts::format_amount;
-use crate::domain::{IdempotencyKey, NewTransfer};
+use crate::domain::transfer::UnknownCode;
+use crate::domain::{FailureCode, IdempotencyKey, NewTransfer, TransferStatus};
 use crate::jobs::post_transfers::PostTransfers;
 use crate::ledger::retry::{RetryClass, classify, serialization_backoff};
 use crate::queue::{self, EnqueueError, POST_TRANSFERS_QUEUE};
@@ -22,7 +23,7 @@ use crate::queue::{self, EnqueueError, POST_TRANSFERS_QUEUE};
 pub struct TransferView {
     pub id: Uuid,
     pub idempotency_key: String,
-    pub status: String,
+    pub status: TransferStatus,
     pub from_account: String,
     pub to_account: String,
     pub amount: String,
@@ -31,7 +32,7 @@ pub struct TransferView {
     pub reference: Option<String>,
     pub metadata: serde_json::Value,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure_code: Option<String>,
+    pub failure_code: Option<FailureCode>,
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -269,14 +270,17 @@ fn transfer_view(row: &PgRow) -> Result<TransferView, sqlx::Error> {
     Ok(TransferView {
         id: row.try_get("id")?,
         idempotency_key: row.try_get("idempotency_key")?,
-        status: row.try_get("status")?,
+        status: decode(row.try_get::<String, _>("status")?.parse())?,
         from_account: row.try_get("from_account")?,
         to_account: row.try_get("to_account")?,
         amount: format_amount(&currency, amount),
         currency: currency.trim().to_owned(),
         reference: row.try_get("reference")?,
         metadata: row.try_get("metadata")?,
-        failure_code: row.try_get("failure_code")?,
+        failure_code: row
+            .try_get::<Option<String>, _>("failure_code")?
+            .map(|code| decode(code.parse()))
+            .transpose()?,
         attempts: row.try_get("attempts")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -284,4 +288,9 @@ fn transfer_view(row: &PgRow) -> Result<TransferView, sqlx::Error> {
         failed_at: row.try_get("failed_at")?,
         fingerprint: row.try_get("request_fingerprint")?,
     })
+}
+
+/// A status or failure code the database holds but this version does not know.
+fn decode<T>(parsed: Result<T, UnknownCode>) -> Result<T, sqlx::Error> {
+    parsed.map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }

@@ -352,8 +352,10 @@ async fn a_stuck_transfer_whose_job_is_still_queued_is_not_re_driven() {
 async fn a_killed_job_is_job_dead_and_resolves_when_cleared() {
     let (app, _) = app_with_posted_transfer().await;
     let job_id: String = sqlx::query_scalar(
+        // An acknowledged job: apalis writes nothing to it any more, so the kill sticks.
         "UPDATE apalis.jobs SET status = 'Killed' WHERE id = \
-           (SELECT id FROM apalis.jobs WHERE job_type = 'ferry.post_transfers' LIMIT 1) \
+           (SELECT id FROM apalis.jobs WHERE job_type = 'ferry.post_transfers' \
+            AND status = 'Done' LIMIT 1) \
          RETURNING id",
     )
     .fetch_one(&app.pool)
