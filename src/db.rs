@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
 /// Creates the database named in `url` if it does not exist yet.
@@ -26,13 +26,78 @@ pub async fn connect(
     connections_max: u32,
     acquire_timeout: Duration,
 ) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
+    // Over a Unix socket there is no Nagle to turn off.
+    let tcp_port = options.get_socket().is_none().then(|| options.get_port());
     PgPoolOptions::new()
         .max_connections(connections_max)
         .min_connections(1)
         .acquire_timeout(acquire_timeout)
-        .connect(url)
+        .after_connect(move |_conn, _meta| {
+            Box::pin(async move {
+                if let Some(port) = tcp_port {
+                    nodelay::set_on_connections_to(port);
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
         .await
         .context("connecting to PostgreSQL")
+}
+
+/// Nagle's algorithm off on the database connections.
+///
+/// sqlx 0.9.0 stopped setting `TCP_NODELAY` (launchbadge/sqlx#4335; the fix, #4336, is merged
+/// but not released). Without it a statement whose message spans several TCP segments — a
+/// posting batch's arrays, an intake group's rows — waits for the server's delayed ACK before
+/// its last segment leaves: 30–40 ms per statement, measured on loopback (BENCHMARKS.md). sqlx
+/// has no socket hook, so after each new connection this walks the process's descriptors and
+/// sets the option on TCP sockets whose peer is the database port (setting it twice is
+/// harmless). Linux only; elsewhere a no-op. Delete once sqlx sets it again.
+mod nodelay {
+    #[cfg(target_os = "linux")]
+    pub fn set_on_connections_to(port: u16) {
+        use std::os::fd::{BorrowedFd, RawFd};
+
+        let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<RawFd>().ok())
+            else {
+                continue;
+            };
+            // Only sockets: the link reads `socket:[inode]`.
+            let is_socket = std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+            if !is_socket {
+                continue;
+            }
+            // SAFETY: the descriptor was open a moment ago and is only borrowed for two
+            // syscalls. If another thread closed it and the number was reused, the calls
+            // fail (not a socket) or reach another socket, which the port check filters.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let socket = socket2::SockRef::from(&fd);
+            let to_database = socket
+                .peer_addr()
+                .ok()
+                .and_then(|addr| addr.as_socket())
+                .is_some_and(|addr| addr.port() == port);
+            if to_database
+                && socket.tcp_nodelay().is_ok_and(|on| !on)
+                && let Err(error) = socket.set_tcp_nodelay(true)
+            {
+                tracing::warn!(%error, "could not set TCP_NODELAY on a database connection");
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn set_on_connections_to(_port: u16) {}
 }
 
 /// Runs apalis's schema (its own migration table, in schema `apalis`) and then ferry's.

@@ -57,8 +57,14 @@ impl ScratchDatabase {
         })
     }
 
+    /// Drops the database, unless `FERRY_BENCH_KEEP_DB` is set (then it is kept for
+    /// `EXPLAIN ANALYZE` and its URL printed).
     pub async fn drop_now(self) -> anyhow::Result<()> {
         self.pool.close().await;
+        if std::env::var_os("FERRY_BENCH_KEEP_DB").is_some() {
+            eprintln!("kept database {}", self.url);
+            return Ok(());
+        }
         let mut conn = PgConnection::connect_with(&self.admin).await?;
         let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
         sqlx::raw_sql(sqlx::AssertSqlSafe(statement))

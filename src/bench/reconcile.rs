@@ -29,11 +29,7 @@ pub async fn run(
 ) -> anyhow::Result<Vec<Row>> {
     let scratch = ScratchDatabase::create(server_url).await?;
     let result = measure(&scratch, ledger_transfers, settings).await;
-    if std::env::var_os("FERRY_BENCH_KEEP_DB").is_some() {
-        eprintln!("kept database {}", scratch.url);
-    } else {
-        scratch.drop_now().await?;
-    }
+    scratch.drop_now().await?;
     result
 }
 

@@ -9,6 +9,7 @@ mod auth;
 mod bank;
 mod bench;
 mod crash;
+mod database;
 mod idempotency;
 mod posting;
 mod rate_limit;
