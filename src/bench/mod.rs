@@ -75,12 +75,13 @@ impl ScratchDatabase {
 }
 
 /// Every scenario, in the order `all` runs them (`soak`, which runs for minutes, only by name).
-pub const SCENARIOS: [&str; 6] = [
+pub const SCENARIOS: [&str; 7] = [
     "baseline-uniform",
     "uniform",
     "baseline-hot",
     "hot",
     "intake",
+    "intake-while-posting",
     "reconcile",
 ];
 
@@ -149,9 +150,14 @@ async fn run_transfer_scenario(
         pool.close().await;
         row?
     } else {
-        let ferry = pipeline::RunningFerry::start(config, &scratch.url).await?;
-        let row = if name == "intake" {
-            pipeline::intake(&ferry, &planned).await
+        let posting = if name == "intake" {
+            pipeline::Posting::Afterwards
+        } else {
+            pipeline::Posting::Concurrent
+        };
+        let ferry = pipeline::RunningFerry::start(config, &scratch.url, posting).await?;
+        let row = if name.starts_with("intake") {
+            pipeline::intake(name, config, &ferry, posting, &planned).await
         } else if name == "soak" {
             pipeline::soak(&ferry, &planned, Duration::from_secs(soak_secs)).await
         } else {

@@ -26,18 +26,32 @@ pub struct RunningFerry {
     pub base_url: String,
     pub api_key: String,
     pub pool: sqlx::PgPool,
+    database_url: String,
     client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// Whether the ferry under test posts while it accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Posting {
+    /// Intake and workers in one process, as `ferry serve` runs by default.
+    Concurrent,
+    /// Intake alone (`--roles intake`); a worker is started to drain the queue afterwards.
+    Afterwards,
+}
+
 impl RunningFerry {
-    pub async fn start(base: &Config, database_url: &str) -> anyhow::Result<Self> {
+    pub async fn start(
+        base: &Config,
+        database_url: &str,
+        posting: Posting,
+    ) -> anyhow::Result<Self> {
         let mut config = base.clone();
         config.database_url = database_url.to_owned();
         config.http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         config.roles = Roles {
             intake: true,
-            worker: true,
+            worker: posting == Posting::Concurrent,
             scheduler: false,
         };
         let app = Application::build(config).await?;
@@ -45,21 +59,34 @@ impl RunningFerry {
             .port()
             .ok_or_else(|| anyhow::anyhow!("intake did not bind"))?;
         let pool = app.pool().clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(app.run_until_stopped(async move {
-            let _ = stopped.await;
-        }));
+        let stop = spawn_until_stopped(app);
         let scopes = Scopes::parse_list("admin")?;
         let (_, api_key) = crate::store::api_keys::create(&pool, "bench", &scopes).await?;
         Ok(Self {
             base_url: format!("http://127.0.0.1:{port}"),
             api_key,
             pool,
+            database_url: database_url.to_owned(),
             client: reqwest::Client::builder()
                 .pool_max_idle_per_host(INTAKE_CLIENTS * 2)
                 .build()?,
             stop: Some(stop),
         })
+    }
+
+    /// Starts a worker-only ferry on the same database, for [`Posting::Afterwards`].
+    async fn start_worker(
+        &self,
+        base: &Config,
+    ) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
+        let mut config = base.clone();
+        config.database_url = self.database_url.clone();
+        config.roles = Roles {
+            intake: false,
+            worker: true,
+            scheduler: false,
+        };
+        Ok(spawn_until_stopped(Application::build(config).await?))
     }
 
     pub fn stop(mut self) {
@@ -90,6 +117,14 @@ impl RunningFerry {
         .fetch_one(&self.pool)
         .await
     }
+}
+
+fn spawn_until_stopped(app: Application) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    stop
 }
 
 fn item(t: &PlannedTransfer) -> serde_json::Value {
@@ -146,8 +181,15 @@ pub async fn batched(
     })
 }
 
-/// `intake`: single `POST /v1/transfers` from 64 clients; accepted/s and latency.
-pub async fn intake(ferry: &RunningFerry, transfers: &[PlannedTransfer]) -> anyhow::Result<Row> {
+/// `intake` / `intake-while-posting`: single `POST /v1/transfers` from 64 clients; accepted/s
+/// and latency. Every accepted transfer must then post.
+pub async fn intake(
+    scenario: &str,
+    base: &Config,
+    ferry: &RunningFerry,
+    posting: Posting,
+    transfers: &[PlannedTransfer],
+) -> anyhow::Result<Row> {
     let url = format!("{}/v1/transfers", ferry.base_url);
     let started = Instant::now();
     let latencies: Vec<anyhow::Result<f64>> = futures::stream::iter(transfers)
@@ -179,16 +221,28 @@ pub async fn intake(ferry: &RunningFerry, transfers: &[PlannedTransfer]) -> anyh
         .into_iter()
         .collect::<anyhow::Result<Vec<f64>>>()?;
     latencies.sort_by(f64::total_cmp);
-    ferry.drain().await?;
+    let worker = match posting {
+        Posting::Concurrent => None,
+        Posting::Afterwards => Some(ferry.start_worker(base).await?),
+    };
+    let drained = ferry.drain().await;
+    if let Some(worker) = worker {
+        let _ = worker.send(());
+    }
+    drained?;
+    let who = match posting {
+        Posting::Concurrent => "workers posting in the same process meanwhile",
+        Posting::Afterwards => "intake role alone, posted afterwards",
+    };
     Ok(Row {
-        scenario: "intake".to_owned(),
+        scenario: scenario.to_owned(),
         transfers: transfers.len() as u64,
         seconds,
         transfers_per_sec: transfers.len() as f64 / seconds.max(f64::EPSILON),
         p50_ms: percentile(&latencies, 50.0),
         p99_ms: percentile(&latencies, 99.0),
         failed_contention: 0,
-        note: format!("single POST /v1/transfers, {INTAKE_CLIENTS} clients; accepted/s"),
+        note: format!("single POST /v1/transfers, {INTAKE_CLIENTS} clients; accepted/s; {who}"),
     })
 }
 

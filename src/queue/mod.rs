@@ -78,6 +78,22 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// An `INSERT INTO apalis.jobs` of one job on `queue`, due now, for use as a CTE: its
+/// payload is the SQL expression `payload_json` (JSON, as apalis's codec reads it) aggregated
+/// over `source`, and it inserts nothing when `source` has no rows. It lets a caller write rows
+/// and the job that refers to them in one statement — one round trip, atomic without an
+/// explicit transaction. Mirrors apalis-postgres's `queries/task/sink.sql` (ULID ids from
+/// `apalis.generate_ulid()`, empty metadata); the pipeline tests run jobs inserted this way.
+pub fn insert_job_sql(queue: &'static str, payload_json: &str, source: &str) -> String {
+    format!(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
+           priority, metadata) \
+         SELECT apalis.generate_ulid(), '{queue}', convert_to(({payload_json})::text, 'UTF8'), \
+           'Pending', 0, {JOB_BACKEND_ATTEMPTS_MAX}, now(), 0, ''::hstore \
+         FROM {source} HAVING count(*) > 0"
+    )
+}
+
 /// A worker name unique to this process, as apalis needs for orphan recovery.
 pub fn worker_name(kind: &str, index: usize) -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());

@@ -14,7 +14,6 @@ use uuid::Uuid;
 use super::accounts::format_amount;
 use crate::domain::transfer::UnknownCode;
 use crate::domain::{FailureCode, IdempotencyKey, NewTransfer, TransferStatus};
-use crate::jobs::post_transfers::PostTransfers;
 use crate::ledger::retry::{RetryClass, classify, serialization_backoff};
 use crate::queue::{self, EnqueueError, POST_TRANSFERS_QUEUE};
 
@@ -105,16 +104,20 @@ async fn accept_once(
     pool: &PgPool,
     submissions: &[Submission],
 ) -> Result<Vec<Acceptance>, AcceptError> {
-    let mut tx = pool.begin().await?;
     let new_ids: Vec<Uuid> = submissions.iter().map(|_| Uuid::now_v7()).collect();
-    let inserted = insert_new(&mut tx, submissions, &new_ids).await?;
+    let inserted = insert_new_with_job(pool, submissions, &new_ids).await?;
     let missing: Vec<(Uuid, &str)> = submissions
         .iter()
         .map(|s| (s.api_key_id, s.transfer.idempotency_key.as_str()))
         .filter(|(api_key, key)| !inserted.contains_key(&(*api_key, (*key).to_owned())))
         .collect();
-    let existing = find_by_keys(&mut tx, &missing).await?;
-    let mut accepted_ids = Vec::new();
+    // Keys seen before: their transfers are committed (ON CONFLICT waited for any in-flight
+    // insert of the same key) and never deleted, so reading them afterwards is exact.
+    let existing = if missing.is_empty() {
+        HashMap::new()
+    } else {
+        find_by_keys(&mut *pool.acquire().await?, &missing).await?
+    };
     let results = submissions
         .iter()
         .zip(&new_ids)
@@ -124,10 +127,7 @@ async fn accept_once(
                 submission.transfer.idempotency_key.as_str().to_owned(),
             );
             match inserted.get(&identity).or_else(|| existing.get(&identity)) {
-                Some(view) if view.id == *new_id => {
-                    accepted_ids.push(view.id);
-                    Acceptance::Accepted(view.clone())
-                }
+                Some(view) if view.id == *new_id => Acceptance::Accepted(view.clone()),
                 Some(view) if view.fingerprint == submission.transfer.fingerprint() => {
                     Acceptance::Replayed(view.clone())
                 }
@@ -137,21 +137,16 @@ async fn accept_once(
             }
         })
         .collect();
-    if !accepted_ids.is_empty() {
-        let job = PostTransfers {
-            transfer_ids: accepted_ids,
-        };
-        queue::enqueue(&mut tx, POST_TRANSFERS_QUEUE, &job, None).await?;
-    }
-    tx.commit().await?;
     Ok(results)
 }
 
 /// Transfers keyed by their identity: (API key, idempotency key).
 type ByIdentity = HashMap<(Uuid, String), TransferView>;
 
-async fn insert_new(
-    conn: &mut PgConnection,
+/// Inserts the submissions whose keys are new and one `post_transfers` job listing exactly
+/// those, in one statement: one round trip, and the rows and their job commit together.
+async fn insert_new_with_job(
+    pool: &PgPool,
     submissions: &[Submission],
     new_ids: &[Uuid],
 ) -> Result<ByIdentity, sqlx::Error> {
@@ -174,13 +169,22 @@ async fn insert_new(
         .iter()
         .map(|t| serde_json::Value::Object(t.metadata.clone()))
         .collect();
+    // The payload is `PostTransfers` as serde writes it.
+    let job = queue::insert_job_sql(
+        POST_TRANSFERS_QUEUE,
+        "json_build_object('transfer_ids', json_agg(id))",
+        "inserted",
+    );
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
-           from_account, to_account, amount, currency, reference, metadata) \
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::text[], \
-           $6::text[], $7::numeric[], $8::text[], $9::text[], $10::jsonb[]) \
-         ON CONFLICT (api_key_id, idempotency_key) DO NOTHING \
-         RETURNING api_key_id, {TRANSFER_COLUMNS}"
+        "WITH inserted AS ( \
+           INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
+             from_account, to_account, amount, currency, reference, metadata) \
+           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::text[], \
+             $6::text[], $7::numeric[], $8::text[], $9::text[], $10::jsonb[]) \
+           ON CONFLICT (api_key_id, idempotency_key) DO NOTHING \
+           RETURNING api_key_id, {TRANSFER_COLUMNS} \
+         ), job AS ({job}) \
+         SELECT * FROM inserted"
     )))
     .bind(&ids)
     .bind(&api_keys)
@@ -192,7 +196,7 @@ async fn insert_new(
     .bind(column(&|t| t.amount.currency().code().to_owned()))
     .bind(&references)
     .bind(&metadata)
-    .fetch_all(&mut *conn)
+    .fetch_all(pool)
     .await?;
     by_identity(&rows)
 }

@@ -221,8 +221,28 @@ async fn a_batch_reports_each_item_and_replays_within_and_across_batches() {
     assert_eq!(results[4]["error"]["code"], "invalid_amount");
     assert_eq!(results[5]["error"]["code"], "invalid_body");
     assert_eq!(app.count("SELECT count(*) FROM transfers").await, 2);
-    // One intake commit, one job.
+    // One intake commit, one job, listing exactly the two new transfers.
     assert_eq!(app.count("SELECT count(*) FROM apalis.jobs").await, 1);
+    let payload: Vec<u8> = sqlx::query_scalar("SELECT job FROM apalis.jobs")
+        .fetch_one(&app.pool)
+        .await
+        .expect("job");
+    let job: ferry::jobs::post_transfers::PostTransfers =
+        serde_json::from_slice(&payload).expect("the payload decodes as PostTransfers");
+    let mut listed: Vec<String> = job.transfer_ids.iter().map(|id| id.to_string()).collect();
+    listed.sort();
+    let mut accepted = vec![
+        results[0]["transfer"]["id"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
+        results[1]["transfer"]["id"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
+    ];
+    accepted.sort();
+    assert_eq!(listed, accepted);
     let again = app
         .post_json(
             "/v1/transfers/batch",
@@ -230,6 +250,8 @@ async fn a_batch_reports_each_item_and_replays_within_and_across_batches() {
         )
         .await;
     assert_eq!(again.body["results"][0]["outcome"], "replayed");
+    // Nothing new, no job.
+    assert_eq!(app.count("SELECT count(*) FROM apalis.jobs").await, 1);
     app.run_until_idle(Duration::from_secs(20)).await;
     assert_eq!(app.balance("b").await, "3.00");
 }
