@@ -262,6 +262,49 @@ async fn the_database_refuses_to_move_a_terminal_transfer_or_edit_an_entry() {
     assert!(edit.is_err(), "an entry was edited");
     let delete = sqlx::query("DELETE FROM entries").execute(&app.pool).await;
     assert!(delete.is_err(), "an entry was deleted");
+    // What entries refer to must exist, and stays.
+    for (sql, what) in [
+        (
+            "WITH fresh AS ( \
+               INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
+                 from_account, to_account, amount, currency) \
+               SELECT gen_random_uuid(), api_key_id, 'fresh', '\\x00', 'treasury', 'b', 1, \
+                 'USD' FROM transfers LIMIT 1 RETURNING id) \
+             INSERT INTO entries (transfer_id, account_id, side, amount, currency) \
+             SELECT id, 'nobody', 'credit', 1, 'USD' FROM fresh",
+            "an entry on an unknown account",
+        ),
+        (
+            "INSERT INTO entries (transfer_id, account_id, side, amount, currency) \
+             VALUES (gen_random_uuid(), 'b', 'credit', 1, 'USD')",
+            "an entry of an unknown transfer",
+        ),
+        ("DELETE FROM transfers", "a transfer deleted"),
+        ("DELETE FROM accounts WHERE id = 'b'", "an account deleted"),
+        (
+            "UPDATE accounts SET id = 'c' WHERE id = 'b'",
+            "an account re-keyed",
+        ),
+        (
+            "TRUNCATE transfers, entries, accounts",
+            "the ledger truncated",
+        ),
+    ] {
+        let refused = sqlx::query(sql).execute(&app.pool).await;
+        assert!(refused.is_err(), "{what} was allowed");
+    }
+    let dangling = sqlx::query(
+        "INSERT INTO entries (transfer_id, account_id, side, amount, currency) \
+         VALUES (gen_random_uuid(), 'b', 'credit', 1, 'USD')",
+    )
+    .execute(&app.pool)
+    .await
+    .expect_err("an entry of an unknown transfer");
+    let code = dangling
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("23503"), "{dangling}");
     let overdraw = sqlx::query("UPDATE accounts SET balance = -1 WHERE id = 'b'")
         .execute(&app.pool)
         .await;
