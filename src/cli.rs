@@ -44,7 +44,7 @@ pub enum AlertsCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Scenario: baseline-uniform, uniform, baseline-hot, hot, intake, reconcile, soak, or all
+    /// Scenario: baseline-uniform, uniform, baseline-hot, hot, intake, intake-while-posting, reconcile, soak, or all
     /// (all but soak).
     #[arg(long, default_value = "all")]
     pub scenario: String,
