@@ -20,7 +20,7 @@ use crate::jobs::{self, post_transfers::PostingJobContext};
 use crate::ledger::PostingEngine;
 use crate::ledger::combiner::PostingCombiner;
 use crate::store::api_keys::ApiKeyCache;
-use crate::store::group_commit::{COMMITTERS_DEFAULT, GroupCommitter};
+use crate::store::group_commit::GroupCommitter;
 use crate::{db, telemetry};
 
 /// How often histogram buffers are folded so memory stays flat between scrapes.
@@ -88,18 +88,22 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         let metrics = telemetry::metrics_handle();
         let upkeep = metrics.clone();
+        let upkeep_stopped = wait_for(stop_rx.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(METRICS_UPKEEP_INTERVAL_MS));
+            tokio::pin!(upkeep_stopped);
             loop {
-                tick.tick().await;
-                upkeep.run_upkeep();
+                tokio::select! {
+                    _ = tick.tick() => upkeep.run_upkeep(),
+                    () = &mut upkeep_stopped => return,
+                }
             }
         });
         let http = self.listener.take().map(|listener| {
             let state = AppState {
                 pool: self.pool.clone(),
                 metrics,
-                intake: GroupCommitter::start(self.pool.clone(), COMMITTERS_DEFAULT),
+                intake: GroupCommitter::start(self.pool.clone(), self.config.intake_committers),
                 rate_limiter: self.rate_limiter.clone(),
                 api_keys: ApiKeyCache::default(),
             };

@@ -21,6 +21,10 @@ pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379";
 pub const HTTP_ADDR_DEFAULT: &str = "127.0.0.1:8080";
 pub const DB_POOL_CONNECTIONS_MAX_DEFAULT: u32 = 16;
 pub const DB_ACQUIRE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Intake group commits in flight at once. One: each commit is a single statement, and the
+/// next group fills while it runs — measured best on two cores (BENCHMARKS.md: 1 committer
+/// 12k accepted/s, 2 → 10k, 4 → 8k at 64 clients).
+pub const INTAKE_COMMITTERS_DEFAULT: usize = 1;
 pub const POSTING_WORKERS_DEFAULT: usize = 2;
 /// Jobs a worker holds at once; they wait on the process's one poster, not on connections.
 pub const POSTING_CONCURRENCY_DEFAULT: usize = 16;
@@ -91,6 +95,8 @@ pub struct Config {
     pub roles: Roles,
     pub db_pool_connections_max: u32,
     pub db_acquire_timeout_ms: u64,
+    /// Intake group commits in flight at once.
+    pub intake_committers: usize,
     pub workers: WorkerSettings,
     pub shutdown_grace_ms: u64,
     /// Requests per second and burst per API key, kept in Redis; 0 disables.
@@ -125,6 +131,10 @@ impl Config {
             db_acquire_timeout_ms: parsed(
                 "FERRY_DB_ACQUIRE_TIMEOUT_MS",
                 &DB_ACQUIRE_TIMEOUT_MS_DEFAULT.to_string(),
+            )?,
+            intake_committers: parsed(
+                "FERRY_INTAKE_COMMITTERS",
+                &INTAKE_COMMITTERS_DEFAULT.to_string(),
             )?,
             workers: WorkerSettings {
                 posting_workers: parsed(
@@ -195,6 +205,9 @@ impl Config {
         let workers = &self.workers;
         if self.db_pool_connections_max < 4 {
             return fail("FERRY_DB_POOL_CONNECTIONS_MAX", "must be at least 4");
+        }
+        if self.intake_committers == 0 {
+            return fail("FERRY_INTAKE_COMMITTERS", "must be at least 1");
         }
         if workers.posting_workers == 0 && self.roles.worker {
             return fail(

@@ -18,8 +18,6 @@ use super::transfers::{self, AcceptError, Acceptance, Submission};
 pub const GROUP_LEN_MAX: usize = crate::jobs::post_transfers::TRANSFERS_PER_JOB_MAX;
 /// Requests waiting for a committer; beyond this, callers wait for room (backpressure).
 pub const QUEUE_LEN_MAX: usize = 4 * GROUP_LEN_MAX;
-/// Groups committing at once: one commits while the next fills.
-pub const COMMITTERS_DEFAULT: usize = 4;
 
 type Reply = Result<Acceptance, Arc<AcceptError>>;
 

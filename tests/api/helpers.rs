@@ -69,6 +69,7 @@ pub fn test_config(database_url: &str, roles: Roles) -> Config {
         roles,
         db_pool_connections_max: 16,
         db_acquire_timeout_ms: 10_000,
+        intake_committers: 1,
         workers: WorkerSettings {
             posting_workers: 2,
             posting_concurrency: 16,
