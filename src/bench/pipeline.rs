@@ -255,7 +255,8 @@ pub fn rss_kib() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// `soak`: uniform batches for `duration`, RSS at start and end (is memory flat?).
+/// `soak`: uniform batches for `duration`, RSS at start, after warm-up, at half time and at
+/// the end (is memory flat, and does growth level off?).
 pub async fn soak(
     ferry: &RunningFerry,
     transfers: &[PlannedTransfer],
@@ -267,6 +268,7 @@ pub async fn soak(
     let mut sent = 0u64;
     let mut round = 0u64;
     let mut rss_warm = None;
+    let mut rss_half = None;
     while started.elapsed() < duration {
         let results: Vec<anyhow::Result<()>> = futures::stream::iter(transfers.chunks(BATCH_LEN))
             .map(|chunk| {
@@ -299,6 +301,9 @@ pub async fn soak(
         if round == 1 {
             rss_warm = rss_kib();
         }
+        if rss_half.is_none() && started.elapsed() >= duration / 2 {
+            rss_half = rss_kib();
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     let mib = |kib: Option<u64>| {
@@ -313,10 +318,12 @@ pub async fn soak(
         p99_ms: None,
         failed_contention: u64::try_from(ferry.failed_for_contention().await?).unwrap_or(0),
         note: format!(
-            "uniform batches for {:.0}s; RSS MiB at start {}, after first round {}, at end {}",
+            "uniform batches for {:.0}s; RSS MiB at start {}, after first round {}, \
+             at half time {}, at end {}",
             duration.as_secs_f64(),
             mib(rss_start),
             mib(rss_warm),
+            mib(rss_half),
             mib(rss_kib())
         ),
     })

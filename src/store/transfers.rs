@@ -15,7 +15,7 @@ use super::accounts::format_amount;
 use crate::domain::transfer::UnknownCode;
 use crate::domain::{FailureCode, IdempotencyKey, NewTransfer, TransferStatus};
 use crate::ledger::retry::{RetryClass, classify, serialization_backoff};
-use crate::queue::{self, EnqueueError, POST_TRANSFERS_QUEUE};
+use crate::queue::{self, POST_TRANSFERS_QUEUE};
 
 /// A transfer as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -58,18 +58,12 @@ pub enum Acceptance {
 pub enum AcceptError {
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-    #[error(transparent)]
-    Enqueue(#[from] EnqueueError),
 }
 
 impl AcceptError {
     fn retry_class(&self) -> RetryClass {
         match self {
             Self::Database(e) => classify(e),
-            Self::Enqueue(EnqueueError::Database(apalis_postgres::Error::Database(e))) => {
-                classify(e)
-            }
-            Self::Enqueue(_) => RetryClass::Unknown,
         }
     }
 }
