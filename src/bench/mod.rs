@@ -157,7 +157,7 @@ async fn run_transfer_scenario(
         };
         let ferry = pipeline::RunningFerry::start(config, &scratch.url, posting).await?;
         let row = if name.starts_with("intake") {
-            pipeline::intake(name, config, &ferry, posting, &planned).await
+            pipeline::intake(name, &ferry, &planned).await
         } else if name == "soak" {
             pipeline::soak(&ferry, &planned, Duration::from_secs(soak_secs)).await
         } else {

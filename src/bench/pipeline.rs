@@ -26,7 +26,9 @@ pub struct RunningFerry {
     pub base_url: String,
     pub api_key: String,
     pub pool: sqlx::PgPool,
-    database_url: String,
+    /// The settings it runs with, for a worker started beside it.
+    config: Config,
+    posting: Posting,
     client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -54,7 +56,7 @@ impl RunningFerry {
             worker: posting == Posting::Concurrent,
             scheduler: false,
         };
-        let app = Application::build(config).await?;
+        let app = Application::build(config.clone()).await?;
         let port = app
             .port()
             .ok_or_else(|| anyhow::anyhow!("intake did not bind"))?;
@@ -66,7 +68,8 @@ impl RunningFerry {
             base_url: format!("http://127.0.0.1:{port}"),
             api_key,
             pool,
-            database_url: database_url.to_owned(),
+            config,
+            posting,
             client: reqwest::Client::builder()
                 .pool_max_idle_per_host(INTAKE_CLIENTS * 2)
                 .build()?,
@@ -75,12 +78,8 @@ impl RunningFerry {
     }
 
     /// Starts a worker-only ferry on the same database, for [`Posting::Afterwards`].
-    async fn start_worker(
-        &self,
-        base: &Config,
-    ) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
-        let mut config = base.clone();
-        config.database_url = self.database_url.clone();
+    async fn start_worker(&self) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
+        let mut config = self.config.clone();
         config.roles = Roles {
             intake: false,
             worker: true,
@@ -185,9 +184,7 @@ pub async fn batched(
 /// and latency. Every accepted transfer must then post.
 pub async fn intake(
     scenario: &str,
-    base: &Config,
     ferry: &RunningFerry,
-    posting: Posting,
     transfers: &[PlannedTransfer],
 ) -> anyhow::Result<Row> {
     let url = format!("{}/v1/transfers", ferry.base_url);
@@ -221,16 +218,16 @@ pub async fn intake(
         .into_iter()
         .collect::<anyhow::Result<Vec<f64>>>()?;
     latencies.sort_by(f64::total_cmp);
-    let worker = match posting {
+    let worker = match ferry.posting {
         Posting::Concurrent => None,
-        Posting::Afterwards => Some(ferry.start_worker(base).await?),
+        Posting::Afterwards => Some(ferry.start_worker().await?),
     };
     let drained = ferry.drain().await;
     if let Some(worker) = worker {
         let _ = worker.send(());
     }
     drained?;
-    let who = match posting {
+    let who = match ferry.posting {
         Posting::Concurrent => "workers posting in the same process meanwhile",
         Posting::Afterwards => "intake role alone, posted afterwards",
     };

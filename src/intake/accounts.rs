@@ -1,7 +1,7 @@
 //! `/v1/accounts`: create accounts, read balances and entries.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 
@@ -10,6 +10,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::json::{JsonBody, reject_nul};
 use super::paging::{next_cursor, page_len};
+use super::query::QueryParams;
 use crate::domain::{AccountId, Currency, Scope};
 use crate::store::accounts::{self, AccountView, CreateAccountError, EntryView, NewAccount};
 
@@ -98,10 +99,9 @@ pub async fn entries(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    query: Result<Query<EntriesQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(query): QueryParams<EntriesQuery>,
 ) -> Result<Json<EntriesPage>, ApiError> {
     caller.require(Scope::AccountsRead)?;
-    let Query(query) = query.map_err(|e| ApiError::InvalidBody(e.body_text()))?;
     let limit = page_len(query.limit, ENTRIES_PAGE_LEN_DEFAULT, ENTRIES_PAGE_LEN_MAX)?;
     let before = query
         .cursor

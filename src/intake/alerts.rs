@@ -1,26 +1,20 @@
 //! `GET /v1/alerts`: alerts, newest first, with their delivery state per sink.
 
 use axum::Json;
-use axum::extract::{Query, State};
-use serde::{Deserialize, Serialize};
+use axum::extract::State;
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
-use super::paging::{next_cursor, page_len};
+use super::paging::{PageQuery, next_cursor, page_len};
+use super::query::QueryParams;
 use crate::alerts::outbox::{self, AlertView};
 use crate::domain::Scope;
 
 pub const ALERTS_PAGE_LEN_DEFAULT: i64 = 50;
 pub const ALERTS_PAGE_LEN_MAX: i64 = 500;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    limit: Option<i64>,
-    cursor: Option<Uuid>,
-}
 
 #[derive(Debug, Serialize)]
 pub struct AlertsPage {
@@ -32,10 +26,9 @@ pub struct AlertsPage {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(query): QueryParams<PageQuery>,
 ) -> Result<Json<AlertsPage>, ApiError> {
     caller.require(Scope::Admin)?;
-    let Query(query) = query.map_err(|e| ApiError::InvalidBody(e.body_text()))?;
     let limit = page_len(query.limit, ALERTS_PAGE_LEN_DEFAULT, ALERTS_PAGE_LEN_MAX)?;
     let alerts = outbox::list(&state.pool, limit, query.cursor).await?;
     let next_cursor = next_cursor(&alerts, limit, |a| a.id);

@@ -8,6 +8,7 @@ pub mod error;
 pub mod health;
 pub mod json;
 pub mod paging;
+pub mod query;
 pub mod rate_limit;
 pub mod reconciliations;
 pub mod transfers;

@@ -1,6 +1,17 @@
 //! Cursor pagination shared by the list endpoints.
 
+use serde::Deserialize;
+use uuid::Uuid;
+
 use super::error::ApiError;
+
+/// `?limit=&cursor=` of the list endpoints whose cursor is an id.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub limit: Option<i64>,
+    pub cursor: Option<Uuid>,
+}
 
 /// The page length a client asked for, or `default`; refused outside `1..=max`.
 pub fn page_len(requested: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {

@@ -1,7 +1,7 @@
 //! `/v1/reconciliations`: start a run now, list runs, read a run with its findings.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
@@ -12,7 +12,8 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::json::JsonBody;
-use super::paging::{next_cursor, page_len};
+use super::paging::{PageQuery, next_cursor, page_len};
+use super::query::QueryParams;
 use crate::domain::Scope;
 use crate::jobs::reconcile::enqueue_run;
 use crate::reconcile::findings::{self, FindingView};
@@ -60,13 +61,6 @@ pub async fn start(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    limit: Option<i64>,
-    cursor: Option<Uuid>,
-}
-
 #[derive(Debug, Serialize)]
 pub struct RunsPage {
     runs: Vec<RunView>,
@@ -77,10 +71,9 @@ pub struct RunsPage {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(query): QueryParams<PageQuery>,
 ) -> Result<Json<RunsPage>, ApiError> {
     caller.require(Scope::Admin)?;
-    let Query(query) = query.map_err(|e| ApiError::InvalidBody(e.body_text()))?;
     let limit = page_len(query.limit, RUNS_PAGE_LEN_DEFAULT, RUNS_PAGE_LEN_MAX)?;
     let runs = runs::list(&state.pool, limit, query.cursor).await?;
     let next_cursor = next_cursor(&runs, limit, |r| r.id);

@@ -1,7 +1,7 @@
 //! `/v1/transfers`: idempotent intake of transfers, single and batched, and reads.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -11,6 +11,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, Problem};
 use super::json::{JsonBody, from_value, reject_nul};
+use super::query::QueryParams;
 use crate::domain::{AccountId, Amount, Currency, IdempotencyKey, NewTransfer, Scope};
 use crate::jobs::post_transfers::TRANSFERS_PER_JOB_MAX;
 use crate::store::transfers::{self, Acceptance, Submission, TransferView};
@@ -281,10 +282,9 @@ pub struct ByKeyQuery {
 pub async fn get_by_key(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<ByKeyQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(query): QueryParams<ByKeyQuery>,
 ) -> Result<Json<TransferView>, ApiError> {
     let caller = caller.require(Scope::TransfersRead)?;
-    let Query(query) = query.map_err(|e| ApiError::InvalidBody(e.body_text()))?;
     let key = IdempotencyKey::parse(&query.idempotency_key)
         .map_err(|e| ApiError::IdempotencyKeyInvalid(e.to_string()))?;
     transfers::get_by_key(&state.pool, caller.id, &key)

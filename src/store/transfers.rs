@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::accounts::format_amount;
@@ -110,7 +110,7 @@ async fn accept_once(
     let existing = if missing.is_empty() {
         HashMap::new()
     } else {
-        find_by_keys(&mut *pool.acquire().await?, &missing).await?
+        find_by_keys(pool, &missing).await?
     };
     let results = submissions
         .iter()
@@ -196,7 +196,7 @@ async fn insert_new_with_job(
 }
 
 async fn find_by_keys(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     identities: &[(Uuid, &str)],
 ) -> Result<ByIdentity, sqlx::Error> {
     if identities.is_empty() {
@@ -211,7 +211,7 @@ async fn find_by_keys(
     )))
     .bind(&api_keys)
     .bind(&keys)
-    .fetch_all(&mut *conn)
+    .fetch_all(pool)
     .await?;
     by_identity(&rows)
 }
@@ -256,8 +256,7 @@ pub async fn get_by_key(
     api_key_id: Uuid,
     key: &IdempotencyKey,
 ) -> Result<Option<TransferView>, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    Ok(find_by_keys(&mut conn, &[(api_key_id, key.as_str())])
+    Ok(find_by_keys(pool, &[(api_key_id, key.as_str())])
         .await?
         .remove(&(api_key_id, key.as_str().to_owned())))
 }
