@@ -10,12 +10,18 @@ pub mod deliver_alert;
 pub mod post_transfers;
 pub mod reconcile;
 
-use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::{Backend, BackendExt, Monitor, WorkerBuilder, WorkerBuilderExt};
+use apalis_core::backend::ext::lifecycle::BeforeStart;
 use apalis_cron::CronScheduler;
 use apalis_postgres::PostgresStorage;
 use sqlx::PgPool;
+use tracing::info;
 
 use crate::alerts::outbox::DeliverAlert;
+use crate::queue::restart::RestartBackoff;
 use crate::queue::{self, ALERTS_QUEUE, POST_TRANSFERS_QUEUE, QueueSettings, RECONCILE_QUEUE};
 use deliver_alert::AlertJobContext;
 use post_transfers::{PostTransfers, PostingJobContext};
@@ -34,6 +40,51 @@ pub struct WorkerSettings {
     pub queue: QueueSettings,
 }
 
+/// One worker slot's restart policy: a new name per start ([`queue::worker_name`]) and a pause
+/// before each restart ([`RestartBackoff`]), counted in `ferry_worker_restarts_total`.
+struct Slot {
+    kind: &'static str,
+    index: usize,
+    backoff: Arc<RestartBackoff>,
+}
+
+impl Slot {
+    fn new(kind: &'static str, index: usize) -> Self {
+        Self {
+            kind,
+            index,
+            backoff: Arc::default(),
+        }
+    }
+
+    /// The name of this slot's worker after `restarts` restarts.
+    fn name(&self, restarts: usize) -> String {
+        queue::worker_name(self.kind, self.index, restarts)
+    }
+
+    /// `backend`, made to wait out this restart's pause before it registers and polls.
+    fn paced<B: Backend>(&self, backend: B, restarts: usize) -> BeforeStart<B, B::Error> {
+        let delay = if restarts == 0 {
+            Duration::ZERO
+        } else {
+            metrics::counter!("ferry_worker_restarts_total", "worker_kind" => self.kind)
+                .increment(1);
+            let delay = self.backoff.next_delay(&mut rand::rng());
+            info!(
+                worker_kind = self.kind,
+                restarts,
+                ?delay,
+                "worker restarts after a pause"
+            );
+            delay
+        };
+        backend.before_start(move |_| async move {
+            tokio::time::sleep(delay).await;
+            Ok(())
+        })
+    }
+}
+
 /// Registers the job workers (the `worker` role) on `monitor`.
 pub fn register_workers(
     mut monitor: Monitor,
@@ -47,13 +98,13 @@ pub fn register_workers(
         let pool = pool.clone();
         let settings = settings.clone();
         let posting = posting.clone();
-        let name = queue::worker_name("posting", index);
-        monitor = monitor.register(move |_restarts| {
+        let slot = Slot::new("posting", index);
+        monitor = monitor.register(move |restarts| {
             let backend = PostgresStorage::<PostTransfers>::new(&pool)
                 .with_config(settings.queue.backend_config(POST_TRANSFERS_QUEUE))
                 .with_pubsub();
-            WorkerBuilder::new(name.as_str())
-                .backend(backend)
+            WorkerBuilder::new(slot.name(restarts).as_str())
+                .backend(slot.paced(backend, restarts))
                 .concurrency(settings.posting_concurrency)
                 .data(posting.clone())
                 .build(post_transfers::handle)
@@ -61,26 +112,26 @@ pub fn register_workers(
     }
     let alert_pool = pool.clone();
     let alert_settings = settings.clone();
-    let alert_name = queue::worker_name("alerts", 0);
-    monitor = monitor.register(move |_restarts| {
+    let alert_slot = Slot::new("alerts", 0);
+    monitor = monitor.register(move |restarts| {
         let backend = PostgresStorage::<DeliverAlert>::new(&alert_pool)
             .with_config(alert_settings.queue.backend_config(ALERTS_QUEUE))
             .with_pubsub();
-        WorkerBuilder::new(alert_name.as_str())
-            .backend(backend)
+        WorkerBuilder::new(alert_slot.name(restarts).as_str())
+            .backend(alert_slot.paced(backend, restarts))
             .concurrency(ALERT_DELIVERY_CONCURRENCY)
             .data(alerting.clone())
             .build(deliver_alert::handle)
     });
     let pool = pool.clone();
     let settings = settings.clone();
-    let name = queue::worker_name("reconcile", 0);
-    monitor.register(move |_restarts| {
+    let slot = Slot::new("reconcile", 0);
+    monitor.register(move |restarts| {
         let backend = PostgresStorage::<Reconcile>::new(&pool)
             .with_config(settings.queue.backend_config(RECONCILE_QUEUE).batch_size(1))
             .with_pubsub();
-        WorkerBuilder::new(name.as_str())
-            .backend(backend)
+        WorkerBuilder::new(slot.name(restarts).as_str())
+            .backend(slot.paced(backend, restarts))
             .concurrency(RECONCILE_CONCURRENCY)
             .data(reconciling.clone())
             .build(reconcile::handle)
@@ -89,10 +140,10 @@ pub fn register_workers(
 
 /// Registers the reconciliation scheduler (the `scheduler` role) on `monitor`.
 pub fn register_scheduler(monitor: Monitor, scheduler: SchedulerContext) -> Monitor {
-    let name = queue::worker_name("reconcile-cron", 0);
-    monitor.register(move |_restarts| {
-        WorkerBuilder::new(name.as_str())
-            .backend(CronScheduler::new(scheduler.schedule.clone()))
+    let slot = Slot::new("reconcile-cron", 0);
+    monitor.register(move |restarts| {
+        WorkerBuilder::new(slot.name(restarts).as_str())
+            .backend(slot.paced(CronScheduler::new(scheduler.schedule.clone()), restarts))
             .data(scheduler.clone())
             .build(reconcile::on_tick)
     })

@@ -1,9 +1,15 @@
 //! `post_transfers`: post the transfers accepted in one intake commit.
 //!
 //! Delivery is at-least-once; posting is idempotent per transfer (status guard + one entry per
-//! side), so a redelivered job or one re-run after a crash between COMMIT and ack is a no-op.
-//! Transient failures end this run: attempts are counted on the transfers and a new job is
-//! scheduled with exponential backoff and full jitter, in one transaction.
+//! side), so a redelivered job, one re-run after a crash between COMMIT and ack, or one the
+//! rescuer took back from a worker that was in fact still running it, is a no-op.
+//!
+//! Failures, by retry class (`ledger::retry`):
+//! - database unreachable: waited out in-process for up to 20 s, then the job is rescheduled
+//!   a few seconds out. No attempt is counted: an outage is not the transfers' fault, and
+//!   counting it would fail them `retries_exhausted` after a long enough outage.
+//! - transient or unknown: this run ends; attempts are counted on the transfers and a new job
+//!   is scheduled with exponential backoff and full jitter, in one transaction.
 
 use apalis::prelude::{BoxDynError, Data};
 use backon::Retryable;
@@ -15,7 +21,10 @@ use crate::alerts::{Alerting, outbox, retries_exhausted_event};
 use crate::ledger::PostingError;
 use crate::ledger::attempts::record_failed_attempt;
 use crate::ledger::combiner::PostingCombiner;
-use crate::ledger::retry::{RetryClass, full_jitter_delay, next_retry_delay};
+use crate::ledger::retry::{
+    RetryClass, full_jitter_delay, is_unavailable, next_retry_delay, outage_backoff,
+    outage_reschedule_delay,
+};
 use crate::queue::{self, POST_TRANSFERS_QUEUE};
 
 /// Most transfers one job carries (the batch endpoint's limit).
@@ -36,7 +45,13 @@ pub struct PostingJobContext {
 }
 
 pub async fn handle(job: PostTransfers, ctx: Data<PostingJobContext>) -> Result<(), BoxDynError> {
-    match ctx.poster.post(job.transfer_ids.clone()).await {
+    let posted = (|| ctx.poster.post(job.transfer_ids.clone()))
+        .retry(outage_backoff())
+        .sleep(tokio::time::sleep)
+        .when(|e| matches!(&**e, PostingError::Database(db) if is_unavailable(db)))
+        .notify(|e, delay| warn!(error = %e, ?delay, "database unavailable; posting waits"))
+        .await;
+    match posted {
         Ok(()) => Ok(()),
         Err(e) => reschedule_after(&ctx, &job, &e).await,
     }
@@ -47,12 +62,29 @@ async fn reschedule_after(
     job: &PostTransfers,
     cause: &PostingError,
 ) -> Result<(), BoxDynError> {
-    match cause.retry_class() {
-        RetryClass::Unknown => error!(error = ?cause, "posting failed with an unrecognised error"),
-        _ => warn!(error = %cause, "posting failed; rescheduling"),
-    }
+    let counts_attempt = match cause.retry_class() {
+        RetryClass::Unknown => {
+            error!(error = ?cause, "posting failed with an unrecognised error");
+            true
+        }
+        RetryClass::Unavailable => {
+            warn!(error = %cause, "posting could not reach the database; rescheduling");
+            false
+        }
+        RetryClass::Transient | RetryClass::Serialization => {
+            warn!(error = %cause, "posting failed; rescheduling");
+            true
+        }
+    };
     let cause_text = error_chain(cause);
-    let reschedule = || async {
+    let reschedule_uncounted = || async {
+        let next = job.clone();
+        let delay = outage_reschedule_delay(&mut rand::rng());
+        let mut conn = ctx.pool.acquire().await?;
+        queue::enqueue(&mut conn, POST_TRANSFERS_QUEUE, &next, Some(delay)).await?;
+        Ok::<_, BoxDynError>(())
+    };
+    let reschedule_counted = || async {
         let mut tx = ctx.pool.begin().await?;
         let still = record_failed_attempt(&mut tx, &job.transfer_ids, &cause_text).await?;
         for transfer_id in &still.exhausted {
@@ -69,12 +101,20 @@ async fn reschedule_after(
         tx.commit().await?;
         Ok::<_, BoxDynError>(())
     };
-    // The database may be briefly unreachable; if it stays so, apalis retries the job and
-    // reconciliation re-drives whatever is left pending.
-    reschedule
-        .retry((0..4).map(|n| full_jitter_delay(n, 200, 5_000, &mut rand::rng())))
-        .sleep(tokio::time::sleep)
-        .await
+    // The database may still be unreachable; if it stays so, this run fails and the job is
+    // taken back by orphan recovery or the rescuer (queue::rescue) and runs again.
+    let backoff = (0..4).map(|n| full_jitter_delay(n, 200, 5_000, &mut rand::rng()));
+    if counts_attempt {
+        reschedule_counted
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .await
+    } else {
+        reschedule_uncounted
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .await
+    }
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -118,6 +118,13 @@ impl Application {
             })
         });
         let roles = self.config.roles;
+        let rescuer = roles.worker.then(|| {
+            tokio::spawn(crate::queue::rescue::run_rescuer(
+                self.pool.clone(),
+                self.config.workers.queue.rescue_after,
+                stop_rx.clone(),
+            ))
+        });
         let workers = (roles.worker || roles.scheduler).then(|| {
             let monitor = self.build_monitor();
             let stopped = wait_for(stop_rx.clone());
@@ -154,6 +161,10 @@ impl Application {
                 warn!(part, "did not stop within the grace period");
             }
         }
+        if let Some(rescuer) = rescuer {
+            // Stops at its next await point; it holds no work of its own.
+            let _ = tokio::time::timeout(grace, rescuer).await;
+        }
         self.pool.close().await;
         outcome
     }
@@ -162,8 +173,10 @@ impl Application {
 impl Application {
     /// The apalis monitor with this process's workers (worker role) and cron (scheduler role).
     fn build_monitor(&self) -> Monitor {
+        // The cause is logged here, once per restart; the pause, the new name and the
+        // `ferry_worker_restarts_total` count come from the worker's slot (jobs/mod.rs).
         let mut monitor = Monitor::new().should_restart(|worker, error| {
-            warn!(worker = worker.name(), %error, "worker stopped; restarting");
+            warn!(worker = worker.name(), restarts = worker.restarts(), %error, "worker stopped; restarting");
             true
         });
         if self.config.roles.worker {

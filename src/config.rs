@@ -13,6 +13,7 @@ use crate::intake::rate_limit::RateLimit;
 use crate::jobs::WorkerSettings;
 use crate::jobs::reconcile::{RECONCILE_CRON_DEFAULT, parse_schedule};
 use crate::queue::QueueSettings;
+use crate::queue::rescue::JOB_RESCUE_AFTER_SECS_DEFAULT;
 use crate::reconcile::repair::Retention;
 use crate::reconcile::{FULL_SCAN_EVERY_SECS_DEFAULT, ReconcileSettings, STUCK_AFTER_SECS_DEFAULT};
 
@@ -33,6 +34,8 @@ pub const JOB_FETCH_BATCH_DEFAULT: usize = 16;
 pub const WORKER_HEARTBEAT_MS_DEFAULT: u64 = 5_000;
 pub const WORKER_MISSED_HEARTBEATS_DEFAULT: usize = 4;
 pub const ORPHAN_TIMEOUT_MS_MAX: u64 = 30_000;
+/// A shorter rescue bound would take back jobs that are merely waiting for the poster.
+pub const JOB_RESCUE_AFTER_SECS_MIN: u64 = 5;
 pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 10_000;
 /// Acknowledged jobs are purged after an hour: apalis's fetch slows with every finished row,
 /// and ferry keeps the history in its own tables.
@@ -158,6 +161,10 @@ impl Config {
                         "FERRY_WORKER_MISSED_HEARTBEATS",
                         &WORKER_MISSED_HEARTBEATS_DEFAULT.to_string(),
                     )?,
+                    rescue_after: secs(
+                        "FERRY_JOB_RESCUE_AFTER_SECS",
+                        JOB_RESCUE_AFTER_SECS_DEFAULT,
+                    )?,
                 },
             },
             shutdown_grace_ms: parsed(
@@ -171,6 +178,10 @@ impl Config {
             reconcile_cron: var("FERRY_RECONCILE_CRON", RECONCILE_CRON_DEFAULT.to_owned())?,
             reconcile: ReconcileSettings {
                 stuck_after: secs("FERRY_STUCK_PENDING_SECS", STUCK_AFTER_SECS_DEFAULT)?,
+                job_rescue_after: secs(
+                    "FERRY_JOB_RESCUE_AFTER_SECS",
+                    JOB_RESCUE_AFTER_SECS_DEFAULT,
+                )?,
                 full_scan_every: secs(
                     "FERRY_RECONCILE_FULL_SCAN_EVERY_SECS",
                     FULL_SCAN_EVERY_SECS_DEFAULT,
@@ -244,6 +255,12 @@ impl Config {
             return fail(
                 "FERRY_WORKER_HEARTBEAT_MS",
                 "heartbeat must be ≥ 100 ms and missed heartbeats ≥ 2",
+            );
+        }
+        if workers.queue.rescue_after < Duration::from_secs(JOB_RESCUE_AFTER_SECS_MIN) {
+            return fail(
+                "FERRY_JOB_RESCUE_AFTER_SECS",
+                "must be at least 5 (posting jobs that run this long are taken back)",
             );
         }
         if workers.queue.orphan_timeout() > Duration::from_millis(ORPHAN_TIMEOUT_MS_MAX) {

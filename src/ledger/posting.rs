@@ -62,7 +62,8 @@ impl PostingError {
         match self {
             Self::Database(e) => classify(e),
             Self::Invariant(_) => RetryClass::Unknown,
-            Self::Stopped => RetryClass::Transient,
+            // Not the transfers' fault: no attempt is counted.
+            Self::Stopped => RetryClass::Unavailable,
         }
     }
 }

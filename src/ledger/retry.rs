@@ -1,11 +1,17 @@
 //! Retry policy: which database errors are worth another try, and when.
 //!
-//! Two layers, never both for the same error:
+//! Three kinds of trouble, each retried one way:
 //! - *serialization* failures (`40001`, `40P01`) re-run the whole posting transaction in-process,
 //!   up to [`SERIALIZATION_TRIES_MAX`] times, with capped exponential backoff and full jitter;
-//! - *transient* failures (connection lost, pool timeout, `57P01`, class `08`, lock timeout)
-//!   end the job run; the job is scheduled again with [`next_retry_delay`] and the transfers'
-//!   attempts are counted, until [`JOB_ATTEMPTS_MAX`] turns them into `retries_exhausted`.
+//! - *unavailable*: the database cannot be reached (connection refused or lost, pool timeout,
+//!   `57P01`–`57P03`, class `08`, too many connections). Not the transfers' fault: the job waits
+//!   the outage out in-process ([`outage_backoff`]) and is then rescheduled, and **no attempt is
+//!   counted**, so an outage of any length never fails a transfer with `retries_exhausted`
+//!   (README, "When things fail");
+//! - *transient* failures (lock timeout, idle-in-transaction timeout, or an error not
+//!   recognised) end the job run; the job is scheduled again with [`next_retry_delay`] and the
+//!   transfers' attempts are counted, until [`JOB_ATTEMPTS_MAX`] turns them into
+//!   `retries_exhausted`.
 //!
 //! Full jitter (`random(0, min(cap, base * 2^attempt))`) spreads retrying workers out; AWS's
 //! measurements found it does the least total work of the common schemes.
@@ -26,13 +32,26 @@ pub const JOB_ATTEMPTS_MAX: i32 = 8;
 pub const JOB_DELAY_MS_BASE: u64 = 1_000;
 /// Largest backoff ceiling between job runs.
 pub const JOB_DELAY_MS_MAX: u64 = 5 * 60 * 1_000;
+/// First backoff ceiling while waiting out a database outage in-process.
+pub const OUTAGE_DELAY_MS_BASE: u64 = 100;
+/// Largest backoff ceiling while waiting out an outage: once the database is back, a job
+/// notices within this long.
+pub const OUTAGE_DELAY_MS_MAX: u64 = 2_000;
+/// How long one job run waits out an outage before it hands the job back to the queue. Well
+/// under the rescue bound (60 s by default), so a waiting job is not rescued from under itself.
+pub const OUTAGE_WAIT_MS_MAX: u64 = 20_000;
+/// Largest delay of a job rescheduled after an outage: the transfers post within seconds of
+/// the database's return.
+pub const OUTAGE_RESCHEDULE_DELAY_MS_MAX: u64 = 5_000;
 
 /// How an error should be retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryClass {
     /// Lost a serialization race: re-run the transaction now (after a short jittered sleep).
     Serialization,
-    /// Infrastructure trouble: give up this run, try the job again later.
+    /// The database cannot be reached: wait and try again, counting no attempt.
+    Unavailable,
+    /// Infrastructure trouble: give up this run, try the job again later, counting an attempt.
     Transient,
     /// Not recognised: treated as transient, but logged loudly because it may be a bug.
     Unknown,
@@ -46,20 +65,28 @@ pub fn classify(error: &sqlx::Error) -> RetryClass {
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => RetryClass::Transient,
+        | sqlx::Error::WorkerCrashed => RetryClass::Unavailable,
+        sqlx::Error::Protocol(_) => RetryClass::Transient,
         _ => RetryClass::Unknown,
     }
 }
 
-/// The SQLSTATE table of `shared/reference/alerts-and-retries.md` §5.
+/// Whether `error` means the database cannot be reached right now.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    classify(error) == RetryClass::Unavailable
+}
+
+/// SQLSTATEs by retry class (PostgreSQL's appendix A; README, "Retries").
 pub fn classify_sqlstate(code: &str) -> RetryClass {
     match code {
         "40001" | "40P01" => RetryClass::Serialization,
-        // admin/crash shutdown, cannot connect now, lock_timeout, too many connections,
-        // idle-in-transaction timeout: all clear up on their own.
-        "57P01" | "57P02" | "57P03" | "55P03" | "53300" | "25P03" => RetryClass::Transient,
-        c if c.starts_with("08") => RetryClass::Transient,
+        // admin/crash shutdown, cannot connect now, too many connections, connection
+        // exceptions: the server is going away or not there yet.
+        "57P01" | "57P02" | "57P03" | "53300" => RetryClass::Unavailable,
+        c if c.starts_with("08") => RetryClass::Unavailable,
+        // lock_timeout, idle-in-transaction timeout: clear up on their own, but a transfer
+        // that keeps meeting them should end.
+        "55P03" | "25P03" => RetryClass::Transient,
         _ => RetryClass::Unknown,
     }
 }
@@ -78,6 +105,31 @@ pub fn full_jitter_delay(attempt: u32, base_ms: u64, max_ms: u64, rng: &mut impl
 pub fn next_retry_delay(attempt: i32, rng: &mut impl Rng) -> Duration {
     let exponent = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0);
     full_jitter_delay(exponent, JOB_DELAY_MS_BASE, JOB_DELAY_MS_MAX, rng)
+}
+
+/// The in-process schedule while the database is unreachable: full-jitter delays from
+/// [`OUTAGE_DELAY_MS_BASE`] up to [`OUTAGE_DELAY_MS_MAX`], ending once they add up to
+/// [`OUTAGE_WAIT_MS_MAX`].
+pub fn outage_backoff() -> impl Iterator<Item = Duration> + Send + Sync + Unpin {
+    let mut waited = Duration::ZERO;
+    (0..u32::MAX)
+        .map(|attempt| {
+            full_jitter_delay(
+                attempt,
+                OUTAGE_DELAY_MS_BASE,
+                OUTAGE_DELAY_MS_MAX,
+                &mut rand::rng(),
+            )
+        })
+        .take_while(move |delay| {
+            waited += *delay;
+            waited <= Duration::from_millis(OUTAGE_WAIT_MS_MAX)
+        })
+}
+
+/// Delay of a job rescheduled after an outage.
+pub fn outage_reschedule_delay(rng: &mut impl Rng) -> Duration {
+    Duration::from_millis(rng.random_range(0..=OUTAGE_RESCHEDULE_DELAY_MS_MAX))
 }
 
 /// The in-process schedule for serialization retries, as a `backon` backoff: an iterator of
@@ -107,11 +159,39 @@ mod tests {
     }
 
     #[test]
-    fn connection_and_shutdown_errors_are_transient() {
-        for code in ["57P01", "08006", "08001", "55P03", "53300"] {
+    fn connection_and_shutdown_errors_mean_unavailable() {
+        for code in ["57P01", "57P03", "08006", "08001", "53300"] {
+            assert_eq!(classify_sqlstate(code), RetryClass::Unavailable, "{code}");
+        }
+        assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(is_unavailable(&sqlx::Error::Io(refused)));
+    }
+
+    #[test]
+    fn lock_and_idle_timeouts_are_transient_and_counted() {
+        for code in ["55P03", "25P03"] {
             assert_eq!(classify_sqlstate(code), RetryClass::Transient, "{code}");
         }
-        assert_eq!(classify(&sqlx::Error::PoolTimedOut), RetryClass::Transient);
+    }
+
+    #[test]
+    fn an_outage_is_waited_out_for_at_most_twenty_seconds() {
+        for _ in 0..50 {
+            let delays: Vec<Duration> = outage_backoff().collect();
+            let total: Duration = delays.iter().sum();
+            assert!(
+                total <= Duration::from_millis(OUTAGE_WAIT_MS_MAX),
+                "{total:?}"
+            );
+            // Enough tries that a database back within the window is noticed.
+            assert!(delays.len() >= 10, "{}", delays.len());
+            assert!(
+                delays
+                    .iter()
+                    .all(|d| *d <= Duration::from_millis(OUTAGE_DELAY_MS_MAX))
+            );
+        }
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! The durable queue: apalis on PostgreSQL, so a job commits in the same transaction as the
 //! rows it refers to.
 //!
-//! Settings follow `shared/reference/apalis-notes.md`: every queue named explicitly (the
-//! default name is a Rust type path, and renaming a type would strand its jobs), workers
-//! named uniquely per process, bounded concurrency, pub/sub wake-ups, and a heartbeat short
-//! enough that an orphaned job is picked up again well inside 30 s.
+//! Settings follow what was verified about apalis 1.0 (README, "Jobs"): every queue named
+//! explicitly (the default name is a Rust type path, and renaming a type would strand its
+//! jobs), workers named uniquely per process and per restart ([`restart`]), bounded
+//! concurrency, pub/sub wake-ups, a heartbeat short enough that an orphaned job is picked up
+//! again well inside 30 s, and a rescuer for jobs that run too long under a live name
+//! ([`rescue`]).
+
+pub mod rescue;
+pub mod restart;
 
 use std::time::Duration;
 
@@ -23,6 +28,21 @@ pub const ALERTS_QUEUE: &str = "ferry.deliver_alert";
 /// backoff (apalis-postgres retries immediately); this only bounds a job whose handler cannot
 /// reach the database at all, which reconciliation then re-drives.
 pub const JOB_BACKEND_ATTEMPTS_MAX: usize = 5;
+/// Backend-level attempts of a posting job. Higher: besides failed runs, orphan recovery and
+/// the rescuer each count one, and a few database restarts in a row must not leave the job
+/// dead (its transfers would wait for reconciliation's re-drive, minutes later). Posting is
+/// idempotent, so a re-run costs a few milliseconds.
+pub const POSTING_JOB_ATTEMPTS_MAX: usize = 25;
+
+/// Backend attempts of a job on `queue`.
+pub fn max_attempts_for(queue: &str) -> i32 {
+    let attempts = if queue == POST_TRANSFERS_QUEUE {
+        POSTING_JOB_ATTEMPTS_MAX
+    } else {
+        JOB_BACKEND_ATTEMPTS_MAX
+    };
+    i32::try_from(attempts).unwrap_or(i32::MAX)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
@@ -40,6 +60,8 @@ pub struct QueueSettings {
     pub heartbeat_ms: u64,
     /// Orphan timeout = `heartbeat_ms × missed_heartbeats`.
     pub missed_heartbeats: usize,
+    /// A posting job locked longer than this is rescued ([`rescue`]).
+    pub rescue_after: Duration,
 }
 
 impl QueueSettings {
@@ -64,8 +86,8 @@ pub async fn enqueue(
     payload: &impl Serialize,
     delay: Option<Duration>,
 ) -> Result<(), EnqueueError> {
-    let mut task =
-        TaskBuilder::new(serde_json::to_vec(payload)?).max_attempts(JOB_BACKEND_ATTEMPTS_MAX);
+    let attempts_max = usize::try_from(max_attempts_for(queue)).unwrap_or(JOB_BACKEND_ATTEMPTS_MAX);
+    let mut task = TaskBuilder::new(serde_json::to_vec(payload)?).max_attempts(attempts_max);
     if let Some(delay) = delay {
         // apalis stores whole seconds; round up so a job never runs before its delay is over.
         let due = std::time::SystemTime::now() + delay;
@@ -85,20 +107,22 @@ pub async fn enqueue(
 /// explicit transaction. Mirrors apalis-postgres's `queries/task/sink.sql` (ULID ids from
 /// `apalis.generate_ulid()`, empty metadata); the pipeline tests run jobs inserted this way.
 pub fn insert_job_sql(queue: &'static str, payload_json: &str, source: &str) -> String {
+    let attempts_max = max_attempts_for(queue);
     format!(
         "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
            priority, metadata) \
          SELECT apalis.generate_ulid(), '{queue}', convert_to(({payload_json})::text, 'UTF8'), \
-           'Pending', 0, {JOB_BACKEND_ATTEMPTS_MAX}, now(), 0, ''::hstore \
+           'Pending', 0, {attempts_max}, now(), 0, ''::hstore \
          FROM {source} HAVING count(*) > 0"
     )
 }
 
-/// A worker name unique to this process, as apalis needs for orphan recovery.
-pub fn worker_name(kind: &str, index: usize) -> String {
+/// A worker name unique to this process and this (re)start, as apalis needs for orphan
+/// recovery: a restarted worker must not heartbeat for the jobs its predecessor held.
+pub fn worker_name(kind: &str, index: usize, restarts: usize) -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     format!(
-        "ferry-{kind}-{host}-{}-{}-{index}",
+        "ferry-{kind}-{host}-{}-{}-{index}-r{restarts}",
         std::process::id(),
         process_nonce()
     )

@@ -38,6 +38,9 @@ pub const STEPS: u64 = 8;
 #[derive(Debug, Clone)]
 pub struct ReconcileSettings {
     pub stuck_after: Duration,
+    /// A posting job locked longer than this is not live: the rescuer takes it back, and
+    /// re-drive does not wait for it.
+    pub job_rescue_after: Duration,
     pub full_scan_every: Duration,
     pub retention: Retention,
 }
@@ -215,7 +218,8 @@ async fn check_and_record(
         Utc::now() - chrono::Duration::from_std(settings.stuck_after).unwrap_or_default();
     let stuck = checks::stuck_pending(&mut tx, stuck_before).await?;
     let stuck_ids: Vec<Uuid> = stuck.iter().filter_map(|o| o.transfer_id).collect();
-    outcome.transfers_redriven = repair::redrive(&mut tx, &stuck_ids).await?;
+    outcome.transfers_redriven =
+        repair::redrive(&mut tx, &stuck_ids, settings.job_rescue_after).await?;
     observed.extend(stuck);
     progress.step("dead jobs");
     observed.extend(checks::dead_jobs(&mut tx).await?);

@@ -8,10 +8,15 @@ use uuid::Uuid;
 use crate::jobs::post_transfers::{PostTransfers, TRANSFERS_PER_JOB_MAX};
 use crate::queue::{self, EnqueueError, POST_TRANSFERS_QUEUE};
 
-/// Re-enqueues the `stuck` transfers that no live job carries (the job is gone, or apalis gave
-/// up on it). Transfers a live job still carries are left to it; posting is idempotent either
-/// way. Returns how many transfers were re-driven.
-pub async fn redrive(conn: &mut PgConnection, stuck: &[Uuid]) -> Result<usize, EnqueueError> {
+/// Re-enqueues the `stuck` transfers that no live job carries (the job is gone, apalis gave
+/// up on it, or it has been locked longer than `job_rescue_after` — held by a worker that lost
+/// it, which the rescuer is about to take back). Transfers a live job still carries are left
+/// to it; posting is idempotent either way. Returns how many transfers were re-driven.
+pub async fn redrive(
+    conn: &mut PgConnection,
+    stuck: &[Uuid],
+    job_rescue_after: Duration,
+) -> Result<usize, EnqueueError> {
     if stuck.is_empty() {
         return Ok(0);
     }
@@ -21,10 +26,13 @@ pub async fn redrive(conn: &mut PgConnection, stuck: &[Uuid]) -> Result<usize, E
            SELECT 1 FROM apalis.jobs j \
            WHERE j.job_type = $2 AND j.status IN ('Pending', 'Queued', 'Running', 'Failed') \
              AND (j.status <> 'Failed' OR j.attempts < j.max_attempts) \
+             AND (j.status NOT IN ('Queued', 'Running') \
+                  OR j.lock_at >= now() - make_interval(secs => $3)) \
              AND convert_from(j.job, 'UTF8')::jsonb -> 'transfer_ids' ? s.id::text)",
     )
     .bind(stuck)
     .bind(POST_TRANSFERS_QUEUE)
+    .bind(job_rescue_after.as_secs_f64())
     .fetch_all(&mut *conn)
     .await
     .map_err(|e| EnqueueError::Database(e.into()))?;

@@ -77,6 +77,7 @@ pub fn test_config(database_url: &str, roles: Roles) -> Config {
                 fetch_batch: 16,
                 heartbeat_ms: 1_000,
                 missed_heartbeats: 2,
+                rescue_after: Duration::from_secs(60),
             },
         },
         shutdown_grace_ms: 2_000,
@@ -87,6 +88,7 @@ pub fn test_config(database_url: &str, roles: Roles) -> Config {
         reconcile_cron: "0 */5 * * * *".into(),
         reconcile: ReconcileSettings {
             stuck_after: Duration::from_secs(600),
+            job_rescue_after: Duration::from_secs(60),
             full_scan_every: Duration::from_secs(24 * 3600),
             retention: Retention {
                 done: Duration::from_secs(3600),

@@ -10,6 +10,7 @@ mod bank;
 mod bench;
 mod crash;
 mod database;
+mod faults;
 mod idempotency;
 mod posting;
 mod rate_limit;
