@@ -71,6 +71,7 @@ async fn postgres_stopped_for_60_s() {
 }
 
 async fn run_case(fault: Fault) {
+    ferry::alerts::deliver::install_crypto_provider();
     let postgres = Postgres::start_new();
     let mut redis = Redis::start_new();
     let rescue_after = RESCUE_AFTER_SECS.to_string();
@@ -102,18 +103,23 @@ async fn run_case(fault: Fault) {
 
     let pool = connect(&postgres).await;
     let all_terminal_after = wait_until_none_pending(&pool, returned_at.instant).await;
-    let last_terminal: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT max(coalesce(posted_at, failed_at)) FROM transfers")
-            .fetch_one(&pool)
-            .await
-            .expect("last terminal");
-    let recovered_ms = last_terminal
+    // Recovery: from the dependency's return until the last transfer accepted before it (the
+    // backlog the fault held up) is terminal. Load goes on meanwhile.
+    let backlog_terminal: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT max(coalesce(posted_at, failed_at)) FROM transfers WHERE created_at <= $1",
+    )
+    .bind(returned_at.wall)
+    .fetch_one(&pool)
+    .await
+    .expect("last terminal");
+    let recovered_ms = backlog_terminal
         .map(|at| (at - returned_at.wall).num_milliseconds().max(0))
         .unwrap_or(0);
     let metrics = counters(&producer).await;
     println!(
-        "fault {fault:?}: last transfer terminal {recovered_ms} ms after the dependency \
-         returned (none pending {all_terminal_after:?} after); statuses {:?}; \
+        "fault {fault:?}: backlog terminal {recovered_ms} ms after the dependency returned \
+         (load went on {LOAD_AFTER_RETURN:?}; none pending {all_terminal_after:?} after the \
+         return); statuses {:?}; \
          {} acknowledged; longest wait {:?}; {metrics}",
         report.statuses,
         report.acknowledged.len(),
