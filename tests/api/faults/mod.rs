@@ -34,6 +34,7 @@ const RATE_PER_SEC: u64 = 100;
 const RESCUE_AFTER_SECS: u64 = 10;
 const LOAD_BEFORE_FAULT: Duration = Duration::from_secs(3);
 const LOAD_AFTER_RETURN: Duration = Duration::from_secs(5);
+const GATE_HELD_BEFORE_FAULT: Duration = Duration::from_secs(1);
 const TERMINAL_WITHIN: Duration = Duration::from_secs(60);
 const REQUEST_WAIT_MAX: Duration = Duration::from_secs(10);
 
@@ -96,7 +97,14 @@ async fn run_case(fault: Fault) {
     let (stop_load, load_stopped) = watch::channel(false);
     let load = tokio::spawn(producer.clone().run(CLIENTS, RATE_PER_SEC, load_stopped));
     tokio::time::sleep(LOAD_BEFORE_FAULT).await;
+    // Posting blocked a moment before a database fault, so the fault meets posting
+    // transactions in flight and a backlog of acknowledged, pending transfers.
+    let gate_holder = match fault {
+        Fault::RedisKilled => None,
+        _ => Some(hold_posting_gate(&postgres).await),
+    };
     let returned_at = inject(fault, &postgres, &mut redis).await;
+    drop(gate_holder);
     tokio::time::sleep(LOAD_AFTER_RETURN).await;
     let _ = stop_load.send(true);
     let report = load.await.expect("load finished");
@@ -115,12 +123,30 @@ async fn run_case(fault: Fault) {
     let recovered_ms = backlog_terminal
         .map(|at| (at - returned_at.wall).num_milliseconds().max(0))
         .unwrap_or(0);
+    // How soon after the return intake accepted, and posting posted, again.
+    let (accepting_again, posting_again): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+        sqlx::query_as(
+            "SELECT (SELECT min(created_at) FROM transfers WHERE created_at > $1), \
+                    (SELECT min(posted_at) FROM transfers WHERE posted_at > $1)",
+        )
+        .bind(returned_at.wall)
+        .fetch_one(&pool)
+        .await
+        .expect("first after return");
+    let since_return = |at: Option<DateTime<Utc>>| {
+        at.map_or_else(
+            || "never".to_owned(),
+            |at| format!("{} ms", (at - returned_at.wall).num_milliseconds()),
+        )
+    };
     let metrics = counters(&producer).await;
     println!(
         "fault {fault:?}: backlog terminal {recovered_ms} ms after the dependency returned \
          (load went on {LOAD_AFTER_RETURN:?}; none pending {all_terminal_after:?} after the \
-         return); statuses {:?}; \
-         {} acknowledged; longest wait {:?}; {metrics}",
+         return); intake accepted again after {}, posting posted again after {}; \
+         statuses {:?}; {} acknowledged; longest wait {:?}; {metrics}",
+        since_return(accepting_again),
+        since_return(posting_again),
         report.statuses,
         report.acknowledged.len(),
         report.longest_wait
@@ -199,6 +225,21 @@ async fn inject(fault: Fault, postgres: &Postgres, redis: &mut Redis) -> Returne
     }
 }
 
+/// A transaction holding the posting gate: posting transactions queue behind it until the
+/// fault ends the connection.
+async fn hold_posting_gate(postgres: &Postgres) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let mut holder = sqlx::PgConnection::connect(&postgres.url("ferry"))
+        .await
+        .expect("gate holder connects");
+    sqlx::raw_sql("BEGIN; LOCK TABLE ledger_posting_gate IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .expect("gate held");
+    tokio::time::sleep(GATE_HELD_BEFORE_FAULT).await;
+    holder
+}
+
 async fn connect(postgres: &Postgres) -> PgPool {
     PgPoolOptions::new()
         .max_connections(2)
@@ -239,6 +280,12 @@ async fn assert_every_acknowledged_transfer_posted(pool: &PgPool, acknowledged: 
         acknowledged.len() as i64,
         "acknowledged transfers lost or not posted"
     );
+    // Attempts count real tries: each transfer posted on its first, whatever the outage.
+    let retried: i64 = sqlx::query_scalar("SELECT count(*) FROM transfers WHERE attempts > 1")
+        .fetch_one(pool)
+        .await
+        .expect("count retried");
+    assert_eq!(retried, 0, "transfers had attempts counted for the outage");
     let failed: Vec<(Uuid, Option<String>)> =
         sqlx::query_as("SELECT id, failure_code FROM transfers WHERE status = 'failed'")
             .fetch_all(pool)
