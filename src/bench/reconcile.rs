@@ -120,9 +120,9 @@ async fn timed_run(
         .ok_or_else(|| anyhow::anyhow!("run already finished"))?;
     let seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(
-        outcome.observed.is_empty(),
+        outcome.observed_total() == 0,
         "seeded ledger should be clean, found {:?}",
-        outcome.observed.first()
+        outcome.sample.first()
     );
     eprintln!(
         "  run over {} transfers ({}): {seconds:.3}s",

@@ -225,57 +225,106 @@ async fn unbalanced_currencies(
         .collect()
 }
 
-/// Transfers pending since before `older_than`.
+/// Rows the listing checks ([`stuck_pending`], [`dead_jobs`]) read per query. They page with
+/// a keyset through every matching row instead of stopping at a limit: a truncated list would
+/// leave real problems unreported, and `findings` would resolve the ones it no longer saw.
+/// The run records and alerts each page before reading the next, so memory stays bounded by
+/// the page however many problems there are.
+pub const PAGE_ROWS: usize = 1000;
+
+/// One page of a listing check and where the next page starts (`None`: this was the last).
+pub struct Page<C> {
+    pub observations: Vec<Observation>,
+    pub next: Option<C>,
+}
+
+/// Where the next page of [`stuck_pending`] starts: after this `(created_at, id)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StuckCursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+/// One page of transfers pending since before `older_than`, oldest first, after `after`.
+/// `created_at >= cursor` repeats the row comparison in a form the partial pending index can
+/// start from, so each page costs O(page), not a rescan of the pages before it.
 pub async fn stuck_pending(
     conn: &mut PgConnection,
     older_than: DateTime<Utc>,
-) -> Result<Vec<Observation>, sqlx::Error> {
+    after: Option<StuckCursor>,
+) -> Result<Page<StuckCursor>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT id, created_at, attempts FROM transfers \
-         WHERE status = 'pending' AND created_at < $1 ORDER BY created_at LIMIT 10000",
+         WHERE status = 'pending' AND created_at < $1 \
+           AND created_at >= coalesce($2, '-infinity'::timestamptz) \
+           AND (created_at, id) > (coalesce($2, '-infinity'::timestamptz), \
+                                   coalesce($3, '00000000-0000-0000-0000-000000000000'::uuid)) \
+         ORDER BY created_at, id LIMIT $4",
     )
     .bind(older_than)
+    .bind(after.map(|c| c.created_at))
+    .bind(after.map(|c| c.id))
+    .bind(PAGE_ROWS as i64)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
-        .map(|row| {
-            let id: Uuid = row.try_get("id")?;
-            let created: DateTime<Utc> = row.try_get("created_at")?;
-            let attempts: i32 = row.try_get("attempts")?;
-            Ok(Observation::about_transfer(
-                FindingKind::StuckPending,
-                id,
-                format!("pending since {created} after {attempts} attempts"),
-            ))
-        })
-        .collect()
+    let mut next = None;
+    let mut observations = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: Uuid = row.try_get("id")?;
+        let created: DateTime<Utc> = row.try_get("created_at")?;
+        let attempts: i32 = row.try_get("attempts")?;
+        observations.push(Observation::about_transfer(
+            FindingKind::StuckPending,
+            id,
+            format!("pending since {created} after {attempts} attempts"),
+        ));
+        next = Some(StuckCursor {
+            created_at: created,
+            id,
+        });
+    }
+    Ok(Page {
+        observations,
+        next: next.filter(|_| rows.len() == PAGE_ROWS),
+    })
 }
 
-/// Jobs apalis gave up on: exhausted (`Failed`) or killed.
-pub async fn dead_jobs(conn: &mut PgConnection) -> Result<Vec<Observation>, sqlx::Error> {
+/// One page of jobs apalis gave up on (exhausted `Failed`, or `Killed`), by id after `after`.
+pub async fn dead_jobs(
+    conn: &mut PgConnection,
+    after: Option<&str>,
+) -> Result<Page<String>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT id, job_type, status, attempts, last_result::text AS last_result \
          FROM apalis.jobs \
-         WHERE status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts) \
-         ORDER BY id LIMIT 10000",
+         WHERE (status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts)) \
+           AND id > coalesce($1, '') \
+         ORDER BY id LIMIT $2",
     )
+    .bind(after)
+    .bind(PAGE_ROWS as i64)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
-        .map(|row| {
-            let id: String = row.try_get("id")?;
-            let queue: String = row.try_get("job_type")?;
-            let status: String = row.try_get("status")?;
-            let attempts: i32 = row.try_get("attempts")?;
-            let last: Option<String> = row.try_get("last_result")?;
-            let last: String = last.unwrap_or_default().chars().take(300).collect();
-            Ok(Observation {
-                kind: FindingKind::JobDead,
-                subject: format!("job:{id}"),
-                transfer_id: None,
-                account_id: None,
-                detail: format!("{queue} job {status} after {attempts} attempts: {last}"),
-            })
-        })
-        .collect()
+    let mut next = None;
+    let mut observations = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.try_get("id")?;
+        let queue: String = row.try_get("job_type")?;
+        let status: String = row.try_get("status")?;
+        let attempts: i32 = row.try_get("attempts")?;
+        let last: Option<String> = row.try_get("last_result")?;
+        let last: String = last.unwrap_or_default().chars().take(300).collect();
+        observations.push(Observation {
+            kind: FindingKind::JobDead,
+            subject: format!("job:{id}"),
+            transfer_id: None,
+            account_id: None,
+            detail: format!("{queue} job {status} after {attempts} attempts: {last}"),
+        });
+        next = Some(id);
+    }
+    Ok(Page {
+        observations,
+        next: next.filter(|_| rows.len() == PAGE_ROWS),
+    })
 }

@@ -5,13 +5,15 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use super::finding::Observation;
+use super::checks::PAGE_ROWS;
+use super::finding::{FindingKind, Observation};
 
-/// How a run changed the set of open findings.
+/// How a run changed the set of open findings: counts only, so a run with a million
+/// findings does not hold a million rows (alerts are raised page by page as they change).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FindingChanges {
-    pub opened: Vec<ChangedFinding>,
-    pub resolved: Vec<ChangedFinding>,
+    pub opened: usize,
+    pub resolved: usize,
     pub open: usize,
 }
 
@@ -35,23 +37,38 @@ fn changed(row: &sqlx::postgres::PgRow) -> Result<ChangedFinding, sqlx::Error> {
     })
 }
 
-/// The subjects of open findings, so windowed checks look at them again.
-pub async fn open_transfer_subjects(conn: &mut PgConnection) -> Result<Vec<Uuid>, sqlx::Error> {
+fn kind_names(kinds: &[FindingKind]) -> Vec<&'static str> {
+    kinds.iter().map(|k| k.as_str()).collect()
+}
+
+/// The transfers named by open findings of `kinds`, so the windowed checks producing those
+/// kinds look at them again whatever window the run has. Only those kinds: a windowed check
+/// needs its own open subjects, and `stuck_pending` findings, which can number millions when
+/// posting is down, would only make this list unbounded.
+pub async fn open_transfer_subjects(
+    conn: &mut PgConnection,
+    kinds: &[FindingKind],
+) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT DISTINCT transfer_id FROM reconciliation_findings \
-         WHERE resolved_at IS NULL AND transfer_id IS NOT NULL",
+         WHERE resolved_at IS NULL AND transfer_id IS NOT NULL AND kind = ANY($1)",
     )
+    .bind(kind_names(kinds))
     .fetch_all(conn)
     .await
 }
 
-/// Records what `run_id` observed: new problems open a finding, known ones are marked seen,
-/// and open findings not observed again are resolved.
-pub async fn record(
+/// Records one page of what `run_id` observed (each (kind, subject) at most once per page):
+/// new problems open a finding, known ones are marked seen by this run. Returns the findings
+/// this page opened. Nothing is resolved here: see [`resolve_unseen`].
+pub async fn record_page(
     conn: &mut PgConnection,
     run_id: Uuid,
     observed: &[Observation],
-) -> Result<FindingChanges, sqlx::Error> {
+) -> Result<Vec<ChangedFinding>, sqlx::Error> {
+    if observed.is_empty() {
+        return Ok(Vec::new());
+    }
     let kinds: Vec<&str> = observed.iter().map(|o| o.kind.as_str()).collect();
     let severities: Vec<&str> = observed
         .iter()
@@ -83,17 +100,13 @@ pub async fn record(
     .bind(run_id)
     .fetch_all(&mut *conn)
     .await?;
-    let mut changes = FindingChanges {
-        open: rows.len(),
-        ..FindingChanges::default()
-    };
+    let mut opened = Vec::new();
     let mut seen = Vec::with_capacity(rows.len());
     for row in rows {
-        let id: Uuid = row.try_get("id")?;
         if row.try_get::<bool, _>("inserted")? {
-            changes.opened.push(changed(&row)?);
+            opened.push(changed(&row)?);
         }
-        seen.push(id);
+        seen.push(row.try_get::<Uuid, _>("id")?);
     }
     sqlx::query(
         "INSERT INTO reconciliation_run_findings (run_id, finding_id) \
@@ -103,17 +116,58 @@ pub async fn record(
     .bind(&seen)
     .execute(&mut *conn)
     .await?;
-    let resolved = sqlx::query(
+    Ok(opened)
+}
+
+/// Resolves up to [`PAGE_ROWS`] open findings of `checked` kinds that `run_id` did not see;
+/// call it until it returns fewer. A finding is resolved only when it was checked and is gone:
+/// `checked` must name only kinds whose check ran to completion in this run and covered every
+/// open finding of that kind (the windowed checks re-check the subjects of open findings, see
+/// [`open_transfer_subjects`]). Findings of any other kind stay open, whatever this run saw.
+pub async fn resolve_unseen(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    checked: &[FindingKind],
+) -> Result<Vec<ChangedFinding>, sqlx::Error> {
+    let rows = sqlx::query(
         "UPDATE reconciliation_findings SET resolved_at = now(), resolved_run = $1 \
-         WHERE resolved_at IS NULL AND NOT (id = ANY($2)) \
+         WHERE id IN ( \
+           SELECT id FROM reconciliation_findings \
+           WHERE resolved_at IS NULL AND kind = ANY($2) AND last_seen_run <> $1 \
+           LIMIT $3) \
          RETURNING id, kind, subject, severity, detail",
     )
     .bind(run_id)
-    .bind(&seen)
+    .bind(kind_names(checked))
+    .bind(PAGE_ROWS as i64)
     .fetch_all(&mut *conn)
     .await?;
-    changes.resolved = resolved.iter().map(changed).collect::<Result<_, _>>()?;
-    Ok(changes)
+    rows.iter().map(changed).collect()
+}
+
+/// How many findings `run_id` saw, per kind (every kind, zeros included).
+pub async fn seen_by_kind(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+) -> Result<Vec<(FindingKind, usize)>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT f.kind, count(*) FROM reconciliation_run_findings r \
+         JOIN reconciliation_findings f ON f.id = r.finding_id \
+         WHERE r.run_id = $1 GROUP BY f.kind",
+    )
+    .bind(run_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(FindingKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let count = rows
+                .iter()
+                .find(|(name, _)| name == kind.as_str())
+                .map_or(0, |(_, n)| usize::try_from(*n).unwrap_or(usize::MAX));
+            (kind, count)
+        })
+        .collect())
 }
 
 /// A finding as the API and the CLI report show it.

@@ -75,7 +75,10 @@ pub struct RunOutcome {
     pub accounts_checked: i64,
     pub full_scan: bool,
     pub changes: FindingChanges,
-    pub observed: Vec<Observation>,
+    /// How many findings the run saw, per kind (every kind, zeros included).
+    pub observed: Vec<(FindingKind, usize)>,
+    /// The first [`REPORT_SAMPLE_MAX`] observations, in check order (critical checks first).
+    pub sample: Vec<Observation>,
     pub transfers_redriven: usize,
     pub jobs_purged: u64,
     pub elapsed: Duration,
@@ -85,7 +88,12 @@ impl RunOutcome {
     pub fn has_critical(&self) -> bool {
         self.observed
             .iter()
-            .any(|o| o.kind.severity() == Severity::Critical)
+            .any(|&(kind, n)| n > 0 && kind.severity() == Severity::Critical)
+    }
+
+    /// How many findings the run saw.
+    pub fn observed_total(&self) -> usize {
+        self.observed.iter().map(|(_, n)| n).sum()
     }
 }
 
@@ -125,8 +133,8 @@ pub async fn execute(
                 %run_id,
                 transfers = outcome.transfers_checked,
                 open = outcome.changes.open,
-                opened = outcome.changes.opened.len(),
-                resolved = outcome.changes.resolved.len(),
+                opened = outcome.changes.opened,
+                resolved = outcome.changes.resolved,
                 elapsed_ms = outcome.elapsed.as_millis() as u64,
                 "reconciliation completed"
             );
@@ -188,22 +196,28 @@ async fn check_and_record(
         full_scan: full,
         ..RunOutcome::default()
     };
-    let mut observed = Vec::new();
+
+    let mut recorder = Recorder::new(run_id, alerting);
 
     progress.step("open findings");
-    let recheck = findings::open_transfer_subjects(&mut tx).await?;
+    let recheck = findings::open_transfer_subjects(&mut tx, &RECHECKED_KINDS).await?;
     progress.step("transfers and their entries");
     let overlap = chrono::Duration::seconds(WINDOW_OVERLAP_SECS);
     let (found, checked) =
         checks::transfers(&mut tx, window.start - overlap, window.end, &recheck).await?;
-    observed.extend(found);
+    recorder.record(&mut tx, found).await?;
+    recorder.checked(&TRANSFER_KINDS);
     outcome.transfers_checked = checked;
     progress.step("orphan entries");
     let orphans_after = if full { 0 } else { through_id };
-    observed.extend(checks::orphan_entries(&mut tx, orphans_after, &recheck).await?);
+    let found = checks::orphan_entries(&mut tx, orphans_after, &recheck).await?;
+    recorder.record(&mut tx, found).await?;
+    recorder.checked(&[FindingKind::OrphanEntry]);
+    drop(recheck);
     progress.step("balances and currency totals");
     let balances = checks::balances(&mut tx, through_id, full).await?;
-    observed.extend(balances.observations);
+    recorder.record(&mut tx, balances.observations).await?;
+    recorder.checked(&[FindingKind::BalanceDrift, FindingKind::LedgerUnbalanced]);
     outcome.accounts_checked = balances.accounts_checked;
     sqlx::query(
         "UPDATE reconciliation_state SET entries_through_id = $1, \
@@ -216,19 +230,41 @@ async fn check_and_record(
     progress.step("stuck transfers");
     let stuck_before =
         Utc::now() - chrono::Duration::from_std(settings.stuck_after).unwrap_or_default();
-    let stuck = checks::stuck_pending(&mut tx, stuck_before).await?;
-    let stuck_ids: Vec<Uuid> = stuck.iter().filter_map(|o| o.transfer_id).collect();
-    outcome.transfers_redriven =
-        repair::redrive(&mut tx, &stuck_ids, settings.job_rescue_after).await?;
-    observed.extend(stuck);
+    let mut after = None;
+    loop {
+        let page = checks::stuck_pending(&mut tx, stuck_before, after).await?;
+        let stuck_ids: Vec<Uuid> = page
+            .observations
+            .iter()
+            .filter_map(|o| o.transfer_id)
+            .collect();
+        outcome.transfers_redriven +=
+            repair::redrive(&mut tx, &stuck_ids, settings.job_rescue_after).await?;
+        recorder.record(&mut tx, page.observations).await?;
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    recorder.checked(&[FindingKind::StuckPending]);
     progress.step("dead jobs");
-    observed.extend(checks::dead_jobs(&mut tx).await?);
+    let mut after: Option<String> = None;
+    loop {
+        let page = checks::dead_jobs(&mut tx, after.as_deref()).await?;
+        recorder.record(&mut tx, page.observations).await?;
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    recorder.checked(&[FindingKind::JobDead]);
     progress.step("recording findings");
-    let observed = deduplicate(observed);
-    outcome.changes = findings::record(&mut tx, run_id, &observed).await?;
-    raise_alerts(&mut tx, alerting, &outcome.changes).await?;
+    recorder.resolve(&mut tx).await?;
+    outcome.observed = findings::seen_by_kind(&mut tx, run_id).await?;
+    outcome.changes = recorder.changes;
+    outcome.changes.open = outcome.observed.iter().map(|(_, n)| n).sum();
+    outcome.sample = recorder.sample;
     tx.commit().await?;
-    outcome.observed = observed;
 
     progress.step("purging finished jobs");
     let mut conn = pool.acquire().await?;
@@ -238,19 +274,90 @@ async fn check_and_record(
     Ok(outcome)
 }
 
+/// Which kinds each check reports. A run resolves findings only of the kinds whose check ran
+/// to completion in it (README, Reconciliation: resolved only when checked and gone).
+const TRANSFER_KINDS: [FindingKind; 3] = [
+    FindingKind::PostedWithoutEntries,
+    FindingKind::FailedWithEntries,
+    FindingKind::DoublePosted,
+];
+/// The kinds whose checks are windowed (transfers changed in the window, entries added since
+/// the last run) and therefore re-check the subjects of their open findings: that is what lets
+/// a windowed check resolve a finding whose transfer is outside its window.
+const RECHECKED_KINDS: [FindingKind; 4] = [
+    FindingKind::PostedWithoutEntries,
+    FindingKind::FailedWithEntries,
+    FindingKind::DoublePosted,
+    FindingKind::OrphanEntry,
+];
+/// At most this many observations are kept for the CLI report; the rest are in the database
+/// (`GET /v1/reconciliations/{id}`).
+pub const REPORT_SAMPLE_MAX: usize = 200;
+
+/// Records a run's findings page by page as the checks produce them, raises their alerts in
+/// the run's transaction, and remembers which kinds were checked so that only those resolve.
+struct Recorder<'a> {
+    run_id: Uuid,
+    alerting: &'a Alerting,
+    changes: FindingChanges,
+    sample: Vec<Observation>,
+    checked: Vec<FindingKind>,
+}
+
+impl<'a> Recorder<'a> {
+    fn new(run_id: Uuid, alerting: &'a Alerting) -> Self {
+        Self {
+            run_id,
+            alerting,
+            changes: FindingChanges::default(),
+            sample: Vec::new(),
+            checked: Vec::new(),
+        }
+    }
+
+    async fn record(
+        &mut self,
+        conn: &mut sqlx::PgConnection,
+        observed: Vec<Observation>,
+    ) -> Result<(), ReconcileError> {
+        let observed = deduplicate(observed);
+        for page in observed.chunks(checks::PAGE_ROWS) {
+            let opened = findings::record_page(conn, self.run_id, page).await?;
+            self.changes.opened += opened.len();
+            raise_alerts(conn, self.alerting, Action::Trigger, &opened).await?;
+        }
+        let room = REPORT_SAMPLE_MAX.saturating_sub(self.sample.len());
+        self.sample.extend(observed.into_iter().take(room));
+        Ok(())
+    }
+
+    /// Marks `kinds` as checked: call it only after every page of their check was recorded.
+    fn checked(&mut self, kinds: &[FindingKind]) {
+        self.checked.extend_from_slice(kinds);
+    }
+
+    /// Resolves open findings of the checked kinds this run did not see, page by page.
+    async fn resolve(&mut self, conn: &mut sqlx::PgConnection) -> Result<(), ReconcileError> {
+        loop {
+            let resolved = findings::resolve_unseen(conn, self.run_id, &self.checked).await?;
+            self.changes.resolved += resolved.len();
+            raise_alerts(conn, self.alerting, Action::Resolve, &resolved).await?;
+            if resolved.len() < checks::PAGE_ROWS {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Opened findings trigger alerts and resolved ones resolve them, in the run's transaction:
 /// a finding still open is not alerted again.
 async fn raise_alerts(
     conn: &mut sqlx::PgConnection,
     alerting: &Alerting,
-    changes: &FindingChanges,
+    action: Action,
+    changed: &[findings::ChangedFinding],
 ) -> Result<(), ReconcileError> {
-    let changed = changes
-        .opened
-        .iter()
-        .map(|f| (Action::Trigger, f))
-        .chain(changes.resolved.iter().map(|f| (Action::Resolve, f)));
-    for (action, finding) in changed {
+    for finding in changed {
         let severity = Severity::parse(&finding.severity).unwrap_or(Severity::Critical);
         let event = finding_event(
             action,
@@ -264,7 +371,8 @@ async fn raise_alerts(
     Ok(())
 }
 
-/// One observation per (kind, subject): a finding is one row however it was reached.
+/// One observation per (kind, subject): a finding is one row however it was reached, and one
+/// upsert statement may not touch a row twice.
 fn deduplicate(observed: Vec<Observation>) -> Vec<Observation> {
     let mut seen = HashSet::new();
     observed
@@ -274,8 +382,7 @@ fn deduplicate(observed: Vec<Observation>) -> Vec<Observation> {
 }
 
 async fn finish(pool: &PgPool, run_id: Uuid, outcome: &RunOutcome) -> Result<(), sqlx::Error> {
-    for kind in FindingKind::ALL {
-        let open = outcome.observed.iter().filter(|o| o.kind == kind).count();
+    for &(kind, open) in &outcome.observed {
         metrics::gauge!("ferry_reconciliation_open_findings", "kind" => kind.as_str())
             .set(open as f64);
     }
@@ -291,8 +398,8 @@ async fn finish(pool: &PgPool, run_id: Uuid, outcome: &RunOutcome) -> Result<(),
     .bind(outcome.transfers_checked)
     .bind(outcome.accounts_checked)
     .bind(i32::try_from(outcome.changes.open).unwrap_or(i32::MAX))
-    .bind(i32::try_from(outcome.changes.opened.len()).unwrap_or(i32::MAX))
-    .bind(i32::try_from(outcome.changes.resolved.len()).unwrap_or(i32::MAX))
+    .bind(i32::try_from(outcome.changes.opened).unwrap_or(i32::MAX))
+    .bind(i32::try_from(outcome.changes.resolved).unwrap_or(i32::MAX))
     .bind(i32::try_from(outcome.transfers_redriven).unwrap_or(i32::MAX))
     .bind(i64::try_from(outcome.jobs_purged).unwrap_or(i64::MAX))
     .execute(pool)

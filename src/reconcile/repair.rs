@@ -20,15 +20,21 @@ pub async fn redrive(
     if stuck.is_empty() {
         return Ok(0);
     }
+    // Each live job's payload is parsed once per call and anti-joined by hash; a correlated
+    // `? s.id` test would parse every live job again for every stuck transfer, and the run
+    // calls this once per page of stuck transfers, after enqueueing the previous pages' jobs.
     let orphaned: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT s.id FROM unnest($1::uuid[]) AS s(id) \
-         WHERE NOT EXISTS ( \
-           SELECT 1 FROM apalis.jobs j \
+        "WITH carried AS MATERIALIZED ( \
+           SELECT t.id FROM apalis.jobs j, \
+             LATERAL (SELECT convert_from(j.job, 'UTF8')::jsonb -> 'transfer_ids' AS ids) p, \
+             jsonb_array_elements_text(CASE WHEN jsonb_typeof(p.ids) = 'array' \
+               THEN p.ids ELSE '[]' END) AS t(id) \
            WHERE j.job_type = $2 AND j.status IN ('Pending', 'Queued', 'Running', 'Failed') \
              AND (j.status <> 'Failed' OR j.attempts < j.max_attempts) \
              AND (j.status NOT IN ('Queued', 'Running') \
-                  OR j.lock_at >= now() - make_interval(secs => $3)) \
-             AND convert_from(j.job, 'UTF8')::jsonb -> 'transfer_ids' ? s.id::text)",
+                  OR j.lock_at >= now() - make_interval(secs => $3))) \
+         SELECT s.id FROM unnest($1::uuid[]) AS s(id) \
+         WHERE NOT EXISTS (SELECT 1 FROM carried c WHERE c.id = s.id::text)",
     )
     .bind(stuck)
     .bind(POST_TRANSFERS_QUEUE)

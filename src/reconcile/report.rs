@@ -29,9 +29,7 @@ pub fn render(run: &RunView, outcome: &RunOutcome) -> String {
     let _ = writeln!(
         out,
         "  findings    {} open ({} new), {} resolved",
-        outcome.changes.open,
-        outcome.changes.opened.len(),
-        outcome.changes.resolved.len()
+        outcome.changes.open, outcome.changes.opened, outcome.changes.resolved
     );
     if outcome.transfers_redriven > 0 {
         let _ = writeln!(
@@ -41,11 +39,12 @@ pub fn render(run: &RunView, outcome: &RunOutcome) -> String {
         );
     }
     let _ = writeln!(out, "  purged      {} finished jobs", outcome.jobs_purged);
-    if outcome.observed.is_empty() {
+    let total = outcome.observed_total();
+    if total == 0 {
         let _ = writeln!(out, "\nledger is consistent: no findings");
         return out;
     }
-    let mut observed: Vec<_> = outcome.observed.iter().collect();
+    let mut observed: Vec<_> = outcome.sample.iter().collect();
     observed.sort_by_key(|o| {
         (
             std::cmp::Reverse(o.kind.severity()),
@@ -66,6 +65,15 @@ pub fn render(run: &RunView, outcome: &RunOutcome) -> String {
             o.kind.as_str(),
             o.subject,
             o.detail
+        );
+    }
+    // The run keeps only a sample in memory; every finding is in the database.
+    if total > outcome.sample.len() {
+        let _ = writeln!(
+            out,
+            "... and {} more: GET /v1/reconciliations/{} lists them all",
+            total - outcome.sample.len(),
+            run.id
         );
     }
     out

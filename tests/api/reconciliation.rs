@@ -348,6 +348,173 @@ async fn a_stuck_transfer_whose_job_is_still_queued_is_not_re_driven() {
     assert_eq!(run["transfers_redriven"], 0);
 }
 
+/// Inserts `count` transfers pending since `minutes` ago in one statement, all with the same
+/// `created_at` (so paging must break ties by id), and returns their ids.
+async fn insert_aged_pending_many(
+    app: &TestApp,
+    prefix: &str,
+    count: usize,
+    minutes: i32,
+) -> Vec<uuid::Uuid> {
+    sqlx::query_scalar(
+        "INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
+           from_account, to_account, amount, currency, created_at, updated_at) \
+         SELECT gen_random_uuid(), k.id, $1 || n, '\\x00', 'treasury', 'b', 3, 'USD', \
+           now() - make_interval(mins => $3), now() - make_interval(mins => $3) \
+         FROM generate_series(1, $2) AS n, (SELECT id FROM api_keys LIMIT 1) AS k \
+         RETURNING id",
+    )
+    .bind(prefix)
+    .bind(i32::try_from(count).expect("count fits"))
+    .bind(minutes)
+    .fetch_all(&app.pool)
+    .await
+    .expect("aged transfers")
+}
+
+fn subjects_of(run: &Value, kind: &str) -> HashSet<String> {
+    run["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["kind"] == kind)
+        .map(|f| f["subject"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_transfers_past_one_page_are_all_reported_and_none_resolved_while_stuck() {
+    let (app, _) = app_with_posted_transfer().await;
+    // Stuck transfers a delayed job still carries: reported, never re-driven, so they stay
+    // pending for the whole test.
+    let held = insert_aged_pending_many(&app, "held", 50, 11).await;
+    let mut conn = app.pool.acquire().await.expect("conn");
+    let job = ferry::jobs::post_transfers::PostTransfers {
+        transfer_ids: held.clone(),
+    };
+    ferry::queue::enqueue(
+        &mut conn,
+        ferry::queue::POST_TRANSFERS_QUEUE,
+        &job,
+        Some(Duration::from_secs(3600)),
+    )
+    .await
+    .expect("enqueue");
+    drop(conn);
+    let first = reconcile(&app, false).await;
+    assert_eq!(subjects_of(&first, "stuck_pending").len(), held.len());
+    assert_eq!(first["transfers_redriven"], 0);
+
+    // Older ones, more than ten pages and more than the 10,000 the check once stopped at: a
+    // check that stops early keeps the oldest and silently resolves the first run's findings.
+    let older_count = ferry::reconcile::checks::PAGE_ROWS * 10 + 1;
+    assert!(older_count > 10_000);
+    let older = insert_aged_pending_many(&app, "older", older_count, 20).await;
+    let second = reconcile(&app, false).await;
+    let reported = subjects_of(&second, "stuck_pending");
+    assert_eq!(reported.len(), held.len() + older_count);
+    for id in held.iter().chain(&older) {
+        assert!(reported.contains(&format!("transfer:{id}")), "{id} missing");
+    }
+    assert_eq!(second["findings_open"], held.len() + older_count);
+    assert_eq!(second["findings_opened"], older_count);
+    assert_eq!(second["findings_resolved"], 0);
+    assert_eq!(resolved_kinds(&second), Vec::<String>::new());
+    assert_eq!(second["transfers_redriven"], older_count);
+
+    // The older transfers reach a terminal state (set here rather than awaited from the
+    // workers, whose retry backoff would make the test's duration depend on machine load; the
+    // status guard makes their re-driven jobs no-ops): the next run resolves exactly those,
+    // page after page, and keeps the held ones open.
+    sqlx::query(
+        "UPDATE transfers SET status = 'failed', failure_code = 'retries_exhausted', \
+           failed_at = now(), updated_at = now() \
+         WHERE id = ANY($1) AND status = 'pending'",
+    )
+    .bind(&older)
+    .execute(&app.pool)
+    .await
+    .expect("end the older transfers");
+    let third = reconcile(&app, false).await;
+    assert_eq!(third["findings_resolved"], older_count);
+    assert_eq!(third["findings_open"], held.len());
+    let still: HashSet<String> = held.iter().map(|id| format!("transfer:{id}")).collect();
+    assert_eq!(subjects_of(&third, "stuck_pending"), still);
+    assert_eq!(third["transfers_redriven"], 0);
+}
+
+#[tokio::test]
+async fn a_finding_of_a_kind_the_run_did_not_check_stays_open() {
+    let (app, _) = app_with_posted_transfer().await;
+    // A finding of a kind none of this run's checks reports, as a check that did not run (or
+    // another ferry version's) leaves it: nothing looked at it, so nothing may resolve it.
+    let id: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO reconciliation_findings (id, kind, severity, subject, detail, \
+           first_seen_run, last_seen_run) \
+         SELECT gen_random_uuid(), 'not_checked_here', 'medium', 'account:a', 'left by another check', \
+           id, id FROM reconciliation_runs LIMIT 1 \
+         RETURNING id",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("finding");
+    let run = reconcile(&app, false).await;
+    assert_eq!(findings(&run), vec![]);
+    assert_eq!(run["findings_resolved"], 0, "{run}");
+    let full = reconcile(&app, true).await;
+    assert_eq!(full["findings_resolved"], 0, "{full}");
+    let resolved_at: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT resolved_at FROM reconciliation_findings WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .expect("finding row");
+    assert_eq!(resolved_at, None);
+}
+
+#[tokio::test]
+async fn a_finding_whose_transfer_left_the_window_is_re_checked_not_resolved() {
+    let (app, id) = app_with_posted_transfer().await;
+    tamper(
+        &app,
+        &format!(
+            "UPDATE transfers SET status = 'failed', failure_code = 'insufficient_funds', \
+               posted_at = NULL, failed_at = now() WHERE id = '{id}'"
+        ),
+    )
+    .await;
+    let subject = format!("transfer:{id}");
+    let run = reconcile(&app, false).await;
+    assert_eq!(
+        findings(&run),
+        vec![finding("failed_with_entries", &subject, "critical")]
+    );
+    // The transfer's last change is now two days before any window the next runs look at.
+    tamper(
+        &app,
+        &format!("UPDATE transfers SET updated_at = now() - interval '2 days' WHERE id = '{id}'"),
+    )
+    .await;
+    let outside = reconcile(&app, false).await;
+    assert_eq!(
+        findings(&outside),
+        vec![finding("failed_with_entries", &subject, "critical")]
+    );
+    assert_eq!(outside["findings_resolved"], 0);
+    assert_eq!(outside["findings"][0]["id"], run["findings"][0]["id"]);
+    tamper(
+        &app,
+        &format!(
+            "UPDATE transfers SET status = 'posted', failure_code = NULL, posted_at = now(), \
+               failed_at = NULL, updated_at = now() - interval '2 days' WHERE id = '{id}'"
+        ),
+    )
+    .await;
+    let repaired = reconcile(&app, false).await;
+    assert_eq!(findings(&repaired), vec![]);
+    assert_eq!(resolved_kinds(&repaired), ["failed_with_entries"]);
+}
+
 #[tokio::test]
 async fn a_killed_job_is_job_dead_and_resolves_when_cleared() {
     let (app, _) = app_with_posted_transfer().await;
