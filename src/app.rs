@@ -103,18 +103,22 @@ impl Application {
             let state = AppState {
                 pool: self.pool.clone(),
                 metrics,
-                intake: GroupCommitter::start(self.pool.clone(), self.config.intake_committers),
+                intake: GroupCommitter::start(
+                    self.pool.clone(),
+                    self.config.intake_committers,
+                    self.config.intake_db_timeout(),
+                ),
                 rate_limiter: self.rate_limiter.clone(),
                 api_keys: ApiKeyCache::default(),
+                db_timeout: self.config.intake_db_timeout(),
             };
-            let router = intake::router(state);
+            let http = self.config.http;
+            let router = intake::router(state, http.request_timeout());
             let stopped = wait_for(stop_rx.clone());
             info!(addr = ?listener.local_addr().ok(), "intake listening");
             tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped)
-                    .await
-                    .context("HTTP server failed")
+                intake::serve::serve(listener, router, http, stopped).await;
+                Ok(())
             })
         });
         let roles = self.config.roles;

@@ -10,6 +10,10 @@ use std::sync::Arc;
 use crate::alerts::config::AlertConfig;
 use crate::failpoint::Failpoint;
 use crate::intake::rate_limit::RateLimit;
+use crate::intake::serve::{
+    CONNECTIONS_MAX_DEFAULT, HEADER_READ_TIMEOUT_MS_DEFAULT, HttpSettings,
+    REQUEST_TIMEOUT_MS_DEFAULT,
+};
 use crate::jobs::WorkerSettings;
 use crate::jobs::reconcile::{RECONCILE_CRON_DEFAULT, parse_schedule};
 use crate::queue::QueueSettings;
@@ -26,6 +30,10 @@ pub const DB_ACQUIRE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// next group fills while it runs — measured best on two cores (BENCHMARKS.md: 1 committer
 /// 12k accepted/s, 2 → 10k, 4 → 8k at 64 clients).
 pub const INTAKE_COMMITTERS_DEFAULT: usize = 1;
+/// Longest an API request waits on PostgreSQL (connection, statements, group commit) before
+/// it is answered `503 unavailable`: 1.5 s keeps answers during an outage within 2 s (README,
+/// HTTP API) and is ~75× intake's p99 (BENCHMARKS.md).
+pub const INTAKE_DB_TIMEOUT_MS_DEFAULT: u64 = 1_500;
 pub const POSTING_WORKERS_DEFAULT: usize = 2;
 /// Jobs a worker holds at once; they wait on the process's one poster, not on connections.
 pub const POSTING_CONCURRENCY_DEFAULT: usize = 16;
@@ -100,6 +108,10 @@ pub struct Config {
     pub db_acquire_timeout_ms: u64,
     /// Intake group commits in flight at once.
     pub intake_committers: usize,
+    /// Longest a request waits on the database before `503 unavailable`.
+    pub intake_db_timeout_ms: u64,
+    /// Header-read and request timeouts, connection limit.
+    pub http: HttpSettings,
     pub workers: WorkerSettings,
     pub shutdown_grace_ms: u64,
     /// Requests per second and burst per API key, kept in Redis; 0 disables.
@@ -139,6 +151,24 @@ impl Config {
                 "FERRY_INTAKE_COMMITTERS",
                 &INTAKE_COMMITTERS_DEFAULT.to_string(),
             )?,
+            intake_db_timeout_ms: parsed(
+                "FERRY_INTAKE_DB_TIMEOUT_MS",
+                &INTAKE_DB_TIMEOUT_MS_DEFAULT.to_string(),
+            )?,
+            http: HttpSettings {
+                header_read_timeout_ms: parsed(
+                    "FERRY_HTTP_HEADER_READ_TIMEOUT_MS",
+                    &HEADER_READ_TIMEOUT_MS_DEFAULT.to_string(),
+                )?,
+                request_timeout_ms: parsed(
+                    "FERRY_HTTP_REQUEST_TIMEOUT_MS",
+                    &REQUEST_TIMEOUT_MS_DEFAULT.to_string(),
+                )?,
+                connections_max: parsed(
+                    "FERRY_HTTP_CONNECTIONS_MAX",
+                    &CONNECTIONS_MAX_DEFAULT.to_string(),
+                )?,
+            },
             workers: WorkerSettings {
                 posting_workers: parsed(
                     "FERRY_POSTING_WORKERS",
@@ -220,6 +250,23 @@ impl Config {
         if self.intake_committers == 0 {
             return fail("FERRY_INTAKE_COMMITTERS", "must be at least 1");
         }
+        if self.intake_db_timeout_ms < 100 {
+            return fail("FERRY_INTAKE_DB_TIMEOUT_MS", "must be at least 100");
+        }
+        if self.http.header_read_timeout_ms < 100 {
+            return fail("FERRY_HTTP_HEADER_READ_TIMEOUT_MS", "must be at least 100");
+        }
+        // A request waiting on the database must get its `503` before the request timeout
+        // turns it into a `408`.
+        if self.http.request_timeout_ms <= self.intake_db_timeout_ms {
+            return fail(
+                "FERRY_HTTP_REQUEST_TIMEOUT_MS",
+                "must be longer than FERRY_INTAKE_DB_TIMEOUT_MS",
+            );
+        }
+        if self.http.connections_max == 0 {
+            return fail("FERRY_HTTP_CONNECTIONS_MAX", "must be at least 1");
+        }
         if workers.posting_workers == 0 && self.roles.worker {
             return fail(
                 "FERRY_POSTING_WORKERS",
@@ -274,6 +321,10 @@ impl Config {
 
     pub fn db_acquire_timeout(&self) -> Duration {
         Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+
+    pub fn intake_db_timeout(&self) -> Duration {
+        Duration::from_millis(self.intake_db_timeout_ms)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

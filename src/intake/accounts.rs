@@ -58,13 +58,19 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     caller.require(Scope::AccountsWrite)?;
     let account = NewAccount::try_from(body)?;
-    match accounts::create(&state.pool, &account).await {
-        Ok(view) => Ok((StatusCode::CREATED, Json(view))),
-        Err(CreateAccountError::AlreadyExists) => {
-            Err(ApiError::AccountExists(account.id.to_string()))
-        }
-        Err(CreateAccountError::Database(e)) => Err(e.into()),
-    }
+    let created = state
+        .db(async {
+            accounts::create(&state.pool, &account)
+                .await
+                .map_err(|e| match e {
+                    CreateAccountError::AlreadyExists => {
+                        ApiError::AccountExists(account.id.to_string())
+                    }
+                    CreateAccountError::Database(e) => e.into(),
+                })
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 pub async fn get(
@@ -74,7 +80,8 @@ pub async fn get(
 ) -> Result<Json<AccountView>, ApiError> {
     caller.require(Scope::AccountsRead)?;
     let id = AccountId::parse(&id).map_err(|_| ApiError::AccountNotFound(id.clone()))?;
-    accounts::get(&state.pool, &id)
+    state
+        .db(accounts::get(&state.pool, &id))
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::AccountNotFound(id.to_string()))
@@ -109,10 +116,14 @@ pub async fn entries(
         .transpose()
         .map_err(|_| ApiError::InvalidBody("cursor is not one this API returned".into()))?;
     let id = AccountId::parse(&id).map_err(|_| ApiError::AccountNotFound(id.clone()))?;
-    if accounts::get(&state.pool, &id).await?.is_none() {
-        return Err(ApiError::AccountNotFound(id.to_string()));
-    }
-    let entries = accounts::entries(&state.pool, &id, before, limit).await?;
+    let entries = state
+        .db(async {
+            if accounts::get(&state.pool, &id).await?.is_none() {
+                return Err(ApiError::AccountNotFound(id.to_string()));
+            }
+            Ok(accounts::entries(&state.pool, &id, before, limit).await?)
+        })
+        .await?;
     let next_cursor = next_cursor(&entries, limit, |e| e.id.clone());
     Ok(Json(EntriesPage {
         entries,

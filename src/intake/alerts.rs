@@ -30,7 +30,9 @@ pub async fn list(
 ) -> Result<Json<AlertsPage>, ApiError> {
     caller.require(Scope::Admin)?;
     let limit = page_len(query.limit, ALERTS_PAGE_LEN_DEFAULT, ALERTS_PAGE_LEN_MAX)?;
-    let alerts = outbox::list(&state.pool, limit, query.cursor).await?;
+    let alerts = state
+        .db(outbox::list(&state.pool, limit, query.cursor))
+        .await?;
     let next_cursor = next_cursor(&alerts, limit, |a| a.id);
     Ok(Json(AlertsPage {
         alerts,

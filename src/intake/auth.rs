@@ -38,9 +38,9 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::Unauthorized)?;
+        // A database that cannot answer is `503 unavailable`, never `401`: the key may be fine.
         let identity = state
-            .api_keys
-            .find(&state.pool, token)
+            .db(state.api_keys.find(&state.pool, token))
             .await?
             .ok_or(ApiError::Unauthorized)?;
         match state.rate_limiter.check(identity.id).await {

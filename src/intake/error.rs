@@ -4,9 +4,16 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::domain::Scope;
+use crate::ledger::retry::is_unavailable;
+use crate::store::group_commit::SubmitError;
+use crate::store::transfers::AcceptError;
+
+/// `Retry-After` on `503 unavailable`: a restarting PostgreSQL is usually back within seconds,
+/// and an exhausted pool frees up sooner; clients retry with the same Idempotency-Key.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -32,6 +39,10 @@ pub enum ApiError {
     InvalidBody(String),
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the request was not received in full within {0} ms")]
+    RequestTimeout(u64),
     #[error("account {0} already exists")]
     AccountExists(String),
     #[error("account {0} not found")]
@@ -44,6 +55,11 @@ pub enum ApiError {
     RateLimited { retry_after: std::time::Duration },
     #[error("no such route")]
     RouteNotFound,
+    /// The database cannot serve the request now (down, restarting, refusing connections, or
+    /// no connection free in time). Nothing is known to have been stored; retrying with the
+    /// same Idempotency-Key is safe either way.
+    #[error("{0}; retry after {UNAVAILABLE_RETRY_AFTER_SECS} s")]
+    Unavailable(&'static str),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -55,6 +71,9 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::AccountExists(_) => StatusCode::CONFLICT,
             Self::AccountNotFound(_)
@@ -86,6 +105,9 @@ impl ApiError {
             Self::SameAccount => "same_account",
             Self::InvalidBody(_) => "invalid_body",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::RequestTimeout(_) => "request_timeout",
+            Self::Unavailable(_) => "unavailable",
             Self::AccountExists(_) => "account_exists",
             Self::AccountNotFound(_) => "account_not_found",
             Self::TransferNotFound => "transfer_not_found",
@@ -133,17 +155,63 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Self::RateLimited { retry_after } = &self {
-            // Whole seconds, rounded up, as RFC 9110 requires.
-            let secs = retry_after.as_millis().div_ceil(1000).max(1);
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
+        match &self {
+            Self::RateLimited { retry_after } => {
+                // Whole seconds, rounded up, as RFC 9110 requires.
+                let secs = retry_after.as_millis().div_ceil(1000).max(1);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
+            }
+            Self::Unavailable(_) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+                );
+            }
+            // RFC 9110 §15.5.9: the server should close a connection whose request it gave up
+            // on; the rest of a trickled body is not worth reading.
+            Self::RequestTimeout(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }
 }
 
+/// What clients are told when the database is unavailable; the cause goes to the log only.
+pub const DATABASE_UNAVAILABLE: &str = "the database is unavailable";
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Internal(e.into())
+        if is_unavailable(&e) {
+            warn!(error = %e, "database unavailable; answering 503");
+            Self::Unavailable(DATABASE_UNAVAILABLE)
+        } else {
+            Self::Internal(e.into())
+        }
+    }
+}
+
+impl From<AcceptError> for ApiError {
+    fn from(e: AcceptError) -> Self {
+        match e {
+            AcceptError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Closed => Self::Unavailable("transfer intake is shutting down"),
+            SubmitError::Unavailable => Self::Unavailable(DATABASE_UNAVAILABLE),
+            SubmitError::Accept(e) => match &*e {
+                AcceptError::Database(db) if is_unavailable(db) => {
+                    warn!(error = %db, "database unavailable; answering 503");
+                    Self::Unavailable(DATABASE_UNAVAILABLE)
+                }
+                AcceptError::Database(_) => Self::Internal(anyhow::Error::new(e)),
+            },
+        }
     }
 }

@@ -1,7 +1,5 @@
 //! Liveness, readiness and Prometheus metrics.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -10,18 +8,17 @@ use serde_json::json;
 
 use super::AppState;
 
-/// How long readiness waits for the database before saying no.
-pub const READINESS_DB_TIMEOUT_MS: u64 = 2_000;
-
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when PostgreSQL answers. Redis is deliberately not checked: it holds only what may be
-/// lost, and its outage must not take ferry out of rotation.
+/// Ready when PostgreSQL answers within the intake database timeout — the same bound requests
+/// get, so "ready" means requests can be served, and "not ready" arrives within it (README:
+/// within 2 s). Redis is deliberately not checked: it holds only what may be lost, and its
+/// outage must not take ferry out of rotation.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let probe = sqlx::query("SELECT 1").execute(&state.pool);
-    match tokio::time::timeout(Duration::from_millis(READINESS_DB_TIMEOUT_MS), probe).await {
+    match tokio::time::timeout(state.db_timeout, probe).await {
         Ok(Ok(_)) => (StatusCode::OK, Json(json!({"status": "ready"}))),
         Ok(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -11,14 +11,16 @@ pub mod paging;
 pub mod query;
 pub mod rate_limit;
 pub mod reconciliations;
+pub mod serve;
 pub mod transfers;
 
-use std::time::Instant;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
@@ -26,7 +28,7 @@ use sqlx::PgPool;
 use crate::store::api_keys::ApiKeyCache;
 use crate::store::group_commit::GroupCommitter;
 
-use error::ApiError;
+use error::{ApiError, DATABASE_UNAVAILABLE};
 
 /// What every handler may use.
 #[derive(Clone)]
@@ -37,9 +39,34 @@ pub struct AppState {
     pub intake: GroupCommitter,
     pub rate_limiter: rate_limit::RateLimiter,
     pub api_keys: ApiKeyCache,
+    /// Longest a request waits on PostgreSQL, connection included (`FERRY_INTAKE_DB_TIMEOUT_MS`).
+    pub db_timeout: Duration,
 }
 
-pub fn router(state: AppState) -> Router {
+impl AppState {
+    /// Runs a request's database work within [`AppState::db_timeout`]. Past it the answer is
+    /// `503 unavailable`: the pool's own acquire timeout belongs to the workers and is longer,
+    /// and a connection that stopped answering mid-statement has no timeout at all (README,
+    /// HTTP API: an outage is answered within 2 s, never by a hang).
+    pub async fn db<T, E: Into<ApiError>>(
+        &self,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.db_timeout, work).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = self.db_timeout.as_millis(),
+                    "database did not answer in time; answering 503"
+                );
+                Err(ApiError::Unavailable(DATABASE_UNAVAILABLE))
+            }
+        }
+    }
+}
+
+/// The HTTP API; every request (its body included) must complete within `request_timeout`.
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let v1 = Router::new()
         .route("/accounts", post(accounts::create))
         .route("/accounts/{id}", get(accounts::get))
@@ -63,8 +90,28 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(DefaultBodyLimit::max(json::BODY_BYTES_MAX))
+        .layer(middleware::from_fn(move |request, next| {
+            within(request_timeout, request, next)
+        }))
         .layer(middleware::from_fn(record_request))
         .with_state(state)
+}
+
+/// Cuts off a request that takes longer than `timeout` with `408 request_timeout`.
+///
+/// Database waits are bounded by the shorter intake database timeout (`503 unavailable`), so
+/// what this catches is a client that trickles its body (hyper's header-read timeout covers the
+/// head, see `serve`). The handler is dropped: a single transfer already handed to the group
+/// committer still commits or not on its own, and a retry with the same Idempotency-Key finds
+/// out which.
+async fn within(timeout: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            ApiError::RequestTimeout(millis).into_response()
+        }
+    }
 }
 
 /// Counts and times every request by route template (never by raw path, to bound cardinality).

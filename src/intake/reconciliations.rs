@@ -47,9 +47,16 @@ pub async fn start(
         .from
         .unwrap_or(to - Duration::seconds(DEFAULT_WINDOW_SECS));
     let window = Window::new(from, to).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-    let run = enqueue_run(&state.pool, Trigger::Api, window, body.full)
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?
+    let run = state
+        .db(async {
+            enqueue_run(&state.pool, Trigger::Api, window, body.full)
+                .await
+                .map_err(|e| match e.downcast::<sqlx::Error>() {
+                    Ok(e) => ApiError::from(*e),
+                    Err(e) => ApiError::Internal(anyhow::anyhow!(e)),
+                })
+        })
+        .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("on-demand run was not created")))?;
     let location = HeaderValue::from_str(&format!("/v1/reconciliations/{}", run.id))
         .map_err(|e| ApiError::Internal(e.into()))?;
@@ -75,7 +82,9 @@ pub async fn list(
 ) -> Result<Json<RunsPage>, ApiError> {
     caller.require(Scope::Admin)?;
     let limit = page_len(query.limit, RUNS_PAGE_LEN_DEFAULT, RUNS_PAGE_LEN_MAX)?;
-    let runs = runs::list(&state.pool, limit, query.cursor).await?;
+    let runs = state
+        .db(runs::list(&state.pool, limit, query.cursor))
+        .await?;
     let next_cursor = next_cursor(&runs, limit, |r| r.id);
     Ok(Json(RunsPage { runs, next_cursor }))
 }
@@ -97,12 +106,16 @@ pub async fn get(
 ) -> Result<Json<RunDetail>, ApiError> {
     caller.require(Scope::Admin)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::ReconciliationNotFound)?;
-    let run = runs::get(&state.pool, id)
-        .await?
-        .ok_or(ApiError::ReconciliationNotFound)?;
-    Ok(Json(RunDetail {
-        findings: findings::seen_by_run(&state.pool, id).await?,
-        resolved: findings::resolved_by_run(&state.pool, id).await?,
-        run,
-    }))
+    state
+        .db(async {
+            let run = runs::get(&state.pool, id)
+                .await?
+                .ok_or(ApiError::ReconciliationNotFound)?;
+            Ok::<_, ApiError>(Json(RunDetail {
+                findings: findings::seen_by_run(&state.pool, id).await?,
+                resolved: findings::resolved_by_run(&state.pool, id).await?,
+                run,
+            }))
+        })
+        .await
 }

@@ -104,11 +104,7 @@ pub async fn create(
         api_key_id: caller.id,
         transfer,
     };
-    let outcome = state
-        .intake
-        .submit(submission)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+    let outcome = state.db(state.intake.submit(submission)).await?;
     match outcome {
         Acceptance::Accepted(view) => {
             metrics::counter!("ferry_transfers_accepted_total").increment(1);
@@ -221,9 +217,9 @@ pub async fn create_batch(
     let accepted = if submissions.is_empty() {
         Vec::new()
     } else {
-        transfers::accept(&state.pool, &submissions)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?
+        state
+            .db(transfers::accept(&state.pool, &submissions))
+            .await?
     };
     let mut accepted_count = 0u64;
     for ((slot, key), acceptance) in valid.into_iter().zip(accepted) {
@@ -267,7 +263,8 @@ pub async fn get(
 ) -> Result<Json<TransferView>, ApiError> {
     let caller = caller.require(Scope::TransfersRead)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::TransferNotFound)?;
-    transfers::get(&state.pool, caller.id, id)
+    state
+        .db(transfers::get(&state.pool, caller.id, id))
         .await?
         .map(Json)
         .ok_or(ApiError::TransferNotFound)
@@ -287,7 +284,8 @@ pub async fn get_by_key(
     let caller = caller.require(Scope::TransfersRead)?;
     let key = IdempotencyKey::parse(&query.idempotency_key)
         .map_err(|e| ApiError::IdempotencyKeyInvalid(e.to_string()))?;
-    transfers::get_by_key(&state.pool, caller.id, &key)
+    state
+        .db(transfers::get_by_key(&state.pool, caller.id, &key))
         .await?
         .map(Json)
         .ok_or(ApiError::TransferNotFound)

@@ -59,36 +59,66 @@ pub enum RetryClass {
 
 /// Classifies a database error by SQLSTATE or by sqlx's transport-level variants.
 pub fn classify(error: &sqlx::Error) -> RetryClass {
+    if is_unavailable(error) {
+        return RetryClass::Unavailable;
+    }
     match error {
         sqlx::Error::Database(db) => classify_sqlstate(db.code().as_deref().unwrap_or("")),
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => RetryClass::Unavailable,
-        sqlx::Error::Protocol(_) => RetryClass::Transient,
         _ => RetryClass::Unknown,
     }
 }
 
-/// Whether `error` means the database cannot be reached right now.
-pub fn is_unavailable(error: &sqlx::Error) -> bool {
-    classify(error) == RetryClass::Unavailable
-}
-
-/// SQLSTATEs by retry class (PostgreSQL's appendix A; README, "Retries").
+/// SQLSTATEs by retry class (PostgreSQL's appendix A; README, "Jobs, retries and crashes").
 pub fn classify_sqlstate(code: &str) -> RetryClass {
     match code {
         "40001" | "40P01" => RetryClass::Serialization,
-        // admin/crash shutdown, cannot connect now, too many connections, connection
-        // exceptions: the server is going away or not there yet.
-        "57P01" | "57P02" | "57P03" | "53300" => RetryClass::Unavailable,
-        c if c.starts_with("08") => RetryClass::Unavailable,
-        // lock_timeout, idle-in-transaction timeout: clear up on their own, but a transfer
-        // that keeps meeting them should end.
+        c if is_unavailable_sqlstate(c) => RetryClass::Unavailable,
+        // lock_timeout and idle-in-transaction timeout clear up on their own, but the database
+        // itself is up: a transfer that keeps meeting them should end.
         "55P03" | "25P03" => RetryClass::Transient,
         _ => RetryClass::Unknown,
     }
+}
+
+/// Whether `error` means the database cannot serve us right now — unreachable, restarting,
+/// refusing connections, or no pooled connection free in time — rather than that the request
+/// was wrong. Intake answers these with `503 unavailable` (README, HTTP API) instead of `500`.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            db.code().as_deref().is_some_and(is_unavailable_sqlstate)
+                // FATAL or PANIC: PostgreSQL ended or refused the session itself (a database
+                // closed to connections, 55000, is one), whatever the code.
+                || db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some_and(|pg| {
+                        matches!(
+                            pg.severity(),
+                            sqlx::postgres::PgSeverity::Fatal | sqlx::postgres::PgSeverity::Panic
+                        )
+                    })
+        }
+        e => is_connection_trouble(e),
+    }
+}
+
+/// Transport-level failures: no usable connection to the database.
+fn is_connection_trouble(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_)
+    )
+}
+
+/// SQLSTATEs that mean the server cannot serve this session: admin/crash shutdown, cannot
+/// connect now, too many connections, and class 08 (connection exceptions).
+fn is_unavailable_sqlstate(code: &str) -> bool {
+    matches!(code, "57P01" | "57P02" | "57P03" | "53300") || code.starts_with("08")
 }
 
 /// Full-jitter delay before retry number `attempt` (0-based): uniform in
@@ -192,6 +222,27 @@ mod tests {
                     .all(|d| *d <= Duration::from_millis(OUTAGE_DELAY_MS_MAX))
             );
         }
+    }
+
+    #[test]
+    fn connection_errors_mean_unavailable_and_request_errors_do_not() {
+        for e in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::WorkerCrashed,
+            sqlx::Error::Protocol("unexpected message".into()),
+            sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into()),
+        ] {
+            assert!(is_unavailable(&e), "{e}");
+        }
+        for code in ["57P01", "57P02", "57P03", "53300", "08006", "08001"] {
+            assert!(is_unavailable_sqlstate(code), "{code}");
+        }
+        // Transient, but the database is up: not "unavailable".
+        for code in ["55P03", "25P03", "40001", "23505", "42P01"] {
+            assert!(!is_unavailable_sqlstate(code), "{code}");
+        }
+        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! a few hundred per second on two cores; grouped, both scale with load.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -19,17 +20,21 @@ pub const GROUP_LEN_MAX: usize = crate::jobs::post_transfers::TRANSFERS_PER_JOB_
 /// Requests waiting for a committer; beyond this, callers wait for room (backpressure).
 pub const QUEUE_LEN_MAX: usize = 4 * GROUP_LEN_MAX;
 
-type Reply = Result<Acceptance, Arc<AcceptError>>;
+type Reply = Result<Acceptance, SubmitError>;
 
 struct Pending {
     submission: Submission,
     reply: oneshot::Sender<Reply>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SubmitError {
     #[error("transfer intake is shutting down")]
     Closed,
+    /// The group's commit did not finish within the committer's deadline; whether it
+    /// committed is unknown (a retry with the same idempotency key finds out).
+    #[error("the database did not answer within the intake timeout")]
+    Unavailable,
     #[error(transparent)]
     Accept(Arc<AcceptError>),
 }
@@ -41,12 +46,13 @@ pub struct GroupCommitter {
 }
 
 impl GroupCommitter {
-    /// Starts `committers` tasks that drain the queue in groups.
-    pub fn start(pool: PgPool, committers: usize) -> Self {
+    /// Starts `committers` tasks that drain the queue in groups; each group commit is given
+    /// up to `timeout`.
+    pub fn start(pool: PgPool, committers: usize, timeout: Duration) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE_LEN_MAX);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..committers.max(1) {
-            tokio::spawn(run_committer(pool.clone(), receiver.clone()));
+            tokio::spawn(run_committer(pool.clone(), receiver.clone(), timeout));
         }
         Self { queue }
     }
@@ -58,14 +64,15 @@ impl GroupCommitter {
             .send(Pending { submission, reply })
             .await
             .map_err(|_| SubmitError::Closed)?;
-        outcome
-            .await
-            .map_err(|_| SubmitError::Closed)?
-            .map_err(SubmitError::Accept)
+        outcome.await.map_err(|_| SubmitError::Closed)?
     }
 }
 
-async fn run_committer(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+async fn run_committer(
+    pool: PgPool,
+    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    timeout: Duration,
+) {
     loop {
         let group = {
             let mut receiver = receiver.lock().await;
@@ -81,26 +88,36 @@ async fn run_committer(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Pending>
             }
             group
         };
-        commit_group(&pool, group).await;
+        commit_group(&pool, group, timeout).await;
     }
 }
 
-async fn commit_group(pool: &PgPool, group: Vec<Pending>) {
+async fn commit_group(pool: &PgPool, mut group: Vec<Pending>, timeout: Duration) {
+    // A request whose caller is gone — answered `503` after waiting out the intake timeout
+    // while an earlier group hung on the database, or disconnected — is not stored: its
+    // client was told nothing was accepted, and may never retry.
+    group.retain(|p| !p.reply.is_closed());
+    if group.is_empty() {
+        return;
+    }
     metrics::histogram!("ferry_intake_group_size").record(group.len() as f64);
     let (submissions, replies): (Vec<Submission>, Vec<oneshot::Sender<Reply>>) =
         group.into_iter().map(|p| (p.submission, p.reply)).unzip();
-    match transfers::accept(pool, &submissions).await {
-        Ok(outcomes) => {
+    // Bounded so a connection that stopped answering cannot hold every later group; the
+    // statement may still commit after this gives up, which is why the answer is `503` and
+    // not a refusal.
+    let failure = match tokio::time::timeout(timeout, transfers::accept(pool, &submissions)).await {
+        Ok(Ok(outcomes)) => {
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 // The client may have gone away; its transfer is committed all the same.
                 let _ = reply.send(Ok(outcome));
             }
+            return;
         }
-        Err(e) => {
-            let e = Arc::new(e);
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
+        Ok(Err(e)) => SubmitError::Accept(Arc::new(e)),
+        Err(_) => SubmitError::Unavailable,
+    };
+    for reply in replies {
+        let _ = reply.send(Err(failure.clone()));
     }
 }

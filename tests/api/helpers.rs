@@ -9,6 +9,7 @@ use ferry::config::{Config, Roles};
 use ferry::domain::Scopes;
 use ferry::failpoint::Failpoint;
 use ferry::intake::rate_limit::RateLimit;
+use ferry::intake::serve::HttpSettings;
 use ferry::jobs::WorkerSettings;
 use ferry::queue::QueueSettings;
 use ferry::reconcile::ReconcileSettings;
@@ -70,6 +71,10 @@ pub fn test_config(database_url: &str, roles: Roles) -> Config {
         db_pool_connections_max: 16,
         db_acquire_timeout_ms: 10_000,
         intake_committers: 1,
+        // Generous: parallel tests share two cores with builds. The outage tests use the
+        // production default.
+        intake_db_timeout_ms: 5_000,
+        http: HttpSettings::default(),
         workers: WorkerSettings {
             posting_workers: 2,
             posting_concurrency: 16,
