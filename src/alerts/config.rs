@@ -75,7 +75,7 @@ impl Sink {
 }
 
 /// When a sink's circuit opens and for how long (defaults for low-volume destinations, from
-/// `shared/reference/alerts-and-retries.md` §7).
+/// README, "Alerts").
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerSettings {

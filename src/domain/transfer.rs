@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use super::account::AccountId;
 use super::money::Amount;
 
-/// Longest idempotency key accepted (DESIGN §2: 1–255 visible ASCII).
+/// Longest idempotency key accepted (README, "HTTP API": 1–255 visible ASCII).
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 /// Longest free-text reference accepted on a transfer.
 pub const REFERENCE_LEN_MAX: usize = 255;

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
-/// Largest request body accepted (DESIGN: bodies over 1 MiB get 413).
+/// Largest request body accepted (README, "HTTP API": bodies over 1 MiB get 413).
 pub const BODY_BYTES_MAX: usize = 1024 * 1024;
 
 /// A JSON body decoded into `T`; malformed JSON, wrong types and unknown fields (with

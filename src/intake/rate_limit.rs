@@ -1,6 +1,6 @@
 //! Per-API-key rate limiting in Redis (GCRA), failing open.
 //!
-//! Redis holds only what may be lost (DESIGN §6): if Redis is slow or down, requests are let
+//! Redis holds only what may be lost (README, "Configuration"): if Redis is slow or down, requests are let
 //! through and the failure is counted, so a Redis outage never stops a transfer.
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The checks of DESIGN §4, each one set-based SQL inside the run's snapshot.
+//! The reconciliation checks (README, "Reconciliation"), each one set-based SQL inside the run's snapshot.
 //!
 //! Transfer-level checks cost O(window): they look at transfers whose last change falls in
 //! the window, plus the subjects of findings still open (so an open finding is resolved only

@@ -1,4 +1,4 @@
-//! What reconciliation can find, and how bad each kind is (DESIGN §4).
+//! What reconciliation can find, and how bad each kind is (README, "Reconciliation").
 
 use serde::Serialize;
 use uuid::Uuid;

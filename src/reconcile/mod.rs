@@ -24,7 +24,7 @@ use finding::{FindingKind, Observation, Severity};
 use findings::FindingChanges;
 use repair::Retention;
 
-/// Default: a pending transfer older than this is `stuck_pending` (DESIGN §4: 10 min).
+/// Default: a pending transfer older than this is `stuck_pending` (README, "Reconciliation": 10 min).
 pub const STUCK_AFTER_SECS_DEFAULT: u64 = 600;
 /// Windows are widened backwards by this much, so a transfer committed just after a run's
 /// snapshot but stamped inside its window is seen by the next run. Findings are deduplicated,

@@ -1,7 +1,7 @@
 //! Group commit for single-transfer requests.
 //!
 //! Concurrent `POST /v1/transfers` requests are queued here and committed together: one
-//! transaction, one `post_transfers` job for the whole group (DESIGN §3). A lone request
+//! transaction, one `post_transfers` job for the whole group (README, "Jobs, retries and crashes"). A lone request
 //! commits at once; under load, requests arriving while a commit is in flight form the next
 //! group. Each request still gets its own outcome, and its `202` only after its group's
 //! COMMIT. Why: one commit (one WAL flush) and one job per request caps intake and posting at

@@ -1,4 +1,4 @@
-//! DESIGN §1 invariants, checked from the database after a test's traffic has settled.
+//! The ledger invariants (README, "Invariants and the tests that prove them"), checked from the database after a test's traffic has settled.
 
 use sqlx::PgPool;
 

@@ -157,14 +157,52 @@ async fn a_serialization_failure_is_retried_and_the_transfer_posts_once() {
 }
 
 #[tokio::test]
+async fn a_database_outage_counts_no_attempt_and_posting_resumes_when_it_ends() {
+    let app = spawn_app().await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("b", "USD", false).await;
+    // Every posting run fails as if the server were shutting down (57P01: unavailable).
+    sqlx::raw_sql(
+        "CREATE FUNCTION going_down() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'injected outage' USING ERRCODE = '57P01'; END $$; \
+         CREATE TRIGGER going_down BEFORE INSERT ON entries \
+           FOR EACH STATEMENT EXECUTE FUNCTION going_down();",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("install fault");
+    let reply = app
+        .post_transfer("k", &transfer("treasury", "b", "2.00"))
+        .await;
+    let id = reply.body["id"].as_str().expect("id").to_owned();
+    // Several in-process tries fail meanwhile (100 ms … 2 s apart).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM transfers")
+            .fetch_one(&app.pool)
+            .await
+            .expect("transfer");
+    assert_eq!((status.as_str(), attempts), ("pending", 0));
+    sqlx::raw_sql("DROP TRIGGER going_down ON entries")
+        .execute(&app.pool)
+        .await
+        .expect("end outage");
+    let done = app.wait_until_terminal(&id).await;
+    assert_eq!(done["status"], "posted", "{done}");
+    // The try that succeeded is the only one counted.
+    assert_eq!(done["attempts"], 1);
+    assert_ledger_invariants(&app.pool).await;
+}
+
+#[tokio::test]
 async fn a_transient_failure_reschedules_with_attempts_counted_until_retries_exhausted() {
     let app = spawn_app().await;
     app.create_account("treasury", "USD", true).await;
     app.create_account("b", "USD", false).await;
-    // Every posting run fails as if the server were shutting down (57P01, transient).
+    // Every posting run fails on a lock timeout (55P03: transient, counted).
     sqlx::raw_sql(
         "CREATE FUNCTION always_down() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '57P01'; END $$; \
+         BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '55P03'; END $$; \
          CREATE TRIGGER always_down BEFORE INSERT ON entries \
            FOR EACH STATEMENT EXECUTE FUNCTION always_down();",
     )

@@ -112,7 +112,6 @@ impl Producer {
             task.await.expect("client task");
         }
         Arc::try_unwrap(report)
-            .ok()
             .expect("clients done")
             .into_inner()
             .expect("report")
