@@ -3,24 +3,17 @@
 
 use std::time::{Duration, Instant};
 
-use ferry::config::{Roles, WORKER_HEARTBEAT_MS_DEFAULT, WORKER_MISSED_HEARTBEATS_DEFAULT};
+use ferry::config::{WORKER_HEARTBEAT_MS_DEFAULT, WORKER_MISSED_HEARTBEATS_DEFAULT};
 use serde_json::json;
 use tokio::process::Command;
 
-use crate::helpers::{TestApp, spawn_app_with, spawn_worker};
+use crate::helpers::{TestApp, spawn_intake_only_app, spawn_worker};
 use crate::invariants::assert_ledger_invariants;
 
 const TRANSFERS: usize = 20;
 
 async fn intake_only_app_with_pending_batch() -> TestApp {
-    let app = spawn_app_with(|c| {
-        c.roles = Roles {
-            intake: true,
-            worker: false,
-            scheduler: false,
-        }
-    })
-    .await;
+    let app = spawn_intake_only_app().await;
     app.create_account("treasury", "USD", true).await;
     app.create_account("b", "USD", false).await;
     let items: Vec<_> = (0..TRANSFERS)

@@ -154,6 +154,18 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     }
 }
 
+/// ferry with the intake role alone: accepted transfers stay pending until a worker starts.
+pub async fn spawn_intake_only_app() -> TestApp {
+    spawn_app_with(|c| {
+        c.roles = Roles {
+            intake: true,
+            worker: false,
+            scheduler: false,
+        }
+    })
+    .await
+}
+
 pub async fn create_api_key(pool: &PgPool, scopes: &str) -> String {
     let scopes = Scopes::parse_list(scopes).expect("scopes");
     ferry::store::api_keys::create(pool, "test", &scopes)

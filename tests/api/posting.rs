@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{spawn_app, transfer};
+use crate::helpers::{TestApp, spawn_app, transfer};
 use crate::invariants::assert_ledger_invariants;
 
 #[tokio::test]
@@ -156,25 +156,33 @@ async fn a_serialization_failure_is_retried_and_the_transfer_posts_once() {
     assert_eq!(app.balance("b").await, "2.00");
 }
 
-#[tokio::test]
-async fn a_database_outage_counts_no_attempt_and_posting_resumes_when_it_ends() {
+/// An app whose every posting run raises `sqlstate` (trigger `fail_posting` on entries), and
+/// the id of one transfer accepted under it.
+async fn one_transfer_with_every_posting_failing(sqlstate: &str) -> (TestApp, String) {
     let app = spawn_app().await;
     app.create_account("treasury", "USD", true).await;
     app.create_account("b", "USD", false).await;
-    // Every posting run fails as if the server were shutting down (57P01: unavailable).
-    sqlx::raw_sql(
-        "CREATE FUNCTION going_down() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN RAISE EXCEPTION 'injected outage' USING ERRCODE = '57P01'; END $$; \
-         CREATE TRIGGER going_down BEFORE INSERT ON entries \
-           FOR EACH STATEMENT EXECUTE FUNCTION going_down();",
-    )
-    .execute(&app.pool)
-    .await
-    .expect("install fault");
+    let fault = format!(
+        "CREATE FUNCTION fail_posting() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '{sqlstate}'; END $$; \
+         CREATE TRIGGER fail_posting BEFORE INSERT ON entries \
+           FOR EACH STATEMENT EXECUTE FUNCTION fail_posting();"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(fault))
+        .execute(&app.pool)
+        .await
+        .expect("install fault");
     let reply = app
         .post_transfer("k", &transfer("treasury", "b", "2.00"))
         .await;
     let id = reply.body["id"].as_str().expect("id").to_owned();
+    (app, id)
+}
+
+#[tokio::test]
+async fn a_database_outage_counts_no_attempt_and_posting_resumes_when_it_ends() {
+    // Every posting run fails as if the server were shutting down (57P01: unavailable).
+    let (app, id) = one_transfer_with_every_posting_failing("57P01").await;
     // Several in-process tries fail meanwhile (100 ms … 2 s apart).
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (status, attempts): (String, i32) =
@@ -183,7 +191,7 @@ async fn a_database_outage_counts_no_attempt_and_posting_resumes_when_it_ends() 
             .await
             .expect("transfer");
     assert_eq!((status.as_str(), attempts), ("pending", 0));
-    sqlx::raw_sql("DROP TRIGGER going_down ON entries")
+    sqlx::raw_sql("DROP TRIGGER fail_posting ON entries")
         .execute(&app.pool)
         .await
         .expect("end outage");
@@ -196,23 +204,8 @@ async fn a_database_outage_counts_no_attempt_and_posting_resumes_when_it_ends() 
 
 #[tokio::test]
 async fn a_transient_failure_reschedules_with_attempts_counted_until_retries_exhausted() {
-    let app = spawn_app().await;
-    app.create_account("treasury", "USD", true).await;
-    app.create_account("b", "USD", false).await;
     // Every posting run fails on a lock timeout (55P03: transient, counted).
-    sqlx::raw_sql(
-        "CREATE FUNCTION always_down() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '55P03'; END $$; \
-         CREATE TRIGGER always_down BEFORE INSERT ON entries \
-           FOR EACH STATEMENT EXECUTE FUNCTION always_down();",
-    )
-    .execute(&app.pool)
-    .await
-    .expect("install fault");
-    let reply = app
-        .post_transfer("k", &transfer("treasury", "b", "2.00"))
-        .await;
-    let id = reply.body["id"].as_str().expect("id").to_owned();
+    let (app, id) = one_transfer_with_every_posting_failing("55P03").await;
     // Wait for two rescheduled runs, then collapse the backoff so the test need not wait.
     let started = std::time::Instant::now();
     loop {

@@ -4,22 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use ferry::config::Roles;
 use serde_json::json;
 
-use crate::helpers::{spawn_app_with, spawn_worker, transfer};
+use crate::helpers::{spawn_app_with, spawn_intake_only_app, spawn_worker, transfer};
 use crate::invariants::assert_ledger_invariants;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_held_by_a_live_worker_past_the_rescue_bound_is_rescued_and_posts_once() {
-    let app = spawn_app_with(|c| {
-        c.roles = Roles {
-            intake: true,
-            worker: false,
-            scheduler: false,
-        }
-    })
-    .await;
+    let app = spawn_intake_only_app().await;
     app.create_account("treasury", "USD", true).await;
     app.create_account("b", "USD", false).await;
     let accepted = app
