@@ -7,7 +7,8 @@ use anyhow::Context;
 use apalis::prelude::Monitor;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::alerts::Alerting;
@@ -32,6 +33,11 @@ pub struct Application {
     listener: Option<TcpListener>,
     rate_limiter: RateLimiter,
     schedule: cron::Schedule,
+    /// Every background task of the process (group committers, the poster, the rescuer, the
+    /// Redis connector, metrics upkeep), awaited at shutdown.
+    tasks: TaskTracker,
+    /// Cancelled when the process stops: the one stop signal every part listens to.
+    stopping: CancellationToken,
 }
 
 impl Application {
@@ -55,8 +61,11 @@ impl Application {
         } else {
             None
         };
-        let rate_limiter = RateLimiter::start(&config.redis_url, config.rate_limit)
-            .context("REDIS_URL is not a valid Redis URL")?;
+        let tasks = TaskTracker::new();
+        let stopping = CancellationToken::new();
+        let rate_limiter =
+            RateLimiter::start(&config.redis_url, config.rate_limit, &tasks, &stopping)
+                .context("REDIS_URL is not a valid Redis URL")?;
         let schedule = parse_schedule(&config.reconcile_cron)
             .map_err(|e| anyhow::anyhow!("FERRY_RECONCILE_CRON: {e}"))?;
         Ok(Self {
@@ -65,6 +74,8 @@ impl Application {
             listener,
             rate_limiter,
             schedule,
+            tasks,
+            stopping,
         })
     }
 
@@ -85,17 +96,15 @@ impl Application {
         mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
         let metrics = telemetry::metrics_handle();
         let upkeep = metrics.clone();
-        let upkeep_stopped = wait_for(stop_rx.clone());
-        tokio::spawn(async move {
+        let upkeep_stopping = self.stopping.clone();
+        self.tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(METRICS_UPKEEP_INTERVAL_MS));
-            tokio::pin!(upkeep_stopped);
             loop {
                 tokio::select! {
                     _ = tick.tick() => upkeep.run_upkeep(),
-                    () = &mut upkeep_stopped => return,
+                    () = upkeep_stopping.cancelled() => return,
                 }
             }
         });
@@ -107,6 +116,7 @@ impl Application {
                     self.pool.clone(),
                     self.config.intake_committers,
                     self.config.intake_db_timeout(),
+                    &self.tasks,
                 ),
                 rate_limiter: self.rate_limiter.clone(),
                 api_keys: ApiKeyCache::default(),
@@ -114,7 +124,7 @@ impl Application {
             };
             let http = self.config.http;
             let router = intake::router(state, http.request_timeout());
-            let stopped = wait_for(stop_rx.clone());
+            let stopped = self.stopping.clone().cancelled_owned();
             info!(addr = ?listener.local_addr().ok(), "intake listening");
             tokio::spawn(async move {
                 intake::serve::serve(listener, router, http, stopped).await;
@@ -122,16 +132,16 @@ impl Application {
             })
         });
         let roles = self.config.roles;
-        let rescuer = roles.worker.then(|| {
-            tokio::spawn(crate::queue::rescue::run_rescuer(
+        if roles.worker {
+            self.tasks.spawn(crate::queue::rescue::run_rescuer(
                 self.pool.clone(),
                 self.config.workers.queue.rescue_after,
-                stop_rx.clone(),
-            ))
-        });
+                self.stopping.clone(),
+            ));
+        }
         let workers = (roles.worker || roles.scheduler).then(|| {
             let monitor = self.build_monitor();
-            let stopped = wait_for(stop_rx.clone());
+            let stopped = self.stopping.clone().cancelled_owned();
             info!(
                 worker = roles.worker,
                 scheduler = roles.scheduler,
@@ -154,7 +164,7 @@ impl Application {
             r = join_opt(&mut http) => (r.context("intake stopped"), Some("intake")),
             r = join_opt(&mut workers) => (r.context("workers stopped"), Some("workers")),
         };
-        let _ = stop_tx.send(true);
+        self.stopping.cancel();
         // In-flight requests and jobs get the grace period; a job cut off here is re-run by
         // orphan recovery, and posting is idempotent.
         let grace = self.config.shutdown_grace();
@@ -165,9 +175,17 @@ impl Application {
                 warn!(part, "did not stop within the grace period");
             }
         }
-        if let Some(rescuer) = rescuer {
-            // Stops at its next await point; it holds no work of its own.
-            let _ = tokio::time::timeout(grace, rescuer).await;
+        // Committers and the poster end once intake and workers dropped their handles; the
+        // rest watch `stopping`.
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                tasks = self.tasks.len(),
+                "background tasks did not stop within the grace period"
+            );
         }
         self.pool.close().await;
         outcome
@@ -187,7 +205,7 @@ impl Application {
             let alerting = Alerting::new(self.config.alerts.clone());
             let engine = PostingEngine::new(self.pool.clone(), self.config.failpoint);
             let posting = PostingJobContext {
-                poster: PostingCombiner::start(engine),
+                poster: PostingCombiner::start(engine, &self.tasks),
                 pool: self.pool.clone(),
                 alerting: alerting.clone(),
             };
@@ -218,10 +236,6 @@ impl Application {
         }
         monitor
     }
-}
-
-async fn wait_for(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 /// Waits for an optional task; a role this process does not run never finishes.

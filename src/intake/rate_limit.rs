@@ -53,8 +53,14 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// Connects in the background; until connected (or when disabled) every request passes.
-    pub fn start(redis_url: &str, limit: RateLimit) -> Result<Self, redis::RedisError> {
+    /// Connects in the background (a task on `tasks` that gives up when `stopping` is
+    /// cancelled); until connected (or when disabled) every request passes.
+    pub fn start(
+        redis_url: &str,
+        limit: RateLimit,
+        tasks: &tokio_util::task::TaskTracker,
+        stopping: &tokio_util::sync::CancellationToken,
+    ) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(redis_url)?;
         let limiter = Self {
             limit,
@@ -63,7 +69,7 @@ impl RateLimiter {
         };
         if limit.per_sec > 0 {
             let slot = limiter.connection.clone();
-            tokio::spawn(async move {
+            let connect = async move {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(Duration::from_millis(1_000)))
                     .set_response_timeout(Some(Duration::from_millis(REDIS_TIMEOUT_MS)));
@@ -76,6 +82,13 @@ impl RateLimiter {
                         Err(e) => warn!(error = %e, "Redis unavailable; rate limits not enforced"),
                     }
                     tokio::time::sleep(Duration::from_millis(REDIS_RECONNECT_MS)).await;
+                }
+            };
+            let stopping = stopping.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = connect => {}
+                    () = stopping.cancelled() => {}
                 }
             });
         }

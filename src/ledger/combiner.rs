@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::posting::{PostingEngine, PostingError};
@@ -37,9 +38,10 @@ pub struct PostingCombiner {
 }
 
 impl PostingCombiner {
-    pub fn start(engine: PostingEngine) -> Self {
+    /// Starts the poster on `tasks`; it ends once every handle is dropped.
+    pub fn start(engine: PostingEngine, tasks: &TaskTracker) -> Self {
         let (queue, receiver) = mpsc::channel(WAITING_JOBS_MAX);
-        tokio::spawn(run_poster(engine, receiver));
+        tasks.spawn(run_poster(engine, receiver));
         Self { queue }
     }
 

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{POST_TRANSFERS_QUEUE, max_attempts_for};
@@ -81,20 +81,16 @@ pub async fn rescue_stuck_jobs(
     Ok(rescued)
 }
 
-/// Runs rescue passes until `stop` says so. A pass that fails (the database is away) is
+/// Runs rescue passes until `stopping` is cancelled. A pass that fails (the database is away) is
 /// logged at debug level and tried again next interval: the outage itself is reported by
 /// `/readyz`, the posting workers and their restarts.
-pub async fn run_rescuer(pool: PgPool, rescue_after: Duration, mut stop: watch::Receiver<bool>) {
+pub async fn run_rescuer(pool: PgPool, rescue_after: Duration, stopping: CancellationToken) {
     let interval = (rescue_after / 6).clamp(
         Duration::from_millis(RESCUE_INTERVAL_MS_MIN),
         Duration::from_millis(RESCUE_INTERVAL_MS_MAX),
     );
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stopped = async move {
-        let _ = stop.wait_for(|stopped| *stopped).await;
-    };
-    tokio::pin!(stopped);
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -102,7 +98,7 @@ pub async fn run_rescuer(pool: PgPool, rescue_after: Duration, mut stop: watch::
                     debug!(%error, "rescue pass failed");
                 }
             }
-            () = &mut stopped => return,
+            () = stopping.cancelled() => return,
         }
     }
 }

@@ -46,13 +46,18 @@ pub struct GroupCommitter {
 }
 
 impl GroupCommitter {
-    /// Starts `committers` tasks that drain the queue in groups; each group commit is given
-    /// up to `timeout`.
-    pub fn start(pool: PgPool, committers: usize, timeout: Duration) -> Self {
+    /// Starts `committers` tasks on `tasks` that drain the queue in groups; each group commit
+    /// is given up to `timeout`. They end once every handle is dropped.
+    pub fn start(
+        pool: PgPool,
+        committers: usize,
+        timeout: Duration,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE_LEN_MAX);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..committers.max(1) {
-            tokio::spawn(run_committer(pool.clone(), receiver.clone(), timeout));
+            tasks.spawn(run_committer(pool.clone(), receiver.clone(), timeout));
         }
         Self { queue }
     }
