@@ -14,10 +14,11 @@ use uuid::Uuid;
 
 use crate::alerts::breaker::{Permit, Transition};
 use crate::alerts::deliver::{self, AttemptOutcome};
-use crate::alerts::outbox::{self, DeliverAlert};
+use crate::alerts::outbox;
 use crate::alerts::payload::Action;
 use crate::alerts::{Alerting, circuit_event};
 use crate::ledger::retry::full_jitter_delay;
+use crate::queue::payloads::DeliverAlert;
 use crate::queue::{self, ALERTS_QUEUE};
 
 /// Attempts before a delivery is given up as failed.

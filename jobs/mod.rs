@@ -20,12 +20,12 @@ use apalis_postgres::PostgresStorage;
 use sqlx::PgPool;
 use tracing::info;
 
-use crate::alerts::outbox::DeliverAlert;
+use crate::queue::payloads::{DeliverAlert, PostTransfers, Reconcile};
 use crate::queue::restart::RestartBackoff;
 use crate::queue::{self, ALERTS_QUEUE, POST_TRANSFERS_QUEUE, QueueSettings, RECONCILE_QUEUE};
 use deliver_alert::AlertJobContext;
-use post_transfers::{PostTransfers, PostingJobContext};
-use reconcile::{Reconcile, ReconcileJobContext, SchedulerContext};
+use post_transfers::PostingJobContext;
+use reconcile::{ReconcileJobContext, SchedulerContext};
 
 /// Reconciliation runs one at a time anyway (they take turns on a lock).
 const RECONCILE_CONCURRENCY: usize = 1;

@@ -13,9 +13,7 @@
 
 use apalis::prelude::{BoxDynError, Data};
 use backon::Retryable;
-use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
-use uuid::Uuid;
 
 use crate::alerts::{Alerting, outbox, retries_exhausted_event};
 use crate::ledger::PostingError;
@@ -25,16 +23,8 @@ use crate::ledger::retry::{
     RetryClass, full_jitter_delay, is_unavailable, next_retry_delay, outage_backoff,
     outage_reschedule_delay,
 };
+use crate::queue::payloads::PostTransfers;
 use crate::queue::{self, POST_TRANSFERS_QUEUE};
-
-/// Most transfers one job carries (the batch endpoint's limit).
-pub const TRANSFERS_PER_JOB_MAX: usize = 1000;
-
-/// The job payload: ids of pending transfers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PostTransfers {
-    pub transfer_ids: Vec<Uuid>,
-}
 
 /// What the handler needs, shared by all runs.
 #[derive(Clone)]

@@ -15,10 +15,10 @@ use crate::intake::serve::{
     REQUEST_TIMEOUT_MS_DEFAULT,
 };
 use crate::jobs::WorkerSettings;
-use crate::jobs::reconcile::{RECONCILE_CRON_DEFAULT, parse_schedule};
 use crate::queue::QueueSettings;
 use crate::queue::rescue::JOB_RESCUE_AFTER_SECS_DEFAULT;
 use crate::reconcile::repair::Retention;
+use crate::reconcile::schedule::{RECONCILE_CRON_DEFAULT, parse_schedule};
 use crate::reconcile::{FULL_SCAN_EVERY_SECS_DEFAULT, ReconcileSettings, STUCK_AFTER_SECS_DEFAULT};
 
 pub const DATABASE_URL_DEFAULT: &str = "postgres://postgres@localhost:5432/ferry";

@@ -129,7 +129,7 @@ async fn alerts_test(config: &Config) -> anyhow::Result<()> {
                 "ferry:test".into(),
                 action,
                 "ferry.test".into(),
-                ferry::reconcile::finding::Severity::Info,
+                ferry::domain::Severity::Info,
                 "test alert from `ferry alerts test`".into(),
                 serde_json::json!({"test": true}),
             );

@@ -9,7 +9,7 @@ use base64::Engine;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::Deserialize;
 
-use crate::reconcile::finding::Severity;
+use crate::domain::Severity;
 
 /// Request timeout when a sink does not set one (Standard Webhooks suggests 15–30 s).
 pub const SINK_TIMEOUT_MS_DEFAULT: u64 = 15_000;

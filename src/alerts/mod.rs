@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::reconcile::finding::Severity;
+use crate::domain::Severity;
 use breaker::Breakers;
 use config::AlertConfig;
 use payload::{Action, AlertEvent};

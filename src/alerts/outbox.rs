@@ -9,14 +9,9 @@ use uuid::Uuid;
 
 use super::config::AlertConfig;
 use super::payload::{Action, AlertEvent};
+use crate::domain::Severity;
+use crate::queue::payloads::DeliverAlert;
 use crate::queue::{self, ALERTS_QUEUE, EnqueueError};
-use crate::reconcile::finding::Severity;
-
-/// The job payload of an alert delivery.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DeliverAlert {
-    pub delivery_id: Uuid,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::reconcile::finding::Severity;
+use crate::domain::Severity;
 
 /// PagerDuty caps `payload.summary` at 1024 characters.
 pub const PAGERDUTY_SUMMARY_CHARS_MAX: usize = 1024;

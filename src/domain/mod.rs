@@ -3,9 +3,11 @@
 pub mod account;
 pub mod api_key;
 pub mod money;
+pub mod severity;
 pub mod transfer;
 
 pub use account::AccountId;
 pub use api_key::{Scope, Scopes};
 pub use money::{Amount, Currency};
+pub use severity::Severity;
 pub use transfer::{FailureCode, IdempotencyKey, NewTransfer, TransferStatus};

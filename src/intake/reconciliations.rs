@@ -15,9 +15,9 @@ use super::json::JsonBody;
 use super::paging::{PageQuery, next_cursor, page_len};
 use super::query::QueryParams;
 use crate::domain::Scope;
-use crate::jobs::reconcile::enqueue_run;
 use crate::reconcile::findings::{self, FindingView};
 use crate::reconcile::runs::{self, RunView, Trigger};
+use crate::reconcile::schedule::{ScheduleError, enqueue_run};
 use crate::reconcile::window::Window;
 
 /// Window of an on-demand run when the request names none: the last five minutes.
@@ -51,9 +51,9 @@ pub async fn start(
         .db(async {
             enqueue_run(&state.pool, Trigger::Api, window, body.full)
                 .await
-                .map_err(|e| match e.downcast::<sqlx::Error>() {
-                    Ok(e) => ApiError::from(*e),
-                    Err(e) => ApiError::Internal(anyhow::anyhow!(e)),
+                .map_err(|e| match e {
+                    ScheduleError::Database(e) => ApiError::from(e),
+                    ScheduleError::Enqueue(e) => ApiError::Internal(e.into()),
                 })
         })
         .await?

@@ -13,7 +13,7 @@ use super::error::{ApiError, Problem};
 use super::json::{JsonBody, from_value, reject_nul};
 use super::query::QueryParams;
 use crate::domain::{AccountId, Amount, Currency, IdempotencyKey, NewTransfer, Scope};
-use crate::jobs::post_transfers::TRANSFERS_PER_JOB_MAX;
+use crate::queue::payloads::TRANSFERS_PER_JOB_MAX;
 use crate::store::transfers::{self, Acceptance, Submission, TransferView};
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";

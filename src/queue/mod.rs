@@ -8,6 +8,7 @@
 //! again well inside 30 s, and a rescuer for jobs that run too long under a live name
 //! ([`rescue`]).
 
+pub mod payloads;
 pub mod rescue;
 pub mod restart;
 

@@ -3,29 +3,7 @@
 use serde::Serialize;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Info,
-    Medium,
-    Critical,
-}
-
-impl Severity {
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Info, Self::Medium, Self::Critical]
-            .into_iter()
-            .find(|s| s.as_str() == text)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Info => "info",
-            Self::Medium => "medium",
-            Self::Critical => "critical",
-        }
-    }
-}
+pub use crate::domain::Severity;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -8,6 +8,7 @@ pub mod findings;
 pub mod repair;
 pub mod report;
 pub mod runs;
+pub mod schedule;
 pub mod window;
 
 use std::collections::HashSet;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::jobs::post_transfers::{PostTransfers, TRANSFERS_PER_JOB_MAX};
+use crate::queue::payloads::{PostTransfers, TRANSFERS_PER_JOB_MAX};
 use crate::queue::{self, EnqueueError, POST_TRANSFERS_QUEUE};
 
 /// Re-enqueues the `stuck` transfers that no live job carries (the job is gone, apalis gave
@@ -23,10 +23,10 @@ pub async fn redrive(
     // Each live job's payload is parsed once per call and anti-joined by hash; a correlated
     // `? s.id` test would parse every live job again for every stuck transfer, and the run
     // calls this once per page of stuck transfers, after enqueueing the previous pages' jobs.
-    let orphaned: Vec<Uuid> = sqlx::query_scalar(
+    let carried_sql = format!(
         "WITH carried AS MATERIALIZED ( \
            SELECT t.id FROM apalis.jobs j, \
-             LATERAL (SELECT convert_from(j.job, 'UTF8')::jsonb -> 'transfer_ids' AS ids) p, \
+             LATERAL (SELECT {ids_of_job} AS ids) p, \
              jsonb_array_elements_text(CASE WHEN jsonb_typeof(p.ids) = 'array' \
                THEN p.ids ELSE '[]' END) AS t(id) \
            WHERE j.job_type = $2 AND j.status IN ('Pending', 'Queued', 'Running', 'Failed') \
@@ -35,13 +35,15 @@ pub async fn redrive(
                   OR j.lock_at >= now() - make_interval(secs => $3))) \
          SELECT s.id FROM unnest($1::uuid[]) AS s(id) \
          WHERE NOT EXISTS (SELECT 1 FROM carried c WHERE c.id = s.id::text)",
-    )
-    .bind(stuck)
-    .bind(POST_TRANSFERS_QUEUE)
-    .bind(job_rescue_after.as_secs_f64())
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| EnqueueError::Database(e.into()))?;
+        ids_of_job = PostTransfers::SQL_IDS_OF_JOB_J
+    );
+    let orphaned: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(carried_sql))
+        .bind(stuck)
+        .bind(POST_TRANSFERS_QUEUE)
+        .bind(job_rescue_after.as_secs_f64())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| EnqueueError::Database(e.into()))?;
     for chunk in orphaned.chunks(TRANSFERS_PER_JOB_MAX) {
         let job = PostTransfers {
             transfer_ids: chunk.to_vec(),

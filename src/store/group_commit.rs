@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use super::transfers::{self, AcceptError, Acceptance, Submission};
 
 /// Most transfers one group commit carries (and so one job).
-pub const GROUP_LEN_MAX: usize = crate::jobs::post_transfers::TRANSFERS_PER_JOB_MAX;
+pub const GROUP_LEN_MAX: usize = crate::queue::payloads::TRANSFERS_PER_JOB_MAX;
 /// Requests waiting for a committer; beyond this, callers wait for room (backpressure).
 pub const QUEUE_LEN_MAX: usize = 4 * GROUP_LEN_MAX;
 

@@ -15,6 +15,7 @@ use super::accounts::format_amount;
 use crate::domain::transfer::UnknownCode;
 use crate::domain::{FailureCode, IdempotencyKey, NewTransfer, TransferStatus};
 use crate::ledger::retry::{RetryClass, classify, serialization_backoff};
+use crate::queue::payloads::PostTransfers;
 use crate::queue::{self, POST_TRANSFERS_QUEUE};
 
 /// A transfer as the API shows it.
@@ -166,7 +167,7 @@ async fn insert_new_with_job(
     // The payload is `PostTransfers` as serde writes it.
     let job = queue::insert_job_sql(
         POST_TRANSFERS_QUEUE,
-        "json_build_object('transfer_ids', json_agg(id))",
+        PostTransfers::SQL_FROM_ID_ROWS,
         "inserted",
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use ferry::alerts::config::{AlertConfig, decode_webhook_secret};
 use ferry::alerts::payload::{Action, sign};
 use ferry::alerts::{finding_event, outbox};
-use ferry::reconcile::finding::Severity;
+use ferry::domain::Severity;
 use serde_json::Value;
 
 use crate::helpers::{TestApp, findings, reconcile, spawn_app_with, transfer};

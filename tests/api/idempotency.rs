@@ -227,7 +227,7 @@ async fn a_batch_reports_each_item_and_replays_within_and_across_batches() {
         .fetch_one(&app.pool)
         .await
         .expect("job");
-    let job: ferry::jobs::post_transfers::PostTransfers =
+    let job: ferry::queue::payloads::PostTransfers =
         serde_json::from_slice(&payload).expect("the payload decodes as PostTransfers");
     let mut listed: Vec<String> = job.transfer_ids.iter().map(|id| id.to_string()).collect();
     listed.sort();

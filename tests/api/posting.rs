@@ -104,7 +104,7 @@ async fn a_redelivered_job_posts_nothing_twice() {
     ferry::queue::enqueue(
         &mut conn,
         ferry::queue::POST_TRANSFERS_QUEUE,
-        &ferry::jobs::post_transfers::PostTransfers {
+        &ferry::queue::payloads::PostTransfers {
             transfer_ids: vec![id],
         },
         None,

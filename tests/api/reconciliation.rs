@@ -325,7 +325,7 @@ async fn a_stuck_transfer_whose_job_is_still_queued_is_not_re_driven() {
     let (app, _) = app_with_posted_transfer().await;
     let id = insert_aged_pending(&app, "aged").await;
     let mut conn = app.pool.acquire().await.expect("conn");
-    let job = ferry::jobs::post_transfers::PostTransfers {
+    let job = ferry::queue::payloads::PostTransfers {
         transfer_ids: vec![id],
     };
     ferry::queue::enqueue(
@@ -389,7 +389,7 @@ async fn stuck_transfers_past_one_page_are_all_reported_and_none_resolved_while_
     // pending for the whole test.
     let held = insert_aged_pending_many(&app, "held", 50, 11).await;
     let mut conn = app.pool.acquire().await.expect("conn");
-    let job = ferry::jobs::post_transfers::PostTransfers {
+    let job = ferry::queue::payloads::PostTransfers {
         transfer_ids: held.clone(),
     };
     ferry::queue::enqueue(

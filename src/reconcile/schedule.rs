@@ -1,0 +1,54 @@
+//! When reconciliation runs: the cron schedule, and creating a run together with its job.
+//!
+//! Every replica's scheduler ticks (apalis-cron fires in each process). A tick creates the run
+//! for its window and enqueues its job in one transaction; the run's window start is unique
+//! for scheduled runs, so only the first replica's insert succeeds and exactly one run happens
+//! per window. The job itself is durable: if its worker dies, another runs it.
+
+use std::str::FromStr;
+
+use sqlx::PgPool;
+
+use super::runs::{self, RunView, Trigger};
+use super::window::Window;
+use crate::queue::payloads::Reconcile;
+use crate::queue::{self, EnqueueError, RECONCILE_QUEUE};
+
+/// Default schedule: every five minutes, on the minute (seconds field first).
+pub const RECONCILE_CRON_DEFAULT: &str = "0 */5 * * * *";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Enqueue(#[from] EnqueueError),
+}
+
+/// Parses a cron expression (6 or 7 fields, seconds first).
+pub fn parse_schedule(expression: &str) -> Result<cron::Schedule, String> {
+    cron::Schedule::from_str(expression).map_err(|e| format!("{expression:?}: {e}"))
+}
+
+/// Creates a run for `window` and enqueues its job; `None` if a scheduled run for that
+/// window already exists.
+pub async fn enqueue_run(
+    pool: &PgPool,
+    trigger: Trigger,
+    window: Window,
+    full_scan: bool,
+) -> Result<Option<RunView>, ScheduleError> {
+    let mut tx = pool.begin().await?;
+    let Some(run) = runs::create(&mut tx, trigger, window, full_scan).await? else {
+        return Ok(None);
+    };
+    queue::enqueue(
+        &mut tx,
+        RECONCILE_QUEUE,
+        &Reconcile { run_id: run.id },
+        None,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(run))
+}
