@@ -17,7 +17,7 @@ use crate::intake::serve::{
 use crate::jobs::WorkerSettings;
 use crate::queue::QueueSettings;
 use crate::queue::rescue::JOB_RESCUE_AFTER_SECS_DEFAULT;
-use crate::reconcile::repair::Retention;
+use crate::queue::table::Retention;
 use crate::reconcile::schedule::{RECONCILE_CRON_DEFAULT, parse_schedule};
 use crate::reconcile::{FULL_SCAN_EVERY_SECS_DEFAULT, ReconcileSettings, STUCK_AFTER_SECS_DEFAULT};
 

@@ -15,6 +15,7 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::finding::{FindingKind, Observation};
+use crate::queue::table;
 
 /// Transfer-level problems among transfers changed in `[from, to)` or listed in `recheck`.
 /// Returns the observations and how many transfers were looked at.
@@ -294,34 +295,28 @@ pub async fn dead_jobs(
     conn: &mut PgConnection,
     after: Option<&str>,
 ) -> Result<Page<String>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT id, job_type, status, attempts, last_result::text AS last_result \
-         FROM apalis.jobs \
-         WHERE (status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts)) \
-           AND id > coalesce($1, '') \
-         ORDER BY id LIMIT $2",
-    )
-    .bind(after)
-    .bind(PAGE_ROWS as i64)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = table::dead_jobs(conn, after, PAGE_ROWS).await?;
     let mut next = None;
     let mut observations = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let id: String = row.try_get("id")?;
-        let queue: String = row.try_get("job_type")?;
-        let status: String = row.try_get("status")?;
-        let attempts: i32 = row.try_get("attempts")?;
-        let last: Option<String> = row.try_get("last_result")?;
-        let last: String = last.unwrap_or_default().chars().take(300).collect();
+    for job in &rows {
+        let last: String = job
+            .last_result
+            .as_deref()
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
         observations.push(Observation {
             kind: FindingKind::JobDead,
-            subject: format!("job:{id}"),
+            subject: format!("job:{}", job.id),
             transfer_id: None,
             account_id: None,
-            detail: format!("{queue} job {status} after {attempts} attempts: {last}"),
+            detail: format!(
+                "{} job {} after {} attempts: {last}",
+                job.queue, job.status, job.attempts
+            ),
         });
-        next = Some(id);
+        next = Some(job.id.clone());
     }
     Ok(Page {
         observations,

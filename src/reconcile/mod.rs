@@ -21,9 +21,9 @@ use uuid::Uuid;
 
 use crate::alerts::payload::Action;
 use crate::alerts::{Alerting, finding_event, outbox};
+use crate::queue::table::{self, Retention};
 use finding::{FindingKind, Observation, Severity};
 use findings::FindingChanges;
-use repair::Retention;
 
 /// Default: a pending transfer older than this is `stuck_pending` (README, "Reconciliation": 10 min).
 pub const STUCK_AFTER_SECS_DEFAULT: u64 = 600;
@@ -269,7 +269,7 @@ async fn check_and_record(
 
     progress.step("purging finished jobs");
     let mut conn = pool.acquire().await?;
-    outcome.jobs_purged = repair::purge_finished_jobs(&mut conn, settings.retention).await?;
+    outcome.jobs_purged = table::purge_finished(&mut conn, settings.retention).await?;
     outcome.elapsed = started.elapsed();
     metrics::histogram!("ferry_reconciliation_seconds").record(outcome.elapsed.as_secs_f64());
     Ok(outcome)
