@@ -166,6 +166,54 @@ async fn check_and_record(
     progress: &dyn Progress,
 ) -> Result<RunOutcome, ReconcileError> {
     let started = Instant::now();
+    let (mut tx, state) = begin_snapshot(pool, settings).await?;
+    let full = full_requested || state.full_due;
+    let mut outcome = RunOutcome {
+        full_scan: full,
+        ..RunOutcome::default()
+    };
+    let mut recorder = Recorder::new(run_id, alerting);
+    check_ledger(
+        &mut tx,
+        &mut recorder,
+        &mut outcome,
+        window,
+        state.entries_through_id,
+        progress,
+    )
+    .await?;
+    progress.step("stuck transfers");
+    outcome.transfers_redriven = check_stuck(&mut tx, &mut recorder, settings).await?;
+    progress.step("dead jobs");
+    check_dead_jobs(&mut tx, &mut recorder).await?;
+    progress.step("recording findings");
+    recorder.resolve(&mut tx).await?;
+    outcome.observed = findings::seen_by_kind(&mut tx, run_id).await?;
+    outcome.changes = recorder.changes;
+    outcome.changes.open = outcome.observed.iter().map(|(_, n)| n).sum();
+    outcome.sample = recorder.sample;
+    tx.commit().await?;
+
+    progress.step("purging finished jobs");
+    let mut conn = pool.acquire().await?;
+    outcome.jobs_purged = table::purge_finished(&mut conn, settings.retention).await?;
+    outcome.elapsed = started.elapsed();
+    metrics::histogram!("ferry_reconciliation_seconds").record(outcome.elapsed.as_secs_f64());
+    Ok(outcome)
+}
+
+/// Where the previous run left the incremental sums, and whether a full scan is due.
+#[derive(sqlx::FromRow)]
+struct ReconcileState {
+    entries_through_id: i64,
+    full_due: bool,
+}
+
+/// Opens the run's one snapshot and reads the reconciliation state in it.
+async fn begin_snapshot(
+    pool: &PgPool,
+    settings: &ReconcileSettings,
+) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, ReconcileState), ReconcileError> {
     // One consistent snapshot for every check. The state lock comes first, before the
     // snapshot is fixed, so runs take turns and each sees the sums its predecessor wrote.
     let mut tx = pool
@@ -183,7 +231,7 @@ async fn check_and_record(
     )
     .execute(&mut *tx)
     .await?;
-    let state = sqlx::query(
+    let state: ReconcileState = sqlx::query_as(
         "SELECT entries_through_id, \
            coalesce(last_full_scan_at < now() - make_interval(secs => $1), true) AS full_due \
          FROM reconciliation_state",
@@ -191,33 +239,39 @@ async fn check_and_record(
     .bind(settings.full_scan_every.as_secs_f64())
     .fetch_one(&mut *tx)
     .await?;
-    let through_id: i64 = state.try_get("entries_through_id")?;
-    let full = full_requested || state.try_get::<bool, _>("full_due")?;
-    let mut outcome = RunOutcome {
-        full_scan: full,
-        ..RunOutcome::default()
-    };
+    Ok((tx, state))
+}
 
-    let mut recorder = Recorder::new(run_id, alerting);
-
+/// The money checks: transfers against their entries in the window (plus the subjects of
+/// open findings), orphan entries, balances and currency totals; then moves the incremental
+/// sums forward.
+async fn check_ledger(
+    tx: &mut sqlx::PgConnection,
+    recorder: &mut Recorder<'_>,
+    outcome: &mut RunOutcome,
+    window: window::Window,
+    through_id: i64,
+    progress: &dyn Progress,
+) -> Result<(), ReconcileError> {
+    let full = outcome.full_scan;
     progress.step("open findings");
-    let recheck = findings::open_transfer_subjects(&mut tx, &RECHECKED_KINDS).await?;
+    let recheck = findings::open_transfer_subjects(tx, &RECHECKED_KINDS).await?;
     progress.step("transfers and their entries");
     let overlap = chrono::Duration::seconds(WINDOW_OVERLAP_SECS);
     let (found, checked) =
-        checks::transfers(&mut tx, window.start - overlap, window.end, &recheck).await?;
-    recorder.record(&mut tx, found).await?;
+        checks::transfers(tx, window.start - overlap, window.end, &recheck).await?;
+    recorder.record(tx, found).await?;
     recorder.checked(&TRANSFER_KINDS);
     outcome.transfers_checked = checked;
     progress.step("orphan entries");
     let orphans_after = if full { 0 } else { through_id };
-    let found = checks::orphan_entries(&mut tx, orphans_after, &recheck).await?;
-    recorder.record(&mut tx, found).await?;
+    let found = checks::orphan_entries(tx, orphans_after, &recheck).await?;
+    recorder.record(tx, found).await?;
     recorder.checked(&[FindingKind::OrphanEntry]);
     drop(recheck);
     progress.step("balances and currency totals");
-    let balances = checks::balances(&mut tx, through_id, full).await?;
-    recorder.record(&mut tx, balances.observations).await?;
+    let balances = checks::balances(tx, through_id, full).await?;
+    recorder.record(tx, balances.observations).await?;
     recorder.checked(&[FindingKind::BalanceDrift, FindingKind::LedgerUnbalanced]);
     outcome.accounts_checked = balances.accounts_checked;
     sqlx::query(
@@ -228,51 +282,54 @@ async fn check_and_record(
     .bind(full)
     .execute(&mut *tx)
     .await?;
-    progress.step("stuck transfers");
+    Ok(())
+}
+
+/// Every transfer pending past the threshold, page by page, re-driving those no live job
+/// carries. Returns how many were re-driven.
+async fn check_stuck(
+    tx: &mut sqlx::PgConnection,
+    recorder: &mut Recorder<'_>,
+    settings: &ReconcileSettings,
+) -> Result<usize, ReconcileError> {
     let stuck_before =
         Utc::now() - chrono::Duration::from_std(settings.stuck_after).unwrap_or_default();
+    let mut redriven = 0;
     let mut after = None;
     loop {
-        let page = checks::stuck_pending(&mut tx, stuck_before, after).await?;
+        let page = checks::stuck_pending(tx, stuck_before, after).await?;
         let stuck_ids: Vec<Uuid> = page
             .observations
             .iter()
             .filter_map(|o| o.transfer_id)
             .collect();
-        outcome.transfers_redriven +=
-            repair::redrive(&mut tx, &stuck_ids, settings.job_rescue_after).await?;
-        recorder.record(&mut tx, page.observations).await?;
+        redriven += repair::redrive(tx, &stuck_ids, settings.job_rescue_after).await?;
+        recorder.record(tx, page.observations).await?;
         match page.next {
             Some(next) => after = Some(next),
             None => break,
         }
     }
     recorder.checked(&[FindingKind::StuckPending]);
-    progress.step("dead jobs");
+    Ok(redriven)
+}
+
+/// Every job apalis gave up on, page by page.
+async fn check_dead_jobs(
+    tx: &mut sqlx::PgConnection,
+    recorder: &mut Recorder<'_>,
+) -> Result<(), ReconcileError> {
     let mut after: Option<String> = None;
     loop {
-        let page = checks::dead_jobs(&mut tx, after.as_deref()).await?;
-        recorder.record(&mut tx, page.observations).await?;
+        let page = checks::dead_jobs(tx, after.as_deref()).await?;
+        recorder.record(tx, page.observations).await?;
         match page.next {
             Some(next) => after = Some(next),
             None => break,
         }
     }
     recorder.checked(&[FindingKind::JobDead]);
-    progress.step("recording findings");
-    recorder.resolve(&mut tx).await?;
-    outcome.observed = findings::seen_by_kind(&mut tx, run_id).await?;
-    outcome.changes = recorder.changes;
-    outcome.changes.open = outcome.observed.iter().map(|(_, n)| n).sum();
-    outcome.sample = recorder.sample;
-    tx.commit().await?;
-
-    progress.step("purging finished jobs");
-    let mut conn = pool.acquire().await?;
-    outcome.jobs_purged = table::purge_finished(&mut conn, settings.retention).await?;
-    outcome.elapsed = started.elapsed();
-    metrics::histogram!("ferry_reconciliation_seconds").record(outcome.elapsed.as_secs_f64());
-    Ok(outcome)
+    Ok(())
 }
 
 /// Which kinds each check reports. A run resolves findings only of the kinds whose check ran
