@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use apalis::prelude::Monitor;
+use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -98,78 +99,99 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let metrics = telemetry::metrics_handle();
-        let upkeep = metrics.clone();
-        let upkeep_stopping = self.stopping.clone();
-        self.tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(METRICS_UPKEEP_INTERVAL_MS));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => upkeep.run_upkeep(),
-                    () = upkeep_stopping.cancelled() => return,
-                }
-            }
-        });
-        let http = self.listener.take().map(|listener| {
-            let state = AppState {
-                pool: self.pool.clone(),
-                metrics,
-                intake: GroupCommitter::start(
-                    self.pool.clone(),
-                    self.config.intake_committers,
-                    self.config.intake_db_timeout(),
-                    &self.tasks,
-                ),
-                rate_limiter: self.rate_limiter.clone(),
-                api_keys: ApiKeyCache::default(),
-                db_timeout: self.config.intake_db_timeout(),
-            };
-            let http = self.config.http;
-            let router = intake::router(state, http.request_timeout());
-            let stopped = self.stopping.clone().cancelled_owned();
-            info!(addr = ?listener.local_addr().ok(), "intake listening");
-            tokio::spawn(async move {
-                intake::serve::serve(listener, router, http, stopped).await;
-                Ok(())
-            })
-        });
-        let roles = self.config.roles;
-        if roles.worker {
+        self.start_metrics_upkeep(&metrics);
+        let mut http = self.start_intake(metrics);
+        if self.config.roles.worker {
             self.tasks.spawn(crate::queue::rescue::run_rescuer(
                 self.pool.clone(),
                 self.config.workers.queue.rescue_after,
                 self.stopping.clone(),
             ));
         }
-        let workers = (roles.worker || roles.scheduler).then(|| {
-            let monitor = self.build_monitor();
-            let stopped = self.stopping.clone().cancelled_owned();
-            info!(
-                worker = roles.worker,
-                scheduler = roles.scheduler,
-                posting_workers = self.config.workers.posting_workers,
-                "workers starting"
-            );
-            tokio::spawn(async move {
-                monitor
-                    .run_with_signal(async move {
-                        stopped.await;
-                        Ok(())
-                    })
-                    .await
-                    .context("job workers failed")
-            })
-        });
-        let (mut http, mut workers) = (http, workers);
+        let mut workers = self.start_workers();
         let (outcome, finished) = tokio::select! {
             () = shutdown => { info!("shutdown requested"); (Ok(()), None) }
             r = join_opt(&mut http) => (r.context("intake stopped"), Some("intake")),
             r = join_opt(&mut workers) => (r.context("workers stopped"), Some("workers")),
         };
+        self.stop([("intake", http), ("workers", workers)], finished)
+            .await;
+        outcome
+    }
+
+    /// Folds histogram buffers now and then so memory stays flat between scrapes.
+    fn start_metrics_upkeep(&self, metrics: &PrometheusHandle) {
+        let upkeep = metrics.clone();
+        let stopping = self.stopping.clone();
+        self.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(METRICS_UPKEEP_INTERVAL_MS));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => upkeep.run_upkeep(),
+                    () = stopping.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    /// Serves the HTTP API, if this process runs the intake role.
+    fn start_intake(&mut self, metrics: PrometheusHandle) -> Option<RolePart> {
+        let listener = self.listener.take()?;
+        let state = AppState {
+            pool: self.pool.clone(),
+            metrics,
+            intake: GroupCommitter::start(
+                self.pool.clone(),
+                self.config.intake_committers,
+                self.config.intake_db_timeout(),
+                &self.tasks,
+            ),
+            rate_limiter: self.rate_limiter.clone(),
+            api_keys: ApiKeyCache::default(),
+            db_timeout: self.config.intake_db_timeout(),
+        };
+        let http = self.config.http;
+        let router = intake::router(state, http.request_timeout());
+        let stopped = self.stopping.clone().cancelled_owned();
+        info!(addr = ?listener.local_addr().ok(), "intake listening");
+        Some(tokio::spawn(async move {
+            intake::serve::serve(listener, router, http, stopped).await;
+            Ok(())
+        }))
+    }
+
+    /// Runs the job workers and the cron, if this process has the worker or scheduler role.
+    fn start_workers(&self) -> Option<RolePart> {
+        let roles = self.config.roles;
+        if !(roles.worker || roles.scheduler) {
+            return None;
+        }
+        let monitor = self.build_monitor();
+        let stopped = self.stopping.clone().cancelled_owned();
+        info!(
+            worker = roles.worker,
+            scheduler = roles.scheduler,
+            posting_workers = self.config.workers.posting_workers,
+            "workers starting"
+        );
+        Some(tokio::spawn(async move {
+            monitor
+                .run_with_signal(async move {
+                    stopped.await;
+                    Ok(())
+                })
+                .await
+                .context("job workers failed")
+        }))
+    }
+
+    /// Stops every part: the roles get the grace period for in-flight requests and jobs (a
+    /// job cut off here is re-run by orphan recovery, and posting is idempotent), then the
+    /// background tasks, then the pool.
+    async fn stop(self, parts: [(&str, Option<RolePart>); 2], finished: Option<&str>) {
         self.stopping.cancel();
-        // In-flight requests and jobs get the grace period; a job cut off here is re-run by
-        // orphan recovery, and posting is idempotent.
         let grace = self.config.shutdown_grace();
-        for (part, task) in [("intake", http), ("workers", workers)] {
+        for (part, task) in parts {
             if let (Some(task), false) = (task, finished == Some(part))
                 && tokio::time::timeout(grace, task).await.is_err()
             {
@@ -189,7 +211,6 @@ impl Application {
             );
         }
         self.pool.close().await;
-        outcome
     }
 }
 
@@ -239,10 +260,11 @@ impl Application {
     }
 }
 
+/// A role's task (intake or workers): ends with why it stopped.
+type RolePart = tokio::task::JoinHandle<anyhow::Result<()>>;
+
 /// Waits for an optional task; a role this process does not run never finishes.
-async fn join_opt(
-    task: &mut Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-) -> anyhow::Result<()> {
+async fn join_opt(task: &mut Option<RolePart>) -> anyhow::Result<()> {
     match task {
         Some(task) => task.await.context("task panicked")?,
         None => std::future::pending().await,
