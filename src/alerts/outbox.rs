@@ -107,12 +107,23 @@ pub async fn load_delivery(
     .fetch_optional(pool)
     .await?;
     let Some(row) = row else { return Ok(None) };
+    // Stored values of closed sets: an unknown one is an error, never a guess.
+    let decode = |column: &str, e: crate::domain::UnknownValue| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: Box::new(e),
+    };
     let action = match row.try_get::<String, _>("action")?.as_str() {
         "resolve" => Action::Resolve,
-        _ => Action::Trigger,
+        "trigger" => Action::Trigger,
+        other => {
+            return Err(decode(
+                "action",
+                crate::domain::UnknownValue::new("action", other),
+            ));
+        }
     };
-    let severity =
-        Severity::parse(&row.try_get::<String, _>("severity")?).unwrap_or(Severity::Critical);
+    let severity = Severity::parse_known(&row.try_get::<String, _>("severity")?)
+        .map_err(|e| decode("severity", e))?;
     Ok(Some(PendingDelivery {
         sink: row.try_get("sink")?,
         status: row.try_get("status")?,

@@ -9,5 +9,5 @@ pub mod transfer;
 pub use account::AccountId;
 pub use api_key::{Scope, Scopes};
 pub use money::{Amount, Currency};
-pub use severity::Severity;
+pub use severity::{Severity, UnknownValue};
 pub use transfer::{FailureCode, IdempotencyKey, NewTransfer, TransferStatus};

@@ -18,11 +18,59 @@ impl Severity {
             .find(|s| s.as_str() == text)
     }
 
+    /// Parses a stored or configured value; unknown text is an error, never a default.
+    pub fn parse_known(text: &str) -> Result<Self, UnknownValue> {
+        Self::parse(text).ok_or_else(|| UnknownValue::new("severity", text))
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Info => "info",
             Self::Medium => "medium",
             Self::Critical => "critical",
         }
+    }
+}
+
+impl TryFrom<String> for Severity {
+    type Error = UnknownValue;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Self::parse_known(&text)
+    }
+}
+
+/// A stored value of a closed set that ferry does not know: a bug or a newer ferry's row,
+/// reported as an error rather than guessed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?}")]
+pub struct UnknownValue {
+    pub what: &'static str,
+    pub value: String,
+}
+
+impl UnknownValue {
+    pub fn new(what: &'static str, value: &str) -> Self {
+        Self {
+            what,
+            value: value.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_stored_severity_is_an_error_not_a_default() {
+        assert_eq!(
+            Severity::try_from("medium".to_owned()),
+            Ok(Severity::Medium)
+        );
+        let unknown = Severity::try_from("catastrophic".to_owned());
+        assert_eq!(
+            unknown.map_err(|e| e.to_string()),
+            Err("unknown severity \"catastrophic\"".to_owned())
+        );
     }
 }

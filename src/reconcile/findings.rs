@@ -6,7 +6,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::checks::PAGE_ROWS;
-use super::finding::{FindingKind, Observation};
+use super::finding::{FindingKind, Observation, Severity};
 
 /// How a run changed the set of open findings: counts only, so a run with a million
 /// findings does not hold a million rows (alerts are raised page by page as they change).
@@ -21,18 +21,25 @@ pub struct FindingChanges {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangedFinding {
     pub id: Uuid,
-    pub kind: String,
+    pub kind: FindingKind,
     pub subject: String,
-    pub severity: String,
+    pub severity: Severity,
     pub detail: String,
 }
 
+/// Reads a changed finding; an unknown stored kind or severity is an error.
 fn changed(row: &sqlx::postgres::PgRow) -> Result<ChangedFinding, sqlx::Error> {
+    let decode = |column: &str, e: crate::domain::UnknownValue| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: Box::new(e),
+    };
     Ok(ChangedFinding {
         id: row.try_get("id")?,
-        kind: row.try_get("kind")?,
+        kind: FindingKind::parse_known(&row.try_get::<String, _>("kind")?)
+            .map_err(|e| decode("kind", e))?,
         subject: row.try_get("subject")?,
-        severity: row.try_get("severity")?,
+        severity: Severity::parse_known(&row.try_get::<String, _>("severity")?)
+            .map_err(|e| decode("severity", e))?,
         detail: row.try_get("detail")?,
     })
 }

@@ -416,12 +416,11 @@ async fn raise_alerts(
     changed: &[findings::ChangedFinding],
 ) -> Result<(), ReconcileError> {
     for finding in changed {
-        let severity = Severity::parse(&finding.severity).unwrap_or(Severity::Critical);
         let event = finding_event(
             action,
-            &finding.kind,
+            finding.kind.as_str(),
             &finding.subject,
-            severity,
+            finding.severity,
             &finding.detail,
         );
         outbox::raise(conn, &alerting.config, &event, None).await?;
