@@ -17,8 +17,8 @@ use crate::alerts::deliver::{self, AttemptOutcome};
 use crate::alerts::outbox::{self, DeliverAlert};
 use crate::alerts::payload::Action;
 use crate::alerts::{Alerting, circuit_event};
-use crate::ledger::retry::full_jitter_delay;
 use crate::queue::{self, ALERTS_QUEUE};
+use crate::retry::full_jitter_delay;
 
 /// Attempts before a delivery is given up as failed.
 pub const DELIVERY_ATTEMPTS_MAX: i32 = 10;

@@ -4,7 +4,7 @@
 //! side), so a redelivered job, one re-run after a crash between COMMIT and ack, or one the
 //! rescuer took back from a worker that was in fact still running it, is a no-op.
 //!
-//! Failures, by retry class (`ledger::retry`):
+//! Failures, by retry class (`crate::retry`):
 //! - database unreachable: waited out in-process for up to 20 s, then the job is rescheduled
 //!   a few seconds out. No attempt is counted: an outage is not the transfers' fault, and
 //!   counting it would fail them `retries_exhausted` after a long enough outage.
@@ -21,11 +21,11 @@ use crate::alerts::{Alerting, outbox, retries_exhausted_event};
 use crate::ledger::PostingError;
 use crate::ledger::attempts::record_failed_attempt;
 use crate::ledger::combiner::PostingCombiner;
-use crate::ledger::retry::{
+use crate::queue::{self, POST_TRANSFERS_QUEUE};
+use crate::retry::{
     RetryClass, full_jitter_delay, is_unavailable, next_retry_delay, outage_backoff,
     outage_reschedule_delay,
 };
-use crate::queue::{self, POST_TRANSFERS_QUEUE};
 
 /// Most transfers one job carries (the batch endpoint's limit).
 pub const TRANSFERS_PER_JOB_MAX: usize = 1000;

@@ -3,7 +3,7 @@
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::retry::JOB_ATTEMPTS_MAX;
+use crate::retry::JOB_ATTEMPTS_MAX;
 
 /// Transfers of a failed run that should be tried again.
 #[derive(Debug, Default)]

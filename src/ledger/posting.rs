@@ -27,9 +27,9 @@ use uuid::Uuid;
 use super::apply::{
     Applied, LockedAccount, Outcome, PendingTransfer, apply_batch, entries_balance,
 };
-use super::retry::{RetryClass, classify, serialization_backoff};
 use crate::domain::{AccountId, Amount, Currency};
 use crate::failpoint::Failpoint;
+use crate::retry::{RetryClass, classify, serialization_backoff};
 
 /// Statements that open every posting transaction (one round trip, no snapshot taken).
 /// The timeouts stop a stuck poster from holding the gate: a lock wait ends as 55P03

@@ -14,8 +14,8 @@ use uuid::Uuid;
 use super::accounts::format_amount;
 use crate::domain::transfer::UnknownCode;
 use crate::domain::{FailureCode, IdempotencyKey, NewTransfer, TransferStatus};
-use crate::ledger::retry::{RetryClass, classify, serialization_backoff};
 use crate::queue::{self, POST_TRANSFERS_QUEUE};
+use crate::retry::{RetryClass, classify, serialization_backoff};
 
 /// A transfer as the API shows it.
 #[derive(Debug, Clone, Serialize)]
