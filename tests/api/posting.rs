@@ -234,7 +234,10 @@ async fn a_transient_failure_reschedules_with_attempts_counted_until_retries_exh
         let reply = app.get(&format!("/v1/transfers/{id}")).await;
         if reply.body["status"] == "failed" {
             assert_eq!(reply.body["failure_code"], "retries_exhausted");
-            assert_eq!(reply.body["attempts"], ferry::retry::JOB_ATTEMPTS_MAX);
+            assert_eq!(
+                reply.body["attempts"],
+                ferry::retry::RetryPolicy::POSTING_JOB.attempts_max
+            );
             break;
         }
         assert!(
