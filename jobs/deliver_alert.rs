@@ -1,10 +1,11 @@
 //! `deliver_alert`: one attempt to deliver one alert to one sink, rescheduled with backoff.
 //!
-//! 2xx: delivered. 429: again no sooner than `Retry-After`. 5xx, timeouts, connection errors:
-//! again after exponential backoff with full jitter (1 s … 5 min), up to
-//! [`DELIVERY_ATTEMPTS_MAX`] attempts. Other 4xx: permanent, recorded and logged as errors.
-//! While a sink's circuit is open, deliveries wait without spending attempts. The delivery
-//! id is the `webhook-id`, the same on every attempt.
+//! 2xx: delivered. 429: again no sooner than `Retry-After`. 408, 5xx, timeouts, connection
+//! errors: again after exponential backoff with full jitter (1 s … 5 min ceilings), 10
+//! attempts in all. Other statuses: permanent, recorded and logged as errors. While a sink's
+//! circuit is open, deliveries wait without spending attempts. The numbers are
+//! [`RetryPolicy::ALERT_DELIVERY`]'s (README, "Alerts"); this handler executes its decisions.
+//! The delivery id is the `webhook-id`, the same on every attempt.
 
 use std::time::{Duration, Instant};
 
@@ -17,14 +18,9 @@ use crate::alerts::deliver::{self, AttemptOutcome};
 use crate::alerts::outbox;
 use crate::alerts::payload::Action;
 use crate::alerts::{Alerting, circuit_event};
-use crate::ledger::retry::full_jitter_delay;
 use crate::queue::payloads::DeliverAlert;
 use crate::queue::{self, ALERTS_QUEUE};
-
-/// Attempts before a delivery is given up as failed.
-pub const DELIVERY_ATTEMPTS_MAX: i32 = 10;
-pub const DELIVERY_DELAY_MS_BASE: u64 = 1_000;
-pub const DELIVERY_DELAY_MS_MAX: u64 = 5 * 60 * 1_000;
+use crate::retry::{Decision, Failure, RetryPolicy};
 
 #[derive(Clone)]
 pub struct AlertJobContext {
@@ -50,17 +46,45 @@ pub async fn handle(job: DeliverAlert, ctx: Data<AlertJobContext>) -> Result<(),
         .await?;
         return Ok(());
     };
+    let attempt = delivery.attempts + 1;
+    // Attempts are never negative (a CHECK constraint).
+    let attempt_number = u32::try_from(attempt).unwrap_or(0);
     if let Permit::Rejected { retry_in } = ctx.alerting.breakers.permit(&sink.name, Instant::now())
     {
-        let mut tx = ctx.pool.begin().await?;
-        schedule(&mut tx, job.delivery_id, retry_in).await?;
-        tx.commit().await?;
+        // An open circuit is the sink's trouble, not this delivery's: no attempt is spent.
+        let open = Failure::Unavailable {
+            not_before: Some(retry_in),
+        };
+        match RetryPolicy::ALERT_DELIVERY.decide(open, attempt_number) {
+            Decision::Retry { wait, .. } => {
+                // Drawn before any await: the thread-local RNG must not be held across one.
+                let delay = wait.sample(&mut rand::rng());
+                let mut tx = ctx.pool.begin().await?;
+                schedule(&mut tx, job.delivery_id, delay).await?;
+                tx.commit().await?;
+            }
+            // Not what ALERT_DELIVERY decides today (an open circuit never gives up), but
+            // this handler executes whatever the policy decides.
+            Decision::GiveUp => {
+                error!(sink = %sink.name, attempt, "alert delivery given up while the circuit is open");
+                let mut conn = ctx.pool.acquire().await?;
+                let error = Some("sink circuit open");
+                update(
+                    &mut conn,
+                    job.delivery_id,
+                    "failed",
+                    delivery.attempts,
+                    None,
+                    error,
+                )
+                .await?;
+            }
+        }
         return Ok(());
     }
     let message_id = format!("msg_{}", job.delivery_id.simple());
     let (outcome, latency) =
         deliver::send(&ctx.alerting.client, sink, &delivery.event, &message_id).await;
-    let attempt = delivery.attempts + 1;
     let failed = matches!(
         outcome,
         AttemptOutcome::Retry {
@@ -89,19 +113,16 @@ pub async fn handle(job: DeliverAlert, ctx: Data<AlertJobContext>) -> Result<(),
     .execute(&mut *tx)
     .await?;
     let status = outcome.status().map(i32::from);
-    match &outcome {
-        AttemptOutcome::Delivered { .. } => {
+    let decision = outcome
+        .failure()
+        .map(|failure| RetryPolicy::ALERT_DELIVERY.decide(failure, attempt_number));
+    let error = outcome.error().unwrap_or_default();
+    match decision {
+        None => {
             update(&mut tx, job.delivery_id, "delivered", attempt, status, None).await?;
         }
-        AttemptOutcome::Retry { after, error, .. } if attempt < DELIVERY_ATTEMPTS_MAX => {
-            let exponent = u32::try_from(attempt - 1).unwrap_or(0);
-            let backoff = full_jitter_delay(
-                exponent,
-                DELIVERY_DELAY_MS_BASE,
-                DELIVERY_DELAY_MS_MAX,
-                &mut rand::rng(),
-            );
-            let delay = after.map_or(backoff, |after| after.max(backoff));
+        Some(Decision::Retry { wait, .. }) => {
+            let delay = wait.sample(&mut rand::rng());
             warn!(sink = %sink.name, %error, attempt, ?delay, "alert delivery will be retried");
             update(
                 &mut tx,
@@ -115,7 +136,7 @@ pub async fn handle(job: DeliverAlert, ctx: Data<AlertJobContext>) -> Result<(),
             schedule(&mut tx, job.delivery_id, delay).await?;
         }
         // Refused (non-retryable status) or out of attempts.
-        AttemptOutcome::Permanent { error, .. } | AttemptOutcome::Retry { error, .. } => {
+        Some(Decision::GiveUp) => {
             error!(sink = %sink.name, %error, attempt, "alert delivery failed for good");
             update(
                 &mut tx,

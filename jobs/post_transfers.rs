@@ -4,12 +4,15 @@
 //! side), so a redelivered job, one re-run after a crash between COMMIT and ack, or one the
 //! rescuer took back from a worker that was in fact still running it, is a no-op.
 //!
-//! Failures, by retry class (`ledger::retry`):
-//! - database unreachable: waited out in-process for up to 20 s, then the job is rescheduled
-//!   a few seconds out. No attempt is counted: an outage is not the transfers' fault, and
-//!   counting it would fail them `retries_exhausted` after a long enough outage.
+//! Failures, by retry class (`crate::retry`; README, "Jobs, retries and crashes"), each
+//! handled by executing [`RetryPolicy::POSTING_JOB`]'s decision:
+//! - database unreachable: waited out in-process ([`RetryPolicy::OUTAGE_WAIT`], up to 20 s),
+//!   then the job is rescheduled a few seconds out. No attempt is counted: an outage is not the
+//!   transfers' fault, and counting it would fail them `retries_exhausted` after a long enough
+//!   outage.
 //! - transient or unknown: this run ends; attempts are counted on the transfers and a new job
-//!   is scheduled with exponential backoff and full jitter, in one transaction.
+//!   is scheduled with exponential backoff and full jitter, in one transaction; transfers out
+//!   of attempts fail with `retries_exhausted` instead.
 
 use apalis::prelude::{BoxDynError, Data};
 use backon::Retryable;
@@ -19,12 +22,9 @@ use crate::alerts::{Alerting, outbox, retries_exhausted_event};
 use crate::ledger::PostingError;
 use crate::ledger::attempts::record_failed_attempt;
 use crate::ledger::combiner::PostingCombiner;
-use crate::ledger::retry::{
-    RetryClass, full_jitter_delay, is_unavailable, next_retry_delay, outage_backoff,
-    outage_reschedule_delay,
-};
 use crate::queue::payloads::PostTransfers;
 use crate::queue::{self, POST_TRANSFERS_QUEUE};
+use crate::retry::{Decision, RetryClass, RetryPolicy, Wait, is_unavailable};
 
 /// What the handler needs, shared by all runs.
 #[derive(Clone)]
@@ -36,7 +36,7 @@ pub struct PostingJobContext {
 
 pub async fn handle(job: PostTransfers, ctx: Data<PostingJobContext>) -> Result<(), BoxDynError> {
     let posted = (|| ctx.poster.post(job.transfer_ids.clone()))
-        .retry(outage_backoff())
+        .retry(RetryPolicy::OUTAGE_WAIT.schedule())
         .sleep(tokio::time::sleep)
         .when(|e| matches!(&**e, PostingError::Database(db) if is_unavailable(db)))
         .notify(|e, delay| warn!(error = %e, ?delay, "database unavailable; posting waits"))
@@ -52,37 +52,39 @@ async fn reschedule_after(
     job: &PostTransfers,
     cause: &PostingError,
 ) -> Result<(), BoxDynError> {
-    let counts_attempt = match cause.retry_class() {
-        RetryClass::Unknown => {
-            error!(error = ?cause, "posting failed with an unrecognised error");
-            true
-        }
+    let class = cause.retry_class();
+    match class {
+        RetryClass::Unknown => error!(error = ?cause, "posting failed with an unrecognised error"),
         RetryClass::Unavailable => {
             warn!(error = %cause, "posting could not reach the database; rescheduling");
-            false
         }
         RetryClass::Transient | RetryClass::Serialization => {
             warn!(error = %cause, "posting failed; rescheduling");
-            true
         }
-    };
+    }
+    let policy = RetryPolicy::POSTING_JOB;
+    let failure = class.failure();
     let cause_text = error_chain(cause);
-    let reschedule_uncounted = || async {
+    let reschedule_uncounted = |wait: Wait| async move {
         let next = job.clone();
-        let delay = outage_reschedule_delay(&mut rand::rng());
+        let delay = wait.sample(&mut rand::rng());
         let mut conn = ctx.pool.acquire().await?;
         queue::enqueue(&mut conn, POST_TRANSFERS_QUEUE, &next, Some(delay)).await?;
         Ok::<_, BoxDynError>(())
     };
+    // Which transfers are out of attempts depends on each one's count, so the policy decides
+    // per transfer, inside the transaction that counts.
     let reschedule_counted = || async {
         let mut tx = ctx.pool.begin().await?;
-        let still = record_failed_attempt(&mut tx, &job.transfer_ids, &cause_text).await?;
+        let still =
+            record_failed_attempt(&mut tx, &job.transfer_ids, &cause_text, &policy, failure)
+                .await?;
         for transfer_id in &still.exhausted {
             let event = retries_exhausted_event(*transfer_id, &cause_text);
             outbox::raise(&mut tx, &ctx.alerting.config, &event, None).await?;
         }
         if !still.transfer_ids.is_empty() {
-            let delay = next_retry_delay(still.attempts_max, &mut rand::rng());
+            let delay = still.wait.sample(&mut rand::rng());
             let next = PostTransfers {
                 transfer_ids: still.transfer_ids,
             };
@@ -93,17 +95,26 @@ async fn reschedule_after(
     };
     // The database may still be unreachable; if it stays so, this run fails and the job is
     // taken back by orphan recovery or the rescuer (queue::rescue) and runs again.
-    let backoff = (0..4).map(|n| full_jitter_delay(n, 200, 5_000, &mut rand::rng()));
-    if counts_attempt {
-        reschedule_counted
-            .retry(backoff)
-            .sleep(tokio::time::sleep)
-            .await
-    } else {
-        reschedule_uncounted
-            .retry(backoff)
-            .sleep(tokio::time::sleep)
-            .await
+    let backoff = RetryPolicy::POSTING_RESCHEDULE.schedule();
+    // Before counting, the attempt number is unknown and only matters to a counted failure:
+    // that one is decided again per transfer once counted (`record_failed_attempt`), which also
+    // fails every transfer if the policy gives up outright.
+    match policy.decide(failure, 0) {
+        Decision::Retry {
+            counted: false,
+            wait,
+        } => {
+            (|| reschedule_uncounted(wait))
+                .retry(backoff)
+                .sleep(tokio::time::sleep)
+                .await
+        }
+        Decision::Retry { counted: true, .. } | Decision::GiveUp => {
+            reschedule_counted
+                .retry(backoff)
+                .sleep(tokio::time::sleep)
+                .await
+        }
     }
 }
 

@@ -7,7 +7,9 @@
 //! - [`queue`]: the durable apalis-on-PostgreSQL queue: names, settings, transactional enqueue.
 //! - [`jobs`] (top-level `jobs/`): the job catalogue, one module per job kind, and the one place
 //!   that registers workers.
-//! - [`ledger`]: the posting engine (SERIALIZABLE, batched), its pure rules and retry policy.
+//! - [`ledger`]: the posting engine (SERIALIZABLE, batched), its pure rules, attempt counting.
+//! - [`retry`]: the one retry policy type, its instances (posting jobs, alert deliveries,
+//!   in-process schedules) and the classification of database errors.
 //! - [`domain`]: `Amount`, `Currency`, `AccountId`, `IdempotencyKey`, `TransferStatus`, scopes.
 //! - [`app`], [`config`], [`db`], [`telemetry`], [`cli`]: start-up and operations.
 //! - [`failpoint`]: crash points for fault-injection tests.
@@ -26,5 +28,6 @@ pub mod jobs;
 pub mod ledger;
 pub mod queue;
 pub mod reconcile;
+pub mod retry;
 pub mod store;
 pub mod telemetry;

@@ -1,7 +1,8 @@
-//! One HTTP attempt to one sink, classified for retry (reference §1–§3):
+//! One HTTP attempt to one sink, classified for retry (README, "Alerts"):
 //! 2xx delivered; 429 retried no sooner than `Retry-After`; 408, 5xx, timeouts and connection
 //! errors retried with backoff; other statuses (3xx included: redirects are not followed)
-//! are permanent — recorded and surfaced, never retried.
+//! are permanent — recorded and surfaced, never retried. How long to wait and when to stop
+//! is [`crate::retry::RetryPolicy::ALERT_DELIVERY`]'s decision.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,7 @@ use secrecy::ExposeSecret;
 
 use super::config::{Sink, SinkKind};
 use super::payload::{self, AlertEvent};
+use crate::retry::Failure;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptOutcome {
@@ -49,6 +51,15 @@ impl AttemptOutcome {
         match self {
             Self::Delivered { .. } => None,
             Self::Retry { error, .. } | Self::Permanent { error, .. } => Some(error),
+        }
+    }
+
+    /// How the attempt failed, for the retry policy; `None` if it was delivered.
+    pub fn failure(&self) -> Option<Failure> {
+        match self {
+            Self::Delivered { .. } => None,
+            Self::Retry { after, .. } => Some(Failure::Transient { not_before: *after }),
+            Self::Permanent { .. } => Some(Failure::Permanent),
         }
     }
 }
@@ -156,5 +167,31 @@ fn transport_error(e: &reqwest::Error) -> String {
         format!("connection failed: {text}")
     } else {
         format!("request failed: {text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_outcomes_are_transient_and_carry_retry_after() {
+        let after = Some(Duration::from_secs(30));
+        let retry = AttemptOutcome::Retry {
+            status: Some(429),
+            after,
+            error: "HTTP 429".into(),
+            trips_breaker: false,
+        };
+        assert_eq!(
+            retry.failure(),
+            Some(Failure::Transient { not_before: after })
+        );
+        let refused = AttemptOutcome::Permanent {
+            status: 404,
+            error: "HTTP 404".into(),
+        };
+        assert_eq!(refused.failure(), Some(Failure::Permanent));
+        assert_eq!(AttemptOutcome::Delivered { status: 204 }.failure(), None);
     }
 }

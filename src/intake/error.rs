@@ -7,7 +7,7 @@ use serde::Serialize;
 use tracing::{error, warn};
 
 use crate::domain::Scope;
-use crate::ledger::retry::is_unavailable;
+use crate::retry::is_unavailable;
 use crate::store::group_commit::SubmitError;
 use crate::store::transfers::AcceptError;
 

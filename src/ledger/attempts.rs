@@ -1,53 +1,70 @@
-//! Counting failed posting attempts and giving up after [`JOB_ATTEMPTS_MAX`].
+//! Counting failed posting attempts, and executing the retry policy's decision for each
+//! transfer: try again later, or fail it with `retries_exhausted`.
 
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::retry::JOB_ATTEMPTS_MAX;
+use crate::retry::{Decision, Failure, RetryPolicy, Wait};
 
 /// Transfers of a failed run that should be tried again.
 #[derive(Debug, Default)]
 pub struct StillPending {
     pub transfer_ids: Vec<Uuid>,
-    /// The highest attempt count among them, which sets the next delay.
-    pub attempts_max: i32,
+    /// How long the next run waits: the decision for the most-tried of them (whose backoff
+    /// ceiling is the highest).
+    pub wait: Wait,
     /// Transfers this call failed with `retries_exhausted`.
     pub exhausted: Vec<Uuid>,
 }
 
-/// Records that a posting run for `transfer_ids` failed with a transient error: each still
-/// pending transfer gets one more attempt counted, and those that reach the limit fail with
+/// Records that a posting run for `transfer_ids` failed with `failure`, a counted one
+/// (transient or unknown; README, "Jobs, retries and crashes"): each still pending transfer
+/// gets one more attempt counted, and those for which `policy` then gives up fail with
 /// `retries_exhausted` (no entries exist for them: the failed run rolled back). Runs under
 /// READ COMMITTED with a status guard, so it cannot race a posting transaction into a second
-/// terminal state.
+/// terminal state; the first UPDATE holds the rows' locks until the caller commits.
 pub async fn record_failed_attempt(
     conn: &mut PgConnection,
     transfer_ids: &[Uuid],
     error: &str,
+    policy: &RetryPolicy,
+    failure: Failure,
 ) -> Result<StillPending, sqlx::Error> {
     let rows = sqlx::query(
-        "UPDATE transfers SET attempts = attempts + 1, last_error = $2, updated_at = now(), \
-           status = CASE WHEN attempts + 1 >= $3 THEN 'failed' ELSE 'pending' END, \
-           failure_code = CASE WHEN attempts + 1 >= $3 THEN 'retries_exhausted' END, \
-           failed_at = CASE WHEN attempts + 1 >= $3 THEN now() END \
-         WHERE id = ANY($1) AND status = 'pending' RETURNING id, status, attempts",
+        "UPDATE transfers SET attempts = attempts + 1, last_error = $2, updated_at = now() \
+         WHERE id = ANY($1) AND status = 'pending' RETURNING id, attempts",
     )
     .bind(transfer_ids)
     .bind(error.chars().take(500).collect::<String>())
-    .bind(JOB_ATTEMPTS_MAX)
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .await?;
     let mut still = StillPending::default();
+    let mut most_tried = 0;
     for row in rows {
-        let status: String = row.try_get("status")?;
-        if status == "pending" {
-            still.transfer_ids.push(row.try_get("id")?);
-            still.attempts_max = still.attempts_max.max(row.try_get("attempts")?);
-        } else {
-            still.exhausted.push(row.try_get("id")?);
+        let id: Uuid = row.try_get("id")?;
+        let attempts: i32 = row.try_get("attempts")?;
+        // `attempts` is never negative (a CHECK constraint).
+        let attempt = u32::try_from(attempts).unwrap_or(0);
+        match policy.decide(failure, attempt) {
+            Decision::Retry { wait, .. } => {
+                still.transfer_ids.push(id);
+                if attempt >= most_tried {
+                    most_tried = attempt;
+                    still.wait = wait;
+                }
+            }
+            Decision::GiveUp => still.exhausted.push(id),
         }
     }
     if !still.exhausted.is_empty() {
+        sqlx::query(
+            "UPDATE transfers SET status = 'failed', failure_code = 'retries_exhausted', \
+               failed_at = now() \
+             WHERE id = ANY($1) AND status = 'pending'",
+        )
+        .bind(&still.exhausted)
+        .execute(&mut *conn)
+        .await?;
         metrics::counter!("ferry_transfers_failed_total", "code" => "retries_exhausted")
             .increment(still.exhausted.len() as u64);
     }

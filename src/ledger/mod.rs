@@ -1,9 +1,9 @@
-//! The double-entry ledger: the posting engine, its in-memory rules, and retry policy.
+//! The double-entry ledger: the posting engine, its in-memory rules, and attempt counting
+//! (retry policy itself is [`crate::retry`]).
 
 pub mod apply;
 pub mod attempts;
 pub mod combiner;
 pub mod posting;
-pub mod retry;
 
 pub use posting::{PostingEngine, PostingError, PostingReport};

@@ -27,9 +27,9 @@ use uuid::Uuid;
 use super::apply::{
     Applied, LockedAccount, Outcome, PendingTransfer, apply_batch, entries_balance,
 };
-use super::retry::{RetryClass, classify, serialization_backoff};
 use crate::domain::{AccountId, Amount, Currency};
 use crate::failpoint::Failpoint;
+use crate::retry::{RetryClass, RetryPolicy, classify};
 
 /// Statements that open every posting transaction (one round trip, no snapshot taken).
 /// The timeouts stop a stuck poster from holding the gate: a lock wait ends as 55P03
@@ -95,7 +95,7 @@ impl PostingEngine {
         let started = Instant::now();
         let mut retries = 0usize;
         let mut report = (|| self.post_once(transfer_ids))
-            .retry(serialization_backoff())
+            .retry(RetryPolicy::SERIALIZATION.schedule())
             .sleep(tokio::time::sleep)
             .when(|e: &PostingError| e.retry_class() == RetryClass::Serialization)
             .notify(|e, delay| {

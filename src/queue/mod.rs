@@ -19,6 +19,8 @@ use apalis::prelude::TaskBuilder;
 use serde::Serialize;
 use sqlx::PgConnection;
 
+use crate::retry::{JOB_BACKEND_ATTEMPTS_MAX, POSTING_JOB_ATTEMPTS_MAX};
+
 /// Queue of `post_transfers` jobs.
 pub const POST_TRANSFERS_QUEUE: &str = "ferry.post_transfers";
 /// Queue of `reconcile` jobs.
@@ -26,17 +28,7 @@ pub const RECONCILE_QUEUE: &str = "ferry.reconcile";
 /// Queue of `deliver_alert` jobs.
 pub const ALERTS_QUEUE: &str = "ferry.deliver_alert";
 
-/// Backend-level attempts of one job. Transient failures are rescheduled by ferry itself with
-/// backoff (apalis-postgres retries immediately); this only bounds a job whose handler cannot
-/// reach the database at all, which reconciliation then re-drives.
-pub const JOB_BACKEND_ATTEMPTS_MAX: usize = 5;
-/// Backend-level attempts of a posting job. Higher: besides failed runs, orphan recovery and
-/// the rescuer each count one, and a few database restarts in a row must not leave the job
-/// dead (its transfers would wait for reconciliation's re-drive, minutes later). Posting is
-/// idempotent, so a re-run costs a few milliseconds.
-pub const POSTING_JOB_ATTEMPTS_MAX: usize = 25;
-
-/// Backend attempts of a job on `queue`.
+/// Backend attempts of a job on `queue` (the limits and why: [`crate::retry`]).
 pub fn max_attempts_for(queue: &str) -> i32 {
     let attempts = if queue == POST_TRANSFERS_QUEUE {
         POSTING_JOB_ATTEMPTS_MAX

@@ -14,9 +14,9 @@ use uuid::Uuid;
 use super::accounts::format_amount;
 use crate::domain::transfer::UnknownCode;
 use crate::domain::{FailureCode, IdempotencyKey, NewTransfer, TransferStatus};
-use crate::ledger::retry::{RetryClass, classify, serialization_backoff};
 use crate::queue::payloads::PostTransfers;
 use crate::queue::{self, POST_TRANSFERS_QUEUE};
+use crate::retry::{RetryClass, RetryPolicy, classify};
 
 /// A transfer as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -89,7 +89,7 @@ pub async fn accept(
     // Two batches inserting the same keys in opposite orders could deadlock (40P01); keys are
     // inserted in sorted order, and a deadlock that slips through is retried like one.
     (|| accept_once(pool, submissions))
-        .retry(serialization_backoff())
+        .retry(RetryPolicy::SERIALIZATION.schedule())
         .sleep(tokio::time::sleep)
         .when(|e: &AcceptError| e.retry_class() == RetryClass::Serialization)
         .await

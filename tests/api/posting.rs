@@ -236,7 +236,7 @@ async fn a_transient_failure_reschedules_with_attempts_counted_until_retries_exh
             assert_eq!(reply.body["failure_code"], "retries_exhausted");
             assert_eq!(
                 reply.body["attempts"],
-                ferry::ledger::retry::JOB_ATTEMPTS_MAX
+                ferry::retry::RetryPolicy::POSTING_JOB.attempts_max
             );
             break;
         }
