@@ -277,18 +277,75 @@ mod tests {
         assert!(delays.iter().any(|d| *d > Duration::from_millis(720)));
     }
 
-    #[test]
-    fn job_retries_back_off_from_one_second_to_five_minutes() {
-        let mut rng = StdRng::seed_from_u64(3);
-        for _ in 0..200 {
-            assert!(next_retry_delay(1, &mut rng) <= Duration::from_secs(1));
-            assert!(next_retry_delay(4, &mut rng) <= Duration::from_secs(8));
-            assert!(next_retry_delay(40, &mut rng) <= Duration::from_secs(300));
-        }
+    /// Over `draws` draws of `delay`, asserts every delay is within `[0, ceiling]` and the
+    /// draws spread over the whole range: some in the lowest and some in the highest tenth,
+    /// with a mean near half the ceiling (full jitter, not "no delay" or "always the ceiling").
+    fn assert_full_jitter(what: &str, ceiling: Duration, mut delay: impl FnMut() -> Duration) {
+        let draws = 2_000u32;
+        let delays: Vec<Duration> = (0..draws).map(|_| delay()).collect();
+        assert!(
+            delays.iter().all(|d| *d <= ceiling),
+            "{what}: a delay above the {ceiling:?} ceiling"
+        );
+        assert!(
+            delays.iter().any(|d| *d >= ceiling.mul_f64(0.9)),
+            "{what}: no delay near the {ceiling:?} ceiling (max {:?})",
+            delays.iter().max()
+        );
+        assert!(
+            delays.iter().any(|d| *d <= ceiling.mul_f64(0.1)),
+            "{what}: no delay in the lowest tenth of {ceiling:?}"
+        );
+        let mean = delays.iter().sum::<Duration>() / draws;
+        assert!(
+            mean >= ceiling.mul_f64(0.4) && mean <= ceiling.mul_f64(0.6),
+            "{what}: mean {mean:?} is not about half of {ceiling:?}"
+        );
     }
 
     #[test]
+    fn job_retries_back_off_from_one_second_to_five_minutes() {
+        let mut rng = StdRng::seed_from_u64(3);
+        // The ceiling doubles per failed attempt from 1 s (README, "Jobs, retries and crashes")
+        // until the 5 min cap, which then holds.
+        let ceilings_s = [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300];
+        for (attempt, ceiling_s) in (1..).zip(ceilings_s) {
+            assert_full_jitter(
+                &format!("job attempt {attempt}"),
+                Duration::from_secs(ceiling_s),
+                || next_retry_delay(attempt, &mut rng),
+            );
+        }
+        assert_full_jitter("job attempt 40", Duration::from_secs(300), || {
+            next_retry_delay(40, &mut rng)
+        });
+        assert_full_jitter("job attempt i32::MAX", Duration::from_secs(300), || {
+            next_retry_delay(i32::MAX, &mut rng)
+        });
+    }
+
+    /// The schedule `PostingEngine::post` hands to backon: one delay per retry, so ten tries in
+    /// all (README, "Jobs, retries and crashes"), ceilings 5 ms doubling to the 500 ms cap.
+    /// That the engine really tries ten times and then gives up is
+    /// `posting::a_serialization_failure_that_never_clears_is_tried_ten_times_then_given_up`
+    /// (tests/api).
+    #[test]
     fn the_serialization_schedule_allows_ten_tries_in_all() {
-        assert_eq!(serialization_backoff().count(), SERIALIZATION_TRIES_MAX - 1);
+        let ceilings_ms = [5, 10, 20, 40, 80, 160, 320, 500, 500];
+        let schedules: Vec<Vec<Duration>> = (0..2_000)
+            .map(|_| serialization_backoff().collect())
+            .collect();
+        for schedule in &schedules {
+            // Nine delays: nine retries after the first try.
+            assert_eq!(schedule.len() + 1, 10, "{schedule:?}");
+        }
+        for (retry, ceiling_ms) in ceilings_ms.into_iter().enumerate() {
+            let mut draws = schedules.iter().map(|s| s[retry]);
+            assert_full_jitter(
+                &format!("serialization retry {retry}"),
+                Duration::from_millis(ceiling_ms),
+                || draws.next().unwrap_or_default(),
+            );
+        }
     }
 }
