@@ -12,9 +12,8 @@ const SECONDS_BUCKETS: [f64; 14] = [
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`), `FERRY_LOG_FORMAT=json` for JSON lines.
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(env_filter())
         .with_writer(std::io::stderr);
     let result = if std::env::var("FERRY_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()
@@ -23,6 +22,22 @@ pub fn init_logging() {
     };
     // Already initialised (tests start several apps in one process): keep the first.
     drop(result);
+}
+
+/// Logs for tests: written through libtest's capture, so `cargo test` shows a test's logs
+/// only when that test fails (`--nocapture` shows them all). Same filter as
+/// [`init_logging`]; the first call in a process wins.
+pub fn init_test_logging() {
+    let result = tracing_subscriber::fmt()
+        .with_env_filter(env_filter())
+        .with_test_writer()
+        .try_init();
+    drop(result);
+}
+
+/// `RUST_LOG`, or `info` when unset or invalid.
+fn env_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

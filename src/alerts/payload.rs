@@ -202,16 +202,27 @@ mod tests {
     #[test]
     fn slack_messages_have_text_and_blocks_within_limits() {
         let body = slack(&event(Action::Trigger));
+        let text = body["text"].as_str().expect("text");
+        assert!(text.contains("[critical]"), "{text}");
+        assert!(text.chars().count() <= SLACK_SECTION_CHARS_MAX);
+        // Header, the notification line, the details, and a context line (README, "Alerts").
+        let blocks = body["blocks"].as_array().expect("blocks");
+        let kinds: Vec<&str> = blocks.iter().filter_map(|b| b["type"].as_str()).collect();
+        assert_eq!(kinds, ["header", "section", "section", "context"], "{body}");
+        let header = blocks[0]["text"]["text"].as_str().expect("header text");
+        assert_eq!(header, "ferry: reconciliation.balance_drift");
+        assert!(header.chars().count() <= SLACK_HEADER_CHARS_MAX);
+        // The 5000-character summary is cut to Slack's section limit, not dropped.
+        let line = blocks[1]["text"]["text"].as_str().expect("section text");
+        assert!(line.contains("[critical]"), "{line}");
+        assert_eq!(line.chars().count(), SLACK_SECTION_CHARS_MAX);
+        let details = blocks[2]["text"]["text"].as_str().expect("details text");
+        assert!(details.contains("account_id"), "{details}");
+        assert!(details.chars().count() <= SLACK_SECTION_CHARS_MAX);
+        let context = blocks[3]["elements"][0]["text"].as_str().expect("context");
         assert!(
-            body["text"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("[critical]")
+            context.contains("ferry:finding:balance_drift:account:a"),
+            "{context}"
         );
-        for block in body["blocks"].as_array().into_iter().flatten() {
-            if let Some(text) = block["text"]["text"].as_str() {
-                assert!(text.chars().count() <= SLACK_SECTION_CHARS_MAX);
-            }
-        }
     }
 }

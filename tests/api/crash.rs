@@ -1,6 +1,7 @@
 //! Crashes: a worker process killed before or after COMMIT loses nothing and posts nothing
 //! twice (invariants 2–4), and its orphaned job runs again.
 
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ferry::config::{WORKER_HEARTBEAT_MS_DEFAULT, WORKER_MISSED_HEARTBEATS_DEFAULT};
@@ -31,7 +32,7 @@ async fn intake_only_app_with_pending_batch() -> TestApp {
 
 /// Runs a real `ferry serve --roles worker` process that aborts at `failpoint`.
 async fn run_crashing_worker(app: &TestApp, failpoint: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("serve")
         .env("DATABASE_URL", &app.database.url)
         .env("FERRY_ROLES", "worker")
@@ -39,14 +40,22 @@ async fn run_crashing_worker(app: &TestApp, failpoint: &str) {
         .env("FERRY_WORKER_HEARTBEAT_MS", "1000")
         .env("FERRY_WORKER_MISSED_HEARTBEATS", "2")
         .env("RUST_LOG", "warn")
+        // Its log goes through the test's captured output: shown only if the test fails.
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("worker process starts");
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
         .await
         .expect("worker reached the failpoint")
         .expect("exit status");
-    assert!(!status.success(), "the worker should have aborted");
+    print!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "the worker should have aborted");
 }
 
 async fn wait_for_job_done(app: &TestApp, within: Duration) -> Duration {

@@ -122,7 +122,7 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts ferry with `adjust` applied to the test configuration.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
-    ferry::telemetry::init_logging();
+    ferry::telemetry::init_test_logging();
     let database = TestDatabase::new();
     // No scheduler: tests start reconciliation runs themselves.
     let mut config = test_config(

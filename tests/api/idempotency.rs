@@ -4,13 +4,14 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::helpers::{create_api_key, spawn_app, transfer};
+use crate::helpers::{create_api_key, spawn_app, spawn_intake_only_app, spawn_worker, transfer};
 
 #[tokio::test]
 async fn a_new_key_is_accepted_with_202_and_a_location() {
-    let app = spawn_app().await;
+    // Intake alone, so the job is still there to be read after the 202.
+    let app = spawn_intake_only_app().await;
     app.create_account("t", "USD", true).await;
     app.create_account("b", "USD", false).await;
     let reply = app
@@ -25,8 +26,25 @@ async fn a_new_key_is_accepted_with_202_and_a_location() {
         reply.headers["location"],
         format!("/v1/transfers/{id}").as_str()
     );
-    // The row and its job were committed together before the 202.
+    // The row and its job were committed together before the 202: one posting job, due,
+    // carrying exactly this transfer.
     assert_eq!(app.count("SELECT count(*) FROM transfers").await, 1);
+    let jobs: Vec<(String, String, Value)> = sqlx::query_as(
+        "SELECT job_type, status, convert_from(job, 'UTF8')::jsonb FROM apalis.jobs",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("jobs");
+    assert_eq!(
+        jobs,
+        vec![(
+            ferry::queue::POST_TRANSFERS_QUEUE.to_owned(),
+            "Pending".to_owned(),
+            json!({"transfer_ids": [id]})
+        )]
+    );
+    // A worker posts it.
+    let _worker = spawn_worker(&app.database.url, |_| {}).await;
     let posted = app.wait_until_terminal(id).await;
     assert_eq!(posted["status"], "posted");
     assert_eq!(posted["attempts"], 1);

@@ -5,7 +5,14 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{TestApp, spawn_app, transfer};
+use ferry::failpoint::Failpoint;
+use ferry::retry::RetryClass;
+
+/// Counted attempts before `retries_exhausted` (README, "Jobs, retries and crashes"): the
+/// promise, written out, so a change to the policy shows up here.
+const JOB_ATTEMPTS_MAX: i32 = 8;
+
+use crate::helpers::{TestApp, spawn_app, spawn_intake_only_app, transfer};
 use crate::invariants::assert_ledger_invariants;
 
 #[tokio::test]
@@ -156,15 +163,62 @@ async fn a_serialization_failure_is_retried_and_the_transfer_posts_once() {
     assert_eq!(app.balance("b").await, "2.00");
 }
 
-/// An app whose every posting run raises `sqlstate` (trigger `fail_posting` on entries), and
-/// the id of one transfer accepted under it.
+#[tokio::test]
+async fn a_serialization_failure_that_never_clears_is_tried_ten_times_then_given_up() {
+    // No worker: the test drives the posting engine itself.
+    let app = spawn_intake_only_app().await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("b", "USD", false).await;
+    let reply = app
+        .post_transfer("k", &transfer("treasury", "b", "2.00"))
+        .await;
+    let id = uuid::Uuid::parse_str(reply.body["id"].as_str().expect("id")).expect("uuid");
+    // Every posting transaction meets a real 40001; a sequence (not rolled back) counts them.
+    sqlx::raw_sql(
+        "CREATE SEQUENCE posting_tries; \
+         CREATE FUNCTION fail_always() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM nextval('posting_tries'); \
+           RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; END $$; \
+         CREATE TRIGGER fail_always BEFORE INSERT ON entries \
+           FOR EACH STATEMENT EXECUTE FUNCTION fail_always();",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("install fault");
+    let engine = ferry::ledger::PostingEngine::new(app.pool.clone(), Failpoint::None);
+    let error = engine
+        .post(&[id])
+        .await
+        .expect_err("a serialization failure that never clears ends the run");
+    assert_eq!(error.retry_class(), RetryClass::Serialization, "{error}");
+    let tries: i64 = sqlx::query_scalar("SELECT last_value FROM posting_tries")
+        .fetch_one(&app.pool)
+        .await
+        .expect("tries");
+    // "up to 10 tries" (README, "Jobs, retries and crashes"): not one fewer, not one more.
+    assert_eq!(tries, 10, "posting transactions tried");
+    // Given up without a trace: the job's handler counts the attempt and reschedules.
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM transfers")
+            .fetch_one(&app.pool)
+            .await
+            .expect("transfer");
+    assert_eq!((status.as_str(), attempts), ("pending", 0));
+    assert_eq!(app.count("SELECT count(*) FROM entries").await, 0);
+}
+
+/// An app whose every posting run raises `sqlstate` (trigger `fail_posting` on entries,
+/// counting the runs in the sequence `posting_runs`), and the id of one transfer accepted
+/// under it.
 async fn one_transfer_with_every_posting_failing(sqlstate: &str) -> (TestApp, String) {
     let app = spawn_app().await;
     app.create_account("treasury", "USD", true).await;
     app.create_account("b", "USD", false).await;
     let fault = format!(
-        "CREATE FUNCTION fail_posting() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '{sqlstate}'; END $$; \
+        "CREATE SEQUENCE posting_runs; \
+         CREATE FUNCTION fail_posting() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM nextval('posting_runs'); \
+           RAISE EXCEPTION 'injected' USING ERRCODE = '{sqlstate}'; END $$; \
          CREATE TRIGGER fail_posting BEFORE INSERT ON entries \
            FOR EACH STATEMENT EXECUTE FUNCTION fail_posting();"
     );
@@ -206,46 +260,60 @@ async fn a_database_outage_counts_no_attempt_and_posting_resumes_when_it_ends() 
 async fn a_transient_failure_reschedules_with_attempts_counted_until_retries_exhausted() {
     // Every posting run fails on a lock timeout (55P03: transient, counted).
     let (app, id) = one_transfer_with_every_posting_failing("55P03").await;
-    // Wait for two rescheduled runs, then collapse the backoff so the test need not wait.
     let started = std::time::Instant::now();
-    loop {
-        let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM transfers")
-            .fetch_one(&app.pool)
-            .await
-            .expect("attempts");
-        if attempts >= 2 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "no retry seen");
-        run_scheduled_jobs_now(&app).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let last_error: Option<String> = sqlx::query_scalar("SELECT last_error FROM transfers")
-        .fetch_one(&app.pool)
-        .await
-        .expect("last_error");
-    assert!(last_error.is_some_and(|e| e.contains("injected")));
-    let delayed = app
-        .count("SELECT count(*) FROM apalis.jobs WHERE status = 'Pending' AND run_at > now()")
-        .await;
-    assert!(delayed <= 1);
-    loop {
-        run_scheduled_jobs_now(&app).await;
-        let reply = app.get(&format!("/v1/transfers/{id}")).await;
-        if reply.body["status"] == "failed" {
-            assert_eq!(reply.body["failure_code"], "retries_exhausted");
-            assert_eq!(
-                reply.body["attempts"],
-                ferry::retry::RetryPolicy::POSTING_JOB.attempts_max
-            );
-            break;
-        }
+    let mut delays = Vec::new();
+    for attempt in 1..JOB_ATTEMPTS_MAX {
+        // Run number `attempt` fails; the schedule is left alone until it has been read.
+        let failed = wait_for_attempts(&app, attempt, started).await;
+        assert_eq!(failed.attempts, attempt, "one attempt counted per run");
         assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "never exhausted"
+            failed.last_error.contains("injected"),
+            "{}",
+            failed.last_error
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Exactly one job was scheduled by the failed run, delayed by the backoff: full
+        // jitter under a ceiling of 1 s doubling per attempt, plus apalis's rounding up to a
+        // whole second (src/queue/mod.rs) and some slack.
+        assert_eq!(failed.jobs_scheduled_after, 1, "attempt {attempt}");
+        let ceiling = Duration::from_secs(1 << (attempt - 1)) + Duration::from_millis(1_500);
+        assert!(
+            failed.delay <= ceiling,
+            "attempt {attempt}: rescheduled {:?} out, over {ceiling:?}",
+            failed.delay
+        );
+        if failed.delay >= Duration::from_secs(2) {
+            // Far enough out that it cannot have started yet: it waits, and no run happened
+            // beyond the ones counted.
+            assert_eq!(
+                failed.pending_in_future, 1,
+                "attempt {attempt}: not waiting"
+            );
+            assert_eq!(
+                failed.runs,
+                i64::from(attempt),
+                "runs after attempt {attempt}"
+            );
+        }
+        delays.push(failed.delay);
+        run_scheduled_jobs_now(&app).await;
     }
+    // Full jitter could pick a short delay every time only with probability ~2^-15; a job
+    // rescheduled without delay never gets here.
+    assert!(
+        delays.iter().any(|d| *d >= Duration::from_secs(2)),
+        "no reschedule delayed by 2 s or more: {delays:?}"
+    );
+    let exhausted = wait_for_attempts(&app, JOB_ATTEMPTS_MAX, started).await;
+    assert_eq!(exhausted.attempts, JOB_ATTEMPTS_MAX);
+    assert_eq!(exhausted.runs, i64::from(JOB_ATTEMPTS_MAX), "runs in all");
+    assert_eq!(
+        exhausted.jobs_scheduled_after, 0,
+        "rescheduled after the last"
+    );
+    let reply = app.get(&format!("/v1/transfers/{id}")).await;
+    assert_eq!(reply.body["status"], "failed");
+    assert_eq!(reply.body["failure_code"], "retries_exhausted");
+    assert_eq!(reply.body["attempts"], JOB_ATTEMPTS_MAX);
     assert_eq!(app.count("SELECT count(*) FROM entries").await, 0);
     assert_ledger_invariants(&app.pool).await;
     // The failure raised an alert, once.
@@ -260,6 +328,58 @@ async fn a_transient_failure_reschedules_with_attempts_counted_until_retries_exh
             format!("ferry:transfer:{id}:retries_exhausted")
         )]
     );
+}
+
+/// The one transfer's state right after a failed posting run, and the posting jobs around it.
+struct FailedRun {
+    attempts: i32,
+    last_error: String,
+    /// Posting runs so far (the `posting_runs` sequence).
+    runs: i64,
+    /// Posting jobs due after the failed run's transaction (the job it scheduled).
+    jobs_scheduled_after: i64,
+    /// How far after the failed run the latest posting job is due.
+    delay: Duration,
+    /// Posting jobs still pending and due in the future.
+    pending_in_future: i64,
+}
+
+/// Waits until the transfer has `attempts` attempts counted, and reads it and the jobs in one
+/// statement.
+async fn wait_for_attempts(app: &TestApp, attempts: i32, started: std::time::Instant) -> FailedRun {
+    loop {
+        let row: (i32, Option<String>, i64, i64, f64, i64) = sqlx::query_as(
+            "SELECT t.attempts, t.last_error, \
+               (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM posting_runs), \
+               (SELECT count(*) FROM apalis.jobs j WHERE j.job_type = $1 \
+                  AND j.run_at > t.updated_at), \
+               (SELECT coalesce(extract(epoch FROM max(j.run_at) - t.updated_at), 0)::float8 \
+                  FROM apalis.jobs j WHERE j.job_type = $1), \
+               (SELECT count(*) FROM apalis.jobs j WHERE j.job_type = $1 \
+                  AND j.status = 'Pending' AND j.run_at > now()) \
+             FROM transfers t",
+        )
+        .bind(ferry::queue::POST_TRANSFERS_QUEUE)
+        .fetch_one(&app.pool)
+        .await
+        .expect("failed run");
+        if row.0 >= attempts {
+            return FailedRun {
+                attempts: row.0,
+                last_error: row.1.unwrap_or_default(),
+                runs: row.2,
+                jobs_scheduled_after: row.3,
+                delay: Duration::from_secs_f64(row.4.max(0.0)),
+                pending_in_future: row.5,
+            };
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "attempt {attempts} never counted (at {})",
+            row.0
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Collapses the retry backoff of scheduled jobs so a test need not wait for it.

@@ -65,28 +65,67 @@ async fn a_clean_ledger_under_concurrent_traffic_reports_no_findings() {
     for n in 0..5 {
         app.create_account(&format!("acct{n}"), "USD", false).await;
     }
-    let items: Vec<_> = (0..400)
-        .map(|n| {
-            let (from, to) = if n < 5 {
-                ("treasury".to_owned(), format!("acct{n}"))
-            } else {
-                (format!("acct{}", n % 5), format!("acct{}", (n + 1) % 5))
-            };
-            json!({"idempotency_key": format!("k{n}"), "from_account": from, "to_account": to,
-                   "amount": format!("{}.{:02}", n % 40 + 1, n % 100), "currency": "USD"})
-        })
+    let item = |key: String, from: String, to: String, n: usize| {
+        json!({"idempotency_key": key, "from_account": from, "to_account": to,
+               "amount": format!("{}.{:02}", n % 40 + 1, n % 100), "currency": "USD"})
+    };
+    let funding: Vec<_> = (0..5)
+        .map(|n| item(format!("f{n}"), "treasury".into(), format!("acct{n}"), n))
         .collect();
-    let (first, second) = items.split_at(200);
-    let (first, second) = (json!({"transfers": first}), json!({"transfers": second}));
-    let (a, b) = tokio::join!(
-        app.post_json("/v1/transfers/batch", &first),
-        app.post_json("/v1/transfers/batch", &second),
-    );
-    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
+    let funded = app
+        .post_json("/v1/transfers/batch", &json!({"transfers": funding}))
+        .await;
+    assert_eq!(funded.status, StatusCode::OK);
+    app.run_until_idle(Duration::from_secs(30)).await;
+    // Traffic keeps posting while reconciliation runs one after another: the incremental
+    // balance sums, the windowed transfer checks and the currency totals all read a ledger
+    // that moves under them (README, "Reconciliation": one snapshot per run).
+    let traffic_stop = std::sync::atomic::AtomicBool::new(false);
+    let traffic = async {
+        let mut sent = 0usize;
+        let mut batch = 0usize;
+        while !traffic_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let items: Vec<_> = (0..25)
+                .map(|i| {
+                    let n = batch * 25 + i;
+                    let (from, to) = (format!("acct{}", n % 5), format!("acct{}", (n + 1) % 5));
+                    item(format!("t{batch}-{i}"), from, to, n)
+                })
+                .collect();
+            let reply = app
+                .post_json("/v1/transfers/batch", &json!({"transfers": items}))
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            sent += 25;
+            batch += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        sent
+    };
+    let runs = async {
+        let (mut runs, mut runs_during_posting) = (0, 0);
+        // Several runs that each saw entries committed while they ran.
+        while runs_during_posting < 5 {
+            let entries_before = app.count("SELECT count(*) FROM entries").await;
+            let run = reconcile(&app, false).await;
+            let entries_after = app.count("SELECT count(*) FROM entries").await;
+            assert_eq!(findings(&run), vec![], "run {runs} during traffic: {run}");
+            runs += 1;
+            if entries_after > entries_before {
+                runs_during_posting += 1;
+            }
+            assert!(
+                runs < 60,
+                "only {runs_during_posting} of {runs} runs overlapped posting"
+            );
+        }
+        traffic_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let (sent, ()) = tokio::join!(traffic, runs);
     app.run_until_idle(Duration::from_secs(30)).await;
     let run = reconcile(&app, false).await;
     assert_eq!(findings(&run), vec![], "{run}");
-    assert_eq!(run["transfers_checked"], 400);
+    assert_eq!(run["transfers_checked"], 5 + sent);
     assert_eq!(run["accounts_checked"], 6);
     let full = reconcile(&app, true).await;
     assert_eq!(findings(&full), vec![], "{full}");
@@ -581,25 +620,35 @@ async fn an_unbalanced_currency_is_ledger_unbalanced() {
 #[tokio::test]
 async fn finished_jobs_past_retention_are_purged() {
     let (app, _) = app_with_posted_transfer().await;
-    let done = app
-        .count("SELECT count(*) FROM apalis.jobs WHERE status = 'Done'")
-        .await;
-    assert!(done >= 2);
-    sqlx::query(
-        "UPDATE apalis.jobs SET done_at = now() - interval '2 hours' WHERE id = \
-           (SELECT id FROM apalis.jobs WHERE status = 'Done' \
-            AND job_type = 'ferry.post_transfers' LIMIT 1)",
-    )
-    .execute(&app.pool)
-    .await
-    .expect("age a job");
+    // Posting jobs only: the reconciliation runs' own jobs are acknowledged asynchronously.
+    let done_posting_jobs = || async {
+        let mut ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id::text FROM apalis.jobs WHERE status = 'Done' \
+               AND job_type = 'ferry.post_transfers' ORDER BY id",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .expect("done jobs");
+        ids.sort();
+        ids
+    };
+    let before = done_posting_jobs().await;
+    assert!(before.len() >= 2, "{before:?}");
+    // One job two hours past its finish (retention: one hour), one just inside retention.
+    let (expired, kept) = (&before[0], &before[1]);
+    for (id, age) in [(expired, "2 hours"), (kept, "59 minutes")] {
+        sqlx::query("UPDATE apalis.jobs SET done_at = now() - $2::interval WHERE id::text = $1")
+            .bind(id)
+            .bind(age)
+            .execute(&app.pool)
+            .await
+            .expect("age a job");
+    }
     let run = reconcile(&app, false).await;
     assert_eq!(run["jobs_purged"], 1);
-    assert!(
-        app.count("SELECT count(*) FROM apalis.jobs WHERE status = 'Done'")
-            .await
-            >= done - 1
-    );
+    let after = done_posting_jobs().await;
+    let expected: Vec<String> = before.iter().filter(|id| *id != expired).cloned().collect();
+    assert_eq!(after, expected, "exactly the expired job is gone");
 }
 
 #[tokio::test]
