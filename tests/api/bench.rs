@@ -2,13 +2,12 @@
 
 use ferry::config::Roles;
 
-use crate::helpers::{TestDatabase, test_config};
+use crate::helpers::{server_url, test_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bench_scenario_runs_and_reports_a_row() {
     // The scenarios make and drop databases of their own on this server.
-    let database = TestDatabase::new();
-    let config = test_config(&database.url, Roles::ALL);
+    let config = test_config(&format!("{}/postgres", server_url()), Roles::ALL);
     let rows = ferry::bench::run(&config, "all", 300, 500, 1)
         .await
         .expect("bench runs");
@@ -52,8 +51,7 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_soak_scenario_reports_memory_at_start_and_end() {
-    let database = TestDatabase::new();
-    let config = test_config(&database.url, Roles::ALL);
+    let config = test_config(&format!("{}/postgres", server_url()), Roles::ALL);
     let rows = ferry::bench::run(&config, "soak", 200, 500, 1)
         .await
         .expect("soak runs");
