@@ -15,7 +15,6 @@
 
 pub mod alerts;
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;

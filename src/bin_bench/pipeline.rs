@@ -1,5 +1,6 @@
 //! ferry's own scenarios: the whole pipeline (HTTP intake → commit with job → apalis →
-//! posting) running in this process against the scratch database.
+//! posting) running in this process against the scratch database (started by
+//! `ferry::harness`, as the tests start it).
 
 use std::time::{Duration, Instant};
 
@@ -8,9 +9,10 @@ use serde_json::json;
 
 use super::Row;
 use super::workload::{PlannedTransfer, percentile};
-use crate::config::{Config, Roles};
-use crate::domain::Scopes;
-use crate::harness::{RunningFerry, spawn_in_process};
+use ferry::config::{Config, Roles};
+use ferry::domain::Scopes;
+use ferry::harness::{RunningFerry, spawn_in_process};
+use ferry::store::api_keys;
 
 /// Transfers per batch request (the issue: "batch endpoint, 100 per request").
 pub const BATCH_LEN: usize = 100;
@@ -55,12 +57,12 @@ impl BenchedFerry {
             worker: posting == Posting::Concurrent,
             scheduler: false,
         };
-        let ferry = spawn_in_process(config.clone()).await?;
-        let port = ferry
+        let running = spawn_in_process(config.clone()).await?;
+        let port = running
             .port
             .ok_or_else(|| anyhow::anyhow!("intake did not bind"))?;
         let scopes = Scopes::parse_list("admin")?;
-        let (_, api_key) = crate::store::api_keys::create(&ferry.pool, "bench", &scopes).await?;
+        let (_, api_key) = api_keys::create(&running.pool, "bench", &scopes).await?;
         Ok(Self {
             base_url: format!("http://127.0.0.1:{port}"),
             api_key,
@@ -69,7 +71,7 @@ impl BenchedFerry {
             client: reqwest::Client::builder()
                 .pool_max_idle_per_host(INTAKE_CLIENTS * 2)
                 .build()?,
-            ferry,
+            ferry: running,
         })
     }
 

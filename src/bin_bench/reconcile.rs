@@ -11,11 +11,11 @@ use chrono::{DateTime, Duration, Utc};
 use sqlx::PgPool;
 
 use super::Row;
-use crate::alerts::Alerting;
-use crate::alerts::config::AlertConfig;
-use crate::reconcile::runs::{self, Trigger};
-use crate::reconcile::window::Window;
-use crate::reconcile::{NoProgress, ReconcileSettings, execute};
+use ferry::alerts::Alerting;
+use ferry::alerts::config::AlertConfig;
+use ferry::reconcile::runs::{self, Trigger};
+use ferry::reconcile::window::Window;
+use ferry::reconcile::{NoProgress, ReconcileSettings, execute};
 
 /// Accounts the seeded transfers move money between.
 const ACCOUNTS: i64 = 10_000;
@@ -89,7 +89,7 @@ fn window(anchor: DateTime<Utc>, transfers: u64) -> Window {
     let span = Duration::milliseconds(SPACING_MS * transfers as i64);
     // Runs widen windows backwards by the overlap; start that much later so the run looks
     // at `transfers` transfers (tiny ledgers: all of them).
-    let start = anchor - span + Duration::seconds(crate::reconcile::WINDOW_OVERLAP_SECS);
+    let start = anchor - span + Duration::seconds(ferry::reconcile::WINDOW_OVERLAP_SECS);
     Window {
         start: start.min(anchor - Duration::seconds(1)),
         end: anchor,

@@ -1,5 +1,9 @@
 //! `ferry bench`: measured scenarios against throwaway databases on `DATABASE_URL`'s server,
 //! printed as a table and optionally written as JSON rows.
+//!
+//! A module of the `ferry` binary, not of the library (ARCHITECTURE.md, `src/bin_bench/`).
+//! Scratch databases and ferry run in-process come from `ferry::harness`, which the
+//! integration tests use too.
 
 pub mod baseline;
 pub mod pipeline;
@@ -12,8 +16,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::db;
-use crate::harness::ScratchDatabase;
+use ferry::db;
+use ferry::harness::ScratchDatabase;
 
 /// One measured row.
 #[derive(Debug, Clone, Serialize)]
@@ -61,7 +65,7 @@ pub const SCENARIOS: [&str; 7] = [
 
 /// Runs `scenario` (or all) with `transfers` transfers, each in a database of its own.
 pub async fn run(
-    config: &crate::config::Config,
+    config: &ferry::config::Config,
     scenario: &str,
     transfers: u64,
     accounts: u32,
@@ -90,7 +94,7 @@ pub async fn run(
 }
 
 async fn run_transfer_scenario(
-    config: &crate::config::Config,
+    config: &ferry::config::Config,
     name: &str,
     transfers: u64,
     accounts: u32,
