@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `api-key create`, `reconcile`.
+//! The command line: `serve`, `migrate`, `api-key create`, `reconcile`, `bench`, `alerts test`.
 
 use clap::{Parser, Subcommand};
 
@@ -42,6 +42,10 @@ pub enum AlertsCommand {
     Test,
 }
 
+/// Accounts of the bench's uniform and hot scenarios (the "100k accounts").
+pub const BENCH_ACCOUNTS_DEFAULT: u32 = 100_000;
+
+/// Arguments of `ferry bench` (the scenarios live beside `main.rs`, in `src/bin_bench/`).
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Scenario: baseline-uniform, uniform, baseline-hot, hot, intake, intake-while-posting, reconcile, soak, or all
@@ -55,7 +59,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 600)]
     pub soak_secs: u64,
     /// Accounts of the uniform and hot scenarios.
-    #[arg(long, default_value_t = ferry_accounts_default())]
+    #[arg(long, default_value_t = BENCH_ACCOUNTS_DEFAULT)]
     pub accounts: u32,
     /// Also write the rows as JSON to this file.
     #[arg(long)]
@@ -116,8 +120,4 @@ impl crate::reconcile::Progress for BarProgress {
         self.0.set_message(name);
         self.0.inc(1);
     }
-}
-
-const fn ferry_accounts_default() -> u32 {
-    crate::bench::workload::ACCOUNTS_DEFAULT
 }

@@ -13,15 +13,16 @@
 //! - [`domain`]: `Amount`, `Currency`, `AccountId`, `IdempotencyKey`, `TransferStatus`, scopes.
 //! - [`app`], [`config`], [`db`], [`telemetry`], [`cli`]: start-up and operations.
 //! - [`failpoint`]: crash points for fault-injection tests.
+//! - [`harness`]: scratch databases and ferry run in-process, for `ferry bench` and the tests.
 
 pub mod alerts;
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod failpoint;
+pub mod harness;
 pub mod intake;
 #[path = "../jobs/mod.rs"]
 pub mod jobs;

@@ -1,5 +1,9 @@
 //! `ferry`: parse the command line, build, run, and report which part stopped and why.
 
+// `ferry bench` is the binary's, not the library's (ARCHITECTURE.md, `src/bin_bench/`).
+#[path = "bin_bench/mod.rs"]
+mod bench;
+
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -43,7 +47,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reconcile(args) => reconcile(&config, args).await,
-        Command::Bench(args) => bench(&config, args).await,
+        Command::Bench(args) => run_bench(&config, args).await,
         Command::Alerts(AlertsCommand::Test) => alerts_test(&config).await,
         Command::ApiKey(ApiKeyCommand::Create { name, scopes }) => {
             let scopes = Scopes::parse_list(&scopes)?;
@@ -94,8 +98,8 @@ async fn connect_migrated(config: &Config) -> anyhow::Result<sqlx::PgPool> {
 }
 
 /// `ferry bench`: run scenarios, print the table, write JSON rows if asked.
-async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
-    let rows = ferry::bench::run(
+async fn run_bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
+    let rows = bench::run(
         config,
         &args.scenario,
         args.transfers,
@@ -103,7 +107,7 @@ async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         args.soak_secs,
     )
     .await?;
-    ferry::bench::print_table(&rows);
+    bench::print_table(&rows);
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -1,18 +1,73 @@
-//! A small run of every `ferry bench` scenario, so the benchmark cannot rot.
+//! A small run of every `ferry bench` scenario through the real binary, so the benchmark
+//! cannot rot.
 
-use ferry::config::Roles;
+use std::time::Duration;
 
-use crate::helpers::{TestDatabase, test_config};
+use serde_json::Value;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_bench_scenario_runs_and_reports_a_row() {
-    // The scenarios make and drop databases of their own on this server.
-    let database = TestDatabase::new();
-    let config = test_config(&database.url, Roles::ALL);
-    let rows = ferry::bench::run(&config, "all", 300, 500, 1)
+use crate::helpers::server_url;
+
+/// Runs `ferry bench ARGS --json PATH` with the tests' settings; returns the JSON rows and the
+/// printed table. Panics, with the bench's stderr, unless it succeeds.
+async fn ferry_bench(args: &[&str]) -> (Vec<Value>, String) {
+    let json = std::env::temp_dir().join(format!("ferry-bench-{}.json", uuid::Uuid::new_v4()));
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    // Only the settings below, whatever this process was started with.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("FERRY_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        // The scenarios make and drop databases of their own on this server.
+        .env("DATABASE_URL", format!("{}/postgres", server_url()))
+        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        // As `helpers::test_config`: generous timeouts (parallel tests share two cores with
+        // builds) and a fast heartbeat.
+        .env("FERRY_INTAKE_DB_TIMEOUT_MS", "5000")
+        .env("FERRY_DB_ACQUIRE_TIMEOUT_MS", "10000")
+        .env("FERRY_WORKER_HEARTBEAT_MS", "1000")
+        .env("FERRY_WORKER_MISSED_HEARTBEATS", "2")
+        .env("FERRY_SHUTDOWN_GRACE_MS", "2000")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(900), command.output())
         .await
-        .expect("bench runs");
-    let names: Vec<&str> = rows.iter().map(|r| r.scenario.as_str()).collect();
+        .expect("ferry bench finishes")
+        .expect("ferry bench runs");
+    let table = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "ferry bench {args:?} failed:\n{}\n{table}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows = std::fs::read(&json).expect("JSON rows written");
+    let _ = std::fs::remove_file(&json);
+    (serde_json::from_slice(&rows).expect("JSON rows"), table)
+}
+
+fn scenario(row: &Value) -> &str {
+    row["scenario"].as_str().expect("scenario")
+}
+
+#[tokio::test]
+async fn every_bench_scenario_runs_and_reports_a_row() {
+    let (rows, table) = ferry_bench(&[
+        "--scenario",
+        "all",
+        "--transfers",
+        "300",
+        "--accounts",
+        "500",
+        "--soak-secs",
+        "1",
+    ])
+    .await;
+    let names: Vec<&str> = rows.iter().map(scenario).collect();
     assert_eq!(
         names,
         [
@@ -26,19 +81,20 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
         ]
     );
     for row in &rows {
-        assert!(row.seconds > 0.0 && row.transfers_per_sec > 0.0, "{row:?}");
-        assert_eq!(row.transfers, 300, "{row:?}");
+        let positive = |key: &str| row[key].as_f64().is_some_and(|v| v > 0.0);
+        assert!(
+            positive("seconds") && positive("transfers_per_sec"),
+            "{row}"
+        );
+        assert_eq!(row["transfers"], 300, "{row}");
     }
-    for row in rows.iter().filter(|r| !r.scenario.starts_with("baseline")) {
-        assert_eq!(row.failed_contention, 0, "{row:?}");
+    for row in rows.iter().filter(|r| !scenario(r).starts_with("baseline")) {
+        assert_eq!(row["failed_contention"], 0, "{row}");
     }
     for intake in &rows[4..6] {
-        assert!(
-            intake.p50_ms.is_some() && intake.p99_ms >= intake.p50_ms,
-            "{intake:?}"
-        );
+        let (p50, p99) = (intake["p50_ms"].as_f64(), intake["p99_ms"].as_f64());
+        assert!(p50.is_some() && p99 >= p50, "{intake}");
     }
-    let json = serde_json::to_value(&rows).expect("json");
     for key in [
         "scenario",
         "transfers",
@@ -46,19 +102,36 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
         "transfers_per_sec",
         "failed_contention",
     ] {
-        assert!(json[0].get(key).is_some(), "missing {key}");
+        assert!(rows[0].get(key).is_some(), "missing {key}");
+    }
+    // The table: a header, then one line per row in the same order.
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines.first().is_some_and(|l| l.starts_with("scenario")),
+        "{table}"
+    );
+    assert_eq!(lines.len(), rows.len() + 1, "{table}");
+    for (line, name) in lines[1..].iter().zip(&names) {
+        assert!(line.starts_with(&format!("{name} ")), "{table}");
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn the_soak_scenario_reports_memory_at_start_and_end() {
-    let database = TestDatabase::new();
-    let config = test_config(&database.url, Roles::ALL);
-    let rows = ferry::bench::run(&config, "soak", 200, 500, 1)
-        .await
-        .expect("soak runs");
+    let (rows, _) = ferry_bench(&[
+        "--scenario",
+        "soak",
+        "--transfers",
+        "200",
+        "--accounts",
+        "500",
+        "--soak-secs",
+        "1",
+    ])
+    .await;
     assert_eq!(rows.len(), 1);
-    assert!(rows[0].transfers >= 200, "{:?}", rows[0]);
-    assert!(rows[0].note.contains("RSS MiB at start"), "{:?}", rows[0]);
-    assert!(!rows[0].note.contains('?'), "RSS not read: {:?}", rows[0]);
+    assert!(rows[0]["transfers"].as_u64() >= Some(200), "{}", rows[0]);
+    let note = rows[0]["note"].as_str().expect("note");
+    assert!(note.contains("RSS MiB at start"), "{}", rows[0]);
+    assert!(!note.contains('?'), "RSS not read: {}", rows[0]);
 }

@@ -34,7 +34,7 @@ async fn intake_only_app_with_pending_batch() -> TestApp {
 async fn run_crashing_worker(app: &TestApp, failpoint: &str) {
     let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("serve")
-        .env("DATABASE_URL", &app.database.url)
+        .env("DATABASE_URL", app.database.url())
         .env("FERRY_ROLES", "worker")
         .env("FERRY_FAILPOINT", failpoint)
         .env("FERRY_WORKER_HEARTBEAT_MS", "1000")
@@ -89,7 +89,7 @@ async fn a_worker_killed_after_commit_before_ack_posts_nothing_twice() {
             .await,
         0
     );
-    let _worker = spawn_worker(&app.database.url, |_| {}).await;
+    let _worker = spawn_worker(app.database.url(), |_| {}).await;
     let recovered_in = wait_for_job_done(&app, Duration::from_secs(30)).await;
     println!("orphaned job re-run and acknowledged {recovered_in:?} after the new worker started");
     assert_eq!(
@@ -119,7 +119,7 @@ async fn a_worker_killed_mid_transaction_loses_nothing_and_the_job_reruns() {
     assert_eq!(app.count("SELECT count(*) FROM entries").await, 0);
     // The recovering worker runs with the production heartbeat (5 s × 4 missed = 20 s), to
     // show an orphaned job is picked up again in under 30 s with the defaults.
-    let _worker = spawn_worker(&app.database.url, |c| {
+    let _worker = spawn_worker(app.database.url(), |c| {
         c.workers.queue.heartbeat_ms = WORKER_HEARTBEAT_MS_DEFAULT;
         c.workers.queue.missed_heartbeats = WORKER_MISSED_HEARTBEATS_DEFAULT;
     })

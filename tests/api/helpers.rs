@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ferry::app::Application;
 use ferry::config::{Config, Roles};
 use ferry::domain::Scopes;
 use ferry::failpoint::Failpoint;
+use ferry::harness::{RunningFerry, ScratchDatabase, spawn_in_process};
 use ferry::intake::rate_limit::RateLimit;
 use ferry::intake::serve::HttpSettings;
 use ferry::jobs::WorkerSettings;
@@ -16,8 +16,7 @@ use ferry::queue::table::Retention;
 use ferry::reconcile::ReconcileSettings;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sqlx::{Connection, PgConnection, PgPool};
-use uuid::Uuid;
+use sqlx::PgPool;
 
 /// Server that test databases are created on. Each test gets its own database.
 pub fn server_url() -> String {
@@ -26,39 +25,10 @@ pub fn server_url() -> String {
 }
 
 /// A database of one test, dropped when the test ends.
-pub struct TestDatabase {
-    pub name: String,
-    pub url: String,
-}
-
-impl TestDatabase {
-    pub fn new() -> Self {
-        let name = format!("ferry_test_{}", Uuid::new_v4().simple());
-        let url = format!("{}/{name}", server_url());
-        Self { name, url }
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let admin = format!("{}/postgres", server_url());
-        let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        // Drop runs inside the test's runtime; a fresh thread may block on its own runtime.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                let mut conn = PgConnection::connect(&admin).await.ok()?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-                    .execute(&mut conn)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-    }
+pub async fn test_database() -> ScratchDatabase {
+    ScratchDatabase::create(&server_url(), "ferry_test")
+        .await
+        .expect("test database created")
 }
 
 /// Settings for test apps: a fast heartbeat so orphan recovery takes ~2 s, not 20 s.
@@ -111,9 +81,10 @@ pub struct TestApp {
     pub pool: PgPool,
     pub client: reqwest::Client,
     pub api_key: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Held only to stop ferry when the test app is dropped.
+    _ferry: RunningFerry,
     // Last: the database goes after the app's connections.
-    pub database: TestDatabase,
+    pub database: ScratchDatabase,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -123,23 +94,19 @@ pub async fn spawn_app() -> TestApp {
 /// Starts ferry with `adjust` applied to the test configuration.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     ferry::telemetry::init_test_logging();
-    let database = TestDatabase::new();
+    let database = test_database().await;
     // No scheduler: tests start reconciliation runs themselves.
     let mut config = test_config(
-        &database.url,
+        database.url(),
         Roles {
             scheduler: false,
             ..Roles::ALL
         },
     );
     adjust(&mut config);
-    let app = Application::build(config).await.expect("ferry builds");
-    let port = app.port().expect("intake role binds a port");
-    let pool = app.pool().clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    let ferry = spawn_in_process(config).await.expect("ferry builds");
+    let port = ferry.port.expect("intake role binds a port");
+    let pool = ferry.pool.clone();
     let api_key = create_api_key(&pool, "admin").await;
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
@@ -149,7 +116,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
             .build()
             .expect("client"),
         api_key,
-        stop: Some(stop),
+        _ferry: ferry,
         database,
     }
 }
@@ -174,11 +141,9 @@ pub async fn create_api_key(pool: &PgPool, scopes: &str) -> String {
         .1
 }
 
-/// Starts a worker-only ferry on an existing database (a second process would do the same).
-pub async fn spawn_worker(
-    database_url: &str,
-    adjust: impl FnOnce(&mut Config),
-) -> tokio::sync::oneshot::Sender<()> {
+/// Starts a worker-only ferry on an existing database (a second process would do the same);
+/// it stops when the returned value is dropped.
+pub async fn spawn_worker(database_url: &str, adjust: impl FnOnce(&mut Config)) -> RunningFerry {
     let mut config = test_config(
         database_url,
         Roles {
@@ -188,20 +153,7 @@ pub async fn spawn_worker(
         },
     );
     adjust(&mut config);
-    let app = Application::build(config).await.expect("worker builds");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    stop
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+    spawn_in_process(config).await.expect("worker builds")
 }
 
 /// A response read once: status, headers and JSON body.

@@ -44,7 +44,7 @@ async fn a_new_key_is_accepted_with_202_and_a_location() {
         )]
     );
     // A worker posts it.
-    let _worker = spawn_worker(&app.database.url, |_| {}).await;
+    let _worker = spawn_worker(app.database.url(), |_| {}).await;
     let posted = app.wait_until_terminal(id).await;
     assert_eq!(posted["status"], "posted");
     assert_eq!(posted["attempts"], 1);

@@ -203,7 +203,7 @@ async fn prepare(app: &TestApp) -> String {
 async fn a_database_closed_to_connections_is_503_unavailable_and_recovers() {
     let app = spawn_app_with(intake_with_default_timeout).await;
     let fresh_key = prepare(&app).await;
-    let name = &app.database.name;
+    let name = app.database.name();
     let mut admin = admin().await;
     execute(
         &mut admin,
@@ -233,7 +233,7 @@ async fn a_database_server_that_refuses_tcp_is_503_unavailable_and_recovers() {
     let reachable = app.pool.connect_options();
     app.pool
         .set_connect_options((*reachable).clone().port(closed_port));
-    terminate_backends(&mut admin().await, &app.database.name).await;
+    terminate_backends(&mut admin().await, app.database.name()).await;
     assert_intake_unavailable(&app, &fresh_key).await;
     app.pool.set_connect_options((*reachable).clone());
     assert_recovered(&app).await;

@@ -697,8 +697,8 @@ async fn two_schedulers_make_exactly_one_run_per_window() {
         };
         c.reconcile_cron = "*/2 * * * * *".into();
     };
-    let _one = spawn_worker(&app.database.url, every_two_seconds).await;
-    let _two = spawn_worker(&app.database.url, every_two_seconds).await;
+    let _one = spawn_worker(app.database.url(), every_two_seconds).await;
+    let _two = spawn_worker(app.database.url(), every_two_seconds).await;
     tokio::time::sleep(Duration::from_secs(7)).await;
     let windows: Vec<(chrono::DateTime<chrono::Utc>, i64)> = sqlx::query_as(
         "SELECT window_start, count(*) FROM reconciliation_runs WHERE trigger = 'schedule' \
@@ -720,7 +720,7 @@ async fn the_cli_prints_a_report_and_exits_1_on_critical_findings() {
     let run_cli = || async {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(["reconcile", "--from", "2000-01-01T00:00:00Z"])
-            .env("DATABASE_URL", &app.database.url)
+            .env("DATABASE_URL", app.database.url())
             .env("RUST_LOG", "warn")
             .output()
             .await

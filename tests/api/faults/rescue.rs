@@ -37,7 +37,7 @@ async fn a_job_held_by_a_live_worker_past_the_rescue_bound_is_rescued_and_posts_
     .await
     .expect("job held");
     let started = Instant::now();
-    let _worker = spawn_worker(&app.database.url, |c| {
+    let _worker = spawn_worker(app.database.url(), |c| {
         c.workers.queue.rescue_after = Duration::from_secs(5);
     })
     .await;
@@ -70,7 +70,7 @@ async fn a_worker_whose_connections_are_terminated_restarts_under_a_new_name() {
     let statement = format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
          WHERE datname = '{}' AND pid <> pg_backend_pid()",
-        app.database.name
+        app.database.name()
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

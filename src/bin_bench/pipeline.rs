@@ -1,5 +1,6 @@
 //! ferry's own scenarios: the whole pipeline (HTTP intake → commit with job → apalis →
-//! posting) running in this process against the scratch database.
+//! posting) running in this process against the scratch database (started by
+//! `ferry::harness`, as the tests start it).
 
 use std::time::{Duration, Instant};
 
@@ -8,9 +9,10 @@ use serde_json::json;
 
 use super::Row;
 use super::workload::{PlannedTransfer, percentile};
-use crate::app::Application;
-use crate::config::{Config, Roles};
-use crate::domain::Scopes;
+use ferry::config::{Config, Roles};
+use ferry::domain::Scopes;
+use ferry::harness::{RunningFerry, spawn_in_process};
+use ferry::store::api_keys;
 
 /// Transfers per batch request (the issue: "batch endpoint, 100 per request").
 pub const BATCH_LEN: usize = 100;
@@ -21,16 +23,15 @@ pub const INTAKE_CLIENTS: usize = 64;
 /// Longest wait for the queue to drain.
 const DRAIN_TIMEOUT_SECS: u64 = 600;
 
-/// A running ferry on the scratch database, with an admin key.
-pub struct RunningFerry {
+/// ferry running in this process on the scratch database, with an admin key.
+pub struct BenchedFerry {
     pub base_url: String,
     pub api_key: String,
-    pub pool: sqlx::PgPool,
     /// The settings it runs with, for a worker started beside it.
     config: Config,
     posting: Posting,
     client: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    ferry: RunningFerry,
 }
 
 /// Whether the ferry under test posts while it accepts.
@@ -42,7 +43,7 @@ pub enum Posting {
     Afterwards,
 }
 
-impl RunningFerry {
+impl BenchedFerry {
     pub async fn start(
         base: &Config,
         database_url: &str,
@@ -56,47 +57,43 @@ impl RunningFerry {
             worker: posting == Posting::Concurrent,
             scheduler: false,
         };
-        let app = Application::build(config.clone()).await?;
-        let port = app
-            .port()
+        let running = spawn_in_process(config.clone()).await?;
+        let port = running
+            .port
             .ok_or_else(|| anyhow::anyhow!("intake did not bind"))?;
-        let pool = app.pool().clone();
-        let stop = spawn_until_stopped(app);
         let scopes = Scopes::parse_list("admin")?;
-        let (_, api_key) = crate::store::api_keys::create(&pool, "bench", &scopes).await?;
+        let (_, api_key) = api_keys::create(&running.pool, "bench", &scopes).await?;
         Ok(Self {
             base_url: format!("http://127.0.0.1:{port}"),
             api_key,
-            pool,
             config,
             posting,
             client: reqwest::Client::builder()
                 .pool_max_idle_per_host(INTAKE_CLIENTS * 2)
                 .build()?,
-            stop: Some(stop),
+            ferry: running,
         })
     }
 
-    /// Starts a worker-only ferry on the same database, for [`Posting::Afterwards`].
-    async fn start_worker(&self) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
+    /// Starts a worker-only ferry on the same database, for [`Posting::Afterwards`]; it stops
+    /// when dropped.
+    async fn start_worker(&self) -> anyhow::Result<RunningFerry> {
         let mut config = self.config.clone();
         config.roles = Roles {
             intake: false,
             worker: true,
             scheduler: false,
         };
-        Ok(spawn_until_stopped(Application::build(config).await?))
+        spawn_in_process(config).await
     }
 
-    pub fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    pub fn stop(self) {
+        self.ferry.stop();
     }
 
     async fn pending(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT count(*) FROM transfers WHERE status = 'pending'")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.ferry.pool)
             .await
     }
 
@@ -113,17 +110,9 @@ impl RunningFerry {
         sqlx::query_scalar(
             "SELECT count(*) FROM transfers WHERE failure_code = 'retries_exhausted'",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.ferry.pool)
         .await
     }
-}
-
-fn spawn_until_stopped(app: Application) -> tokio::sync::oneshot::Sender<()> {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    stop
 }
 
 fn item(t: &PlannedTransfer) -> serde_json::Value {
@@ -134,7 +123,7 @@ fn item(t: &PlannedTransfer) -> serde_json::Value {
 /// `uniform` / `hot`: batches of 100 from 8 clients; first request to last posted.
 pub async fn batched(
     scenario: &str,
-    ferry: &RunningFerry,
+    ferry: &BenchedFerry,
     transfers: &[PlannedTransfer],
 ) -> anyhow::Result<Row> {
     let started = Instant::now();
@@ -184,7 +173,7 @@ pub async fn batched(
 /// and latency. Every accepted transfer must then post.
 pub async fn intake(
     scenario: &str,
-    ferry: &RunningFerry,
+    ferry: &BenchedFerry,
     transfers: &[PlannedTransfer],
 ) -> anyhow::Result<Row> {
     let url = format!("{}/v1/transfers", ferry.base_url);
@@ -224,7 +213,7 @@ pub async fn intake(
     };
     let drained = ferry.drain().await;
     if let Some(worker) = worker {
-        let _ = worker.send(());
+        worker.stop();
     }
     drained?;
     let who = match ferry.posting {
@@ -255,7 +244,7 @@ pub fn rss_kib() -> Option<u64> {
 /// `soak`: uniform batches for `duration`, RSS at start, after warm-up, at half time and at
 /// the end (is memory flat, and does growth level off?).
 pub async fn soak(
-    ferry: &RunningFerry,
+    ferry: &BenchedFerry,
     transfers: &[PlannedTransfer],
     duration: Duration,
 ) -> anyhow::Result<Row> {

@@ -10,12 +10,12 @@ use std::time::Instant;
 use chrono::{DateTime, Duration, Utc};
 use sqlx::PgPool;
 
-use super::{Row, ScratchDatabase};
-use crate::alerts::Alerting;
-use crate::alerts::config::AlertConfig;
-use crate::reconcile::runs::{self, Trigger};
-use crate::reconcile::window::Window;
-use crate::reconcile::{NoProgress, ReconcileSettings, execute};
+use super::Row;
+use ferry::alerts::Alerting;
+use ferry::alerts::config::AlertConfig;
+use ferry::reconcile::runs::{self, Trigger};
+use ferry::reconcile::window::Window;
+use ferry::reconcile::{NoProgress, ReconcileSettings, execute};
 
 /// Accounts the seeded transfers move money between.
 const ACCOUNTS: i64 = 10_000;
@@ -27,32 +27,27 @@ pub async fn run(
     ledger_transfers: u64,
     settings: &ReconcileSettings,
 ) -> anyhow::Result<Vec<Row>> {
-    let scratch = ScratchDatabase::create(server_url).await?;
-    let result = measure(&scratch, ledger_transfers, settings).await;
-    scratch.drop_now().await?;
+    let (scratch, pool) = super::scratch_database(server_url).await?;
+    let result = measure(&pool, ledger_transfers, settings).await;
+    super::finish(scratch, pool).await;
     result
 }
 
 async fn measure(
-    scratch: &ScratchDatabase,
+    pool: &PgPool,
     ledger_transfers: u64,
     settings: &ReconcileSettings,
 ) -> anyhow::Result<Vec<Row>> {
     let anchor = Utc::now() - Duration::hours(1);
     let seeded = Instant::now();
-    seed(&scratch.pool, ledger_transfers, anchor).await?;
+    seed(pool, ledger_transfers, anchor).await?;
     eprintln!(
         "seeded {ledger_transfers} posted transfers in {:.1}s",
         seeded.elapsed().as_secs_f64()
     );
     let mut rows = Vec::new();
-    let (seconds, checked) = timed_run(
-        &scratch.pool,
-        settings,
-        window(anchor, ledger_transfers),
-        true,
-    )
-    .await?;
+    let (seconds, checked) =
+        timed_run(pool, settings, window(anchor, ledger_transfers), true).await?;
     rows.push(row(
         "reconcile-full",
         checked,
@@ -64,8 +59,7 @@ async fn measure(
         if size > ledger_transfers {
             continue;
         }
-        let (seconds, checked) =
-            timed_run(&scratch.pool, settings, window(anchor, size), false).await?;
+        let (seconds, checked) = timed_run(pool, settings, window(anchor, size), false).await?;
         rows.push(row(
             "reconcile",
             checked,
@@ -95,7 +89,7 @@ fn window(anchor: DateTime<Utc>, transfers: u64) -> Window {
     let span = Duration::milliseconds(SPACING_MS * transfers as i64);
     // Runs widen windows backwards by the overlap; start that much later so the run looks
     // at `transfers` transfers (tiny ledgers: all of them).
-    let start = anchor - span + Duration::seconds(crate::reconcile::WINDOW_OVERLAP_SECS);
+    let start = anchor - span + Duration::seconds(ferry::reconcile::WINDOW_OVERLAP_SECS);
     Window {
         start: start.min(anchor - Duration::seconds(1)),
         end: anchor,

@@ -1,5 +1,9 @@
 //! `ferry bench`: measured scenarios against throwaway databases on `DATABASE_URL`'s server,
 //! printed as a table and optionally written as JSON rows.
+//!
+//! A module of the `ferry` binary, not of the library (ARCHITECTURE.md, `src/bin_bench/`).
+//! Scratch databases and ferry run in-process come from `ferry::harness`, which the
+//! integration tests use too.
 
 pub mod baseline;
 pub mod pipeline;
@@ -8,13 +12,12 @@ pub mod workload;
 
 use std::time::Duration;
 
-use anyhow::Context;
 use serde::Serialize;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::db;
+use ferry::db;
+use ferry::harness::ScratchDatabase;
 
 /// One measured row.
 #[derive(Debug, Clone, Serialize)]
@@ -32,45 +35,20 @@ pub struct Row {
     pub note: String,
 }
 
-/// A database created for one scenario and dropped afterwards.
-pub struct ScratchDatabase {
-    pub pool: PgPool,
-    pub url: String,
-    name: String,
-    admin: PgConnectOptions,
+/// A database for one scenario on `server_url`'s server, created and migrated, with a pool of
+/// 8 connections on it.
+pub async fn scratch_database(server_url: &str) -> anyhow::Result<(ScratchDatabase, PgPool)> {
+    let scratch = ScratchDatabase::create(server_url, "ferry_bench").await?;
+    let pool = db::connect(scratch.url(), 8, Duration::from_secs(30)).await?;
+    Ok((scratch, pool))
 }
 
-impl ScratchDatabase {
-    pub async fn create(server_url: &str) -> anyhow::Result<Self> {
-        let options: PgConnectOptions = server_url.parse().context("parsing DATABASE_URL")?;
-        let name = format!("ferry_bench_{}", Uuid::new_v4().simple());
-        let admin = options.clone().database("postgres");
-        let url = options.database(&name).to_url_lossy().to_string();
-        db::create_if_missing(&url).await?;
-        let pool = db::connect(&url, 8, Duration::from_secs(30)).await?;
-        db::migrate(&pool).await?;
-        Ok(Self {
-            pool,
-            url,
-            name,
-            admin,
-        })
-    }
-
-    /// Drops the database, unless `FERRY_BENCH_KEEP_DB` is set (then it is kept for
-    /// `EXPLAIN ANALYZE` and its URL printed).
-    pub async fn drop_now(self) -> anyhow::Result<()> {
-        self.pool.close().await;
-        if std::env::var_os("FERRY_BENCH_KEEP_DB").is_some() {
-            eprintln!("kept database {}", self.url);
-            return Ok(());
-        }
-        let mut conn = PgConnection::connect_with(&self.admin).await?;
-        let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-            .execute(&mut conn)
-            .await?;
-        Ok(())
+/// Drops the scratch database, unless `FERRY_BENCH_KEEP_DB` is set (then it is kept for
+/// `EXPLAIN ANALYZE` and its URL printed).
+pub async fn finish(scratch: ScratchDatabase, pool: PgPool) {
+    pool.close().await;
+    if std::env::var_os("FERRY_BENCH_KEEP_DB").is_some() {
+        eprintln!("kept database {}", scratch.keep());
     }
 }
 
@@ -87,7 +65,7 @@ pub const SCENARIOS: [&str; 7] = [
 
 /// Runs `scenario` (or all) with `transfers` transfers, each in a database of its own.
 pub async fn run(
-    config: &crate::config::Config,
+    config: &ferry::config::Config,
     scenario: &str,
     transfers: u64,
     accounts: u32,
@@ -116,7 +94,7 @@ pub async fn run(
 }
 
 async fn run_transfer_scenario(
-    config: &crate::config::Config,
+    config: &ferry::config::Config,
     name: &str,
     transfers: u64,
     accounts: u32,
@@ -129,48 +107,51 @@ async fn run_transfer_scenario(
         Shape::Uniform
     };
     let planned = plan(shape, transfers, accounts, 20_261_121);
-    let scratch = ScratchDatabase::create(&config.database_url).await?;
+    let (scratch, pool) = scratch_database(&config.database_url).await?;
     // Measure, then drop the scratch database whatever happened.
     let result = async {
-    seed_accounts(&scratch.pool, accounts).await?;
-    let row = if name.starts_with("baseline") {
-        let pool = db::connect(
-            &scratch.url,
-            baseline::BASELINE_CONNECTIONS,
-            Duration::from_secs(30),
-        )
-        .await?;
-        let api_key = Uuid::now_v7();
-        sqlx::query("INSERT INTO api_keys (id, name, key_hash, scopes) VALUES ($1, 'baseline', $2, '{admin}')")
+        seed_accounts(&pool, accounts).await?;
+        let row = if name.starts_with("baseline") {
+            let pool = db::connect(
+                scratch.url(),
+                baseline::BASELINE_CONNECTIONS,
+                Duration::from_secs(30),
+            )
+            .await?;
+            let api_key = Uuid::now_v7();
+            sqlx::query(
+                "INSERT INTO api_keys (id, name, key_hash, scopes) \
+                 VALUES ($1, 'baseline', $2, '{admin}')",
+            )
             .bind(api_key)
             .bind(api_key.as_bytes().to_vec())
             .execute(&pool)
             .await?;
-        let row = baseline::run(name, &pool, api_key, &planned).await;
-        pool.close().await;
-        row?
-    } else {
-        let posting = if name == "intake" {
-            pipeline::Posting::Afterwards
+            let row = baseline::run(name, &pool, api_key, &planned).await;
+            pool.close().await;
+            row?
         } else {
-            pipeline::Posting::Concurrent
+            let posting = if name == "intake" {
+                pipeline::Posting::Afterwards
+            } else {
+                pipeline::Posting::Concurrent
+            };
+            let ferry = pipeline::BenchedFerry::start(config, scratch.url(), posting).await?;
+            let row = if name.starts_with("intake") {
+                pipeline::intake(name, &ferry, &planned).await
+            } else if name == "soak" {
+                pipeline::soak(&ferry, &planned, Duration::from_secs(soak_secs)).await
+            } else {
+                pipeline::batched(name, &ferry, &planned).await
+            };
+            ferry.stop();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            row?
         };
-        let ferry = pipeline::RunningFerry::start(config, &scratch.url, posting).await?;
-        let row = if name.starts_with("intake") {
-            pipeline::intake(name, &ferry, &planned).await
-        } else if name == "soak" {
-            pipeline::soak(&ferry, &planned, Duration::from_secs(soak_secs)).await
-        } else {
-            pipeline::batched(name, &ferry, &planned).await
-        };
-        ferry.stop();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        row?
-    };
-    anyhow::Ok(row)
+        anyhow::Ok(row)
     }
     .await;
-    scratch.drop_now().await?;
+    finish(scratch, pool).await;
     result
 }
 

@@ -5,10 +5,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::PgPool;
 
-/// Accounts of the uniform and hot scenarios (the "100k accounts").
-pub const ACCOUNTS_DEFAULT: u32 = 100_000;
-/// The account every hot-scenario transfer debits.
-pub const HOT_ACCOUNT: &str = "acct1";
+/// The account every hot-scenario transfer debits (`acct1`).
+pub const HOT_ACCOUNT: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -39,7 +37,7 @@ pub fn plan(shape: Shape, transfers: u64, accounts: u32, seed: u64) -> Vec<Plann
         .map(|n| {
             let from = match shape {
                 Shape::Uniform => rng.random_range(1..=accounts),
-                Shape::Hot => 1,
+                Shape::Hot => HOT_ACCOUNT,
             };
             let mut to = rng.random_range(1..=accounts);
             if to == from {
@@ -94,7 +92,7 @@ mod tests {
         assert!(
             plan(Shape::Hot, 100, 10, 1)
                 .iter()
-                .all(|t| t.from == HOT_ACCOUNT)
+                .all(|t| t.from == format!("acct{HOT_ACCOUNT}"))
         );
     }
 
