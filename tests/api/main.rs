@@ -5,6 +5,7 @@ mod invariants;
 
 mod accounts;
 mod alerts;
+mod architecture;
 mod auth;
 mod bank;
 mod bench;

@@ -465,15 +465,27 @@ async fn stuck_transfers_past_one_page_are_all_reported_and_none_resolved_while_
     // workers, whose retry backoff would make the test's duration depend on machine load; the
     // status guard makes their re-driven jobs no-ops): the next run resolves exactly those,
     // page after page, and keeps the held ones open.
-    sqlx::query(
-        "UPDATE transfers SET status = 'failed', failure_code = 'retries_exhausted', \
-           failed_at = now(), updated_at = now() \
-         WHERE id = ANY($1) AND status = 'pending'",
-    )
-    .bind(&older)
-    .execute(&app.pool)
-    .await
-    .expect("end the older transfers");
+    // Workers are posting the re-driven jobs meanwhile: lock in id order, as posting does,
+    // and try again should a deadlock still be reported.
+    let mut tries = 0;
+    loop {
+        let ended = sqlx::query(
+            "UPDATE transfers SET status = 'failed', failure_code = 'retries_exhausted', \
+               failed_at = now(), updated_at = now() \
+             WHERE id IN (SELECT id FROM transfers WHERE id = ANY($1) AND status = 'pending' \
+                          ORDER BY id FOR UPDATE)",
+        )
+        .bind(&older)
+        .execute(&app.pool)
+        .await;
+        match ended {
+            Ok(_) => break,
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("40P01") && tries < 5 => {
+                tries += 1;
+            }
+            Err(e) => panic!("end the older transfers: {e:?}"),
+        }
+    }
     let third = reconcile(&app, false).await;
     assert_eq!(third["findings_resolved"], older_count);
     assert_eq!(third["findings_open"], held.len());
