@@ -68,7 +68,13 @@ impl TryFrom<CreateAccountRequest> for NewAccount {
     description = "Scope: `accounts:write` (or `admin`).",
     request_body = CreateAccountRequest,
     responses(
-        (status = 201, description = "The account, balance zero.", body = AccountView),
+        (status = 201, description = "The account, balance zero.", body = AccountView,
+            links(
+                ("GetAccount" = (operation_id = "getAccount",
+                    parameters(("id" = "$response.body#/id")))),
+                ("ListAccountEntries" = (operation_id = "listAccountEntries",
+                    parameters(("id" = "$response.body#/id")))),
+            )),
         (status = 409, description = "`account_exists`: an account with this id exists.",
             body = Problem, content_type = "application/problem+json"),
     ),

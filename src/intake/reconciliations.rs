@@ -48,7 +48,9 @@ pub struct StartRequest {
     request_body = StartRequest,
     responses(
         (status = 202, description = "The run, queued for a worker.", body = RunView,
-            headers(("Location" = String, description = "`/v1/reconciliations/{id}`"))),
+            headers(("Location" = String, description = "`/v1/reconciliations/{id}`")),
+            links(("GetReconciliation" = (operation_id = "getReconciliation",
+                parameters(("id" = "$response.body#/id")))))),
     ),
     security(("api_key" = ["admin"])),
 )]

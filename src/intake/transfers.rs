@@ -127,7 +127,13 @@ fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
     responses(
         (status = 202, description = "Accepted: committed with its job, now `pending`.",
             body = TransferView,
-            headers(("Location" = String, description = "`/v1/transfers/{id}`"))),
+            headers(("Location" = String, description = "`/v1/transfers/{id}`")),
+            links(
+                ("GetTransfer" = (operation_id = "getTransfer",
+                    parameters(("id" = "$response.body#/id")))),
+                ("GetTransferByIdempotencyKey" = (operation_id = "getTransferByIdempotencyKey",
+                    parameters(("idempotency_key" = "$response.body#/idempotency_key")))),
+            )),
         (status = 200, description = "A replay: the transfer created under this key by the \
             same request, as it is now.",
             body = TransferView,
