@@ -83,11 +83,21 @@ async fn the_served_document_is_the_checked_in_one() {
         return;
     }
     let checked_in = std::fs::read_to_string(CHECKED_IN).unwrap_or_default();
-    assert!(
-        checked_in == text,
-        "docs/openapi.json differs from the document ferry serves at /openapi.json. If the API \
-         change is intended, regenerate the file with `{REGENERATE}` and commit it."
-    );
+    if checked_in != text {
+        let first = checked_in
+            .lines()
+            .zip(text.lines())
+            .position(|(file, served)| file != served)
+            .unwrap_or_else(|| checked_in.lines().count().min(text.lines().count()));
+        panic!(
+            "docs/openapi.json differs from the document ferry serves at /openapi.json, first \
+             at line {}:\n  file:   {}\n  served: {}\nIf the API change is intended, \
+             regenerate the file with `{REGENERATE}` and commit it.",
+            first + 1,
+            checked_in.lines().nth(first).unwrap_or("(end of file)"),
+            text.lines().nth(first).unwrap_or("(end of document)"),
+        );
+    }
 }
 
 #[tokio::test]
