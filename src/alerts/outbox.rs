@@ -141,10 +141,15 @@ pub async fn load_delivery(
     }))
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+/// An alert's delivery to one sink.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = AlertDelivery)]
 pub struct DeliveryView {
     pub sink: String,
+    /// `pending`, `delivered` or `failed`.
+    #[schema(pattern = "^(pending|delivered|failed)$")]
     pub status: String,
+    #[schema(minimum = 0)]
     pub attempts: i32,
     pub last_status: Option<i32>,
     pub last_error: Option<String>,
@@ -152,12 +157,18 @@ pub struct DeliveryView {
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// An alert with its delivery state per sink.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Alert)]
 pub struct AlertView {
     pub id: Uuid,
     pub dedup_key: String,
+    /// `trigger` or `resolve`.
+    #[schema(pattern = "^(trigger|resolve)$")]
     pub action: String,
     pub event_type: String,
+    /// `info`, `medium` or `critical`.
+    #[schema(pattern = "^(info|medium|critical)$")]
     pub severity: String,
     pub summary: String,
     pub details: Value,

@@ -76,7 +76,7 @@ impl NewTransfer {
 }
 
 /// Where a transfer is in its life. `posted` and `failed` are terminal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TransferStatus {
     Pending,
@@ -107,7 +107,7 @@ impl FromStr for TransferStatus {
 }
 
 /// Why a transfer failed. Business outcomes, seen through `GET /v1/transfers/{id}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureCode {
     InsufficientFunds,

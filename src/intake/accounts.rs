@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use super::json::{JsonBody, reject_nul};
 use super::paging::{next_cursor, page_len};
 use super::query::QueryParams;
@@ -19,14 +19,22 @@ pub const ENTRIES_PAGE_LEN_DEFAULT: i64 = 50;
 /// Most entries per page.
 pub const ENTRIES_PAGE_LEN_MAX: i64 = 500;
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /v1/accounts`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccountRequest {
+    /// Generated (`acc_…`) when absent.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$", example = "alice")]
     id: Option<String>,
+    /// An ISO 4217 code with minor units (`USD`, `JPY`, `BHD`; not `XAU`).
+    #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     currency: String,
+    /// May the balance go below zero?
     #[serde(default)]
     allow_overdraft: bool,
+    /// Any JSON object; strings must not contain U+0000.
     #[serde(default)]
+    #[schema(value_type = Object)]
     metadata: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -51,6 +59,27 @@ impl TryFrom<CreateAccountRequest> for NewAccount {
     }
 }
 
+/// Creates an account with a zero balance.
+#[utoipa::path(
+    post,
+    path = "/accounts",
+    tag = "accounts",
+    operation_id = "createAccount",
+    description = "Scope: `accounts:write` (or `admin`).",
+    request_body = CreateAccountRequest,
+    responses(
+        (status = 201, description = "The account, balance zero.", body = AccountView,
+            links(
+                ("GetAccount" = (operation_id = "getAccount",
+                    parameters(("id" = "$response.body#/id")))),
+                ("ListAccountEntries" = (operation_id = "listAccountEntries",
+                    parameters(("id" = "$response.body#/id")))),
+            )),
+        (status = 409, description = "`account_exists`: an account with this id exists.",
+            body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = ["accounts:write"])),
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -73,6 +102,21 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+/// Reads an account and its balance.
+#[utoipa::path(
+    get,
+    path = "/accounts/{id}",
+    tag = "accounts",
+    operation_id = "getAccount",
+    description = "Scope: `accounts:read` (or `admin`).",
+    params(("id" = String, Path, description = "The account id.")),
+    responses(
+        (status = 200, description = "The account.", body = AccountView),
+        (status = 404, description = "`account_not_found`.", body = Problem,
+            content_type = "application/problem+json"),
+    ),
+    security(("api_key" = ["accounts:read"])),
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -94,7 +138,8 @@ pub struct EntriesQuery {
     cursor: Option<String>,
 }
 
-#[derive(Debug, serde::Serialize)]
+/// A page of an account's entries, newest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct EntriesPage {
     entries: Vec<EntryView>,
     /// Pass as `cursor` to get the next (older) page; absent on the last page.
@@ -102,6 +147,27 @@ pub struct EntriesPage {
     next_cursor: Option<String>,
 }
 
+/// Lists an account's ledger entries, newest first.
+#[utoipa::path(
+    get,
+    path = "/accounts/{id}/entries",
+    tag = "accounts",
+    operation_id = "listAccountEntries",
+    description = "Scope: `accounts:read` (or `admin`).",
+    params(
+        ("id" = String, Path, description = "The account id."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500,
+            description = "Entries per page; default 50."),
+        ("cursor" = Option<String>, Query, pattern = "^[0-9]{1,19}$",
+            description = "`next_cursor` of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "A page of entries.", body = EntriesPage),
+        (status = 404, description = "`account_not_found`.", body = Problem,
+            content_type = "application/problem+json"),
+    ),
+    security(("api_key" = ["accounts:read"])),
+)]
 pub async fn entries(
     State(state): State<AppState>,
     caller: Caller,
@@ -110,11 +176,7 @@ pub async fn entries(
 ) -> Result<Json<EntriesPage>, ApiError> {
     caller.require(Scope::AccountsRead)?;
     let limit = page_len(query.limit, ENTRIES_PAGE_LEN_DEFAULT, ENTRIES_PAGE_LEN_MAX)?;
-    let before = query
-        .cursor
-        .map(|c| c.parse::<i64>())
-        .transpose()
-        .map_err(|_| ApiError::InvalidBody("cursor is not one this API returned".into()))?;
+    let before = query.cursor.as_deref().map(entry_cursor).transpose()?;
     let id = AccountId::parse(&id).map_err(|_| ApiError::AccountNotFound(id.clone()))?;
     let entries = state
         .db(async {
@@ -129,4 +191,14 @@ pub async fn entries(
         entries,
         next_cursor,
     }))
+}
+
+/// An entries cursor: an entry id, which is positive, so digits only (no sign), as the
+/// contract's pattern says.
+fn entry_cursor(text: &str) -> Result<i64, ApiError> {
+    text.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| text.parse().ok())
+        .flatten()
+        .ok_or_else(|| ApiError::InvalidBody("cursor is not one this API returned".into()))
 }

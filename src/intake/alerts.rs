@@ -16,13 +16,29 @@ use crate::domain::Scope;
 pub const ALERTS_PAGE_LEN_DEFAULT: i64 = 50;
 pub const ALERTS_PAGE_LEN_MAX: i64 = 500;
 
-#[derive(Debug, Serialize)]
+/// A page of alerts, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AlertsPage {
     alerts: Vec<AlertView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<Uuid>,
 }
 
+/// Lists alerts, newest first, with their delivery state per sink.
+#[utoipa::path(
+    get,
+    path = "/alerts",
+    tag = "alerts",
+    operation_id = "listAlerts",
+    description = "Scope: `admin`.",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500,
+            description = "Alerts per page; default 50."),
+        ("cursor" = Option<Uuid>, Query, description = "`next_cursor` of the previous page."),
+    ),
+    responses((status = 200, description = "A page of alerts.", body = AlertsPage)),
+    security(("api_key" = ["admin"])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

@@ -93,28 +93,33 @@ impl ApiError {
 
     /// The stable machine-readable code clients match on.
     pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+
+    /// The stable code as the type the problem body and the OpenAPI contract carry.
+    pub fn error_code(&self) -> ErrorCode {
         match self {
-            Self::Unauthorized => "unauthorized",
-            Self::Forbidden(_) => "forbidden",
-            Self::IdempotencyKeyMissing => "idempotency_key_missing",
-            Self::IdempotencyKeyInvalid(_) => "idempotency_key_invalid",
-            Self::IdempotencyKeyReused => "idempotency_key_reused",
-            Self::InvalidAmount(_) => "invalid_amount",
-            Self::InvalidCurrency(_) => "invalid_currency",
-            Self::InvalidAccount(_) => "invalid_account",
-            Self::SameAccount => "same_account",
-            Self::InvalidBody(_) => "invalid_body",
-            Self::PayloadTooLarge(_) => "payload_too_large",
-            Self::UnsupportedMediaType(_) => "unsupported_media_type",
-            Self::RequestTimeout(_) => "request_timeout",
-            Self::Unavailable(_) => "unavailable",
-            Self::AccountExists(_) => "account_exists",
-            Self::AccountNotFound(_) => "account_not_found",
-            Self::TransferNotFound => "transfer_not_found",
-            Self::ReconciliationNotFound => "reconciliation_not_found",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::RouteNotFound => "not_found",
-            Self::Internal(_) => "internal",
+            Self::Unauthorized => ErrorCode::Unauthorized,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::IdempotencyKeyMissing => ErrorCode::IdempotencyKeyMissing,
+            Self::IdempotencyKeyInvalid(_) => ErrorCode::IdempotencyKeyInvalid,
+            Self::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
+            Self::InvalidAmount(_) => ErrorCode::InvalidAmount,
+            Self::InvalidCurrency(_) => ErrorCode::InvalidCurrency,
+            Self::InvalidAccount(_) => ErrorCode::InvalidAccount,
+            Self::SameAccount => ErrorCode::SameAccount,
+            Self::InvalidBody(_) => ErrorCode::InvalidBody,
+            Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            Self::RequestTimeout(_) => ErrorCode::RequestTimeout,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::AccountExists(_) => ErrorCode::AccountExists,
+            Self::AccountNotFound(_) => ErrorCode::AccountNotFound,
+            Self::TransferNotFound => ErrorCode::TransferNotFound,
+            Self::ReconciliationNotFound => ErrorCode::ReconciliationNotFound,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::RouteNotFound => ErrorCode::NotFound,
+            Self::Internal(_) => ErrorCode::Internal,
         }
     }
 
@@ -128,19 +133,112 @@ impl ApiError {
                 .unwrap_or("Error")
                 .to_owned(),
             status: self.status().as_u16(),
-            code: self.code(),
+            code: self.error_code(),
             detail: self.to_string(),
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Every stable `code` a problem body can carry (README, HTTP API: errors). The OpenAPI
+/// contract lists them as the enum of `Problem.code`, generated from this type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Unauthorized,
+    Forbidden,
+    IdempotencyKeyMissing,
+    IdempotencyKeyInvalid,
+    IdempotencyKeyReused,
+    InvalidAmount,
+    InvalidCurrency,
+    InvalidAccount,
+    SameAccount,
+    InvalidBody,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    RequestTimeout,
+    Unavailable,
+    AccountExists,
+    AccountNotFound,
+    TransferNotFound,
+    ReconciliationNotFound,
+    RateLimited,
+    NotFound,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 21] = [
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::IdempotencyKeyMissing,
+        Self::IdempotencyKeyInvalid,
+        Self::IdempotencyKeyReused,
+        Self::InvalidAmount,
+        Self::InvalidCurrency,
+        Self::InvalidAccount,
+        Self::SameAccount,
+        Self::InvalidBody,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::RequestTimeout,
+        Self::Unavailable,
+        Self::AccountExists,
+        Self::AccountNotFound,
+        Self::TransferNotFound,
+        Self::ReconciliationNotFound,
+        Self::RateLimited,
+        Self::NotFound,
+        Self::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::IdempotencyKeyMissing => "idempotency_key_missing",
+            Self::IdempotencyKeyInvalid => "idempotency_key_invalid",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::InvalidAmount => "invalid_amount",
+            Self::InvalidCurrency => "invalid_currency",
+            Self::InvalidAccount => "invalid_account",
+            Self::SameAccount => "same_account",
+            Self::InvalidBody => "invalid_body",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::RequestTimeout => "request_timeout",
+            Self::Unavailable => "unavailable",
+            Self::AccountExists => "account_exists",
+            Self::AccountNotFound => "account_not_found",
+            Self::TransferNotFound => "transfer_not_found",
+            Self::ReconciliationNotFound => "reconciliation_not_found",
+            Self::RateLimited => "rate_limited",
+            Self::NotFound => "not_found",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// An RFC 9457 problem body (`application/problem+json`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// `urn:ferry:error:` followed by `code`.
     #[serde(rename = "type")]
+    #[schema(
+        pattern = "^urn:ferry:error:[a-z_]+$",
+        example = "urn:ferry:error:invalid_amount"
+    )]
     pub problem_type: String,
+    /// The HTTP status's reason phrase.
+    #[schema(example = "Bad Request")]
     pub title: String,
+    /// The HTTP status code of the response.
+    #[schema(minimum = 400, maximum = 599, example = 400)]
     pub status: u16,
-    pub code: &'static str,
+    /// The stable machine-readable code: match on this, not on `detail`.
+    pub code: ErrorCode,
+    /// What went wrong, for people; the wording may change.
+    #[schema(example = "amount must be greater than zero")]
     pub detail: String,
 }
 
@@ -213,5 +311,49 @@ impl From<SubmitError> for ApiError {
                 AcceptError::Database(_) => Self::Internal(anyhow::Error::new(e)),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ALL` lists every code once, and the wire names are the ones `as_str` promises.
+    #[test]
+    fn every_error_code_serializes_as_its_stable_name() {
+        for code in ErrorCode::ALL {
+            // Exhaustive: a new code stops this compiling; add it here and to `ALL`.
+            match code {
+                ErrorCode::Unauthorized
+                | ErrorCode::Forbidden
+                | ErrorCode::IdempotencyKeyMissing
+                | ErrorCode::IdempotencyKeyInvalid
+                | ErrorCode::IdempotencyKeyReused
+                | ErrorCode::InvalidAmount
+                | ErrorCode::InvalidCurrency
+                | ErrorCode::InvalidAccount
+                | ErrorCode::SameAccount
+                | ErrorCode::InvalidBody
+                | ErrorCode::PayloadTooLarge
+                | ErrorCode::UnsupportedMediaType
+                | ErrorCode::RequestTimeout
+                | ErrorCode::Unavailable
+                | ErrorCode::AccountExists
+                | ErrorCode::AccountNotFound
+                | ErrorCode::TransferNotFound
+                | ErrorCode::ReconciliationNotFound
+                | ErrorCode::RateLimited
+                | ErrorCode::NotFound
+                | ErrorCode::Internal => {}
+            }
+            assert_eq!(
+                serde_json::to_value(code).expect("serializes"),
+                serde_json::Value::String(code.as_str().to_owned())
+            );
+        }
+        let mut names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len(), "a code is listed twice");
     }
 }

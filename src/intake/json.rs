@@ -80,8 +80,20 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Decodes JSON with a message that says where it went wrong.
+/// Decodes a JSON object with a message that says where it went wrong.
+///
+/// Every request body is an object (docs/openapi.json). serde's derived structs would also
+/// take an array of their fields in order — `[null, null]` started a reconciliation run — so
+/// anything but an object is refused before decoding.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first.is_some_and(|b| *b != b'{') {
+        return Err(ApiError::InvalidBody(
+            "invalid JSON body: the body must be a JSON object".into(),
+        ));
+    }
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::InvalidBody(format!("invalid JSON body: {e}")))
 }

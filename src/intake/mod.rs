@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod json;
+pub mod openapi;
 pub mod paging;
 pub mod query;
 pub mod rate_limit;
@@ -21,9 +22,11 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::store::api_keys::ApiKeyCache;
 use crate::store::group_commit::GroupCommitter;
@@ -65,29 +68,32 @@ impl AppState {
     }
 }
 
+/// Every route with its OpenAPI annotation: `routes!` registers a handler under the path and
+/// method its `#[utoipa::path]` names, so what is served and what is documented cannot drift
+/// (`openapi.rs`). Add routes here, never on the plain `Router` below.
+pub(crate) fn api() -> OpenApiRouter<AppState> {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(accounts::create))
+        .routes(routes!(accounts::get))
+        .routes(routes!(accounts::entries))
+        .routes(routes!(transfers::create, transfers::get_by_key))
+        .routes(routes!(transfers::create_batch))
+        .routes(routes!(transfers::get))
+        .routes(routes!(reconciliations::start, reconciliations::list))
+        .routes(routes!(reconciliations::get))
+        .routes(routes!(alerts::list));
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .nest("/v1", v1)
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(openapi::serve))
+}
+
 /// The HTTP API; every request (its body included) must complete within `request_timeout`.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
-    let v1 = Router::new()
-        .route("/accounts", post(accounts::create))
-        .route("/accounts/{id}", get(accounts::get))
-        .route("/accounts/{id}/entries", get(accounts::entries))
-        .route(
-            "/transfers",
-            post(transfers::create).get(transfers::get_by_key),
-        )
-        .route("/transfers/batch", post(transfers::create_batch))
-        .route("/transfers/{id}", get(transfers::get))
-        .route(
-            "/reconciliations",
-            post(reconciliations::start).get(reconciliations::list),
-        )
-        .route("/reconciliations/{id}", get(reconciliations::get))
-        .route("/alerts", get(alerts::list));
-    Router::new()
-        .nest("/v1", v1)
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+    let (routes, _) = api().split_for_parts();
+    routes
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(DefaultBodyLimit::max(json::BODY_BYTES_MAX))
         .layer(middleware::from_fn(move |request, next| {

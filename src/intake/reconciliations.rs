@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use super::json::JsonBody;
 use super::paging::{PageQuery, next_cursor, page_len};
 use super::query::QueryParams;
@@ -25,16 +25,35 @@ pub const DEFAULT_WINDOW_SECS: i64 = 300;
 pub const RUNS_PAGE_LEN_DEFAULT: i64 = 20;
 pub const RUNS_PAGE_LEN_MAX: i64 = 200;
 
-#[derive(Debug, Default, Deserialize)]
+/// The body of `POST /v1/reconciliations`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
+    /// Window start; default: `to` minus five minutes.
     from: Option<DateTime<Utc>>,
+    /// Window end, after `from`; default: now.
     to: Option<DateTime<Utc>>,
     /// Rebuild the incremental balance sums from the whole ledger.
     #[serde(default)]
     full: bool,
 }
 
+/// Starts a reconciliation run now; a worker executes it.
+#[utoipa::path(
+    post,
+    path = "/reconciliations",
+    tag = "reconciliations",
+    operation_id = "startReconciliation",
+    description = "Scope: `admin`.",
+    request_body = StartRequest,
+    responses(
+        (status = 202, description = "The run, queued for a worker.", body = RunView,
+            headers(("Location" = String, description = "`/v1/reconciliations/{id}`")),
+            links(("GetReconciliation" = (operation_id = "getReconciliation",
+                parameters(("id" = "$response.body#/id")))))),
+    ),
+    security(("api_key" = ["admin"])),
+)]
 pub async fn start(
     State(state): State<AppState>,
     caller: Caller,
@@ -68,13 +87,29 @@ pub async fn start(
         .into_response())
 }
 
-#[derive(Debug, Serialize)]
+/// A page of reconciliation runs, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RunsPage {
     runs: Vec<RunView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<Uuid>,
 }
 
+/// Lists reconciliation runs, newest first.
+#[utoipa::path(
+    get,
+    path = "/reconciliations",
+    tag = "reconciliations",
+    operation_id = "listReconciliations",
+    description = "Scope: `admin`.",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200,
+            description = "Runs per page; default 20."),
+        ("cursor" = Option<Uuid>, Query, description = "`next_cursor` of the previous page."),
+    ),
+    responses((status = 200, description = "A page of runs.", body = RunsPage)),
+    security(("api_key" = ["admin"])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -89,7 +124,8 @@ pub async fn list(
     Ok(Json(RunsPage { runs, next_cursor }))
 }
 
-#[derive(Debug, Serialize)]
+/// A reconciliation run with its findings.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RunDetail {
     #[serde(flatten)]
     run: RunView,
@@ -99,6 +135,21 @@ pub struct RunDetail {
     resolved: Vec<FindingView>,
 }
 
+/// Reads a reconciliation run with its findings.
+#[utoipa::path(
+    get,
+    path = "/reconciliations/{id}",
+    tag = "reconciliations",
+    operation_id = "getReconciliation",
+    description = "Scope: `admin`.",
+    params(("id" = Uuid, Path, description = "The run id.")),
+    responses(
+        (status = 200, description = "The run; `findings` is `[]` when clean.", body = RunDetail),
+        (status = 404, description = "`reconciliation_not_found`.", body = Problem,
+            content_type = "application/problem+json"),
+    ),
+    security(("api_key" = ["admin"])),
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,

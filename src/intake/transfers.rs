@@ -22,15 +22,29 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 pub const BATCH_LEN_MAX: usize = TRANSFERS_PER_JOB_MAX;
 
 /// The body of `POST /v1/transfers`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferRequest {
+    /// The account debited; must differ from `to_account`.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$", example = "treasury")]
     from_account: String,
+    /// The account credited.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$", example = "alice")]
     to_account: String,
-    /// Kept raw so a number (`12.3`) is refused as `invalid_amount`, not as a generic body error.
+    // Kept raw so a number (`12.3`) is refused as `invalid_amount`, not as a generic body error.
+    /// A JSON string, never a number: digits with at most the currency's decimal places
+    /// (`USD` 2, `JPY` 0, `BHD` 3), greater than zero and at most 10^15. `"5"` and `"5.00"`
+    /// are the same amount.
+    #[schema(value_type = String, pattern = r"^[0-9]+(\.[0-9]+)?$", example = "12.30")]
     amount: serde_json::Value,
+    /// An ISO 4217 code with minor units; the accounts' currency.
+    #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     currency: String,
+    /// Free text; strings must not contain U+0000.
+    #[schema(max_length = 255)]
     reference: Option<String>,
+    /// Any JSON object; strings must not contain U+0000.
+    #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -90,6 +104,46 @@ fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
     IdempotencyKey::parse(text).map_err(|e| ApiError::IdempotencyKeyInvalid(e.to_string()))
 }
 
+/// Accepts one transfer, idempotently: it is posted to the ledger by a worker.
+#[utoipa::path(
+    post,
+    path = "/transfers",
+    tag = "transfers",
+    operation_id = "createTransfer",
+    description = "Scope: `transfers:write` (or `admin`). `202` only after the transfer and \
+        its posting job are committed. The same `Idempotency-Key` (per API key) with the same \
+        request returns `200`, the transfer as it is now, and `Idempotent-Replayed: true`; with \
+        another request it is `422 idempotency_key_reused`. A request refused by validation \
+        is not stored, so its key can be used again. A `503` means \"outcome unknown, retry \
+        with the same key\". Business failures (`insufficient_funds`, …) are outcomes of \
+        the accepted transfer, read with `GET /v1/transfers/{id}`.",
+    params((
+        "Idempotency-Key" = String, Header,
+        pattern = "^[!-~]{1,255}$",
+        description = "1–255 visible ASCII characters, sent once; names the transfer for \
+            this API key forever.",
+    )),
+    request_body = TransferRequest,
+    responses(
+        (status = 202, description = "Accepted: committed with its job, now `pending`.",
+            body = TransferView,
+            headers(("Location" = String, description = "`/v1/transfers/{id}`")),
+            links(
+                ("GetTransfer" = (operation_id = "getTransfer",
+                    parameters(("id" = "$response.body#/id")))),
+                ("GetTransferByIdempotencyKey" = (operation_id = "getTransferByIdempotencyKey",
+                    parameters(("idempotency_key" = "$response.body#/idempotency_key")))),
+            )),
+        (status = 200, description = "A replay: the transfer created under this key by the \
+            same request, as it is now.",
+            body = TransferView,
+            headers(("Idempotent-Replayed" = String, description = "`true`"))),
+        (status = 422, description = "`idempotency_key_reused`: the key was used with another \
+            request.",
+            body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = ["transfers:write"])),
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -127,9 +181,14 @@ pub async fn create(
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /v1/transfers/batch`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
+    /// 1 to 1000 items, each a `TransferRequest` plus its `idempotency_key`. Items are
+    /// validated one by one: an invalid item is answered `rejected` in its result, not by
+    /// refusing the request.
+    #[schema(schema_with = super::openapi::batch_items)]
     transfers: Vec<serde_json::Value>,
 }
 
@@ -157,7 +216,8 @@ fn parse_batch_item(value: serde_json::Value) -> Result<NewTransfer, ApiError> {
     from_value::<TransferRequest>(serde_json::Value::Object(fields))?.into_new_transfer(key)
 }
 
-#[derive(Debug, Serialize)]
+/// What happened to one batch item.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 enum ItemOutcome {
     Accepted,
@@ -165,21 +225,41 @@ enum ItemOutcome {
     Rejected,
 }
 
-#[derive(Debug, Serialize)]
+/// The result of one batch item, in the order of the request.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchResult {
+    /// The item's key as sent; `null` when it sent none (or not a string).
     idempotency_key: Option<String>,
     outcome: ItemOutcome,
+    /// The transfer, when `accepted` or `replayed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     transfer: Option<TransferView>,
+    /// Why the item was `rejected`.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<Problem>,
 }
 
-#[derive(Debug, Serialize)]
+/// The answer to `POST /v1/transfers/batch`: one result per item.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchResponse {
     results: Vec<BatchResult>,
 }
 
+/// Accepts up to 1000 transfers in one commit and one posting job.
+#[utoipa::path(
+    post,
+    path = "/transfers/batch",
+    tag = "transfers",
+    operation_id = "createTransferBatch",
+    description = "Scope: `transfers:write` (or `admin`). Each item carries its own \
+        `idempotency_key` with the single-transfer rules; each is `accepted`, `replayed` or \
+        `rejected` (with a problem body in `error`) on its own.",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "One result per item, in order.", body = BatchResponse),
+    ),
+    security(("api_key" = ["transfers:write"])),
+)]
 pub async fn create_batch(
     State(state): State<AppState>,
     caller: Caller,
@@ -256,6 +336,22 @@ fn rejected(key: Option<String>, error: &ApiError) -> BatchResult {
     }
 }
 
+/// Reads a transfer created with this API key.
+#[utoipa::path(
+    get,
+    path = "/transfers/{id}",
+    tag = "transfers",
+    operation_id = "getTransfer",
+    description = "Scope: `transfers:read` (or `admin`). A transfer is visible only to the \
+        API key that created it.",
+    params(("id" = Uuid, Path, description = "The transfer id.")),
+    responses(
+        (status = 200, description = "The transfer.", body = TransferView),
+        (status = 404, description = "`transfer_not_found`.", body = Problem,
+            content_type = "application/problem+json"),
+    ),
+    security(("api_key" = ["transfers:read"])),
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -276,6 +372,25 @@ pub struct ByKeyQuery {
     idempotency_key: String,
 }
 
+/// Finds the transfer this API key created under an idempotency key.
+#[utoipa::path(
+    get,
+    path = "/transfers",
+    tag = "transfers",
+    operation_id = "getTransferByIdempotencyKey",
+    description = "Scope: `transfers:read` (or `admin`).",
+    params((
+        "idempotency_key" = String, Query,
+        pattern = "^[!-~]{1,255}$",
+        description = "The `Idempotency-Key` the transfer was created with.",
+    )),
+    responses(
+        (status = 200, description = "The transfer.", body = TransferView),
+        (status = 404, description = "`transfer_not_found`: no transfer under this key.",
+            body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = ["transfers:read"])),
+)]
 pub async fn get_by_key(
     State(state): State<AppState>,
     caller: Caller,

@@ -178,10 +178,13 @@ pub async fn seen_by_kind(
 }
 
 /// A finding as the API and the CLI report show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Finding)]
 pub struct FindingView {
     pub id: Uuid,
     pub kind: String,
+    /// `info`, `medium` or `critical`.
+    #[schema(pattern = "^(info|medium|critical)$")]
     pub severity: String,
     pub subject: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -26,10 +26,15 @@ impl Trigger {
 }
 
 /// A run as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ReconciliationRun)]
 pub struct RunView {
     pub id: Uuid,
+    /// `schedule`, `api` or `cli`.
+    #[schema(pattern = "^(schedule|api|cli)$")]
     pub trigger: String,
+    /// `running`, `completed` or `failed`.
+    #[schema(pattern = "^(running|completed|failed)$")]
     pub status: String,
     pub window_start: DateTime<Utc>,
     pub window_end: DateTime<Utc>,

@@ -17,22 +17,37 @@ pub struct NewAccount {
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// An account as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Account)]
 pub struct AccountView {
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     pub id: String,
+    #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     pub currency: String,
+    /// A decimal string with the currency's decimal places; negative only with overdraft.
+    #[schema(pattern = r"^-?[0-9]+(\.[0-9]+)?$", example = "0.00")]
     pub balance: String,
     pub allow_overdraft: bool,
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One side of a posted transfer: debits are negative, credits positive.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Entry)]
 pub struct EntryView {
+    /// Opaque; entries are listed newest first by it.
     pub id: String,
     pub transfer_id: uuid::Uuid,
+    /// `debit` or `credit`.
+    #[schema(pattern = "^(debit|credit)$")]
     pub side: String,
+    /// A decimal string: negative for a debit, positive for a credit.
+    #[schema(pattern = r"^-?[0-9]+(\.[0-9]+)?$", example = "-12.30")]
     pub amount: String,
+    #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     pub currency: String,
     pub created_at: DateTime<Utc>,
 }

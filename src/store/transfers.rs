@@ -19,20 +19,32 @@ use crate::queue::{self, POST_TRANSFERS_QUEUE};
 use crate::retry::{RetryClass, RetryPolicy, classify};
 
 /// A transfer as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Transfer)]
 pub struct TransferView {
     pub id: Uuid,
+    #[schema(pattern = "^[!-~]{1,255}$")]
     pub idempotency_key: String,
     pub status: TransferStatus,
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     pub from_account: String,
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     pub to_account: String,
+    /// A decimal string with the currency's decimal places, never a JSON number.
+    #[schema(pattern = r"^[0-9]+(\.[0-9]+)?$", example = "12.30")]
     pub amount: String,
+    #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     pub currency: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 255)]
     pub reference: Option<String>,
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
+    /// Present when `status` is `failed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_code: Option<FailureCode>,
+    /// Posting attempts that failed for a transient reason (outages are not counted).
+    #[schema(minimum = 0)]
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -14,6 +14,7 @@ mod database;
 mod faults;
 mod http;
 mod idempotency;
+mod openapi;
 mod outage;
 mod posting;
 mod rate_limit;

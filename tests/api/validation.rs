@@ -233,3 +233,46 @@ async fn a_nul_character_in_text_is_invalid_body_and_spares_concurrent_requests(
     assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.body);
     assert_eq!(app.count("SELECT count(*) FROM transfers").await, 1);
 }
+
+/// Found by Schemathesis (.ci/schemathesis.sh): serde's derived structs also decode an array
+/// of their fields in order, so `[null, null]` started a reconciliation run with `202`. Every
+/// body must be a JSON object, as docs/openapi.json says.
+#[tokio::test]
+async fn a_body_that_is_not_a_json_object_is_invalid_body_on_every_route() {
+    let app = spawn_app().await;
+    let routes = [
+        "/v1/accounts",
+        "/v1/transfers",
+        "/v1/transfers/batch",
+        "/v1/reconciliations",
+    ];
+    for path in routes {
+        for raw in [
+            "[null, null]",
+            "[]",
+            " [\"alice\", \"USD\"]",
+            "null",
+            "1",
+            "\"x\"",
+        ] {
+            let reply = app
+                .send(
+                    app.client
+                        .post(app.url(path))
+                        .bearer_auth(&app.api_key)
+                        .header("Idempotency-Key", "array-body")
+                        .header("Content-Type", "application/json")
+                        .body(raw),
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path} {raw}");
+            assert_eq!(reply.body["code"], "invalid_body", "{path} {raw}");
+        }
+    }
+    assert_nothing_stored(&app).await;
+    assert_eq!(app.count("SELECT count(*) FROM accounts").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM reconciliation_runs").await,
+        0
+    );
+}
