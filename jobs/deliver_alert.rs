@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use crate::alerts::breaker::{Permit, Transition};
+use crate::alerts::config::Sink;
 use crate::alerts::deliver::{self, AttemptOutcome};
 use crate::alerts::outbox;
 use crate::alerts::payload::Action;
@@ -46,43 +47,64 @@ pub async fn handle(job: DeliverAlert, ctx: Data<AlertJobContext>) -> Result<(),
         .await?;
         return Ok(());
     };
-    let attempt = delivery.attempts + 1;
-    // Attempts are never negative (a CHECK constraint).
-    let attempt_number = u32::try_from(attempt).unwrap_or(0);
-    if let Permit::Rejected { retry_in } = ctx.alerting.breakers.permit(&sink.name, Instant::now())
-    {
-        // An open circuit is the sink's trouble, not this delivery's: no attempt is spent.
-        let open = Failure::Unavailable {
-            not_before: Some(retry_in),
-        };
-        match RetryPolicy::ALERT_DELIVERY.decide(open, attempt_number) {
-            Decision::Retry { wait, .. } => {
-                // Drawn before any await: the thread-local RNG must not be held across one.
-                let delay = wait.sample(&mut rand::rng());
-                let mut tx = ctx.pool.begin().await?;
-                schedule(&mut tx, job.delivery_id, delay).await?;
-                tx.commit().await?;
-            }
-            // Not what ALERT_DELIVERY decides today (an open circuit never gives up), but
-            // this handler executes whatever the policy decides.
-            Decision::GiveUp => {
-                error!(sink = %sink.name, attempt, "alert delivery given up while the circuit is open");
-                let mut conn = ctx.pool.acquire().await?;
-                let error = Some("sink circuit open");
-                update(
-                    &mut conn,
-                    job.delivery_id,
-                    "failed",
-                    delivery.attempts,
-                    None,
-                    error,
-                )
-                .await?;
-            }
+    match ctx.alerting.breakers.permit(&sink.name, Instant::now()) {
+        Permit::Rejected { retry_in } => {
+            wait_for_circuit(&ctx, job.delivery_id, &delivery, sink, retry_in).await
         }
-        return Ok(());
+        _ => attempt(&ctx, job.delivery_id, &delivery, sink).await,
     }
-    let message_id = format!("msg_{}", job.delivery_id.simple());
+}
+
+/// The sink's circuit is open: the delivery waits it out. An open circuit is the sink's
+/// trouble, not this delivery's, so no attempt is spent.
+async fn wait_for_circuit(
+    ctx: &AlertJobContext,
+    delivery_id: Uuid,
+    delivery: &outbox::PendingDelivery,
+    sink: &Sink,
+    retry_in: Duration,
+) -> Result<(), BoxDynError> {
+    let open = Failure::Unavailable {
+        not_before: Some(retry_in),
+    };
+    match RetryPolicy::ALERT_DELIVERY.decide(open, attempt_number(delivery.attempts + 1)) {
+        Decision::Retry { wait, .. } => {
+            // Drawn before any await: the thread-local RNG must not be held across one.
+            let delay = wait.sample(&mut rand::rng());
+            let mut tx = ctx.pool.begin().await?;
+            schedule(&mut tx, delivery_id, delay).await?;
+            tx.commit().await?;
+        }
+        // Not what ALERT_DELIVERY decides today (an open circuit never gives up), but this
+        // handler executes whatever the policy decides.
+        Decision::GiveUp => {
+            error!(sink = %sink.name, attempts = delivery.attempts, "alert delivery given up while the circuit is open");
+            let mut conn = ctx.pool.acquire().await?;
+            let error = Some("sink circuit open");
+            update(
+                &mut conn,
+                delivery_id,
+                "failed",
+                delivery.attempts,
+                None,
+                error,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// One attempt: send, record it, then deliver / retry / give up as the policy decides, and
+/// raise an alert if the attempt changed the sink's circuit — all in one transaction.
+async fn attempt(
+    ctx: &AlertJobContext,
+    delivery_id: Uuid,
+    delivery: &outbox::PendingDelivery,
+    sink: &Sink,
+) -> Result<(), BoxDynError> {
+    let attempt = delivery.attempts + 1;
+    let message_id = format!("msg_{}", delivery_id.simple());
     let (outcome, latency) =
         deliver::send(&ctx.alerting.client, sink, &delivery.event, &message_id).await;
     let failed = matches!(
@@ -104,7 +126,7 @@ pub async fn handle(job: DeliverAlert, ctx: Data<AlertJobContext>) -> Result<(),
         "INSERT INTO alert_attempts (delivery_id, attempt, status_code, latency_ms, outcome, error) \
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(job.delivery_id)
+    .bind(delivery_id)
     .bind(attempt)
     .bind(outcome.status().map(i32::from))
     .bind(i32::try_from(latency.as_millis()).unwrap_or(i32::MAX))
@@ -112,43 +134,7 @@ pub async fn handle(job: DeliverAlert, ctx: Data<AlertJobContext>) -> Result<(),
     .bind(outcome.error())
     .execute(&mut *tx)
     .await?;
-    let status = outcome.status().map(i32::from);
-    let decision = outcome
-        .failure()
-        .map(|failure| RetryPolicy::ALERT_DELIVERY.decide(failure, attempt_number));
-    let error = outcome.error().unwrap_or_default();
-    match decision {
-        None => {
-            update(&mut tx, job.delivery_id, "delivered", attempt, status, None).await?;
-        }
-        Some(Decision::Retry { wait, .. }) => {
-            let delay = wait.sample(&mut rand::rng());
-            warn!(sink = %sink.name, %error, attempt, ?delay, "alert delivery will be retried");
-            update(
-                &mut tx,
-                job.delivery_id,
-                "pending",
-                attempt,
-                status,
-                Some(error),
-            )
-            .await?;
-            schedule(&mut tx, job.delivery_id, delay).await?;
-        }
-        // Refused (non-retryable status) or out of attempts.
-        Some(Decision::GiveUp) => {
-            error!(sink = %sink.name, %error, attempt, "alert delivery failed for good");
-            update(
-                &mut tx,
-                job.delivery_id,
-                "failed",
-                attempt,
-                status,
-                Some(error),
-            )
-            .await?;
-        }
-    }
+    apply_decision(&mut tx, delivery_id, sink, attempt, &outcome).await?;
     if let Some(transition) = transition {
         let action = match transition {
             Transition::Opened => Action::Trigger,
@@ -160,6 +146,41 @@ pub async fn handle(job: DeliverAlert, ctx: Data<AlertJobContext>) -> Result<(),
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Marks the delivery delivered, rescheduled or failed, as the policy decides for `outcome`.
+async fn apply_decision(
+    conn: &mut sqlx::PgConnection,
+    delivery_id: Uuid,
+    sink: &Sink,
+    attempt: i32,
+    outcome: &AttemptOutcome,
+) -> Result<(), BoxDynError> {
+    let status = outcome.status().map(i32::from);
+    let decision = outcome
+        .failure()
+        .map(|failure| RetryPolicy::ALERT_DELIVERY.decide(failure, attempt_number(attempt)));
+    let error = outcome.error().unwrap_or_default();
+    match decision {
+        None => update(conn, delivery_id, "delivered", attempt, status, None).await?,
+        Some(Decision::Retry { wait, .. }) => {
+            let delay = wait.sample(&mut rand::rng());
+            warn!(sink = %sink.name, %error, attempt, ?delay, "alert delivery will be retried");
+            update(conn, delivery_id, "pending", attempt, status, Some(error)).await?;
+            schedule(conn, delivery_id, delay).await?;
+        }
+        // Refused (non-retryable status) or out of attempts.
+        Some(Decision::GiveUp) => {
+            error!(sink = %sink.name, %error, attempt, "alert delivery failed for good");
+            update(conn, delivery_id, "failed", attempt, status, Some(error)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The policy numbers attempts from 1; stored attempts are never negative (a CHECK).
+fn attempt_number(attempt: i32) -> u32 {
+    u32::try_from(attempt).unwrap_or(0)
 }
 
 async fn update(
