@@ -139,95 +139,25 @@ impl Config {
             redis_url: var("REDIS_URL", REDIS_URL_DEFAULT.to_owned())?,
             http_addr: parsed("FERRY_HTTP_ADDR", HTTP_ADDR_DEFAULT)?,
             roles: parsed("FERRY_ROLES", "all")?,
-            db_pool_connections_max: parsed(
+            db_pool_connections_max: num(
                 "FERRY_DB_POOL_CONNECTIONS_MAX",
-                &DB_POOL_CONNECTIONS_MAX_DEFAULT.to_string(),
+                DB_POOL_CONNECTIONS_MAX_DEFAULT,
             )?,
-            db_acquire_timeout_ms: parsed(
+            db_acquire_timeout_ms: num(
                 "FERRY_DB_ACQUIRE_TIMEOUT_MS",
-                &DB_ACQUIRE_TIMEOUT_MS_DEFAULT.to_string(),
+                DB_ACQUIRE_TIMEOUT_MS_DEFAULT,
             )?,
-            intake_committers: parsed(
-                "FERRY_INTAKE_COMMITTERS",
-                &INTAKE_COMMITTERS_DEFAULT.to_string(),
-            )?,
-            intake_db_timeout_ms: parsed(
-                "FERRY_INTAKE_DB_TIMEOUT_MS",
-                &INTAKE_DB_TIMEOUT_MS_DEFAULT.to_string(),
-            )?,
-            http: HttpSettings {
-                header_read_timeout_ms: parsed(
-                    "FERRY_HTTP_HEADER_READ_TIMEOUT_MS",
-                    &HEADER_READ_TIMEOUT_MS_DEFAULT.to_string(),
-                )?,
-                request_timeout_ms: parsed(
-                    "FERRY_HTTP_REQUEST_TIMEOUT_MS",
-                    &REQUEST_TIMEOUT_MS_DEFAULT.to_string(),
-                )?,
-                connections_max: parsed(
-                    "FERRY_HTTP_CONNECTIONS_MAX",
-                    &CONNECTIONS_MAX_DEFAULT.to_string(),
-                )?,
-            },
-            workers: WorkerSettings {
-                posting_workers: parsed(
-                    "FERRY_POSTING_WORKERS",
-                    &POSTING_WORKERS_DEFAULT.to_string(),
-                )?,
-                posting_concurrency: parsed(
-                    "FERRY_POSTING_CONCURRENCY",
-                    &POSTING_CONCURRENCY_DEFAULT.to_string(),
-                )?,
-                queue: QueueSettings {
-                    fetch_batch: parsed(
-                        "FERRY_JOB_FETCH_BATCH",
-                        &JOB_FETCH_BATCH_DEFAULT.to_string(),
-                    )?,
-                    heartbeat_ms: parsed(
-                        "FERRY_WORKER_HEARTBEAT_MS",
-                        &WORKER_HEARTBEAT_MS_DEFAULT.to_string(),
-                    )?,
-                    missed_heartbeats: parsed(
-                        "FERRY_WORKER_MISSED_HEARTBEATS",
-                        &WORKER_MISSED_HEARTBEATS_DEFAULT.to_string(),
-                    )?,
-                    rescue_after: secs(
-                        "FERRY_JOB_RESCUE_AFTER_SECS",
-                        JOB_RESCUE_AFTER_SECS_DEFAULT,
-                    )?,
-                },
-            },
-            shutdown_grace_ms: parsed(
-                "FERRY_SHUTDOWN_GRACE_MS",
-                &SHUTDOWN_GRACE_MS_DEFAULT.to_string(),
-            )?,
+            intake_committers: num("FERRY_INTAKE_COMMITTERS", INTAKE_COMMITTERS_DEFAULT)?,
+            intake_db_timeout_ms: num("FERRY_INTAKE_DB_TIMEOUT_MS", INTAKE_DB_TIMEOUT_MS_DEFAULT)?,
+            http: http_from_env()?,
+            workers: workers_from_env()?,
+            shutdown_grace_ms: num("FERRY_SHUTDOWN_GRACE_MS", SHUTDOWN_GRACE_MS_DEFAULT)?,
             rate_limit: RateLimit {
-                per_sec: parsed("FERRY_RATE_LIMIT_PER_SEC", "0")?,
-                burst: parsed("FERRY_RATE_LIMIT_BURST", "100")?,
+                per_sec: num("FERRY_RATE_LIMIT_PER_SEC", 0)?,
+                burst: num("FERRY_RATE_LIMIT_BURST", 100)?,
             },
             reconcile_cron: var("FERRY_RECONCILE_CRON", RECONCILE_CRON_DEFAULT.to_owned())?,
-            reconcile: ReconcileSettings {
-                stuck_after: secs("FERRY_STUCK_PENDING_SECS", STUCK_AFTER_SECS_DEFAULT)?,
-                job_rescue_after: secs(
-                    "FERRY_JOB_RESCUE_AFTER_SECS",
-                    JOB_RESCUE_AFTER_SECS_DEFAULT,
-                )?,
-                full_scan_every: secs(
-                    "FERRY_RECONCILE_FULL_SCAN_EVERY_SECS",
-                    FULL_SCAN_EVERY_SECS_DEFAULT,
-                )?,
-                retention: Retention {
-                    done: secs(
-                        "FERRY_JOB_RETENTION_DONE_SECS",
-                        JOB_RETENTION_DONE_SECS_DEFAULT,
-                    )?,
-                    dead: secs(
-                        "FERRY_JOB_RETENTION_DEAD_SECS",
-                        JOB_RETENTION_DEAD_SECS_DEFAULT,
-                    )?,
-                    workers: Duration::from_secs(WORKER_RETENTION_SECS),
-                },
-            },
+            reconcile: reconcile_from_env()?,
             alerts: Arc::new(load_alerts()?),
             failpoint: parsed("FERRY_FAILPOINT", "none")?,
         };
@@ -235,88 +165,105 @@ impl Config {
         Ok(config)
     }
 
-    /// Refuses settings that would make ferry silently misbehave.
+    /// Refuses settings that would make ferry silently misbehave; the first rule broken is
+    /// reported, naming its variable.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |variable, reason: &str| {
-            Err(ConfigError {
-                variable,
-                reason: reason.to_owned(),
-            })
-        };
-        let workers = &self.workers;
-        if self.db_pool_connections_max < 4 {
-            return fail("FERRY_DB_POOL_CONNECTIONS_MAX", "must be at least 4");
+        if let Err(reason) = parse_schedule(&self.reconcile_cron) {
+            return Err(ConfigError {
+                variable: "FERRY_RECONCILE_CRON",
+                reason,
+            });
         }
-        if self.intake_committers == 0 {
-            return fail("FERRY_INTAKE_COMMITTERS", "must be at least 1");
-        }
-        if self.intake_db_timeout_ms < 100 {
-            return fail("FERRY_INTAKE_DB_TIMEOUT_MS", "must be at least 100");
-        }
-        if self.http.header_read_timeout_ms < 100 {
-            return fail("FERRY_HTTP_HEADER_READ_TIMEOUT_MS", "must be at least 100");
-        }
-        // A request waiting on the database must get its `503` before the request timeout
-        // turns it into a `408`.
-        if self.http.request_timeout_ms <= self.intake_db_timeout_ms {
-            return fail(
+        let (workers, queue, http) = (&self.workers, &self.workers.queue, &self.http);
+        let retention = &self.reconcile.retention;
+        // (broken, variable, why)
+        let rules = [
+            (
+                self.db_pool_connections_max < 4,
+                "FERRY_DB_POOL_CONNECTIONS_MAX",
+                "must be at least 4",
+            ),
+            (
+                self.intake_committers == 0,
+                "FERRY_INTAKE_COMMITTERS",
+                "must be at least 1",
+            ),
+            (
+                self.intake_db_timeout_ms < 100,
+                "FERRY_INTAKE_DB_TIMEOUT_MS",
+                "must be at least 100",
+            ),
+            (
+                http.header_read_timeout_ms < 100,
+                "FERRY_HTTP_HEADER_READ_TIMEOUT_MS",
+                "must be at least 100",
+            ),
+            // A request waiting on the database must get its `503` before the request
+            // timeout turns it into a `408`.
+            (
+                http.request_timeout_ms <= self.intake_db_timeout_ms,
                 "FERRY_HTTP_REQUEST_TIMEOUT_MS",
                 "must be longer than FERRY_INTAKE_DB_TIMEOUT_MS",
-            );
-        }
-        if self.http.connections_max == 0 {
-            return fail("FERRY_HTTP_CONNECTIONS_MAX", "must be at least 1");
-        }
-        if workers.posting_workers == 0 && self.roles.worker {
-            return fail(
+            ),
+            (
+                http.connections_max == 0,
+                "FERRY_HTTP_CONNECTIONS_MAX",
+                "must be at least 1",
+            ),
+            (
+                workers.posting_workers == 0 && self.roles.worker,
                 "FERRY_POSTING_WORKERS",
                 "must be at least 1 for the worker role",
-            );
-        }
-        if workers.posting_concurrency == 0 {
-            return fail("FERRY_POSTING_CONCURRENCY", "must be at least 1");
-        }
-        // Each worker fetches, acks and heartbeats; the poster holds one more connection.
-        if workers.posting_workers * 2 + 2 >= self.db_pool_connections_max as usize {
-            return fail(
+            ),
+            (
+                workers.posting_concurrency == 0,
+                "FERRY_POSTING_CONCURRENCY",
+                "must be at least 1",
+            ),
+            // Each worker fetches, acks and heartbeats; the poster holds one more connection.
+            (
+                workers.posting_workers * 2 + 2 >= self.db_pool_connections_max as usize,
                 "FERRY_POSTING_WORKERS",
                 "posting workers × 2 + 2 must stay below the pool size",
-            );
-        }
-        if let Err(reason) = parse_schedule(&self.reconcile_cron) {
-            return fail("FERRY_RECONCILE_CRON", &reason);
-        }
-        if self.reconcile.stuck_after < Duration::from_secs(60) {
-            return fail("FERRY_STUCK_PENDING_SECS", "must be at least 60");
-        }
-        if self.reconcile.retention.done.is_zero() || self.reconcile.retention.dead.is_zero() {
-            return fail(
+            ),
+            (
+                self.reconcile.stuck_after < Duration::from_secs(60),
+                "FERRY_STUCK_PENDING_SECS",
+                "must be at least 60",
+            ),
+            (
+                retention.done.is_zero() || retention.dead.is_zero(),
                 "FERRY_JOB_RETENTION_DONE_SECS",
                 "retention must be above zero",
-            );
-        }
-        if workers.queue.fetch_batch == 0 {
-            return fail("FERRY_JOB_FETCH_BATCH", "must be at least 1");
-        }
-        if workers.queue.heartbeat_ms < 100 || workers.queue.missed_heartbeats < 2 {
-            return fail(
+            ),
+            (
+                queue.fetch_batch == 0,
+                "FERRY_JOB_FETCH_BATCH",
+                "must be at least 1",
+            ),
+            (
+                queue.heartbeat_ms < 100 || queue.missed_heartbeats < 2,
                 "FERRY_WORKER_HEARTBEAT_MS",
                 "heartbeat must be ≥ 100 ms and missed heartbeats ≥ 2",
-            );
-        }
-        if workers.queue.rescue_after < Duration::from_secs(JOB_RESCUE_AFTER_SECS_MIN) {
-            return fail(
+            ),
+            (
+                queue.rescue_after < Duration::from_secs(JOB_RESCUE_AFTER_SECS_MIN),
                 "FERRY_JOB_RESCUE_AFTER_SECS",
                 "must be at least 5 (posting jobs that run this long are taken back)",
-            );
-        }
-        if workers.queue.orphan_timeout() > Duration::from_millis(ORPHAN_TIMEOUT_MS_MAX) {
-            return fail(
+            ),
+            (
+                queue.orphan_timeout() > Duration::from_millis(ORPHAN_TIMEOUT_MS_MAX),
                 "FERRY_WORKER_HEARTBEAT_MS",
                 "heartbeat × missed heartbeats must stay within 30 s so orphans recover quickly",
-            );
+            ),
+        ];
+        match rules.into_iter().find(|(broken, ..)| *broken) {
+            Some((_, variable, reason)) => Err(ConfigError {
+                variable,
+                reason: reason.to_owned(),
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     pub fn db_acquire_timeout(&self) -> Duration {
@@ -349,6 +296,64 @@ fn load_alerts() -> Result<AlertConfig, ConfigError> {
         variable: "FERRY_CONFIG",
         reason: e.to_string(),
     })
+}
+
+fn http_from_env() -> Result<HttpSettings, ConfigError> {
+    Ok(HttpSettings {
+        header_read_timeout_ms: num(
+            "FERRY_HTTP_HEADER_READ_TIMEOUT_MS",
+            HEADER_READ_TIMEOUT_MS_DEFAULT,
+        )?,
+        request_timeout_ms: num("FERRY_HTTP_REQUEST_TIMEOUT_MS", REQUEST_TIMEOUT_MS_DEFAULT)?,
+        connections_max: num("FERRY_HTTP_CONNECTIONS_MAX", CONNECTIONS_MAX_DEFAULT)?,
+    })
+}
+
+fn workers_from_env() -> Result<WorkerSettings, ConfigError> {
+    Ok(WorkerSettings {
+        posting_workers: num("FERRY_POSTING_WORKERS", POSTING_WORKERS_DEFAULT)?,
+        posting_concurrency: num("FERRY_POSTING_CONCURRENCY", POSTING_CONCURRENCY_DEFAULT)?,
+        queue: QueueSettings {
+            fetch_batch: num("FERRY_JOB_FETCH_BATCH", JOB_FETCH_BATCH_DEFAULT)?,
+            heartbeat_ms: num("FERRY_WORKER_HEARTBEAT_MS", WORKER_HEARTBEAT_MS_DEFAULT)?,
+            missed_heartbeats: num(
+                "FERRY_WORKER_MISSED_HEARTBEATS",
+                WORKER_MISSED_HEARTBEATS_DEFAULT,
+            )?,
+            rescue_after: secs("FERRY_JOB_RESCUE_AFTER_SECS", JOB_RESCUE_AFTER_SECS_DEFAULT)?,
+        },
+    })
+}
+
+fn reconcile_from_env() -> Result<ReconcileSettings, ConfigError> {
+    Ok(ReconcileSettings {
+        stuck_after: secs("FERRY_STUCK_PENDING_SECS", STUCK_AFTER_SECS_DEFAULT)?,
+        job_rescue_after: secs("FERRY_JOB_RESCUE_AFTER_SECS", JOB_RESCUE_AFTER_SECS_DEFAULT)?,
+        full_scan_every: secs(
+            "FERRY_RECONCILE_FULL_SCAN_EVERY_SECS",
+            FULL_SCAN_EVERY_SECS_DEFAULT,
+        )?,
+        retention: Retention {
+            done: secs(
+                "FERRY_JOB_RETENTION_DONE_SECS",
+                JOB_RETENTION_DONE_SECS_DEFAULT,
+            )?,
+            dead: secs(
+                "FERRY_JOB_RETENTION_DEAD_SECS",
+                JOB_RETENTION_DEAD_SECS_DEFAULT,
+            )?,
+            workers: Duration::from_secs(WORKER_RETENTION_SECS),
+        },
+    })
+}
+
+/// A number from `variable`, `default` when unset.
+fn num<T>(variable: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr + std::fmt::Display,
+    T::Err: std::fmt::Display,
+{
+    parsed(variable, &default.to_string())
 }
 
 fn secs(variable: &'static str, default: u64) -> Result<Duration, ConfigError> {

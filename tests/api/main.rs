@@ -9,6 +9,7 @@ mod architecture;
 mod auth;
 mod bank;
 mod bench;
+mod config;
 mod crash;
 mod database;
 mod faults;
