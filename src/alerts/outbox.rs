@@ -4,12 +4,12 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::config::AlertConfig;
 use super::payload::{Action, AlertEvent};
-use crate::domain::Severity;
+use crate::domain::{Severity, UnknownValue};
 use crate::queue::payloads::DeliverAlert;
 use crate::queue::{self, ALERTS_QUEUE, EnqueueError};
 
@@ -94,11 +94,51 @@ pub struct PendingDelivery {
     pub event: AlertEvent,
 }
 
+/// Where a delivery is: `pending` until `delivered` or `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl DeliveryStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl TryFrom<String> for DeliveryStatus {
+    type Error = UnknownValue;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        [Self::Pending, Self::Delivered, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| UnknownValue::new("delivery status", &text))
+    }
+}
+
+/// A delivery joined with its alert. Stored values of closed sets read back strictly: an
+/// unknown one is an error, never a guess.
+#[derive(sqlx::FromRow)]
+struct PendingDeliveryRow {
+    sink: String,
+    #[sqlx(try_from = "String")]
+    status: DeliveryStatus,
+    attempts: i32,
+    #[sqlx(flatten)]
+    event: AlertEvent,
+}
+
 pub async fn load_delivery(
     pool: &PgPool,
     delivery_id: Uuid,
 ) -> Result<Option<PendingDelivery>, sqlx::Error> {
-    let row = sqlx::query(
+    let row = sqlx::query_as::<_, PendingDeliveryRow>(
         "SELECT d.sink, d.status, d.attempts, a.id, a.dedup_key, a.action, a.event_type, \
            a.severity, a.summary, a.details, a.created_at \
          FROM alert_deliveries d JOIN alerts a ON a.id = d.alert_id WHERE d.id = $1",
@@ -106,38 +146,11 @@ pub async fn load_delivery(
     .bind(delivery_id)
     .fetch_optional(pool)
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    // Stored values of closed sets: an unknown one is an error, never a guess.
-    let decode = |column: &str, e: crate::domain::UnknownValue| sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: Box::new(e),
-    };
-    let action = match row.try_get::<String, _>("action")?.as_str() {
-        "resolve" => Action::Resolve,
-        "trigger" => Action::Trigger,
-        other => {
-            return Err(decode(
-                "action",
-                crate::domain::UnknownValue::new("action", other),
-            ));
-        }
-    };
-    let severity = Severity::parse_known(&row.try_get::<String, _>("severity")?)
-        .map_err(|e| decode("severity", e))?;
-    Ok(Some(PendingDelivery {
-        sink: row.try_get("sink")?,
-        status: row.try_get("status")?,
-        attempts: row.try_get("attempts")?,
-        event: AlertEvent {
-            id: row.try_get("id")?,
-            dedup_key: row.try_get("dedup_key")?,
-            action,
-            event_type: row.try_get("event_type")?,
-            severity,
-            summary: row.try_get("summary")?,
-            details: row.try_get("details")?,
-            created_at: row.try_get("created_at")?,
-        },
+    Ok(row.map(|row| PendingDelivery {
+        sink: row.sink,
+        status: row.status.as_str().to_owned(),
+        attempts: row.attempts,
+        event: row.event,
     }))
 }
 
@@ -148,6 +161,7 @@ pub struct DeliveryView {
     pub sink: String,
     /// `pending`, `delivered` or `failed`.
     #[schema(pattern = "^(pending|delivered|failed)$")]
+    #[serde(deserialize_with = "known_delivery_status")]
     pub status: String,
     #[schema(minimum = 0)]
     pub attempts: i32,
@@ -155,6 +169,14 @@ pub struct DeliveryView {
     pub last_error: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// Reads a stored delivery status strictly: an unknown one is an error, never a guess.
+fn known_delivery_status<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    DeliveryStatus::try_from(text)
+        .map(|s| s.as_str().to_owned())
+        .map_err(serde::de::Error::custom)
 }
 
 /// An alert with its delivery state per sink.
@@ -182,7 +204,7 @@ pub async fn list(
     limit: i64,
     before: Option<Uuid>,
 ) -> Result<Vec<AlertView>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, AlertRow>(
         "SELECT a.id, a.dedup_key, a.action, a.event_type, a.severity, a.summary, a.details, \
            a.created_at, coalesce(jsonb_agg(jsonb_build_object( \
              'sink', d.sink, 'status', d.status, 'attempts', d.attempts, \
@@ -197,21 +219,53 @@ pub async fn list(
     .bind(before)
     .fetch_all(pool)
     .await?;
-    rows.iter()
-        .map(|row| {
-            let deliveries: Value = row.try_get("deliveries")?;
-            Ok(AlertView {
-                id: row.try_get("id")?,
-                dedup_key: row.try_get("dedup_key")?,
-                action: row.try_get("action")?,
-                event_type: row.try_get("event_type")?,
-                severity: row.try_get("severity")?,
-                summary: row.try_get("summary")?,
-                details: row.try_get("details")?,
-                created_at: row.try_get("created_at")?,
-                deliveries: serde_json::from_value(deliveries)
-                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-            })
-        })
-        .collect()
+    Ok(rows.into_iter().map(AlertView::from).collect())
+}
+
+/// An `alerts` row with its deliveries aggregated as JSON.
+#[derive(sqlx::FromRow)]
+struct AlertRow {
+    #[sqlx(flatten)]
+    event: AlertEvent,
+    #[sqlx(json)]
+    deliveries: Vec<DeliveryView>,
+}
+
+impl From<AlertRow> for AlertView {
+    fn from(AlertRow { event, deliveries }: AlertRow) -> Self {
+        Self {
+            id: event.id,
+            dedup_key: event.dedup_key,
+            action: event.action.as_str().to_owned(),
+            event_type: event.event_type,
+            severity: event.severity.as_str().to_owned(),
+            summary: event.summary,
+            details: event.details,
+            created_at: event.created_at,
+            deliveries,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_stored_delivery_status_or_action_is_an_error_not_a_default() {
+        assert_eq!(
+            DeliveryStatus::try_from("delivered".to_owned()),
+            Ok(DeliveryStatus::Delivered)
+        );
+        assert!(DeliveryStatus::try_from("lost".to_owned()).is_err());
+        let view = serde_json::json!({"sink": "s", "status": "lost", "attempts": 0,
+            "last_status": null, "last_error": null, "next_attempt_at": null,
+            "delivered_at": null});
+        assert!(serde_json::from_value::<DeliveryView>(view).is_err());
+        assert_eq!(
+            Action::try_from("resolve".to_owned()).ok(),
+            Some(Action::Resolve)
+        );
+        assert!(Action::try_from("snooze".to_owned()).is_err());
+    }
 }

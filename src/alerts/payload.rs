@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::domain::Severity;
+use crate::domain::{Severity, UnknownValue};
 
 /// PagerDuty caps `payload.summary` at 1024 characters.
 pub const PAGERDUTY_SUMMARY_CHARS_MAX: usize = 1024;
@@ -32,16 +32,34 @@ impl Action {
             Self::Resolve => "resolve",
         }
     }
+
+    /// Parses a stored value; unknown text is an error, never a default.
+    pub fn parse_known(text: &str) -> Result<Self, UnknownValue> {
+        [Self::Trigger, Self::Resolve]
+            .into_iter()
+            .find(|a| a.as_str() == text)
+            .ok_or_else(|| UnknownValue::new("action", text))
+    }
 }
 
-/// One alert as every sink renders it.
-#[derive(Debug, Clone)]
+impl TryFrom<String> for Action {
+    type Error = UnknownValue;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Self::parse_known(&text)
+    }
+}
+
+/// One alert as every sink renders it. Read back from `alerts` strictly: an unknown stored
+/// action or severity is an error.
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AlertEvent {
     pub id: Uuid,
     pub dedup_key: String,
+    #[sqlx(try_from = "String")]
     pub action: Action,
     /// e.g. `reconciliation.balance_drift`, `transfer.retries_exhausted`.
     pub event_type: String,
+    #[sqlx(try_from = "String")]
     pub severity: Severity,
     /// One line saying what is wrong.
     pub summary: String,

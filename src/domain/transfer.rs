@@ -106,6 +106,13 @@ impl FromStr for TransferStatus {
     }
 }
 
+impl TryFrom<String> for TransferStatus {
+    type Error = UnknownCode;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
 /// Why a transfer failed. Business outcomes, seen through `GET /v1/transfers/{id}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -137,6 +144,13 @@ impl FromStr for FailureCode {
             "retries_exhausted" => Ok(Self::RetriesExhausted),
             other => Err(UnknownCode(other.to_owned())),
         }
+    }
+}
+
+impl TryFrom<String> for FailureCode {
+    type Error = UnknownCode;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
     }
 }
 

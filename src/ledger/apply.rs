@@ -44,20 +44,7 @@ pub struct EntryLine {
     pub currency: Currency,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Debit,
-    Credit,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Debit => "debit",
-            Self::Credit => "credit",
-        }
-    }
-}
+pub use crate::domain::Side;
 
 /// What a batch does to the ledger.
 #[derive(Debug, Default)]

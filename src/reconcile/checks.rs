@@ -11,11 +11,47 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
+use sqlx::error::UnexpectedNullError;
 use uuid::Uuid;
 
 use super::finding::{FindingKind, Observation};
+use crate::domain::TransferStatus;
+use crate::domain::transfer::UnknownCode;
 use crate::queue::table;
+
+/// A row of [`transfers`]: a transfer with a problem, or (all but `checked_count` NULL) the
+/// one summary row. The status reads back strictly: an unknown one is an error.
+#[derive(sqlx::FromRow)]
+struct TransferCheckRow {
+    id: Option<Uuid>,
+    #[sqlx(try_from = "Option<String>")]
+    status: NullableStatus,
+    entries: Option<i64>,
+    debits: Option<i64>,
+    credits: Option<i64>,
+    mismatched: Option<i64>,
+    checked_count: i64,
+}
+
+/// The `status` column of [`TransferCheckRow`], NULL only in the summary row.
+struct NullableStatus(Option<TransferStatus>);
+
+impl TryFrom<Option<String>> for NullableStatus {
+    type Error = UnknownCode;
+    fn try_from(status: Option<String>) -> Result<Self, Self::Error> {
+        status.map(TransferStatus::try_from).transpose().map(Self)
+    }
+}
+
+/// A column that is NULL only in a summary row, read from a row that is not one: NULL is the
+/// same error as decoding NULL into a non-null type.
+fn present<T>(value: Option<T>, column: &str) -> Result<T, sqlx::Error> {
+    value.ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: Box::new(UnexpectedNullError),
+    })
+}
 
 /// Transfer-level problems among transfers changed in `[from, to)` or listed in `recheck`.
 /// Returns the observations and how many transfers were looked at.
@@ -25,7 +61,7 @@ pub async fn transfers(
     to: DateTime<Utc>,
     recheck: &[Uuid],
 ) -> Result<(Vec<Observation>, i64), sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, TransferCheckRow>(
         "WITH scope AS MATERIALIZED ( \
            SELECT id, status, amount, currency, from_account, to_account FROM transfers \
            WHERE (updated_at >= $1 AND updated_at < $2) OR id = ANY($3)), \
@@ -57,24 +93,27 @@ pub async fn transfers(
     let mut checked = 0;
     let mut found = Vec::new();
     for row in rows {
-        checked = row.try_get("checked_count")?;
-        let Some(id) = row.try_get::<Option<Uuid>, _>("id")? else {
+        checked = row.checked_count;
+        let Some(id) = row.id else {
             continue;
         };
-        let status: String = row.try_get("status")?;
-        let entries: i64 = row.try_get("entries")?;
-        let debits: i64 = row.try_get("debits")?;
-        let credits: i64 = row.try_get("credits")?;
-        let mismatched: i64 = row.try_get("mismatched")?;
+        let status = present(row.status.0, "status")?;
+        let entries = present(row.entries, "entries")?;
+        let debits = present(row.debits, "debits")?;
+        let credits = present(row.credits, "credits")?;
+        let mismatched = present(row.mismatched, "mismatched")?;
         let (kind, detail) = if debits > 1 || credits > 1 {
             (
                 FindingKind::DoublePosted,
-                format!("{status} transfer has {debits} debits and {credits} credits"),
+                format!(
+                    "{} transfer has {debits} debits and {credits} credits",
+                    status.as_str()
+                ),
             )
-        } else if status != "posted" {
+        } else if status != TransferStatus::Posted {
             (
                 FindingKind::FailedWithEntries,
-                format!("{status} transfer has {entries} ledger entries"),
+                format!("{} transfer has {entries} ledger entries", status.as_str()),
             )
         } else {
             (
@@ -90,6 +129,14 @@ pub async fn transfers(
     Ok((found, checked))
 }
 
+/// Entries naming one missing transfer.
+#[derive(sqlx::FromRow)]
+struct OrphanRow {
+    transfer_id: Uuid,
+    entries: i64,
+    accounts: String,
+}
+
 /// Entries whose transfer does not exist, grouped by the missing transfer id. Looks at
 /// entries after `after_entry_id` (all of them when 0) and at the transfers in `recheck`.
 pub async fn orphan_entries(
@@ -97,7 +144,7 @@ pub async fn orphan_entries(
     after_entry_id: i64,
     recheck: &[Uuid],
 ) -> Result<Vec<Observation>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, OrphanRow>(
         "SELECT e.transfer_id, count(*) AS entries, string_agg(e.account_id, ', ') AS accounts \
          FROM entries e LEFT JOIN transfers t ON t.id = e.transfer_id \
          WHERE (e.id > $1 OR e.transfer_id = ANY($2)) AND t.id IS NULL \
@@ -107,20 +154,19 @@ pub async fn orphan_entries(
     .bind(recheck)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
+    Ok(rows
+        .into_iter()
         .map(|row| {
-            let transfer_id: Uuid = row.try_get("transfer_id")?;
-            let entries: i64 = row.try_get("entries")?;
-            let accounts: String = row.try_get("accounts")?;
-            Ok(Observation::about_transfer(
+            Observation::about_transfer(
                 FindingKind::OrphanEntry,
-                transfer_id,
+                row.transfer_id,
                 format!(
-                    "{entries} entries (accounts {accounts}) name a transfer that does not exist"
+                    "{} entries (accounts {}) name a transfer that does not exist",
+                    row.entries, row.accounts
                 ),
-            ))
+            )
         })
-        .collect()
+        .collect())
 }
 
 /// Outcome of the balance check.
@@ -129,6 +175,16 @@ pub struct BalanceCheck {
     pub accounts_checked: i64,
     /// The highest entry id now folded into the checkpoints.
     pub entries_through_id: i64,
+}
+
+/// A row of [`balances`]: an account whose balance drifted, or (all but `accounts` NULL) the
+/// one summary row.
+#[derive(sqlx::FromRow)]
+struct DriftRow {
+    id: Option<String>,
+    balance: Option<Decimal>,
+    entries_sum: Option<Decimal>,
+    accounts: i64,
 }
 
 /// Folds entries after `through_id` into the per-account sums (or rebuilds them all when
@@ -160,7 +216,7 @@ pub async fn balances(
     .bind(new_through)
     .execute(&mut *conn)
     .await?;
-    let drifted = sqlx::query(
+    let drifted = sqlx::query_as::<_, DriftRow>(
         "SELECT a.id, a.balance, coalesce(c.entries_sum, 0) AS entries_sum, \
            (SELECT count(*) FROM accounts) AS accounts \
          FROM accounts a LEFT JOIN reconciliation_checkpoints c ON c.account_id = a.id \
@@ -172,12 +228,12 @@ pub async fn balances(
     let mut observations = Vec::new();
     let mut accounts_checked = 0;
     for row in drifted {
-        accounts_checked = row.try_get("accounts")?;
-        let Some(id) = row.try_get::<Option<String>, _>("id")? else {
+        accounts_checked = row.accounts;
+        let Some(id) = row.id else {
             continue;
         };
-        let balance: Decimal = row.try_get("balance")?;
-        let sum: Decimal = row.try_get("entries_sum")?;
+        let balance = present(row.balance, "balance")?;
+        let sum = present(row.entries_sum, "entries_sum")?;
         observations.push(Observation::about_account(
             FindingKind::BalanceDrift,
             id,
@@ -195,35 +251,39 @@ pub async fn balances(
     })
 }
 
+/// The sum of one currency's entries.
+#[derive(sqlx::FromRow)]
+struct CurrencyTotal {
+    currency: String,
+    total: Decimal,
+}
+
 /// Currencies whose entries do not sum to zero. Entries of one currency sit only on accounts
 /// of that currency, except through corruption, which the transfer checks report.
 async fn unbalanced_currencies(
     conn: &mut PgConnection,
     through_id: i64,
 ) -> Result<Vec<Observation>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, CurrencyTotal>(
         "SELECT a.currency, sum(c.entries_sum) AS total \
          FROM reconciliation_checkpoints c JOIN accounts a ON a.id = c.account_id \
          GROUP BY a.currency HAVING sum(c.entries_sum) <> 0",
     )
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
-        .map(|row| {
-            let currency: String = row.try_get("currency")?;
-            let total: Decimal = row.try_get("total")?;
-            Ok(Observation {
-                kind: FindingKind::LedgerUnbalanced,
-                subject: format!("currency:{}", currency.trim()),
-                transfer_id: None,
-                account_id: None,
-                detail: format!(
-                    "{} entries sum to {total}, not zero (entries through id {through_id})",
-                    currency.trim()
-                ),
-            })
+    Ok(rows
+        .into_iter()
+        .map(|CurrencyTotal { currency, total }| Observation {
+            kind: FindingKind::LedgerUnbalanced,
+            subject: format!("currency:{}", currency.trim()),
+            transfer_id: None,
+            account_id: None,
+            detail: format!(
+                "{} entries sum to {total}, not zero (entries through id {through_id})",
+                currency.trim()
+            ),
         })
-        .collect()
+        .collect())
 }
 
 /// Rows the listing checks ([`stuck_pending`], [`dead_jobs`]) read per query. They page with
@@ -246,6 +306,14 @@ pub struct StuckCursor {
     pub id: Uuid,
 }
 
+/// A transfer still pending.
+#[derive(Clone, Copy, sqlx::FromRow)]
+struct StuckRow {
+    id: Uuid,
+    created_at: DateTime<Utc>,
+    attempts: i32,
+}
+
 /// One page of transfers pending since before `older_than`, oldest first, after `after`.
 /// `created_at >= cursor` repeats the row comparison in a form the partial pending index can
 /// start from, so each page costs O(page), not a rescan of the pages before it.
@@ -254,7 +322,7 @@ pub async fn stuck_pending(
     older_than: DateTime<Utc>,
     after: Option<StuckCursor>,
 ) -> Result<Page<StuckCursor>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, StuckRow>(
         "SELECT id, created_at, attempts FROM transfers \
          WHERE status = 'pending' AND created_at < $1 \
            AND created_at >= coalesce($2, '-infinity'::timestamptz) \
@@ -271,9 +339,11 @@ pub async fn stuck_pending(
     let mut next = None;
     let mut observations = Vec::with_capacity(rows.len());
     for row in &rows {
-        let id: Uuid = row.try_get("id")?;
-        let created: DateTime<Utc> = row.try_get("created_at")?;
-        let attempts: i32 = row.try_get("attempts")?;
+        let StuckRow {
+            id,
+            created_at: created,
+            attempts,
+        } = *row;
         observations.push(Observation::about_transfer(
             FindingKind::StuckPending,
             id,
@@ -322,4 +392,23 @@ pub async fn dead_jobs(
         observations,
         next: next.filter(|_| rows.len() == PAGE_ROWS),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_stored_status_is_an_error_and_null_only_marks_the_summary_row() {
+        assert!(matches!(
+            NullableStatus::try_from(None),
+            Ok(NullableStatus(None))
+        ));
+        assert!(matches!(
+            NullableStatus::try_from(Some("posted".to_owned())),
+            Ok(NullableStatus(Some(TransferStatus::Posted)))
+        ));
+        assert!(NullableStatus::try_from(Some("archived".to_owned())).is_err());
+        assert!(present(None::<i64>, "entries").is_err());
+    }
 }

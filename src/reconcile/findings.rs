@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::checks::PAGE_ROWS;
@@ -17,31 +17,25 @@ pub struct FindingChanges {
     pub open: usize,
 }
 
-/// A finding that opened or resolved in this run (what an alert needs to say).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A finding that opened or resolved in this run (what an alert needs to say). Read back
+/// strictly: an unknown stored kind or severity is an error.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ChangedFinding {
     pub id: Uuid,
+    #[sqlx(try_from = "String")]
     pub kind: FindingKind,
     pub subject: String,
+    #[sqlx(try_from = "String")]
     pub severity: Severity,
     pub detail: String,
 }
 
-/// Reads a changed finding; an unknown stored kind or severity is an error.
-fn changed(row: &sqlx::postgres::PgRow) -> Result<ChangedFinding, sqlx::Error> {
-    let decode = |column: &str, e: crate::domain::UnknownValue| sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: Box::new(e),
-    };
-    Ok(ChangedFinding {
-        id: row.try_get("id")?,
-        kind: FindingKind::parse_known(&row.try_get::<String, _>("kind")?)
-            .map_err(|e| decode("kind", e))?,
-        subject: row.try_get("subject")?,
-        severity: Severity::parse_known(&row.try_get::<String, _>("severity")?)
-            .map_err(|e| decode("severity", e))?,
-        detail: row.try_get("detail")?,
-    })
+/// A row of [`record_page`]: the finding, and whether this page opened it.
+#[derive(sqlx::FromRow)]
+struct RecordedRow {
+    inserted: bool,
+    #[sqlx(flatten)]
+    finding: ChangedFinding,
 }
 
 fn kind_names(kinds: &[FindingKind]) -> Vec<&'static str> {
@@ -86,7 +80,7 @@ pub async fn record_page(
     let accounts: Vec<Option<&str>> = observed.iter().map(|o| o.account_id.as_deref()).collect();
     let details: Vec<&str> = observed.iter().map(|o| o.detail.as_str()).collect();
     let ids: Vec<Uuid> = observed.iter().map(|_| Uuid::now_v7()).collect();
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, RecordedRow>(
         "INSERT INTO reconciliation_findings (id, kind, severity, subject, transfer_id, \
            account_id, detail, first_seen_run, last_seen_run) \
          SELECT u.id, u.kind, u.severity, u.subject, u.transfer_id, u.account_id, u.detail, $8, $8 \
@@ -110,10 +104,10 @@ pub async fn record_page(
     let mut opened = Vec::new();
     let mut seen = Vec::with_capacity(rows.len());
     for row in rows {
-        if row.try_get::<bool, _>("inserted")? {
-            opened.push(changed(&row)?);
+        seen.push(row.finding.id);
+        if row.inserted {
+            opened.push(row.finding);
         }
-        seen.push(row.try_get::<Uuid, _>("id")?);
     }
     sqlx::query(
         "INSERT INTO reconciliation_run_findings (run_id, finding_id) \
@@ -136,7 +130,7 @@ pub async fn resolve_unseen(
     run_id: Uuid,
     checked: &[FindingKind],
 ) -> Result<Vec<ChangedFinding>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query_as::<_, ChangedFinding>(
         "UPDATE reconciliation_findings SET resolved_at = now(), resolved_run = $1 \
          WHERE id IN ( \
            SELECT id FROM reconciliation_findings \
@@ -148,8 +142,7 @@ pub async fn resolve_unseen(
     .bind(kind_names(checked))
     .bind(PAGE_ROWS as i64)
     .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(changed).collect()
+    .await
 }
 
 /// How many findings `run_id` saw, per kind (every kind, zeros included).
@@ -202,7 +195,7 @@ const FINDING_COLUMNS: &str = "f.id, f.kind, f.severity, f.subject, f.transfer_i
 
 /// Findings `run_id` observed (open or since resolved), most severe first.
 pub async fn seen_by_run(pool: &PgPool, run_id: Uuid) -> Result<Vec<FindingView>, sqlx::Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let rows = sqlx::query_as::<_, FindingRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {FINDING_COLUMNS} FROM reconciliation_findings f \
          JOIN reconciliation_run_findings r ON r.finding_id = f.id \
          WHERE r.run_id = $1 \
@@ -211,32 +204,52 @@ pub async fn seen_by_run(pool: &PgPool, run_id: Uuid) -> Result<Vec<FindingView>
     .bind(run_id)
     .fetch_all(pool)
     .await?;
-    rows.iter().map(finding_view).collect()
+    Ok(rows.into_iter().map(FindingView::from).collect())
 }
 
 /// Findings `run_id` resolved.
 pub async fn resolved_by_run(pool: &PgPool, run_id: Uuid) -> Result<Vec<FindingView>, sqlx::Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let rows = sqlx::query_as::<_, FindingRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {FINDING_COLUMNS} FROM reconciliation_findings f \
          WHERE f.resolved_run = $1 ORDER BY f.kind, f.subject"
     )))
     .bind(run_id)
     .fetch_all(pool)
     .await?;
-    rows.iter().map(finding_view).collect()
+    Ok(rows.into_iter().map(FindingView::from).collect())
 }
 
-fn finding_view(row: &sqlx::postgres::PgRow) -> Result<FindingView, sqlx::Error> {
-    Ok(FindingView {
-        id: row.try_get("id")?,
-        kind: row.try_get("kind")?,
-        severity: row.try_get("severity")?,
-        subject: row.try_get("subject")?,
-        transfer_id: row.try_get("transfer_id")?,
-        account_id: row.try_get("account_id")?,
-        detail: row.try_get("detail")?,
-        first_seen_at: row.try_get("first_seen_at")?,
-        last_seen_at: row.try_get("last_seen_at")?,
-        resolved_at: row.try_get("resolved_at")?,
-    })
+/// A `reconciliation_findings` row with the columns of `FINDING_COLUMNS`; kind and severity
+/// read back strictly (ARCHITECTURE.md, `src/reconcile/`).
+#[derive(sqlx::FromRow)]
+struct FindingRow {
+    id: Uuid,
+    #[sqlx(try_from = "String")]
+    kind: FindingKind,
+    #[sqlx(try_from = "String")]
+    severity: Severity,
+    subject: String,
+    transfer_id: Option<Uuid>,
+    account_id: Option<String>,
+    detail: String,
+    first_seen_at: DateTime<Utc>,
+    last_seen_at: DateTime<Utc>,
+    resolved_at: Option<DateTime<Utc>>,
+}
+
+impl From<FindingRow> for FindingView {
+    fn from(row: FindingRow) -> Self {
+        Self {
+            id: row.id,
+            kind: row.kind.as_str().to_owned(),
+            severity: row.severity.as_str().to_owned(),
+            subject: row.subject,
+            transfer_id: row.transfer_id,
+            account_id: row.account_id,
+            detail: row.detail,
+            first_seen_at: row.first_seen_at,
+            last_seen_at: row.last_seen_at,
+            resolved_at: row.resolved_at,
+        }
+    }
 }

@@ -2,11 +2,11 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::window::Window;
+use crate::domain::UnknownValue;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -22,6 +22,54 @@ impl Trigger {
             Self::Api => "api",
             Self::Cli => "cli",
         }
+    }
+
+    /// Parses a stored value; unknown text is an error, never a default.
+    pub fn parse_known(text: &str) -> Result<Self, UnknownValue> {
+        [Self::Schedule, Self::Api, Self::Cli]
+            .into_iter()
+            .find(|t| t.as_str() == text)
+            .ok_or_else(|| UnknownValue::new("run trigger", text))
+    }
+}
+
+impl TryFrom<String> for Trigger {
+    type Error = UnknownValue;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Self::parse_known(&text)
+    }
+}
+
+/// Where a run is: `running` until it ends `completed` or `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    Completed,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses a stored value; unknown text is an error, never a default.
+    pub fn parse_known(text: &str) -> Result<Self, UnknownValue> {
+        [Self::Running, Self::Completed, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| UnknownValue::new("run status", text))
+    }
+}
+
+impl TryFrom<String> for RunStatus {
+    type Error = UnknownValue;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Self::parse_known(&text)
     }
 }
 
@@ -65,7 +113,7 @@ pub async fn create(
     window: Window,
     full_scan: bool,
 ) -> Result<Option<RunView>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let row = sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
         "INSERT INTO reconciliation_runs (id, trigger, window_start, window_end, full_scan) \
          VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (window_start) WHERE trigger = 'schedule' DO NOTHING \
@@ -78,17 +126,17 @@ pub async fn create(
     .bind(full_scan)
     .fetch_optional(conn)
     .await?;
-    row.as_ref().map(run_view).transpose()
+    Ok(row.map(RunView::from))
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<RunView>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let row = sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {RUN_COLUMNS} FROM reconciliation_runs WHERE id = $1"
     )))
     .bind(id)
     .fetch_optional(pool)
     .await?;
-    row.as_ref().map(run_view).transpose()
+    Ok(row.map(RunView::from))
 }
 
 /// Newest first, `before` (a run id) for the next page.
@@ -97,7 +145,7 @@ pub async fn list(
     limit: i64,
     before: Option<Uuid>,
 ) -> Result<Vec<RunView>, sqlx::Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let rows = sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {RUN_COLUMNS} FROM reconciliation_runs \
          WHERE $2::uuid IS NULL OR id < $2 ORDER BY id DESC LIMIT $1"
     )))
@@ -105,27 +153,74 @@ pub async fn list(
     .bind(before)
     .fetch_all(pool)
     .await?;
-    rows.iter().map(run_view).collect()
+    Ok(rows.into_iter().map(RunView::from).collect())
 }
 
-fn run_view(row: &PgRow) -> Result<RunView, sqlx::Error> {
-    Ok(RunView {
-        id: row.try_get("id")?,
-        trigger: row.try_get("trigger")?,
-        status: row.try_get("status")?,
-        window_start: row.try_get("window_start")?,
-        window_end: row.try_get("window_end")?,
-        full_scan: row.try_get("full_scan")?,
-        transfers_checked: row.try_get("transfers_checked")?,
-        accounts_checked: row.try_get("accounts_checked")?,
-        findings_open: row.try_get("findings_open")?,
-        findings_opened: row.try_get("findings_opened")?,
-        findings_resolved: row.try_get("findings_resolved")?,
-        transfers_redriven: row.try_get("transfers_redriven")?,
-        jobs_purged: row.try_get("jobs_purged")?,
-        error: row.try_get("error")?,
-        created_at: row.try_get("created_at")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-    })
+/// A `reconciliation_runs` row with the columns of `RUN_COLUMNS`; trigger and status read
+/// back strictly (ARCHITECTURE.md, `src/reconcile/`).
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    id: Uuid,
+    #[sqlx(try_from = "String")]
+    trigger: Trigger,
+    #[sqlx(try_from = "String")]
+    status: RunStatus,
+    window_start: DateTime<Utc>,
+    window_end: DateTime<Utc>,
+    full_scan: bool,
+    transfers_checked: i64,
+    accounts_checked: i64,
+    findings_open: i32,
+    findings_opened: i32,
+    findings_resolved: i32,
+    transfers_redriven: i32,
+    jobs_purged: i64,
+    error: Option<String>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<RunRow> for RunView {
+    fn from(row: RunRow) -> Self {
+        Self {
+            id: row.id,
+            trigger: row.trigger.as_str().to_owned(),
+            status: row.status.as_str().to_owned(),
+            window_start: row.window_start,
+            window_end: row.window_end,
+            full_scan: row.full_scan,
+            transfers_checked: row.transfers_checked,
+            accounts_checked: row.accounts_checked,
+            findings_open: row.findings_open,
+            findings_opened: row.findings_opened,
+            findings_resolved: row.findings_resolved,
+            transfers_redriven: row.transfers_redriven,
+            jobs_purged: row.jobs_purged,
+            error: row.error,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_stored_trigger_or_status_is_an_error_not_a_default() {
+        for trigger in [Trigger::Schedule, Trigger::Api, Trigger::Cli] {
+            assert_eq!(Trigger::try_from(trigger.as_str().to_owned()), Ok(trigger));
+        }
+        for status in [RunStatus::Running, RunStatus::Completed, RunStatus::Failed] {
+            assert_eq!(RunStatus::try_from(status.as_str().to_owned()), Ok(status));
+        }
+        assert_eq!(
+            Trigger::try_from("cron".to_owned()).map_err(|e| e.to_string()),
+            Err("unknown run trigger \"cron\"".to_owned())
+        );
+        assert!(RunStatus::try_from("paused".to_owned()).is_err());
+    }
 }

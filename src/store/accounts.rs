@@ -3,10 +3,9 @@
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
-use crate::domain::{AccountId, Currency};
+use crate::domain::{AccountId, Currency, Side};
 
 /// A new account as accepted by the API.
 #[derive(Debug, Clone)]
@@ -64,7 +63,7 @@ pub async fn create(
     pool: &PgPool,
     account: &NewAccount,
 ) -> Result<AccountView, CreateAccountError> {
-    let row = sqlx::query(
+    let row = sqlx::query_as::<_, AccountRow>(
         "INSERT INTO accounts (id, currency, allow_overdraft, metadata) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (id) DO NOTHING \
          RETURNING id, currency, balance, allow_overdraft, metadata, created_at",
@@ -76,20 +75,20 @@ pub async fn create(
     .fetch_optional(pool)
     .await?;
     match row {
-        Some(row) => Ok(account_view(&row)?),
+        Some(row) => Ok(row.into()),
         None => Err(CreateAccountError::AlreadyExists),
     }
 }
 
 pub async fn get(pool: &PgPool, id: &AccountId) -> Result<Option<AccountView>, sqlx::Error> {
-    let row = sqlx::query(
+    let row = sqlx::query_as::<_, AccountRow>(
         "SELECT id, currency, balance, allow_overdraft, metadata, created_at \
          FROM accounts WHERE id = $1",
     )
     .bind(id.as_str())
     .fetch_optional(pool)
     .await?;
-    row.as_ref().map(account_view).transpose()
+    Ok(row.map(AccountView::from))
 }
 
 /// One page of an account's entries, newest first, starting below `before_entry_id`.
@@ -99,7 +98,7 @@ pub async fn entries(
     before_entry_id: Option<i64>,
     limit: i64,
 ) -> Result<Vec<EntryView>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, EntryRow>(
         "SELECT id, transfer_id, side, amount, currency, created_at FROM entries \
          WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
     )
@@ -108,33 +107,56 @@ pub async fn entries(
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    rows.iter()
-        .map(|row| {
-            let currency: String = row.try_get("currency")?;
-            let amount: Decimal = row.try_get("amount")?;
-            Ok(EntryView {
-                id: row.try_get::<i64, _>("id")?.to_string(),
-                transfer_id: row.try_get("transfer_id")?,
-                side: row.try_get("side")?,
-                amount: format_amount(&currency, amount),
-                currency,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .collect()
+    Ok(rows.into_iter().map(EntryView::from).collect())
 }
 
-fn account_view(row: &PgRow) -> Result<AccountView, sqlx::Error> {
-    let currency: String = row.try_get("currency")?;
-    let balance: Decimal = row.try_get("balance")?;
-    Ok(AccountView {
-        id: row.try_get("id")?,
-        balance: format_amount(&currency, balance),
-        currency,
-        allow_overdraft: row.try_get("allow_overdraft")?,
-        metadata: row.try_get("metadata")?,
-        created_at: row.try_get("created_at")?,
-    })
+/// An `accounts` row as the API reads it.
+#[derive(sqlx::FromRow)]
+struct AccountRow {
+    id: String,
+    currency: String,
+    balance: Decimal,
+    allow_overdraft: bool,
+    metadata: serde_json::Value,
+    created_at: DateTime<Utc>,
+}
+
+impl From<AccountRow> for AccountView {
+    fn from(row: AccountRow) -> Self {
+        Self {
+            id: row.id,
+            balance: format_amount(&row.currency, row.balance),
+            currency: row.currency,
+            allow_overdraft: row.allow_overdraft,
+            metadata: row.metadata,
+            created_at: row.created_at,
+        }
+    }
+}
+
+/// An `entries` row as the API reads it; `side` reads back strictly.
+#[derive(sqlx::FromRow)]
+struct EntryRow {
+    id: i64,
+    transfer_id: uuid::Uuid,
+    #[sqlx(try_from = "String")]
+    side: Side,
+    amount: Decimal,
+    currency: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<EntryRow> for EntryView {
+    fn from(row: EntryRow) -> Self {
+        Self {
+            id: row.id.to_string(),
+            transfer_id: row.transfer_id,
+            side: row.side.as_str().to_owned(),
+            amount: format_amount(&row.currency, row.amount),
+            currency: row.currency,
+            created_at: row.created_at,
+        }
+    }
 }
 
 /// Shows a stored amount with its currency's decimal places (`"0.00"` for USD).

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::api_key::{NewApiKey, hash_api_key};
@@ -76,21 +76,29 @@ impl ApiKeyCache {
     }
 }
 
+/// An `api_keys` row as authentication reads it.
+#[derive(sqlx::FromRow)]
+struct ApiKeyRow {
+    id: Uuid,
+    scopes: Vec<String>,
+}
+
 async fn find_by_hash(pool: &PgPool, hash: &[u8]) -> Result<Option<ApiKeyIdentity>, sqlx::Error> {
-    let row =
-        sqlx::query("SELECT id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
-            .bind(hash)
-            .fetch_optional(pool)
-            .await?;
+    let row = sqlx::query_as::<_, ApiKeyRow>(
+        "SELECT id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(hash)
+    .fetch_optional(pool)
+    .await?;
     let Some(row) = row else { return Ok(None) };
-    let names: Vec<String> = row.try_get("scopes")?;
     // Unknown scope names (from a newer version) grant nothing rather than failing the request.
-    let scopes = names
+    let scopes = row
+        .scopes
         .iter()
         .filter_map(|n| n.parse::<Scope>().ok())
         .collect();
     Ok(Some(ApiKeyIdentity {
-        id: row.try_get("id")?,
+        id: row.id,
         scopes: Scopes::new(scopes),
     }))
 }

@@ -7,8 +7,7 @@ use backon::Retryable;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::accounts::format_amount;
@@ -182,7 +181,7 @@ async fn insert_new_with_job(
         PostTransfers::SQL_FROM_ID_ROWS,
         "inserted",
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let rows = sqlx::query_as::<_, KeyedTransferRow>(sqlx::AssertSqlSafe(format!(
         "WITH inserted AS ( \
            INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
              from_account, to_account, amount, currency, reference, metadata) \
@@ -205,7 +204,7 @@ async fn insert_new_with_job(
     .bind(&metadata)
     .fetch_all(pool)
     .await?;
-    by_identity(&rows)
+    Ok(by_identity(rows))
 }
 
 async fn find_by_keys(
@@ -216,7 +215,7 @@ async fn find_by_keys(
         return Ok(HashMap::new());
     }
     let (api_keys, keys): (Vec<Uuid>, Vec<&str>) = identities.iter().copied().unzip();
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let rows = sqlx::query_as::<_, KeyedTransferRow>(sqlx::AssertSqlSafe(format!(
         "SELECT t.api_key_id, {} FROM transfers t \
          JOIN unnest($1::uuid[], $2::text[]) AS k(api_key_id, idempotency_key) \
            ON t.api_key_id = k.api_key_id AND t.idempotency_key = k.idempotency_key",
@@ -226,15 +225,14 @@ async fn find_by_keys(
     .bind(&keys)
     .fetch_all(pool)
     .await?;
-    by_identity(&rows)
+    Ok(by_identity(rows))
 }
 
-fn by_identity(rows: &[PgRow]) -> Result<ByIdentity, sqlx::Error> {
-    rows.iter()
+fn by_identity(rows: Vec<KeyedTransferRow>) -> ByIdentity {
+    rows.into_iter()
         .map(|row| {
-            let view = transfer_view(row)?;
-            let api_key_id: Uuid = row.try_get("api_key_id")?;
-            Ok(((api_key_id, view.idempotency_key.clone()), view))
+            let view = TransferView::from(row.transfer);
+            ((row.api_key_id, view.idempotency_key.clone()), view)
         })
         .collect()
 }
@@ -253,14 +251,14 @@ pub async fn get(
     api_key_id: Uuid,
     id: Uuid,
 ) -> Result<Option<TransferView>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let row = sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE id = $1 AND api_key_id = $2"
     )))
     .bind(id)
     .bind(api_key_id)
     .fetch_optional(pool)
     .await?;
-    row.as_ref().map(transfer_view).transpose()
+    Ok(row.map(TransferView::from))
 }
 
 /// The transfer an API key created under `key`.
@@ -274,33 +272,86 @@ pub async fn get_by_key(
         .remove(&(api_key_id, key.as_str().to_owned())))
 }
 
-fn transfer_view(row: &PgRow) -> Result<TransferView, sqlx::Error> {
-    let currency: String = row.try_get("currency")?;
-    let amount: Decimal = row.try_get("amount")?;
-    Ok(TransferView {
-        id: row.try_get("id")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        status: decode(row.try_get::<String, _>("status")?.parse())?,
-        from_account: row.try_get("from_account")?,
-        to_account: row.try_get("to_account")?,
-        amount: format_amount(&currency, amount),
-        currency: currency.trim().to_owned(),
-        reference: row.try_get("reference")?,
-        metadata: row.try_get("metadata")?,
-        failure_code: row
-            .try_get::<Option<String>, _>("failure_code")?
-            .map(|code| decode(code.parse()))
-            .transpose()?,
-        attempts: row.try_get("attempts")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        posted_at: row.try_get("posted_at")?,
-        failed_at: row.try_get("failed_at")?,
-        fingerprint: row.try_get("request_fingerprint")?,
-    })
+/// A `transfers` row with the columns of `TRANSFER_COLUMNS`; status and failure code read
+/// back strictly: a value this version does not know is an error, never a default.
+#[derive(sqlx::FromRow)]
+struct TransferRow {
+    id: Uuid,
+    idempotency_key: String,
+    request_fingerprint: Vec<u8>,
+    #[sqlx(try_from = "String")]
+    status: TransferStatus,
+    from_account: String,
+    to_account: String,
+    amount: Decimal,
+    currency: String,
+    reference: Option<String>,
+    metadata: serde_json::Value,
+    #[sqlx(try_from = "Option<String>")]
+    failure_code: StoredFailureCode,
+    attempts: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    posted_at: Option<DateTime<Utc>>,
+    failed_at: Option<DateTime<Utc>>,
 }
 
-/// A status or failure code the database holds but this version does not know.
-fn decode<T>(parsed: Result<T, UnknownCode>) -> Result<T, sqlx::Error> {
-    parsed.map_err(|e| sqlx::Error::Decode(Box::new(e)))
+/// A transfer row with the API key it belongs to: its identity is (API key, idempotency key).
+#[derive(sqlx::FromRow)]
+struct KeyedTransferRow {
+    api_key_id: Uuid,
+    #[sqlx(flatten)]
+    transfer: TransferRow,
+}
+
+/// The nullable `failure_code` column, decoded strictly when present.
+struct StoredFailureCode(Option<FailureCode>);
+
+impl TryFrom<Option<String>> for StoredFailureCode {
+    type Error = UnknownCode;
+    fn try_from(code: Option<String>) -> Result<Self, Self::Error> {
+        code.map(FailureCode::try_from).transpose().map(Self)
+    }
+}
+
+impl From<TransferRow> for TransferView {
+    fn from(row: TransferRow) -> Self {
+        Self {
+            id: row.id,
+            idempotency_key: row.idempotency_key,
+            status: row.status,
+            from_account: row.from_account,
+            to_account: row.to_account,
+            amount: format_amount(&row.currency, row.amount),
+            currency: row.currency.trim().to_owned(),
+            reference: row.reference,
+            metadata: row.metadata,
+            failure_code: row.failure_code.0,
+            attempts: row.attempts,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            posted_at: row.posted_at,
+            failed_at: row.failed_at,
+            fingerprint: row.request_fingerprint,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_stored_failure_code_is_an_error_not_a_default() {
+        assert_eq!(StoredFailureCode::try_from(None).map(|c| c.0), Ok(None));
+        assert_eq!(
+            StoredFailureCode::try_from(Some("account_not_found".to_owned())).map(|c| c.0),
+            Ok(Some(FailureCode::AccountNotFound))
+        );
+        assert_eq!(
+            StoredFailureCode::try_from(Some("cosmic_rays".to_owned())).map(|c| c.0),
+            Err(UnknownCode("cosmic_rays".to_owned()))
+        );
+        assert!(TransferStatus::try_from("archived".to_owned()).is_err());
+    }
 }
