@@ -569,16 +569,28 @@ async fn a_finding_whose_transfer_left_the_window_is_re_checked_not_resolved() {
 #[tokio::test]
 async fn a_killed_job_is_job_dead_and_resolves_when_cleared() {
     let (app, _) = app_with_posted_transfer().await;
-    let job_id: String = sqlx::query_scalar(
-        // An acknowledged job: apalis writes nothing to it any more, so the kill sticks.
-        "UPDATE apalis.jobs SET status = 'Killed' WHERE id = \
-           (SELECT id FROM apalis.jobs WHERE job_type = 'ferry.post_transfers' \
-            AND status = 'Done' LIMIT 1) \
-         RETURNING id",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .expect("kill a job");
+    // An acknowledged job: apalis writes nothing to it any more, so the kill sticks. The ack
+    // is written after the transfer posted, so wait for it.
+    let started = std::time::Instant::now();
+    let job_id: String = loop {
+        let killed: Option<String> = sqlx::query_scalar(
+            "UPDATE apalis.jobs SET status = 'Killed' WHERE id = \
+               (SELECT id FROM apalis.jobs WHERE job_type = 'ferry.post_transfers' \
+                AND status = 'Done' LIMIT 1) \
+             RETURNING id",
+        )
+        .fetch_optional(&app.pool)
+        .await
+        .expect("kill a job");
+        if let Some(id) = killed {
+            break id;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the posting job was never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let run = reconcile(&app, false).await;
     assert_eq!(
         findings(&run),
