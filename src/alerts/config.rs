@@ -230,12 +230,8 @@ impl RawSink {
                 .transpose()
         };
         let url = expand("url", self.url)?;
-        let min_severity = match self.min_severity.as_deref().unwrap_or("info") {
-            "info" => Severity::Info,
-            "medium" => Severity::Medium,
-            "critical" => Severity::Critical,
-            _ => return Err(fail("min_severity", "must be info, medium or critical")),
-        };
+        let min_severity = Severity::parse(self.min_severity.as_deref().unwrap_or("info"))
+            .ok_or_else(|| fail("min_severity", "must be info, medium or critical"))?;
         let (kind, url) = match self.kind.as_str() {
             "slack" => (
                 SinkKind::Slack,

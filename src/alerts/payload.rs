@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::domain::{Severity, UnknownValue};
+use crate::domain::{Severity, stored_as_text};
 
 /// PagerDuty caps `payload.summary` at 1024 characters.
 pub const PAGERDUTY_SUMMARY_CHARS_MAX: usize = 1024;
@@ -32,22 +32,9 @@ impl Action {
             Self::Resolve => "resolve",
         }
     }
-
-    /// Parses a stored value; unknown text is an error, never a default.
-    pub fn parse_known(text: &str) -> Result<Self, UnknownValue> {
-        [Self::Trigger, Self::Resolve]
-            .into_iter()
-            .find(|a| a.as_str() == text)
-            .ok_or_else(|| UnknownValue::new("action", text))
-    }
 }
 
-impl TryFrom<String> for Action {
-    type Error = UnknownValue;
-    fn try_from(text: String) -> Result<Self, Self::Error> {
-        Self::parse_known(&text)
-    }
-}
+stored_as_text!(Action, "action", [Action::Trigger, Action::Resolve]);
 
 /// One alert as every sink renders it. Read back from `alerts` strictly: an unknown stored
 /// action or severity is an error.

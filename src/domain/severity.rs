@@ -18,11 +18,6 @@ impl Severity {
             .find(|s| s.as_str() == text)
     }
 
-    /// Parses a stored or configured value; unknown text is an error, never a default.
-    pub fn parse_known(text: &str) -> Result<Self, UnknownValue> {
-        Self::parse(text).ok_or_else(|| UnknownValue::new("severity", text))
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Info => "info",
@@ -32,12 +27,11 @@ impl Severity {
     }
 }
 
-impl TryFrom<String> for Severity {
-    type Error = UnknownValue;
-    fn try_from(text: String) -> Result<Self, Self::Error> {
-        Self::parse_known(&text)
-    }
-}
+super::stored_as_text!(
+    Severity,
+    "severity",
+    [Severity::Info, Severity::Medium, Severity::Critical]
+);
 
 /// A stored value of a closed set that ferry does not know: a bug or a newer ferry's row,
 /// reported as an error rather than guessed.

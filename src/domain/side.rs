@@ -1,8 +1,6 @@
 //! Which side of a transfer an entry is: the debit leaves `from_account`, the credit reaches
 //! `to_account` (README, "How a transfer flows").
 
-use super::severity::UnknownValue;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     Debit,
@@ -16,22 +14,9 @@ impl Side {
             Self::Credit => "credit",
         }
     }
-
-    /// Parses a stored value; unknown text is an error, never a default.
-    pub fn parse_known(text: &str) -> Result<Self, UnknownValue> {
-        [Self::Debit, Self::Credit]
-            .into_iter()
-            .find(|s| s.as_str() == text)
-            .ok_or_else(|| UnknownValue::new("side", text))
-    }
 }
 
-impl TryFrom<String> for Side {
-    type Error = UnknownValue;
-    fn try_from(text: String) -> Result<Self, Self::Error> {
-        Self::parse_known(&text)
-    }
-}
+super::stored_as_text!(Side, "side", [Side::Debit, Side::Credit]);
 
 #[cfg(test)]
 mod tests {

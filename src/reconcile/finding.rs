@@ -4,7 +4,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 pub use crate::domain::Severity;
-use crate::domain::UnknownValue;
+use crate::domain::stored_as_text;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -56,11 +56,6 @@ impl FindingKind {
         Self::ALL.into_iter().find(|k| k.as_str() == text)
     }
 
-    /// Parses a stored kind; unknown text is an error.
-    pub fn parse_known(text: &str) -> Result<Self, UnknownValue> {
-        Self::parse(text).ok_or_else(|| UnknownValue::new("finding kind", text))
-    }
-
     pub fn severity(self) -> Severity {
         match self {
             Self::StuckPending | Self::JobDead => Severity::Medium,
@@ -102,12 +97,7 @@ impl Observation {
     }
 }
 
-impl TryFrom<String> for FindingKind {
-    type Error = UnknownValue;
-    fn try_from(text: String) -> Result<Self, Self::Error> {
-        Self::parse_known(&text)
-    }
-}
+stored_as_text!(FindingKind, "finding kind", FindingKind::ALL);
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::window::Window;
-use crate::domain::UnknownValue;
+use crate::domain::stored_as_text;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -23,22 +23,13 @@ impl Trigger {
             Self::Cli => "cli",
         }
     }
-
-    /// Parses a stored value; unknown text is an error, never a default.
-    pub fn parse_known(text: &str) -> Result<Self, UnknownValue> {
-        [Self::Schedule, Self::Api, Self::Cli]
-            .into_iter()
-            .find(|t| t.as_str() == text)
-            .ok_or_else(|| UnknownValue::new("run trigger", text))
-    }
 }
 
-impl TryFrom<String> for Trigger {
-    type Error = UnknownValue;
-    fn try_from(text: String) -> Result<Self, Self::Error> {
-        Self::parse_known(&text)
-    }
-}
+stored_as_text!(
+    Trigger,
+    "run trigger",
+    [Trigger::Schedule, Trigger::Api, Trigger::Cli]
+);
 
 /// Where a run is: `running` until it ends `completed` or `failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,22 +47,13 @@ impl RunStatus {
             Self::Failed => "failed",
         }
     }
-
-    /// Parses a stored value; unknown text is an error, never a default.
-    pub fn parse_known(text: &str) -> Result<Self, UnknownValue> {
-        [Self::Running, Self::Completed, Self::Failed]
-            .into_iter()
-            .find(|s| s.as_str() == text)
-            .ok_or_else(|| UnknownValue::new("run status", text))
-    }
 }
 
-impl TryFrom<String> for RunStatus {
-    type Error = UnknownValue;
-    fn try_from(text: String) -> Result<Self, Self::Error> {
-        Self::parse_known(&text)
-    }
-}
+stored_as_text!(
+    RunStatus,
+    "run status",
+    [RunStatus::Running, RunStatus::Completed, RunStatus::Failed]
+);
 
 /// A run as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
