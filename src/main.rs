@@ -52,7 +52,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ApiKey(ApiKeyCommand::Create { name, scopes }) => {
             let scopes = Scopes::parse_list(&scopes)?;
             let pool = connect_migrated(&config).await?;
-            let (id, key) = store::api_keys::create(&pool, &name, &scopes)
+            let (id, key) = store::api_keys::create(&pool, &name, &scopes, None)
                 .await
                 .context("storing the API key")?;
             println!(

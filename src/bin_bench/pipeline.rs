@@ -62,7 +62,7 @@ impl BenchedFerry {
             .port
             .ok_or_else(|| anyhow::anyhow!("intake did not bind"))?;
         let scopes = Scopes::parse_list("admin")?;
-        let (_, api_key) = api_keys::create(&running.pool, "bench", &scopes).await?;
+        let (_, api_key) = api_keys::create(&running.pool, "bench", &scopes, None).await?;
         Ok(Self {
             base_url: format!("http://127.0.0.1:{port}"),
             api_key,

@@ -48,9 +48,47 @@ impl fmt::Display for AccountId {
     }
 }
 
+/// Whether an account may move money (README, "Ledgers and authorization"). A frozen account
+/// can be unfrozen; a closed one stays closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountStatus {
+    Active,
+    Frozen,
+    Closed,
+}
+
+impl AccountStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Frozen => "frozen",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+super::stored_as_text!(
+    AccountStatus,
+    "account status",
+    [
+        AccountStatus::Active,
+        AccountStatus::Frozen,
+        AccountStatus::Closed
+    ]
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_stored_account_status_is_an_error() {
+        assert_eq!(
+            AccountStatus::try_from("frozen".to_owned()),
+            Ok(AccountStatus::Frozen)
+        );
+        assert!(AccountStatus::try_from("paused".to_owned()).is_err());
+    }
 
     #[test]
     fn account_ids_accept_the_documented_alphabet() {

@@ -87,6 +87,11 @@ impl Scopes {
         self.0.iter().any(|s| *s == needed || *s == Scope::Admin)
     }
 
+    /// Admin keys are global: they are bound to no ledger.
+    pub fn allows_admin(&self) -> bool {
+        self.0.contains(&Scope::Admin)
+    }
+
     pub fn names(&self) -> Vec<String> {
         self.0.iter().map(|s| s.as_str().to_owned()).collect()
     }

@@ -26,13 +26,15 @@ pub(crate) use stored_as_text;
 
 pub mod account;
 pub mod api_key;
+pub mod ledger;
 pub mod money;
 pub mod severity;
 pub mod side;
 pub mod transfer;
 
-pub use account::AccountId;
+pub use account::{AccountId, AccountStatus};
 pub use api_key::{Scope, Scopes};
+pub use ledger::LedgerName;
 pub use money::{Amount, Currency};
 pub use severity::{Severity, UnknownValue};
 pub use side::Side;

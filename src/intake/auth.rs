@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use super::AppState;
 use super::error::ApiError;
 use super::rate_limit::Decision;
-use crate::domain::Scope;
+use crate::domain::{LedgerName, Scope};
 use crate::store::api_keys::ApiKeyIdentity;
 
 /// The caller, authenticated. Handlers call [`Caller::require`] with the scope they need.
@@ -20,6 +20,31 @@ impl Caller {
         } else {
             Err(ApiError::Forbidden(scope))
         }
+    }
+}
+
+/// A request named a ledger its key is not bound to. Handlers answer `404` where existence
+/// must not be revealed (reads) and `403` where the caller asks to create something there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForeignLedger;
+
+impl ApiKeyIdentity {
+    /// The ledger a request acts on: a bound key's own ledger (naming another is
+    /// [`ForeignLedger`]); for a global admin key, the one named, else `default`.
+    pub fn ledger_for(&self, named: Option<LedgerName>) -> Result<LedgerName, ForeignLedger> {
+        match (&self.ledger, named) {
+            (Some(own), None) => Ok(own.clone()),
+            (Some(own), Some(named)) if *own == named => Ok(named),
+            (Some(_), Some(_)) => Err(ForeignLedger),
+            (None, named) => Ok(named.unwrap_or_else(LedgerName::default_ledger)),
+        }
+    }
+
+    /// Whether this key may see rows of `ledger`.
+    pub fn sees(&self, ledger: &str) -> bool {
+        self.ledger
+            .as_ref()
+            .is_none_or(|own| own.as_str() == ledger)
     }
 }
 

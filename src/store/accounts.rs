@@ -65,7 +65,7 @@ pub async fn create(
 ) -> Result<AccountView, CreateAccountError> {
     let row = sqlx::query_as::<_, AccountRow>(
         "INSERT INTO accounts (id, currency, allow_overdraft, metadata) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (id) DO NOTHING \
+         ON CONFLICT (ledger, id) DO NOTHING \
          RETURNING id, currency, balance, allow_overdraft, metadata, created_at",
     )
     .bind(account.id.as_str())

@@ -8,30 +8,42 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::api_key::{NewApiKey, hash_api_key};
-use crate::domain::{Scope, Scopes};
+use crate::domain::{LedgerName, Scope, Scopes};
 
 /// The identity behind a request.
 #[derive(Debug, Clone)]
 pub struct ApiKeyIdentity {
     pub id: Uuid,
     pub scopes: Scopes,
+    /// The one ledger the key sees and moves; `None` for admin keys, which are global.
+    pub ledger: Option<LedgerName>,
 }
 
-/// Stores a new key and returns its id and the plaintext, which is never stored.
+/// Stores a new key and returns its id and the plaintext, which is never stored. Admin keys
+/// are global; any other key is bound to `ledger` (`default` when none is named).
 pub async fn create(
     pool: &PgPool,
     name: &str,
     scopes: &Scopes,
+    ledger: Option<&LedgerName>,
 ) -> Result<(Uuid, String), sqlx::Error> {
     let key = NewApiKey::generate();
     let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO api_keys (id, name, key_hash, scopes) VALUES ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(name)
-        .bind(&key.hash)
-        .bind(scopes.names())
-        .execute(pool)
-        .await?;
+    let ledger = if scopes.allows_admin() {
+        None
+    } else {
+        Some(ledger.map_or(LedgerName::DEFAULT, LedgerName::as_str))
+    };
+    sqlx::query(
+        "INSERT INTO api_keys (id, name, key_hash, scopes, ledger) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(&key.hash)
+    .bind(scopes.names())
+    .bind(ledger)
+    .execute(pool)
+    .await?;
     Ok((id, key.plaintext))
 }
 
@@ -81,11 +93,13 @@ impl ApiKeyCache {
 struct ApiKeyRow {
     id: Uuid,
     scopes: Vec<String>,
+    ledger: Option<String>,
 }
 
 async fn find_by_hash(pool: &PgPool, hash: &[u8]) -> Result<Option<ApiKeyIdentity>, sqlx::Error> {
     let row = sqlx::query_as::<_, ApiKeyRow>(
-        "SELECT id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        "SELECT id, scopes, ledger FROM api_keys \
+         WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
     )
     .bind(hash)
     .fetch_optional(pool)
@@ -100,5 +114,6 @@ async fn find_by_hash(pool: &PgPool, hash: &[u8]) -> Result<Option<ApiKeyIdentit
     Ok(Some(ApiKeyIdentity {
         id: row.id,
         scopes: Scopes::new(scopes),
+        ledger: row.ledger.map(LedgerName::from_trusted),
     }))
 }

@@ -135,7 +135,7 @@ pub async fn spawn_intake_only_app() -> TestApp {
 
 pub async fn create_api_key(pool: &PgPool, scopes: &str) -> String {
     let scopes = Scopes::parse_list(scopes).expect("scopes");
-    ferry::store::api_keys::create(pool, "test", &scopes)
+    ferry::store::api_keys::create(pool, "test", &scopes, None)
         .await
         .expect("api key")
         .1
