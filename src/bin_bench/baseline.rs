@@ -86,28 +86,30 @@ async fn post_once(
     let mut tx = pool
         .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
         .await?;
-    let (balance, overdraft): (Decimal, bool) =
-        sqlx::query_as("SELECT balance, allow_overdraft FROM accounts WHERE id = $1")
-            .bind(&t.from)
-            .fetch_one(&mut *tx)
-            .await?;
+    let (balance, overdraft): (Decimal, bool) = sqlx::query_as(
+        "SELECT balance, allow_overdraft FROM accounts \
+             WHERE ledger = 'default' AND id = $1",
+    )
+    .bind(&t.from)
+    .fetch_one(&mut *tx)
+    .await?;
     if !overdraft && balance < amount {
         return Err(sqlx::Error::RowNotFound);
     }
-    sqlx::query("UPDATE accounts SET balance = balance - $2 WHERE id = $1")
+    sqlx::query("UPDATE accounts SET balance = balance - $2 WHERE ledger = 'default' AND id = $1")
         .bind(&t.from)
         .bind(amount)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE id = $1")
+    sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE ledger = 'default' AND id = $1")
         .bind(&t.to)
         .bind(amount)
         .execute(&mut *tx)
         .await?;
     sqlx::query(
         "INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
-           from_account, to_account, amount, currency, status, attempts, posted_at) \
-         VALUES ($1, $2, $3, '\\x00', $4, $5, $6, 'USD', 'posted', 1, now())",
+           from_account, to_account, amount, currency, status, attempts, posted_at, ledger) \
+         VALUES ($1, $2, $3, '\\x00', $4, $5, $6, 'USD', 'posted', 1, now(), 'default')",
     )
     .bind(id)
     .bind(api_key_id)
@@ -118,8 +120,9 @@ async fn post_once(
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "INSERT INTO entries (transfer_id, account_id, side, amount, currency) \
-         VALUES ($1, $2, 'debit', $4, 'USD'), ($1, $3, 'credit', $5, 'USD')",
+        "INSERT INTO entries (transfer_id, ledger, account_id, side, amount, currency) \
+         VALUES ($1, 'default', $2, 'debit', $4, 'USD'), \
+           ($1, 'default', $3, 'credit', $5, 'USD')",
     )
     .bind(id)
     .bind(&t.from)

@@ -142,8 +142,8 @@ pub async fn seed(pool: &PgPool, transfers: u64, anchor: DateTime<Utc>) -> anyho
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "INSERT INTO accounts (id, currency, allow_overdraft) \
-         SELECT 'acct' || n, 'USD', true FROM generate_series(1, $1) n",
+        "INSERT INTO accounts (ledger, id, currency, allow_overdraft) \
+         SELECT 'default', 'acct' || n, 'USD', true FROM generate_series(1, $1) n",
     )
     .bind(ACCOUNTS)
     .execute(&mut *tx)
@@ -151,10 +151,10 @@ pub async fn seed(pool: &PgPool, transfers: u64, anchor: DateTime<Utc>) -> anyho
     sqlx::query(
         "INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
            from_account, to_account, amount, currency, status, attempts, created_at, \
-           updated_at, posted_at) \
+           updated_at, posted_at, ledger) \
          SELECT gen_random_uuid(), '00000000-0000-0000-0000-000000000001', 'k' || n, '\\x00', \
            'acct' || (1 + n % $2), 'acct' || (1 + (n + 1 + n / $2) % $2), \
-           (1 + n % 997) / 100.0, 'USD', 'posted', 1, t, t, t \
+           (1 + n % 997) / 100.0, 'USD', 'posted', 1, t, t, t, 'default' \
          FROM generate_series(1, $1) n, \
            LATERAL (SELECT $3 - make_interval(secs => ($1 - n + 1) * $4 / 1000.0) AS t) ts",
     )
@@ -165,14 +165,16 @@ pub async fn seed(pool: &PgPool, transfers: u64, anchor: DateTime<Utc>) -> anyho
     .execute(&mut *tx)
     .await?;
     sqlx::raw_sql(
-        "INSERT INTO entries (transfer_id, account_id, side, amount, currency, created_at) \
-         SELECT id, from_account, 'debit', -amount, currency, created_at FROM transfers \
+        "INSERT INTO entries (transfer_id, ledger, account_id, side, amount, currency, \
+           created_at) \
+         SELECT id, ledger, from_account, 'debit', -amount, currency, created_at FROM transfers \
          UNION ALL \
-         SELECT id, to_account, 'credit', amount, currency, created_at FROM transfers \
-         ORDER BY 6; \
+         SELECT id, ledger, to_account, 'credit', amount, currency, created_at FROM transfers \
+         ORDER BY 7; \
          UPDATE accounts a SET balance = s.total \
-         FROM (SELECT account_id, sum(amount) AS total FROM entries GROUP BY account_id) s \
-         WHERE a.id = s.account_id; \
+         FROM (SELECT ledger, account_id, sum(amount) AS total FROM entries \
+               GROUP BY ledger, account_id) s \
+         WHERE a.ledger = s.ledger AND a.id = s.account_id; \
          ANALYZE transfers; ANALYZE entries; ANALYZE accounts;",
     )
     .execute(&mut *tx)

@@ -57,8 +57,8 @@ pub fn plan(shape: Shape, transfers: u64, accounts: u32, seed: u64) -> Vec<Plann
 /// funds and every failure counted is a contention failure.
 pub async fn seed_accounts(pool: &PgPool, accounts: u32) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO accounts (id, currency, allow_overdraft) \
-         SELECT 'acct' || n, 'USD', true FROM generate_series(1, $1) n",
+        "INSERT INTO accounts (ledger, id, currency, allow_overdraft) \
+         SELECT 'default', 'acct' || n, 'USD', true FROM generate_series(1, $1) n",
     )
     .bind(i64::from(accounts))
     .execute(pool)

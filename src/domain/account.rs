@@ -48,6 +48,25 @@ impl fmt::Display for AccountId {
     }
 }
 
+/// An account's full identity: ids are unique only within a ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountKey {
+    pub ledger: super::LedgerName,
+    pub id: AccountId,
+}
+
+impl AccountKey {
+    pub fn new(ledger: super::LedgerName, id: AccountId) -> Self {
+        Self { ledger, id }
+    }
+}
+
+impl fmt::Display for AccountKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.ledger, self.id)
+    }
+}
+
 /// Whether an account may move money (README, "Ledgers and authorization"). A frozen account
 /// can be unfrozen; a closed one stays closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,7 +32,7 @@ pub mod severity;
 pub mod side;
 pub mod transfer;
 
-pub use account::{AccountId, AccountStatus};
+pub use account::{AccountId, AccountKey, AccountStatus};
 pub use api_key::{Scope, Scopes};
 pub use ledger::LedgerName;
 pub use money::{Amount, Currency};

@@ -7,6 +7,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::account::AccountId;
+use super::ledger::LedgerName;
 use super::money::Amount;
 
 /// Longest idempotency key accepted (README, "HTTP API": 1–255 visible ASCII).
@@ -51,6 +52,8 @@ impl fmt::Display for IdempotencyKey {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewTransfer {
     pub idempotency_key: IdempotencyKey,
+    /// The ledger both accounts are looked up in: the API key's.
+    pub ledger: LedgerName,
     pub from_account: AccountId,
     pub to_account: AccountId,
     pub amount: Amount,
@@ -61,9 +64,11 @@ pub struct NewTransfer {
 impl NewTransfer {
     /// Hash of the canonical request, so a replay with the same key can be told from reuse
     /// with another body. Canonical means parsed values (`"12.3"` and `"12.30"` are the same
-    /// request) and metadata keys in sorted order (serde_json's map is a BTreeMap).
+    /// request) and metadata keys in sorted order (serde_json's map is a BTreeMap). The ledger
+    /// counts only when it is not `default`, so requests fingerprinted before ledgers existed
+    /// still replay.
     pub fn fingerprint(&self) -> Vec<u8> {
-        let canonical = serde_json::json!({
+        let mut canonical = serde_json::json!({
             "from_account": self.from_account.as_str(),
             "to_account": self.to_account.as_str(),
             "amount": self.amount.value().to_string(),
@@ -71,6 +76,9 @@ impl NewTransfer {
             "reference": self.reference,
             "metadata": self.metadata,
         });
+        if self.ledger.as_str() != LedgerName::DEFAULT {
+            canonical["ledger"] = serde_json::Value::from(self.ledger.as_str());
+        }
         Sha256::digest(canonical.to_string().as_bytes()).to_vec()
     }
 }
@@ -120,6 +128,9 @@ pub enum FailureCode {
     InsufficientFunds,
     AccountNotFound,
     CurrencyMismatch,
+    /// An account of the transfer is frozen (it may be unfrozen; the transfer stays failed).
+    AccountFrozen,
+    AccountClosed,
     RetriesExhausted,
 }
 
@@ -129,6 +140,8 @@ impl FailureCode {
             Self::InsufficientFunds => "insufficient_funds",
             Self::AccountNotFound => "account_not_found",
             Self::CurrencyMismatch => "currency_mismatch",
+            Self::AccountFrozen => "account_frozen",
+            Self::AccountClosed => "account_closed",
             Self::RetriesExhausted => "retries_exhausted",
         }
     }
@@ -141,6 +154,8 @@ impl FromStr for FailureCode {
             "insufficient_funds" => Ok(Self::InsufficientFunds),
             "account_not_found" => Ok(Self::AccountNotFound),
             "currency_mismatch" => Ok(Self::CurrencyMismatch),
+            "account_frozen" => Ok(Self::AccountFrozen),
+            "account_closed" => Ok(Self::AccountClosed),
             "retries_exhausted" => Ok(Self::RetriesExhausted),
             other => Err(UnknownCode(other.to_owned())),
         }
@@ -180,6 +195,7 @@ mod tests {
         let usd = Currency::parse("USD").expect("USD");
         NewTransfer {
             idempotency_key: IdempotencyKey::parse("k").expect("key"),
+            ledger: LedgerName::default_ledger(),
             from_account: AccountId::parse("a").expect("a"),
             to_account: AccountId::parse("b").expect("b"),
             amount: Amount::parse(amount, usd).expect("amount"),
@@ -201,6 +217,13 @@ mod tests {
     }
 
     #[test]
+    fn the_fingerprint_tells_ledgers_apart() {
+        let mut elsewhere = transfer("12.30");
+        elsewhere.ledger = LedgerName::parse("shop").expect("ledger");
+        assert_ne!(transfer("12.30").fingerprint(), elsewhere.fingerprint());
+    }
+
+    #[test]
     fn codes_round_trip_through_their_names() {
         for status in [
             TransferStatus::Pending,
@@ -213,6 +236,8 @@ mod tests {
             FailureCode::InsufficientFunds,
             FailureCode::AccountNotFound,
             FailureCode::CurrencyMismatch,
+            FailureCode::AccountFrozen,
+            FailureCode::AccountClosed,
             FailureCode::RetriesExhausted,
         ] {
             assert_eq!(code.as_str().parse::<FailureCode>(), Ok(code));

@@ -11,8 +11,11 @@ use super::error::{ApiError, Problem};
 use super::json::{JsonBody, reject_nul};
 use super::paging::{next_cursor, page_len};
 use super::query::QueryParams;
-use crate::domain::{AccountId, Currency, Scope};
-use crate::store::accounts::{self, AccountView, CreateAccountError, EntryView, NewAccount};
+use crate::domain::{AccountId, AccountKey, Currency, LedgerName, Scope};
+use crate::store::accounts::{
+    self, AccountView, CreateAccountError, EntryView, NewAccount, StatusChange, StatusChangeError,
+};
+use crate::store::api_keys::ApiKeyIdentity;
 
 /// Entries per page when the client does not say.
 pub const ENTRIES_PAGE_LEN_DEFAULT: i64 = 50;
@@ -26,6 +29,10 @@ pub struct CreateAccountRequest {
     /// Generated (`acc_…`) when absent.
     #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$", example = "alice")]
     id: Option<String>,
+    /// The ledger to create the account in: a ledger-bound key's own ledger when absent
+    /// (naming another is `403 ledger_forbidden`); `default` for an admin key.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$", example = "default")]
+    ledger: Option<String>,
     /// An ISO 4217 code with minor units (`USD`, `JPY`, `BHD`; not `XAU`).
     #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     currency: String,
@@ -38,25 +45,61 @@ pub struct CreateAccountRequest {
     metadata: serde_json::Map<String, serde_json::Value>,
 }
 
-impl TryFrom<CreateAccountRequest> for NewAccount {
-    type Error = ApiError;
-    fn try_from(req: CreateAccountRequest) -> Result<Self, ApiError> {
-        let currency =
-            Currency::parse(&req.currency).map_err(|e| ApiError::InvalidCurrency(e.to_string()))?;
-        let id = match req.id {
+impl CreateAccountRequest {
+    /// Parse, don't validate: the only way from wire to domain; the account lands in the
+    /// caller's ledger.
+    fn into_new_account(self, caller: &ApiKeyIdentity) -> Result<NewAccount, ApiError> {
+        let named = self
+            .ledger
+            .as_deref()
+            .map(|name| LedgerName::parse(name).map_err(|e| ApiError::InvalidLedger(e.to_string())))
+            .transpose()?;
+        let ledger = caller
+            .ledger_for(named)
+            .map_err(|_| ApiError::LedgerForbidden(self.ledger.clone().unwrap_or_default()))?;
+        let currency = Currency::parse(&self.currency)
+            .map_err(|e| ApiError::InvalidCurrency(e.to_string()))?;
+        let id = match self.id {
             Some(id) => {
                 AccountId::parse(&id).map_err(|e| ApiError::InvalidAccount(e.to_string()))?
             }
             None => AccountId::generate(),
         };
-        reject_nul("metadata", &serde_json::Value::Object(req.metadata.clone()))?;
+        reject_nul(
+            "metadata",
+            &serde_json::Value::Object(self.metadata.clone()),
+        )?;
         Ok(NewAccount {
-            id,
+            key: AccountKey::new(ledger, id),
             currency,
-            allow_overdraft: req.allow_overdraft,
-            metadata: req.metadata,
+            allow_overdraft: self.allow_overdraft,
+            metadata: self.metadata,
         })
     }
+}
+
+/// Which ledger a read or an account action addresses: `?ledger=` (admin keys; a ledger-bound
+/// key may name its own).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerQuery {
+    ledger: Option<String>,
+}
+
+/// The account a request addresses. Anything the caller may not see — a malformed id or
+/// ledger, another ledger — is `404 account_not_found`, so existence is never revealed.
+fn addressed_account(
+    caller: &ApiKeyIdentity,
+    ledger: Option<&str>,
+    id: &str,
+) -> Result<AccountKey, ApiError> {
+    let not_found = || ApiError::AccountNotFound(id.to_owned());
+    let named = ledger
+        .map(|name| LedgerName::parse(name).map_err(|_| not_found()))
+        .transpose()?;
+    let ledger = caller.ledger_for(named).map_err(|_| not_found())?;
+    let id = AccountId::parse(id).map_err(|_| not_found())?;
+    Ok(AccountKey::new(ledger, id))
 }
 
 /// Creates an account with a zero balance.
@@ -75,7 +118,12 @@ impl TryFrom<CreateAccountRequest> for NewAccount {
                 ("ListAccountEntries" = (operation_id = "listAccountEntries",
                     parameters(("id" = "$response.body#/id")))),
             )),
-        (status = 409, description = "`account_exists`: an account with this id exists.",
+        (status = 403, description = "`ledger_forbidden`: the key is bound to another ledger.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`account_exists`: an account with this id exists in the \
+            ledger.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`ledger_not_found`: the named ledger does not exist.",
             body = Problem, content_type = "application/problem+json"),
     ),
     security(("api_key" = ["accounts:write"])),
@@ -85,15 +133,18 @@ pub async fn create(
     caller: Caller,
     JsonBody(body): JsonBody<CreateAccountRequest>,
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
-    caller.require(Scope::AccountsWrite)?;
-    let account = NewAccount::try_from(body)?;
+    let caller = caller.require(Scope::AccountsWrite)?;
+    let account = body.into_new_account(caller)?;
     let created = state
         .db(async {
             accounts::create(&state.pool, &account)
                 .await
                 .map_err(|e| match e {
                     CreateAccountError::AlreadyExists => {
-                        ApiError::AccountExists(account.id.to_string())
+                        ApiError::AccountExists(account.key.id.to_string())
+                    }
+                    CreateAccountError::LedgerNotFound => {
+                        ApiError::LedgerNotFound(account.key.ledger.to_string())
                     }
                     CreateAccountError::Database(e) => e.into(),
                 })
@@ -109,7 +160,12 @@ pub async fn create(
     tag = "accounts",
     operation_id = "getAccount",
     description = "Scope: `accounts:read` (or `admin`).",
-    params(("id" = String, Path, description = "The account id.")),
+    params(
+        ("id" = String, Path, description = "The account id."),
+        ("ledger" = Option<String>, Query, pattern = "^[a-z0-9_-]{1,64}$",
+            description = "The account's ledger: the key's own when absent (`default` for \
+                admin keys); another ledger's accounts are not found."),
+    ),
     responses(
         (status = 200, description = "The account.", body = AccountView),
         (status = 404, description = "`account_not_found`.", body = Problem,
@@ -121,19 +177,21 @@ pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    QueryParams(query): QueryParams<LedgerQuery>,
 ) -> Result<Json<AccountView>, ApiError> {
-    caller.require(Scope::AccountsRead)?;
-    let id = AccountId::parse(&id).map_err(|_| ApiError::AccountNotFound(id.clone()))?;
+    let caller = caller.require(Scope::AccountsRead)?;
+    let key = addressed_account(caller, query.ledger.as_deref(), &id)?;
     state
-        .db(accounts::get(&state.pool, &id))
+        .db(accounts::get(&state.pool, &key))
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::AccountNotFound(id.to_string()))
+        .ok_or_else(|| ApiError::AccountNotFound(key.id.to_string()))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntriesQuery {
+    ledger: Option<String>,
     limit: Option<i64>,
     cursor: Option<String>,
 }
@@ -156,6 +214,8 @@ pub struct EntriesPage {
     description = "Scope: `accounts:read` (or `admin`).",
     params(
         ("id" = String, Path, description = "The account id."),
+        ("ledger" = Option<String>, Query, pattern = "^[a-z0-9_-]{1,64}$",
+            description = "The account's ledger, as for `getAccount`."),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 500,
             description = "Entries per page; default 50."),
         ("cursor" = Option<String>, Query, pattern = "^[0-9]{1,19}$",
@@ -174,16 +234,16 @@ pub async fn entries(
     Path(id): Path<String>,
     QueryParams(query): QueryParams<EntriesQuery>,
 ) -> Result<Json<EntriesPage>, ApiError> {
-    caller.require(Scope::AccountsRead)?;
+    let caller = caller.require(Scope::AccountsRead)?;
     let limit = page_len(query.limit, ENTRIES_PAGE_LEN_DEFAULT, ENTRIES_PAGE_LEN_MAX)?;
     let before = query.cursor.as_deref().map(entry_cursor).transpose()?;
-    let id = AccountId::parse(&id).map_err(|_| ApiError::AccountNotFound(id.clone()))?;
+    let key = addressed_account(caller, query.ledger.as_deref(), &id)?;
     let entries = state
         .db(async {
-            if accounts::get(&state.pool, &id).await?.is_none() {
-                return Err(ApiError::AccountNotFound(id.to_string()));
+            if accounts::get(&state.pool, &key).await?.is_none() {
+                return Err(ApiError::AccountNotFound(key.id.to_string()));
             }
-            Ok(accounts::entries(&state.pool, &id, before, limit).await?)
+            Ok(accounts::entries(&state.pool, &key, before, limit).await?)
         })
         .await?;
     let next_cursor = next_cursor(&entries, limit, |e| e.id.clone());
@@ -201,4 +261,124 @@ fn entry_cursor(text: &str) -> Result<i64, ApiError> {
         .then(|| text.parse().ok())
         .flatten()
         .ok_or_else(|| ApiError::InvalidBody("cursor is not one this API returned".into()))
+}
+
+/// Freezes an account: transfers touching it fail `account_frozen` until it is unfrozen.
+#[utoipa::path(
+    post,
+    path = "/accounts/{id}/freeze",
+    tag = "accounts",
+    operation_id = "freezeAccount",
+    description = "Scope: `accounts:write` (or `admin`). Freezing a frozen account changes \
+        nothing; a closed account stays closed (`409 account_closed`).",
+    params(
+        ("id" = String, Path, description = "The account id."),
+        ("ledger" = Option<String>, Query, pattern = "^[a-z0-9_-]{1,64}$",
+            description = "The account's ledger, as for `getAccount`."),
+    ),
+    responses(
+        (status = 200, description = "The account, now frozen.", body = AccountView),
+        (status = 404, description = "`account_not_found`.", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 409, description = "`account_closed`.", body = Problem,
+            content_type = "application/problem+json"),
+    ),
+    security(("api_key" = ["accounts:write"])),
+)]
+pub async fn freeze(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    QueryParams(query): QueryParams<LedgerQuery>,
+) -> Result<Json<AccountView>, ApiError> {
+    change_status(state, caller, id, query, StatusChange::Freeze).await
+}
+
+/// Unfreezes an account: it moves money again.
+#[utoipa::path(
+    post,
+    path = "/accounts/{id}/unfreeze",
+    tag = "accounts",
+    operation_id = "unfreezeAccount",
+    description = "Scope: `accounts:write` (or `admin`). Unfreezing an active account changes \
+        nothing; a closed account stays closed (`409 account_closed`).",
+    params(
+        ("id" = String, Path, description = "The account id."),
+        ("ledger" = Option<String>, Query, pattern = "^[a-z0-9_-]{1,64}$",
+            description = "The account's ledger, as for `getAccount`."),
+    ),
+    responses(
+        (status = 200, description = "The account, now active.", body = AccountView),
+        (status = 404, description = "`account_not_found`.", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 409, description = "`account_closed`.", body = Problem,
+            content_type = "application/problem+json"),
+    ),
+    security(("api_key" = ["accounts:write"])),
+)]
+pub async fn unfreeze(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    QueryParams(query): QueryParams<LedgerQuery>,
+) -> Result<Json<AccountView>, ApiError> {
+    change_status(state, caller, id, query, StatusChange::Unfreeze).await
+}
+
+/// Closes an account for good; its balance must be zero.
+#[utoipa::path(
+    post,
+    path = "/accounts/{id}/close",
+    tag = "accounts",
+    operation_id = "closeAccount",
+    description = "Scope: `accounts:write` (or `admin`). Transfers touching a closed account \
+        fail `account_closed`. Closing a closed account changes nothing.",
+    params(
+        ("id" = String, Path, description = "The account id."),
+        ("ledger" = Option<String>, Query, pattern = "^[a-z0-9_-]{1,64}$",
+            description = "The account's ledger, as for `getAccount`."),
+    ),
+    responses(
+        (status = 200, description = "The account, now closed.", body = AccountView),
+        (status = 404, description = "`account_not_found`.", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 409, description = "`account_not_empty`: the balance is not zero.",
+            body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = ["accounts:write"])),
+)]
+pub async fn close(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    QueryParams(query): QueryParams<LedgerQuery>,
+) -> Result<Json<AccountView>, ApiError> {
+    change_status(state, caller, id, query, StatusChange::Close).await
+}
+
+async fn change_status(
+    state: AppState,
+    caller: Caller,
+    id: String,
+    query: LedgerQuery,
+    change: StatusChange,
+) -> Result<Json<AccountView>, ApiError> {
+    let caller = caller.require(Scope::AccountsWrite)?;
+    let key = addressed_account(caller, query.ledger.as_deref(), &id)?;
+    let changed = state
+        .db(async {
+            let mut tx = state.pool.begin().await?;
+            let changed = accounts::change_status(&mut tx, &key, change)
+                .await
+                .map_err(|e| match e {
+                    StatusChangeError::NotFound => ApiError::AccountNotFound(key.id.to_string()),
+                    StatusChangeError::Closed => ApiError::AccountClosed(key.id.to_string()),
+                    StatusChangeError::NotEmpty(_) => ApiError::AccountNotEmpty(key.id.to_string()),
+                    StatusChangeError::Database(e) => e.into(),
+                })?;
+            tx.commit().await?;
+            Ok::<_, ApiError>(changed)
+        })
+        .await?;
+    Ok(Json(changed.account))
 }

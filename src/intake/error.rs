@@ -47,6 +47,17 @@ pub enum ApiError {
     AccountExists(String),
     #[error("account {0} not found")]
     AccountNotFound(String),
+    #[error("{0}")]
+    InvalidLedger(String),
+    /// A ledger-bound key named another ledger where it asked to create something there.
+    #[error("this API key is bound to another ledger than {0:?}")]
+    LedgerForbidden(String),
+    #[error("ledger {0:?} does not exist")]
+    LedgerNotFound(String),
+    #[error("account {0} cannot be closed: its balance is not zero")]
+    AccountNotEmpty(String),
+    #[error("account {0} is closed")]
+    AccountClosed(String),
     #[error("transfer not found")]
     TransferNotFound,
     #[error("reconciliation run not found")]
@@ -68,14 +79,17 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::LedgerForbidden(_) => StatusCode::FORBIDDEN,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::AccountExists(_) => StatusCode::CONFLICT,
+            Self::AccountExists(_) | Self::AccountNotEmpty(_) | Self::AccountClosed(_) => {
+                StatusCode::CONFLICT
+            }
+            Self::LedgerNotFound(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::AccountNotFound(_)
             | Self::TransferNotFound
             | Self::ReconciliationNotFound
@@ -86,6 +100,7 @@ impl ApiError {
             | Self::InvalidAmount(_)
             | Self::InvalidCurrency(_)
             | Self::InvalidAccount(_)
+            | Self::InvalidLedger(_)
             | Self::SameAccount
             | Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
         }
@@ -115,6 +130,11 @@ impl ApiError {
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::AccountExists(_) => ErrorCode::AccountExists,
             Self::AccountNotFound(_) => ErrorCode::AccountNotFound,
+            Self::InvalidLedger(_) => ErrorCode::InvalidLedger,
+            Self::LedgerForbidden(_) => ErrorCode::LedgerForbidden,
+            Self::LedgerNotFound(_) => ErrorCode::LedgerNotFound,
+            Self::AccountNotEmpty(_) => ErrorCode::AccountNotEmpty,
+            Self::AccountClosed(_) => ErrorCode::AccountClosed,
             Self::TransferNotFound => ErrorCode::TransferNotFound,
             Self::ReconciliationNotFound => ErrorCode::ReconciliationNotFound,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
@@ -160,6 +180,11 @@ pub enum ErrorCode {
     Unavailable,
     AccountExists,
     AccountNotFound,
+    InvalidLedger,
+    LedgerForbidden,
+    LedgerNotFound,
+    AccountNotEmpty,
+    AccountClosed,
     TransferNotFound,
     ReconciliationNotFound,
     RateLimited,
@@ -168,7 +193,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 26] = [
         Self::Unauthorized,
         Self::Forbidden,
         Self::IdempotencyKeyMissing,
@@ -185,6 +210,11 @@ impl ErrorCode {
         Self::Unavailable,
         Self::AccountExists,
         Self::AccountNotFound,
+        Self::InvalidLedger,
+        Self::LedgerForbidden,
+        Self::LedgerNotFound,
+        Self::AccountNotEmpty,
+        Self::AccountClosed,
         Self::TransferNotFound,
         Self::ReconciliationNotFound,
         Self::RateLimited,
@@ -210,6 +240,11 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::AccountExists => "account_exists",
             Self::AccountNotFound => "account_not_found",
+            Self::InvalidLedger => "invalid_ledger",
+            Self::LedgerForbidden => "ledger_forbidden",
+            Self::LedgerNotFound => "ledger_not_found",
+            Self::AccountNotEmpty => "account_not_empty",
+            Self::AccountClosed => "account_closed",
             Self::TransferNotFound => "transfer_not_found",
             Self::ReconciliationNotFound => "reconciliation_not_found",
             Self::RateLimited => "rate_limited",
@@ -340,6 +375,11 @@ mod tests {
                 | ErrorCode::Unavailable
                 | ErrorCode::AccountExists
                 | ErrorCode::AccountNotFound
+                | ErrorCode::InvalidLedger
+                | ErrorCode::LedgerForbidden
+                | ErrorCode::LedgerNotFound
+                | ErrorCode::AccountNotEmpty
+                | ErrorCode::AccountClosed
                 | ErrorCode::TransferNotFound
                 | ErrorCode::ReconciliationNotFound
                 | ErrorCode::RateLimited

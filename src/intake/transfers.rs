@@ -12,8 +12,9 @@ use super::auth::Caller;
 use super::error::{ApiError, Problem};
 use super::json::{JsonBody, from_value, reject_nul};
 use super::query::QueryParams;
-use crate::domain::{AccountId, Amount, Currency, IdempotencyKey, NewTransfer, Scope};
+use crate::domain::{AccountId, Amount, Currency, IdempotencyKey, LedgerName, NewTransfer, Scope};
 use crate::queue::payloads::TRANSFERS_PER_JOB_MAX;
+use crate::store::api_keys::ApiKeyIdentity;
 use crate::store::transfers::{self, Acceptance, Submission, TransferView};
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
@@ -46,11 +47,28 @@ pub struct TransferRequest {
     /// Any JSON object; strings must not contain U+0000.
     #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The ledger both accounts belong to: a ledger-bound key's own when absent (naming
+    /// another is `403 ledger_forbidden`); `default` for an admin key. An account id that
+    /// exists only in another ledger ends the transfer `failed` `account_not_found`.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$", example = "default")]
+    ledger: Option<String>,
 }
 
 impl TransferRequest {
     /// Parse, don't validate: the only way from wire to domain.
-    pub fn into_new_transfer(self, key: IdempotencyKey) -> Result<NewTransfer, ApiError> {
+    pub fn into_new_transfer(
+        self,
+        key: IdempotencyKey,
+        caller: &ApiKeyIdentity,
+    ) -> Result<NewTransfer, ApiError> {
+        let named = self
+            .ledger
+            .as_deref()
+            .map(|name| LedgerName::parse(name).map_err(|e| ApiError::InvalidLedger(e.to_string())))
+            .transpose()?;
+        let ledger = caller
+            .ledger_for(named)
+            .map_err(|_| ApiError::LedgerForbidden(self.ledger.clone().unwrap_or_default()))?;
         let currency = Currency::parse(&self.currency)
             .map_err(|e| ApiError::InvalidCurrency(e.to_string()))?;
         let amount_text = self.amount.as_str().ok_or_else(|| {
@@ -81,6 +99,7 @@ impl TransferRequest {
         reject_nul("metadata", &serde_json::Value::Object(metadata.clone()))?;
         Ok(NewTransfer {
             idempotency_key: key,
+            ledger,
             from_account,
             to_account,
             amount,
@@ -153,7 +172,7 @@ pub async fn create(
     let caller = caller.require(Scope::TransfersWrite)?;
     let key = idempotency_key(&headers)?;
     let JsonBody(body) = body?;
-    let transfer = body.into_new_transfer(key)?;
+    let transfer = body.into_new_transfer(key, caller)?;
     let submission = Submission {
         api_key_id: caller.id,
         transfer,
@@ -193,7 +212,10 @@ pub struct BatchRequest {
 }
 
 /// One batch item: the single-transfer body plus its `idempotency_key`.
-fn parse_batch_item(value: serde_json::Value) -> Result<NewTransfer, ApiError> {
+fn parse_batch_item(
+    value: serde_json::Value,
+    caller: &ApiKeyIdentity,
+) -> Result<NewTransfer, ApiError> {
     let serde_json::Value::Object(mut fields) = value else {
         return Err(ApiError::InvalidBody(
             "each item must be a JSON object".into(),
@@ -213,7 +235,7 @@ fn parse_batch_item(value: serde_json::Value) -> Result<NewTransfer, ApiError> {
             ));
         }
     };
-    from_value::<TransferRequest>(serde_json::Value::Object(fields))?.into_new_transfer(key)
+    from_value::<TransferRequest>(serde_json::Value::Object(fields))?.into_new_transfer(key, caller)
 }
 
 /// What happened to one batch item.
@@ -281,7 +303,7 @@ pub async fn create_batch(
             .get("idempotency_key")
             .and_then(|k| k.as_str())
             .map(str::to_owned);
-        match parse_batch_item(value) {
+        match parse_batch_item(value, caller) {
             Ok(transfer) => {
                 valid.push((results.len(), key));
                 results.push(None);

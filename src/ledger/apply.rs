@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use crate::domain::{AccountId, Amount, Currency, FailureCode};
+use crate::domain::{AccountKey, AccountStatus, Amount, Currency, FailureCode};
 
 /// An account row as locked by the posting transaction.
 #[derive(Debug, Clone)]
@@ -16,14 +16,16 @@ pub struct LockedAccount {
     pub currency: Currency,
     pub balance: Decimal,
     pub allow_overdraft: bool,
+    pub status: AccountStatus,
 }
 
-/// A pending transfer as read by the posting transaction.
+/// A pending transfer as read by the posting transaction. Both accounts are in the transfer's
+/// ledger: an id that exists only in another ledger is simply not found.
 #[derive(Debug, Clone)]
 pub struct PendingTransfer {
     pub id: Uuid,
-    pub from_account: AccountId,
-    pub to_account: AccountId,
+    pub from_account: AccountKey,
+    pub to_account: AccountKey,
     pub amount: Amount,
 }
 
@@ -38,7 +40,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EntryLine {
     pub transfer_id: Uuid,
-    pub account_id: AccountId,
+    pub account: AccountKey,
     pub side: Side,
     pub amount: Decimal,
     pub currency: Currency,
@@ -52,14 +54,14 @@ pub struct Applied {
     pub outcomes: Vec<(Uuid, Outcome)>,
     pub entries: Vec<EntryLine>,
     /// Net change per account touched by a posted transfer.
-    pub balance_deltas: HashMap<AccountId, Decimal>,
+    pub balance_deltas: HashMap<AccountKey, Decimal>,
 }
 
 /// Applies `transfers` in order against `accounts`, mutating their balances. A transfer that
 /// cannot post fails alone with its code; the ones after it still see the balances as left by
 /// the ones before.
 pub fn apply_batch(
-    accounts: &mut HashMap<AccountId, LockedAccount>,
+    accounts: &mut HashMap<AccountKey, LockedAccount>,
     transfers: &[PendingTransfer],
 ) -> Applied {
     let mut applied = Applied::default();
@@ -78,7 +80,7 @@ pub fn apply_batch(
 }
 
 fn apply_one(
-    accounts: &mut HashMap<AccountId, LockedAccount>,
+    accounts: &mut HashMap<AccountKey, LockedAccount>,
     transfer: &PendingTransfer,
 ) -> Result<(), FailureCode> {
     let amount = transfer.amount.value();
@@ -89,6 +91,15 @@ fn apply_one(
     let to = accounts
         .get(&transfer.to_account)
         .ok_or(FailureCode::AccountNotFound)?;
+    // Closed outranks frozen: a closed account will never take the transfer.
+    for status in [AccountStatus::Closed, AccountStatus::Frozen] {
+        if from.status == status || to.status == status {
+            return Err(match status {
+                AccountStatus::Closed => FailureCode::AccountClosed,
+                _ => FailureCode::AccountFrozen,
+            });
+        }
+    }
     if from.currency != currency || to.currency != currency {
         return Err(FailureCode::CurrencyMismatch);
     }
@@ -122,7 +133,7 @@ fn record_entries(applied: &mut Applied, transfer: &PendingTransfer) {
     ] {
         applied.entries.push(EntryLine {
             transfer_id: transfer.id,
-            account_id: account.clone(),
+            account: account.clone(),
             side,
             amount: signed,
             currency,
@@ -146,6 +157,7 @@ pub fn entries_balance(entries: &[EntryLine]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{AccountId, LedgerName};
 
     fn usd() -> Currency {
         Currency::parse("USD").expect("USD")
@@ -156,11 +168,15 @@ mod tests {
             currency: usd(),
             balance: balance.parse().expect("decimal"),
             allow_overdraft,
+            status: AccountStatus::Active,
         }
     }
 
-    fn id(s: &str) -> AccountId {
-        AccountId::parse(s).expect("id")
+    fn id(s: &str) -> AccountKey {
+        AccountKey::new(
+            LedgerName::default_ledger(),
+            AccountId::parse(s).expect("id"),
+        )
     }
 
     fn transfer(from: &str, to: &str, amount: &str) -> PendingTransfer {
@@ -172,7 +188,7 @@ mod tests {
         }
     }
 
-    fn book() -> HashMap<AccountId, LockedAccount> {
+    fn book() -> HashMap<AccountKey, LockedAccount> {
         HashMap::from([
             (id("treasury"), account("0", true)),
             (id("alice"), account("10.00", false)),
@@ -235,6 +251,7 @@ mod tests {
                 currency: eur,
                 balance: Decimal::ZERO,
                 allow_overdraft: false,
+                status: AccountStatus::Active,
             },
         );
         let applied = apply_batch(&mut accounts, &[transfer("alice", "euro", "1.00")]);
@@ -244,6 +261,54 @@ mod tests {
         );
         assert!(applied.entries.is_empty());
         assert!(applied.balance_deltas.is_empty());
+    }
+
+    #[test]
+    fn frozen_and_closed_accounts_neither_pay_nor_receive() {
+        let mut accounts = book();
+        accounts.insert(id("frozen"), account("5.00", false));
+        accounts.insert(id("closed"), account("0", false));
+        if let Some(a) = accounts.get_mut(&id("frozen")) {
+            a.status = AccountStatus::Frozen;
+        }
+        if let Some(a) = accounts.get_mut(&id("closed")) {
+            a.status = AccountStatus::Closed;
+        }
+        let batch = [
+            transfer("frozen", "bob", "1.00"),
+            transfer("alice", "frozen", "1.00"),
+            transfer("alice", "closed", "1.00"),
+            transfer("closed", "frozen", "1.00"),
+            transfer("alice", "bob", "1.00"),
+        ];
+        let applied = apply_batch(&mut accounts, &batch);
+        let outcomes: Vec<_> = applied.outcomes.iter().map(|(_, o)| *o).collect();
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Failed(FailureCode::AccountFrozen),
+                Outcome::Failed(FailureCode::AccountFrozen),
+                Outcome::Failed(FailureCode::AccountClosed),
+                Outcome::Failed(FailureCode::AccountClosed),
+                Outcome::Posted,
+            ]
+        );
+        assert_eq!(accounts[&id("frozen")].balance.to_string(), "5.00");
+        assert_eq!(applied.entries.len(), 2);
+    }
+
+    #[test]
+    fn an_account_id_in_another_ledger_is_not_found() {
+        let mut accounts = book();
+        let other = LedgerName::parse("other").expect("ledger");
+        let mut stray = transfer("alice", "bob", "1.00");
+        stray.to_account = AccountKey::new(other, AccountId::parse("bob").expect("id"));
+        let applied = apply_batch(&mut accounts, &[stray]);
+        assert_eq!(
+            applied.outcomes[0].1,
+            Outcome::Failed(FailureCode::AccountNotFound)
+        );
+        assert_eq!(accounts[&id("alice")].balance.to_string(), "10.00");
     }
 
     #[test]

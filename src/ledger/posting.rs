@@ -20,14 +20,14 @@ use std::time::Instant;
 
 use backon::Retryable;
 use rust_decimal::Decimal;
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::apply::{
     Applied, LockedAccount, Outcome, PendingTransfer, apply_batch, entries_balance,
 };
-use crate::domain::{AccountId, Amount, Currency};
+use crate::domain::{AccountId, AccountKey, AccountStatus, Amount, Currency, LedgerName};
 use crate::failpoint::Failpoint;
 use crate::retry::{RetryClass, RetryPolicy, classify};
 
@@ -216,57 +216,104 @@ async fn load_pending(
     tx: &mut Transaction<'_, Postgres>,
     transfer_ids: &[Uuid],
 ) -> Result<Vec<PendingTransfer>, PostingError> {
-    let rows = sqlx::query(
-        "SELECT id, from_account, to_account, amount, currency FROM transfers \
+    let rows: Vec<PendingTransferRow> = sqlx::query_as(
+        "SELECT id, ledger, from_account, to_account, amount, currency FROM transfers \
          WHERE id = ANY($1) AND status NOT IN ('posted', 'failed') ORDER BY created_at, id",
     )
     .bind(transfer_ids)
     .fetch_all(&mut **tx)
     .await?;
-    rows.into_iter()
-        .map(|row| {
-            let currency = parse_currency(row.try_get("currency")?)?;
-            let amount: Decimal = row.try_get("amount")?;
-            let id: Uuid = row.try_get("id")?;
-            Ok(PendingTransfer {
-                id,
-                from_account: AccountId::from_trusted(row.try_get("from_account")?),
-                to_account: AccountId::from_trusted(row.try_get("to_account")?),
-                amount: Amount::new(amount, currency).map_err(|e| {
-                    PostingError::Invariant(format!("transfer {id} holds a bad amount: {e}"))
-                })?,
-            })
+    rows.into_iter().map(PendingTransfer::try_from).collect()
+}
+
+/// A pending `transfers` row as posting reads it. The currency is parsed after decoding, so a
+/// stored currency this version does not know is [`PostingError::Invariant`] (which the
+/// combiner answers by posting each job's transfers on their own), not a decode error.
+#[derive(sqlx::FromRow)]
+struct PendingTransferRow {
+    id: Uuid,
+    ledger: String,
+    from_account: String,
+    to_account: String,
+    amount: Decimal,
+    currency: String,
+}
+
+impl TryFrom<PendingTransferRow> for PendingTransfer {
+    type Error = PostingError;
+    fn try_from(row: PendingTransferRow) -> Result<Self, Self::Error> {
+        let currency = parse_currency(row.currency)?;
+        let id = row.id;
+        // Both accounts are looked up in the transfer's own ledger: an id that exists only in
+        // another ledger is not found, so no transfer can move another ledger's money.
+        let ledger = LedgerName::from_trusted(row.ledger);
+        let account = |id: String| AccountKey::new(ledger.clone(), AccountId::from_trusted(id));
+        Ok(Self {
+            id,
+            from_account: account(row.from_account),
+            to_account: account(row.to_account),
+            amount: Amount::new(row.amount, currency).map_err(|e| {
+                PostingError::Invariant(format!("transfer {id} holds a bad amount: {e}"))
+            })?,
         })
-        .collect()
+    }
 }
 
 async fn lock_accounts(
     tx: &mut Transaction<'_, Postgres>,
     transfers: &[PendingTransfer],
-) -> Result<HashMap<AccountId, LockedAccount>, PostingError> {
-    let mut ids: Vec<&str> = transfers
+) -> Result<HashMap<AccountKey, LockedAccount>, PostingError> {
+    let mut keys: Vec<&AccountKey> = transfers
         .iter()
-        .flat_map(|t| [t.from_account.as_str(), t.to_account.as_str()])
+        .flat_map(|t| [&t.from_account, &t.to_account])
         .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let rows = sqlx::query(
-        "SELECT id, currency, balance, allow_overdraft FROM accounts \
-         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    keys.sort_unstable();
+    keys.dedup();
+    let (ledgers, ids) = key_columns(keys.into_iter());
+    // Locked in (ledger, id) order, as every other writer of account rows does.
+    let rows: Vec<LockedAccountRow> = sqlx::query_as(
+        "SELECT a.ledger, a.id, a.currency, a.balance, a.allow_overdraft, a.status \
+         FROM accounts a JOIN unnest($1::text[], $2::text[]) AS k(ledger, id) \
+           ON a.ledger = k.ledger AND a.id = k.id \
+         ORDER BY a.ledger, a.id FOR UPDATE OF a",
     )
+    .bind(&ledgers)
     .bind(&ids)
     .fetch_all(&mut **tx)
     .await?;
     rows.into_iter()
         .map(|row| {
+            let key = AccountKey::new(
+                LedgerName::from_trusted(row.ledger),
+                AccountId::from_trusted(row.id),
+            );
             let account = LockedAccount {
-                currency: parse_currency(row.try_get("currency")?)?,
-                balance: row.try_get("balance")?,
-                allow_overdraft: row.try_get("allow_overdraft")?,
+                currency: parse_currency(row.currency)?,
+                balance: row.balance,
+                allow_overdraft: row.allow_overdraft,
+                status: row.status,
             };
-            Ok((AccountId::from_trusted(row.try_get("id")?), account))
+            Ok((key, account))
         })
         .collect()
+}
+
+/// An `accounts` row locked for posting; its currency is parsed as in [`PendingTransferRow`],
+/// its status strictly (an unknown status fails the batch rather than moving money).
+#[derive(sqlx::FromRow)]
+struct LockedAccountRow {
+    ledger: String,
+    id: String,
+    currency: String,
+    balance: Decimal,
+    allow_overdraft: bool,
+    #[sqlx(try_from = "String")]
+    status: AccountStatus,
+}
+
+/// Account keys as the two parallel arrays `unnest` takes.
+fn key_columns<'a>(keys: impl Iterator<Item = &'a AccountKey>) -> (Vec<&'a str>, Vec<&'a str>) {
+    keys.map(|k| (k.ledger.as_str(), k.id.as_str())).unzip()
 }
 
 fn parse_currency(code: String) -> Result<Currency, PostingError> {
@@ -282,19 +329,17 @@ async fn insert_entries(
         return Ok(());
     }
     let transfer_ids: Vec<Uuid> = applied.entries.iter().map(|e| e.transfer_id).collect();
-    let accounts: Vec<&str> = applied
-        .entries
-        .iter()
-        .map(|e| e.account_id.as_str())
-        .collect();
+    let (ledgers, accounts) = key_columns(applied.entries.iter().map(|e| &e.account));
     let sides: Vec<&str> = applied.entries.iter().map(|e| e.side.as_str()).collect();
     let amounts: Vec<Decimal> = applied.entries.iter().map(|e| e.amount).collect();
     let currencies: Vec<&str> = applied.entries.iter().map(|e| e.currency.code()).collect();
     let inserted = sqlx::query(
-        "INSERT INTO entries (transfer_id, account_id, side, amount, currency) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::text[])",
+        "INSERT INTO entries (transfer_id, ledger, account_id, side, amount, currency) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], \
+           $6::text[])",
     )
     .bind(&transfer_ids)
+    .bind(&ledgers)
     .bind(&accounts)
     .bind(&sides)
     .bind(&amounts)
@@ -308,37 +353,46 @@ async fn insert_entries(
 async fn update_balances(
     tx: &mut Transaction<'_, Postgres>,
     applied: &Applied,
-    expected: &HashMap<AccountId, LockedAccount>,
+    expected: &HashMap<AccountKey, LockedAccount>,
 ) -> Result<(), PostingError> {
     if applied.balance_deltas.is_empty() {
         return Ok(());
     }
-    let (ids, deltas): (Vec<&str>, Vec<Decimal>) = applied
-        .balance_deltas
-        .iter()
-        .map(|(id, delta)| (id.as_str(), *delta))
-        .unzip();
-    let rows = sqlx::query(
+    let (ledgers, ids) = key_columns(applied.balance_deltas.keys());
+    let deltas: Vec<Decimal> = applied.balance_deltas.values().copied().collect();
+    let rows: Vec<UpdatedBalance> = sqlx::query_as(
         "UPDATE accounts AS a SET balance = a.balance + d.delta \
-         FROM unnest($1::text[], $2::numeric[]) AS d(id, delta) \
-         WHERE a.id = d.id RETURNING a.id, a.balance",
+         FROM unnest($1::text[], $2::text[], $3::numeric[]) AS d(ledger, id, delta) \
+         WHERE a.ledger = d.ledger AND a.id = d.id RETURNING a.ledger, a.id, a.balance",
     )
+    .bind(&ledgers)
     .bind(&ids)
     .bind(&deltas)
     .fetch_all(&mut **tx)
     .await?;
     expect_rows("balances updated", rows.len() as u64, ids.len())?;
     for row in rows {
-        let id = AccountId::from_trusted(row.try_get("id")?);
-        let stored: Decimal = row.try_get("balance")?;
-        let computed = expected.get(&id).map(|a| a.balance);
-        if computed != Some(stored) {
+        let key = AccountKey::new(
+            LedgerName::from_trusted(row.ledger),
+            AccountId::from_trusted(row.id),
+        );
+        let computed = expected.get(&key).map(|a| a.balance);
+        if computed != Some(row.balance) {
             return Err(PostingError::Invariant(format!(
-                "account {id}: database balance {stored} but posting computed {computed:?}"
+                "account {key}: database balance {} but posting computed {computed:?}",
+                row.balance
             )));
         }
     }
     Ok(())
+}
+
+/// An account's balance as the balance UPDATE returns it.
+#[derive(sqlx::FromRow)]
+struct UpdatedBalance {
+    ledger: String,
+    id: String,
+    balance: Decimal,
 }
 
 async fn update_statuses(

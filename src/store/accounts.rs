@@ -5,12 +5,12 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::domain::{AccountId, Currency, Side};
+use crate::domain::{AccountKey, AccountStatus, Currency, Side};
 
 /// A new account as accepted by the API.
 #[derive(Debug, Clone)]
 pub struct NewAccount {
-    pub id: AccountId,
+    pub key: AccountKey,
     pub currency: Currency,
     pub allow_overdraft: bool,
     pub metadata: serde_json::Map<String, serde_json::Value>,
@@ -22,6 +22,12 @@ pub struct NewAccount {
 pub struct AccountView {
     #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     pub id: String,
+    /// The ledger the account belongs to; ids are unique within it.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$", example = "default")]
+    pub ledger: String,
+    /// `active`, `frozen` (moves no money until unfrozen) or `closed` (for good).
+    #[schema(pattern = "^(active|frozen|closed)$")]
+    pub status: String,
     #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     pub currency: String,
     /// A decimal string with the currency's decimal places; negative only with overdraft.
@@ -55,54 +61,157 @@ pub struct EntryView {
 pub enum CreateAccountError {
     #[error("account already exists")]
     AlreadyExists,
+    #[error("the ledger does not exist")]
+    LedgerNotFound,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
+
+const ACCOUNT_COLUMNS: &str =
+    "id, ledger, status, currency, balance, allow_overdraft, metadata, created_at";
 
 pub async fn create(
     pool: &PgPool,
     account: &NewAccount,
 ) -> Result<AccountView, CreateAccountError> {
-    let row = sqlx::query_as::<_, AccountRow>(
-        "INSERT INTO accounts (id, currency, allow_overdraft, metadata) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (ledger, id) DO NOTHING \
-         RETURNING id, currency, balance, allow_overdraft, metadata, created_at",
-    )
-    .bind(account.id.as_str())
+    let row = sqlx::query_as::<_, AccountRow>(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO accounts (ledger, id, currency, allow_overdraft, metadata) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (ledger, id) DO NOTHING RETURNING {ACCOUNT_COLUMNS}"
+    )))
+    .bind(account.key.ledger.as_str())
+    .bind(account.key.id.as_str())
     .bind(account.currency.code())
     .bind(account.allow_overdraft)
     .bind(serde_json::Value::Object(account.metadata.clone()))
     .fetch_optional(pool)
-    .await?;
+    .await
+    .map_err(|e| match &e {
+        // accounts.ledger references ledgers: only an unknown ledger violates a key here.
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            CreateAccountError::LedgerNotFound
+        }
+        _ => CreateAccountError::Database(e),
+    })?;
     match row {
         Some(row) => Ok(row.into()),
         None => Err(CreateAccountError::AlreadyExists),
     }
 }
 
-pub async fn get(pool: &PgPool, id: &AccountId) -> Result<Option<AccountView>, sqlx::Error> {
-    let row = sqlx::query_as::<_, AccountRow>(
-        "SELECT id, currency, balance, allow_overdraft, metadata, created_at \
-         FROM accounts WHERE id = $1",
-    )
-    .bind(id.as_str())
+pub async fn get(pool: &PgPool, key: &AccountKey) -> Result<Option<AccountView>, sqlx::Error> {
+    let row = sqlx::query_as::<_, AccountRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE ledger = $1 AND id = $2"
+    )))
+    .bind(key.ledger.as_str())
+    .bind(key.id.as_str())
     .fetch_optional(pool)
     .await?;
     Ok(row.map(AccountView::from))
 }
 
+/// What an operator does to an account's status (README, "Ledgers and authorization").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusChange {
+    Freeze,
+    Unfreeze,
+    Close,
+}
+
+impl StatusChange {
+    /// The status the change leads to.
+    pub fn target(self) -> AccountStatus {
+        match self {
+            Self::Freeze => AccountStatus::Frozen,
+            Self::Unfreeze => AccountStatus::Active,
+            Self::Close => AccountStatus::Closed,
+        }
+    }
+
+    /// Whether an account in `from` may take this change. Repeating a change is allowed (and
+    /// changes nothing), so a retried request gets the same answer.
+    fn check(self, from: AccountStatus, balance: Decimal) -> Result<(), StatusChangeError> {
+        match (self, from) {
+            (_, AccountStatus::Closed) if self != Self::Close => Err(StatusChangeError::Closed),
+            (Self::Close, AccountStatus::Closed) => Ok(()),
+            (Self::Close, _) if !balance.is_zero() => Err(StatusChangeError::NotEmpty(balance)),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusChangeError {
+    #[error("account not found")]
+    NotFound,
+    #[error("the account is closed")]
+    Closed,
+    #[error("the account's balance is {0}, not zero")]
+    NotEmpty(Decimal),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// What [`change_status`] did.
+#[derive(Debug, Clone)]
+pub struct StatusChanged {
+    pub account: AccountView,
+    /// False when the account already had the target status.
+    pub changed: bool,
+}
+
+/// Freezes, unfreezes or closes an account. The row is locked first, so the zero-balance
+/// check of a close and a posting transaction that moves money on the account are ordered:
+/// posting locks the same row (`FOR UPDATE`) and re-reads the status after a close commits.
+pub async fn change_status(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    key: &AccountKey,
+    change: StatusChange,
+) -> Result<StatusChanged, StatusChangeError> {
+    let current = sqlx::query_as::<_, AccountRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE ledger = $1 AND id = $2 FOR UPDATE"
+    )))
+    .bind(key.ledger.as_str())
+    .bind(key.id.as_str())
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(StatusChangeError::NotFound)?;
+    change.check(current.status, current.balance)?;
+    if current.status == change.target() {
+        return Ok(StatusChanged {
+            account: current.into(),
+            changed: false,
+        });
+    }
+    let updated = sqlx::query_as::<_, AccountRow>(sqlx::AssertSqlSafe(format!(
+        "UPDATE accounts SET status = $3, status_changed_at = now() \
+         WHERE ledger = $1 AND id = $2 RETURNING {ACCOUNT_COLUMNS}"
+    )))
+    .bind(key.ledger.as_str())
+    .bind(key.id.as_str())
+    .bind(change.target().as_str())
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(StatusChanged {
+        account: updated.into(),
+        changed: true,
+    })
+}
+
 /// One page of an account's entries, newest first, starting below `before_entry_id`.
 pub async fn entries(
     pool: &PgPool,
-    id: &AccountId,
+    key: &AccountKey,
     before_entry_id: Option<i64>,
     limit: i64,
 ) -> Result<Vec<EntryView>, sqlx::Error> {
     let rows = sqlx::query_as::<_, EntryRow>(
         "SELECT id, transfer_id, side, amount, currency, created_at FROM entries \
-         WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+         WHERE ledger = $1 AND account_id = $2 AND ($3::bigint IS NULL OR id < $3) \
+         ORDER BY id DESC LIMIT $4",
     )
-    .bind(id.as_str())
+    .bind(key.ledger.as_str())
+    .bind(key.id.as_str())
     .bind(before_entry_id)
     .bind(limit)
     .fetch_all(pool)
@@ -114,6 +223,9 @@ pub async fn entries(
 #[derive(sqlx::FromRow)]
 struct AccountRow {
     id: String,
+    ledger: String,
+    #[sqlx(try_from = "String")]
+    status: AccountStatus,
     currency: String,
     balance: Decimal,
     allow_overdraft: bool,
@@ -125,6 +237,8 @@ impl From<AccountRow> for AccountView {
     fn from(row: AccountRow) -> Self {
         Self {
             id: row.id,
+            ledger: row.ledger,
+            status: row.status.as_str().to_owned(),
             balance: format_amount(&row.currency, row.balance),
             currency: row.currency,
             allow_overdraft: row.allow_overdraft,

@@ -22,6 +22,9 @@ use crate::retry::{RetryClass, RetryPolicy, classify};
 #[schema(as = Transfer)]
 pub struct TransferView {
     pub id: Uuid,
+    /// The ledger both accounts belong to.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$", example = "default")]
+    pub ledger: String,
     #[schema(pattern = "^[!-~]{1,255}$")]
     pub idempotency_key: String,
     pub status: TransferStatus,
@@ -80,7 +83,7 @@ impl AcceptError {
     }
 }
 
-const TRANSFER_COLUMNS: &str = "id, idempotency_key, request_fingerprint, status, from_account, \
+const TRANSFER_COLUMNS: &str = "id, ledger, idempotency_key, request_fingerprint, status, from_account, \
     to_account, amount, currency, reference, metadata, failure_code, attempts, created_at, \
     updated_at, posted_at, failed_at";
 
@@ -184,9 +187,9 @@ async fn insert_new_with_job(
     let rows = sqlx::query_as::<_, KeyedTransferRow>(sqlx::AssertSqlSafe(format!(
         "WITH inserted AS ( \
            INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
-             from_account, to_account, amount, currency, reference, metadata) \
+             from_account, to_account, amount, currency, reference, metadata, ledger) \
            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::text[], \
-             $6::text[], $7::numeric[], $8::text[], $9::text[], $10::jsonb[]) \
+             $6::text[], $7::numeric[], $8::text[], $9::text[], $10::jsonb[], $11::text[]) \
            ON CONFLICT (api_key_id, idempotency_key) DO NOTHING \
            RETURNING api_key_id, {TRANSFER_COLUMNS} \
          ), job AS ({job}) \
@@ -202,6 +205,7 @@ async fn insert_new_with_job(
     .bind(column(&|t| t.amount.currency().code().to_owned()))
     .bind(&references)
     .bind(&metadata)
+    .bind(column(&|t| t.ledger.as_str().to_owned()))
     .fetch_all(pool)
     .await?;
     Ok(by_identity(rows))
@@ -277,6 +281,7 @@ pub async fn get_by_key(
 #[derive(sqlx::FromRow)]
 struct TransferRow {
     id: Uuid,
+    ledger: String,
     idempotency_key: String,
     request_fingerprint: Vec<u8>,
     #[sqlx(try_from = "String")]
@@ -318,6 +323,7 @@ impl From<TransferRow> for TransferView {
     fn from(row: TransferRow) -> Self {
         Self {
             id: row.id,
+            ledger: row.ledger,
             idempotency_key: row.idempotency_key,
             status: row.status,
             from_account: row.from_account,

@@ -418,17 +418,25 @@ async fn the_database_refuses_to_move_a_terminal_transfer_or_edit_an_entry() {
         (
             "WITH fresh AS ( \
                INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
-                 from_account, to_account, amount, currency) \
+                 from_account, to_account, amount, currency, ledger) \
                SELECT gen_random_uuid(), api_key_id, 'fresh', '\\x00', 'treasury', 'b', 1, \
-                 'USD' FROM transfers LIMIT 1 RETURNING id) \
-             INSERT INTO entries (transfer_id, account_id, side, amount, currency) \
-             SELECT id, 'nobody', 'credit', 1, 'USD' FROM fresh",
+                 'USD', 'default' FROM transfers LIMIT 1 RETURNING id) \
+             INSERT INTO entries (transfer_id, ledger, account_id, side, amount, currency) \
+             SELECT id, 'default', 'nobody', 'credit', 1, 'USD' FROM fresh",
             "an entry on an unknown account",
         ),
         (
-            "INSERT INTO entries (transfer_id, account_id, side, amount, currency) \
-             VALUES (gen_random_uuid(), 'b', 'credit', 1, 'USD')",
+            "INSERT INTO entries (transfer_id, ledger, account_id, side, amount, currency) \
+             VALUES (gen_random_uuid(), 'default', 'b', 'credit', 1, 'USD')",
             "an entry of an unknown transfer",
+        ),
+        (
+            // Account `b` exists in both ledgers; the transfer is in `default`.
+            "INSERT INTO ledgers (name) VALUES ('other'); \
+             INSERT INTO accounts (ledger, id, currency) VALUES ('other', 'b', 'USD'); \
+             INSERT INTO entries (transfer_id, ledger, account_id, side, amount, currency) \
+             SELECT id, 'other', 'b', 'credit', 1, 'USD' FROM transfers LIMIT 1",
+            "an entry in another ledger than its transfer",
         ),
         ("DELETE FROM transfers", "a transfer deleted"),
         ("DELETE FROM accounts WHERE id = 'b'", "an account deleted"),
@@ -437,16 +445,22 @@ async fn the_database_refuses_to_move_a_terminal_transfer_or_edit_an_entry() {
             "an account re-keyed",
         ),
         (
+            "INSERT INTO ledgers (name) VALUES ('moved'); \
+             UPDATE accounts SET ledger = 'moved' WHERE id = 'b'",
+            "an account moved to another ledger",
+        ),
+        ("DELETE FROM ledgers", "a ledger deleted"),
+        (
             "TRUNCATE transfers, entries, accounts",
             "the ledger truncated",
         ),
     ] {
-        let refused = sqlx::query(sql).execute(&app.pool).await;
+        let refused = sqlx::raw_sql(sql).execute(&app.pool).await;
         assert!(refused.is_err(), "{what} was allowed");
     }
     let dangling = sqlx::query(
-        "INSERT INTO entries (transfer_id, account_id, side, amount, currency) \
-         VALUES (gen_random_uuid(), 'b', 'credit', 1, 'USD')",
+        "INSERT INTO entries (transfer_id, ledger, account_id, side, amount, currency) \
+         VALUES (gen_random_uuid(), 'default', 'b', 'credit', 1, 'USD')",
     )
     .execute(&app.pool)
     .await
