@@ -15,6 +15,7 @@ mod database;
 mod faults;
 mod http;
 mod idempotency;
+mod ledgers;
 mod openapi;
 mod outage;
 mod posting;
