@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use backon::Retryable;
 use rust_decimal::Decimal;
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
@@ -216,28 +216,42 @@ async fn load_pending(
     tx: &mut Transaction<'_, Postgres>,
     transfer_ids: &[Uuid],
 ) -> Result<Vec<PendingTransfer>, PostingError> {
-    let rows = sqlx::query(
+    let rows: Vec<PendingTransferRow> = sqlx::query_as(
         "SELECT id, from_account, to_account, amount, currency FROM transfers \
          WHERE id = ANY($1) AND status NOT IN ('posted', 'failed') ORDER BY created_at, id",
     )
     .bind(transfer_ids)
     .fetch_all(&mut **tx)
     .await?;
-    rows.into_iter()
-        .map(|row| {
-            let currency = parse_currency(row.try_get("currency")?)?;
-            let amount: Decimal = row.try_get("amount")?;
-            let id: Uuid = row.try_get("id")?;
-            Ok(PendingTransfer {
-                id,
-                from_account: AccountId::from_trusted(row.try_get("from_account")?),
-                to_account: AccountId::from_trusted(row.try_get("to_account")?),
-                amount: Amount::new(amount, currency).map_err(|e| {
-                    PostingError::Invariant(format!("transfer {id} holds a bad amount: {e}"))
-                })?,
-            })
+    rows.into_iter().map(PendingTransfer::try_from).collect()
+}
+
+/// A pending `transfers` row as posting reads it. The currency is parsed after decoding, so a
+/// stored currency this version does not know is [`PostingError::Invariant`] (which the
+/// combiner answers by posting each job's transfers on their own), not a decode error.
+#[derive(sqlx::FromRow)]
+struct PendingTransferRow {
+    id: Uuid,
+    from_account: String,
+    to_account: String,
+    amount: Decimal,
+    currency: String,
+}
+
+impl TryFrom<PendingTransferRow> for PendingTransfer {
+    type Error = PostingError;
+    fn try_from(row: PendingTransferRow) -> Result<Self, Self::Error> {
+        let currency = parse_currency(row.currency)?;
+        let id = row.id;
+        Ok(Self {
+            id,
+            from_account: AccountId::from_trusted(row.from_account),
+            to_account: AccountId::from_trusted(row.to_account),
+            amount: Amount::new(row.amount, currency).map_err(|e| {
+                PostingError::Invariant(format!("transfer {id} holds a bad amount: {e}"))
+            })?,
         })
-        .collect()
+    }
 }
 
 async fn lock_accounts(
@@ -250,7 +264,7 @@ async fn lock_accounts(
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let rows = sqlx::query(
+    let rows: Vec<LockedAccountRow> = sqlx::query_as(
         "SELECT id, currency, balance, allow_overdraft FROM accounts \
          WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )
@@ -260,13 +274,22 @@ async fn lock_accounts(
     rows.into_iter()
         .map(|row| {
             let account = LockedAccount {
-                currency: parse_currency(row.try_get("currency")?)?,
-                balance: row.try_get("balance")?,
-                allow_overdraft: row.try_get("allow_overdraft")?,
+                currency: parse_currency(row.currency)?,
+                balance: row.balance,
+                allow_overdraft: row.allow_overdraft,
             };
-            Ok((AccountId::from_trusted(row.try_get("id")?), account))
+            Ok((AccountId::from_trusted(row.id), account))
         })
         .collect()
+}
+
+/// An `accounts` row locked for posting; its currency is parsed as in [`PendingTransferRow`].
+#[derive(sqlx::FromRow)]
+struct LockedAccountRow {
+    id: String,
+    currency: String,
+    balance: Decimal,
+    allow_overdraft: bool,
 }
 
 fn parse_currency(code: String) -> Result<Currency, PostingError> {
@@ -318,7 +341,7 @@ async fn update_balances(
         .iter()
         .map(|(id, delta)| (id.as_str(), *delta))
         .unzip();
-    let rows = sqlx::query(
+    let rows: Vec<UpdatedBalance> = sqlx::query_as(
         "UPDATE accounts AS a SET balance = a.balance + d.delta \
          FROM unnest($1::text[], $2::numeric[]) AS d(id, delta) \
          WHERE a.id = d.id RETURNING a.id, a.balance",
@@ -329,8 +352,8 @@ async fn update_balances(
     .await?;
     expect_rows("balances updated", rows.len() as u64, ids.len())?;
     for row in rows {
-        let id = AccountId::from_trusted(row.try_get("id")?);
-        let stored: Decimal = row.try_get("balance")?;
+        let id = AccountId::from_trusted(row.id);
+        let stored = row.balance;
         let computed = expected.get(&id).map(|a| a.balance);
         if computed != Some(stored) {
             return Err(PostingError::Invariant(format!(
@@ -339,6 +362,13 @@ async fn update_balances(
         }
     }
     Ok(())
+}
+
+/// An account's balance as the balance UPDATE returns it.
+#[derive(sqlx::FromRow)]
+struct UpdatedBalance {
+    id: String,
+    balance: Decimal,
 }
 
 async fn update_statuses(
