@@ -256,31 +256,7 @@ pub async fn soak(
     let mut rss_warm = None;
     let mut rss_half = None;
     while started.elapsed() < duration {
-        let results: Vec<anyhow::Result<()>> = futures::stream::iter(transfers.chunks(BATCH_LEN))
-            .map(|chunk| {
-                let items: Vec<_> = chunk
-                    .iter()
-                    .map(|t| {
-                        let mut value = item(t);
-                        value["idempotency_key"] = json!(format!("{}-r{round}", t.key));
-                        value
-                    })
-                    .collect();
-                let request = ferry
-                    .client
-                    .post(&url)
-                    .bearer_auth(&ferry.api_key)
-                    .json(&json!({"transfers": items}));
-                async move {
-                    let response = request.send().await?;
-                    anyhow::ensure!(response.status().is_success(), "batch refused");
-                    Ok(())
-                }
-            })
-            .buffer_unordered(BATCH_CLIENTS)
-            .collect()
-            .await;
-        results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+        send_soak_round(ferry, &url, transfers, round).await?;
         ferry.drain().await?;
         sent += transfers.len() as u64;
         round += 1;
@@ -313,4 +289,40 @@ pub async fn soak(
             mib(rss_kib())
         ),
     })
+}
+
+/// One soak round: every planned transfer once, in batches from `BATCH_CLIENTS` clients, each
+/// under a key of its own for `round` (so every round creates new transfers).
+async fn send_soak_round(
+    ferry: &BenchedFerry,
+    url: &str,
+    transfers: &[PlannedTransfer],
+    round: u64,
+) -> anyhow::Result<()> {
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(transfers.chunks(BATCH_LEN))
+        .map(|chunk| {
+            let items: Vec<_> = chunk
+                .iter()
+                .map(|t| {
+                    let mut value = item(t);
+                    value["idempotency_key"] = json!(format!("{}-r{round}", t.key));
+                    value
+                })
+                .collect();
+            let request = ferry
+                .client
+                .post(url)
+                .bearer_auth(&ferry.api_key)
+                .json(&json!({"transfers": items}));
+            async move {
+                let response = request.send().await?;
+                anyhow::ensure!(response.status().is_success(), "batch refused");
+                Ok(())
+            }
+        })
+        .buffer_unordered(BATCH_CLIENTS)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    Ok(())
 }

@@ -12,10 +12,10 @@ use axum::response::IntoResponse;
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
-    ArrayBuilder, ObjectBuilder, OpenApi, Ref, RefOr, Schema, Type, schema::SchemaType,
+    ArrayBuilder, Components, ObjectBuilder, OpenApi, Ref, RefOr, Schema, Type, schema::SchemaType,
 };
 
 use super::error::{ErrorCode, Problem};
@@ -168,6 +168,25 @@ const SHARED: &[Shared] = &[
 /// responses (referenced by every operation that can answer them), and the batch item schema.
 fn complete(doc: &mut OpenApi) {
     let components = doc.components.get_or_insert_with(Default::default);
+    add_security_scheme(components);
+    for shared in SHARED {
+        components
+            .responses
+            .insert(shared.name.to_owned(), RefOr::T(shared_response(shared)));
+    }
+    add_batch_item_schema(components);
+    for item in doc.paths.paths.values_mut() {
+        for operation in [&mut item.get, &mut item.post]
+            .into_iter()
+            .filter_map(Option::as_mut)
+        {
+            add_shared_responses(operation);
+        }
+    }
+}
+
+/// The bearer API key scheme, listing the scopes a key can hold.
+fn add_security_scheme(components: &mut Components) {
     let scopes = Scope::ALL.map(Scope::as_str).join("`, `");
     components.add_security_scheme(
         API_KEY_SCHEME,
@@ -183,62 +202,59 @@ fn complete(doc: &mut OpenApi) {
                 .build(),
         ),
     );
-    for shared in SHARED {
-        let mut response = ResponseBuilder::new()
-            .description(shared.description)
-            .content(
-                PROBLEM_JSON,
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("Problem")))
-                    .build(),
-            );
-        if shared.retry_after {
-            response = response.header(
-                "Retry-After",
-                HeaderBuilder::new()
-                    .schema(Some(
-                        ObjectBuilder::new()
-                            .schema_type(SchemaType::Type(Type::Integer))
-                            .minimum(Some(1)),
-                    ))
-                    .description(Some("Seconds to wait before retrying."))
-                    .build(),
-            );
-        }
-        components
-            .responses
-            .insert(shared.name.to_owned(), RefOr::T(response.build()));
-    }
-    if let Some(RefOr::T(Schema::Object(request))) = components.schemas.get("TransferRequest") {
-        let mut item = request.clone();
-        item.description = Some(
-            "One item of `POST /v1/transfers/batch`: a `TransferRequest` plus its \
-             `idempotency_key`."
-                .to_owned(),
+}
+
+/// One shared problem response: a `Problem` body, and `Retry-After` where it applies.
+fn shared_response(shared: &Shared) -> Response {
+    let mut response = ResponseBuilder::new()
+        .description(shared.description)
+        .content(
+            PROBLEM_JSON,
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
         );
-        item.properties.insert(
-            "idempotency_key".to_owned(),
-            ObjectBuilder::new()
-                .schema_type(SchemaType::Type(Type::String))
-                .pattern(Some("^[!-~]{1,255}$"))
-                .description(Some(
-                    "Names the transfer for this API key, as the `Idempotency-Key` header does.",
+    if shared.retry_after {
+        response = response.header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(SchemaType::Type(Type::Integer))
+                        .minimum(Some(1)),
                 ))
-                .into(),
+                .description(Some("Seconds to wait before retrying."))
+                .build(),
         );
-        item.required.insert(0, "idempotency_key".to_owned());
-        components
-            .schemas
-            .insert("BatchTransferItem".to_owned(), Schema::Object(item).into());
     }
-    for item in doc.paths.paths.values_mut() {
-        for operation in [&mut item.get, &mut item.post]
-            .into_iter()
-            .filter_map(Option::as_mut)
-        {
-            add_shared_responses(operation);
-        }
-    }
+    response.build()
+}
+
+/// `BatchTransferItem`: the `TransferRequest` schema plus a required `idempotency_key`.
+fn add_batch_item_schema(components: &mut Components) {
+    let Some(RefOr::T(Schema::Object(request))) = components.schemas.get("TransferRequest") else {
+        return;
+    };
+    let mut item = request.clone();
+    item.description = Some(
+        "One item of `POST /v1/transfers/batch`: a `TransferRequest` plus its \
+         `idempotency_key`."
+            .to_owned(),
+    );
+    item.properties.insert(
+        "idempotency_key".to_owned(),
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::String))
+            .pattern(Some("^[!-~]{1,255}$"))
+            .description(Some(
+                "Names the transfer for this API key, as the `Idempotency-Key` header does.",
+            ))
+            .into(),
+    );
+    item.required.insert(0, "idempotency_key".to_owned());
+    components
+        .schemas
+        .insert("BatchTransferItem".to_owned(), Schema::Object(item).into());
 }
 
 /// Every operation can time out; `/v1` operations (those with a security requirement) can

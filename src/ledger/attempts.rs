@@ -1,7 +1,7 @@
 //! Counting failed posting attempts, and executing the retry policy's decision for each
 //! transfer: try again later, or fail it with `retries_exhausted`.
 
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::retry::{Decision, Failure, RetryPolicy, Wait};
@@ -17,6 +17,15 @@ pub struct StillPending {
     pub exhausted: Vec<Uuid>,
 }
 
+/// A transfer's attempt count after this failure was counted. `attempts` is never negative (a
+/// CHECK constraint); a negative one would be a decode error rather than read as 0.
+#[derive(sqlx::FromRow)]
+struct CountedAttempt {
+    id: Uuid,
+    #[sqlx(try_from = "i32")]
+    attempts: u32,
+}
+
 /// Records that a posting run for `transfer_ids` failed with `failure`, a counted one
 /// (transient or unknown; README, "Jobs, retries and crashes"): each still pending transfer
 /// gets one more attempt counted, and those for which `policy` then gives up fail with
@@ -30,7 +39,7 @@ pub async fn record_failed_attempt(
     policy: &RetryPolicy,
     failure: Failure,
 ) -> Result<StillPending, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows: Vec<CountedAttempt> = sqlx::query_as(
         "UPDATE transfers SET attempts = attempts + 1, last_error = $2, updated_at = now() \
          WHERE id = ANY($1) AND status = 'pending' RETURNING id, attempts",
     )
@@ -40,16 +49,12 @@ pub async fn record_failed_attempt(
     .await?;
     let mut still = StillPending::default();
     let mut most_tried = 0;
-    for row in rows {
-        let id: Uuid = row.try_get("id")?;
-        let attempts: i32 = row.try_get("attempts")?;
-        // `attempts` is never negative (a CHECK constraint).
-        let attempt = u32::try_from(attempts).unwrap_or(0);
-        match policy.decide(failure, attempt) {
+    for CountedAttempt { id, attempts } in rows {
+        match policy.decide(failure, attempts) {
             Decision::Retry { wait, .. } => {
                 still.transfer_ids.push(id);
-                if attempt >= most_tried {
-                    most_tried = attempt;
+                if attempts >= most_tried {
+                    most_tried = attempts;
                     still.wait = wait;
                 }
             }

@@ -94,14 +94,22 @@ pub async fn transfers(
     let mut found = Vec::new();
     for row in rows {
         checked = row.checked_count;
-        let Some(id) = row.id else {
-            continue;
+        found.extend(row.observation()?);
+    }
+    Ok((found, checked))
+}
+
+impl TransferCheckRow {
+    /// The finding this row reports; `None` for the summary row.
+    fn observation(self) -> Result<Option<Observation>, sqlx::Error> {
+        let Some(id) = self.id else {
+            return Ok(None);
         };
-        let status = present(row.status.0, "status")?;
-        let entries = present(row.entries, "entries")?;
-        let debits = present(row.debits, "debits")?;
-        let credits = present(row.credits, "credits")?;
-        let mismatched = present(row.mismatched, "mismatched")?;
+        let status = present(self.status.0, "status")?;
+        let entries = present(self.entries, "entries")?;
+        let debits = present(self.debits, "debits")?;
+        let credits = present(self.credits, "credits")?;
+        let mismatched = present(self.mismatched, "mismatched")?;
         let (kind, detail) = if debits > 1 || credits > 1 {
             (
                 FindingKind::DoublePosted,
@@ -124,9 +132,8 @@ pub async fn transfers(
                 ),
             )
         };
-        found.push(Observation::about_transfer(kind, id, detail));
+        Ok(Some(Observation::about_transfer(kind, id, detail)))
     }
-    Ok((found, checked))
 }
 
 /// Entries naming one missing transfer.

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -107,7 +107,7 @@ pub async fn execute(
     alerting: &Alerting,
     progress: &dyn Progress,
 ) -> Result<Option<RunOutcome>, ReconcileError> {
-    let row = sqlx::query(
+    let row: Option<StartedRun> = sqlx::query_as(
         "UPDATE reconciliation_runs SET started_at = now() \
          WHERE id = $1 AND status = 'running' RETURNING window_start, window_end, full_scan",
     )
@@ -123,11 +123,20 @@ pub async fn execute(
         };
     };
     let window = window::Window {
-        start: row.try_get("window_start")?,
-        end: row.try_get("window_end")?,
+        start: row.window_start,
+        end: row.window_end,
     };
-    let full: bool = row.try_get("full_scan")?;
-    match check_and_record(pool, run_id, window, full, settings, alerting, progress).await {
+    match check_and_record(
+        pool,
+        run_id,
+        window,
+        row.full_scan,
+        settings,
+        alerting,
+        progress,
+    )
+    .await
+    {
         Ok(outcome) => {
             finish(pool, run_id, &outcome).await?;
             info!(
@@ -154,6 +163,14 @@ pub async fn execute(
             Err(e)
         }
     }
+}
+
+/// A run as [`execute`] starts it: what it covers.
+#[derive(sqlx::FromRow)]
+struct StartedRun {
+    window_start: chrono::DateTime<Utc>,
+    window_end: chrono::DateTime<Utc>,
+    full_scan: bool,
 }
 
 async fn check_and_record(

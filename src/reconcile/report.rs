@@ -8,6 +8,19 @@ use super::runs::RunView;
 
 pub fn render(run: &RunView, outcome: &RunOutcome) -> String {
     let mut out = String::new();
+    write_summary(&mut out, run, outcome);
+    let total = outcome.observed_total();
+    if total == 0 {
+        let _ = writeln!(out, "\nledger is consistent: no findings");
+        return out;
+    }
+    let _ = writeln!(out);
+    write_findings(&mut out, run, outcome, total);
+    out
+}
+
+/// The heading: what the run covered, checked, found, re-drove and purged.
+fn write_summary(out: &mut String, run: &RunView, outcome: &RunOutcome) {
     let _ = writeln!(out, "reconciliation {}", run.id);
     let _ = writeln!(
         out,
@@ -39,11 +52,10 @@ pub fn render(run: &RunView, outcome: &RunOutcome) -> String {
         );
     }
     let _ = writeln!(out, "  purged      {} finished jobs", outcome.jobs_purged);
-    let total = outcome.observed_total();
-    if total == 0 {
-        let _ = writeln!(out, "\nledger is consistent: no findings");
-        return out;
-    }
+}
+
+/// The sampled findings, most severe first, and a pointer to the rest (`total` were seen).
+fn write_findings(out: &mut String, run: &RunView, outcome: &RunOutcome, total: usize) {
     let mut observed: Vec<_> = outcome.sample.iter().collect();
     observed.sort_by_key(|o| {
         (
@@ -52,7 +64,6 @@ pub fn render(run: &RunView, outcome: &RunOutcome) -> String {
             &o.subject,
         )
     });
-    let _ = writeln!(out);
     for o in observed {
         let marker = match o.kind.severity() {
             Severity::Critical => "CRITICAL",
@@ -76,5 +87,103 @@ pub fn render(run: &RunView, outcome: &RunOutcome) -> String {
             run.id
         );
     }
-    out
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::reconcile::finding::{FindingKind, Observation};
+    use crate::reconcile::findings::FindingChanges;
+
+    fn run() -> RunView {
+        let at = |hour| Utc.with_ymd_and_hms(2026, 1, 1, hour, 0, 0).unwrap();
+        RunView {
+            id: Uuid::nil(),
+            trigger: "cli".to_owned(),
+            status: "completed".to_owned(),
+            window_start: at(0),
+            window_end: at(1),
+            full_scan: true,
+            transfers_checked: 10,
+            accounts_checked: 4,
+            findings_open: 3,
+            findings_opened: 2,
+            findings_resolved: 1,
+            transfers_redriven: 1,
+            jobs_purged: 5,
+            error: None,
+            created_at: at(1),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    fn outcome() -> RunOutcome {
+        RunOutcome {
+            transfers_checked: 10,
+            accounts_checked: 4,
+            full_scan: true,
+            changes: FindingChanges {
+                opened: 2,
+                resolved: 1,
+                open: 3,
+            },
+            observed: vec![(FindingKind::BalanceDrift, 1), (FindingKind::JobDead, 2)],
+            // Check order (medium first here) is not report order: critical comes first.
+            sample: vec![
+                Observation {
+                    kind: FindingKind::JobDead,
+                    subject: "job:7".to_owned(),
+                    transfer_id: None,
+                    account_id: None,
+                    detail: "retries exhausted".to_owned(),
+                },
+                Observation::about_account(
+                    FindingKind::BalanceDrift,
+                    "a".to_owned(),
+                    "stored 1.00, entries sum to 0.00".to_owned(),
+                ),
+            ],
+            transfers_redriven: 1,
+            jobs_purged: 5,
+            elapsed: std::time::Duration::from_millis(1500),
+        }
+    }
+
+    const HEADING: &str = "reconciliation 00000000-0000-0000-0000-000000000000\n\
+        \x20 window      2026-01-01 00:00:00 UTC .. 2026-01-01 01:00:00 UTC\n\
+        \x20 checked     10 transfers, 4 accounts (full scan) in 1.50s\n\
+        \x20 findings    3 open (2 new), 1 resolved\n\
+        \x20 re-driven   1 stuck transfers whose job was gone\n\
+        \x20 purged      5 finished jobs\n";
+
+    #[test]
+    fn a_report_lists_sampled_findings_most_severe_first_and_points_to_the_rest() {
+        let expected = format!(
+            "{HEADING}\n\
+             CRITICAL balance_drift            account:a                                        \
+             stored 1.00, entries sum to 0.00\n\
+             medium   job_dead                 job:7                                            \
+             retries exhausted\n\
+             ... and 1 more: GET /v1/reconciliations/00000000-0000-0000-0000-000000000000 \
+             lists them all\n"
+        );
+        assert_eq!(render(&run(), &outcome()), expected);
+    }
+
+    #[test]
+    fn a_clean_run_says_the_ledger_is_consistent() {
+        let clean = RunOutcome {
+            observed: vec![(FindingKind::BalanceDrift, 0)],
+            sample: Vec::new(),
+            ..outcome()
+        };
+        assert_eq!(
+            render(&run(), &clean),
+            format!("{HEADING}\nledger is consistent: no findings\n")
+        );
+    }
 }

@@ -207,6 +207,58 @@ async fn a_serialization_failure_that_never_clears_is_tried_ten_times_then_given
     assert_eq!(app.count("SELECT count(*) FROM entries").await, 0);
 }
 
+#[tokio::test]
+async fn a_stored_currency_this_version_does_not_know_stops_posting_as_an_invariant() {
+    // No worker: the test drives the posting engine itself.
+    let app = spawn_intake_only_app().await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("b", "USD", false).await;
+    let reply = app
+        .post_transfer("k", &transfer("treasury", "b", "2.00"))
+        .await;
+    let id = uuid::Uuid::parse_str(reply.body["id"].as_str().expect("id")).expect("uuid");
+    let engine = ferry::ledger::PostingEngine::new(app.pool.clone(), Failpoint::None);
+    // Written behind ferry's back: the column is char(3) with no CHECK. Read back, each is
+    // refused, never taken for some default currency.
+    for (corrupt, restore) in [
+        (
+            "UPDATE transfers SET currency = 'ZZZ'",
+            "UPDATE transfers SET currency = 'USD'",
+        ),
+        (
+            "UPDATE accounts SET currency = 'ZZZ' WHERE id = 'b'",
+            "UPDATE accounts SET currency = 'USD' WHERE id = 'b'",
+        ),
+    ] {
+        sqlx::query(corrupt)
+            .execute(&app.pool)
+            .await
+            .expect("corrupt");
+        let error = engine
+            .post(&[id])
+            .await
+            .expect_err("an unknown stored currency ends the run");
+        assert!(
+            matches!(&error, ferry::ledger::PostingError::Invariant(m)
+                if m.contains("stored currency is invalid")),
+            "{corrupt}: {error:?}"
+        );
+        let (status, entries): (String, i64) =
+            sqlx::query_as("SELECT status, (SELECT count(*) FROM entries) FROM transfers")
+                .fetch_one(&app.pool)
+                .await
+                .expect("transfer");
+        assert_eq!((status.as_str(), entries), ("pending", 0), "{corrupt}");
+        sqlx::query(restore)
+            .execute(&app.pool)
+            .await
+            .expect("restore");
+    }
+    let report = engine.post(&[id]).await.expect("posts once restored");
+    assert_eq!(report.posted, 1);
+    assert_ledger_invariants(&app.pool).await;
+}
+
 /// An app whose every posting run raises `sqlstate` (trigger `fail_posting` on entries,
 /// counting the runs in the sequence `posting_runs`), and the id of one transfer accepted
 /// under it.

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::helpers::create_api_key;
 use crate::invariants::assert_ledger_invariants;
 use deps::{Ferry, Postgres, Redis};
-use load::Producer;
+use load::{LoadReport, Producer};
 
 const CLIENTS: usize = 8;
 const RATE_PER_SEC: u64 = 100;
@@ -75,24 +75,8 @@ async fn run_case(fault: Fault) {
     ferry::alerts::deliver::install_crypto_provider();
     let postgres = Postgres::start_new();
     let mut redis = Redis::start_new();
-    let rescue_after = RESCUE_AFTER_SECS.to_string();
-    let mut ferry = Ferry::start(
-        &postgres,
-        &redis,
-        &[
-            // Every request consults Redis, so losing it is felt.
-            ("FERRY_RATE_LIMIT_PER_SEC", "100000"),
-            ("FERRY_RECONCILE_CRON", "*/10 * * * * *"),
-            ("FERRY_JOB_RESCUE_AFTER_SECS", rescue_after.as_str()),
-        ],
-    )
-    .await;
-    let api_key = {
-        let pool = connect(&postgres).await;
-        create_api_key(&pool, "admin").await
-    };
-    let producer = Arc::new(Producer::new(&ferry.address, &api_key));
-    producer.create_accounts().await;
+    let mut ferry = start_ferry(&postgres, &redis).await;
+    let producer = start_producer(&postgres, &ferry).await;
 
     let (stop_load, load_stopped) = watch::channel(false);
     let load = tokio::spawn(producer.clone().run(CLIENTS, RATE_PER_SEC, load_stopped));
@@ -111,13 +95,62 @@ async fn run_case(fault: Fault) {
 
     let pool = connect(&postgres).await;
     let all_terminal_after = wait_until_none_pending(&pool, returned_at.instant).await;
+    print_recovery(
+        fault,
+        &pool,
+        &producer,
+        &returned_at,
+        all_terminal_after,
+        &report,
+    )
+    .await;
+    assert_promises_kept(&mut ferry, &pool, &report, &returned_at).await;
+}
+
+/// `ferry serve` on the case's own PostgreSQL and Redis.
+async fn start_ferry(postgres: &Postgres, redis: &Redis) -> Ferry {
+    let rescue_after = RESCUE_AFTER_SECS.to_string();
+    Ferry::start(
+        postgres,
+        redis,
+        &[
+            // Every request consults Redis, so losing it is felt.
+            ("FERRY_RATE_LIMIT_PER_SEC", "100000"),
+            ("FERRY_RECONCILE_CRON", "*/10 * * * * *"),
+            ("FERRY_JOB_RESCUE_AFTER_SECS", rescue_after.as_str()),
+        ],
+    )
+    .await
+}
+
+/// A producer with an admin API key and its accounts created.
+async fn start_producer(postgres: &Postgres, ferry: &Ferry) -> Arc<Producer> {
+    let api_key = {
+        let pool = connect(postgres).await;
+        create_api_key(&pool, "admin").await
+    };
+    let producer = Arc::new(Producer::new(&ferry.address, &api_key));
+    producer.create_accounts().await;
+    producer
+}
+
+/// Prints how the case recovered: when the backlog was terminal, when intake and posting
+/// worked again, what clients saw, and the restart and rescue counters.
+async fn print_recovery(
+    fault: Fault,
+    pool: &PgPool,
+    producer: &Producer,
+    returned_at: &Returned,
+    all_terminal_after: Duration,
+    report: &LoadReport,
+) {
     // Recovery: from the dependency's return until the last transfer accepted before it (the
     // backlog the fault held up) is terminal. Load goes on meanwhile.
     let backlog_terminal: Option<DateTime<Utc>> = sqlx::query_scalar(
         "SELECT max(coalesce(posted_at, failed_at)) FROM transfers WHERE created_at <= $1",
     )
     .bind(returned_at.wall)
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await
     .expect("last terminal");
     let recovered_ms = backlog_terminal
@@ -130,7 +163,7 @@ async fn run_case(fault: Fault) {
                     (SELECT min(posted_at) FROM transfers WHERE posted_at > $1)",
         )
         .bind(returned_at.wall)
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .expect("first after return");
     let since_return = |at: Option<DateTime<Utc>>| {
@@ -139,7 +172,7 @@ async fn run_case(fault: Fault) {
             |at| format!("{} ms", (at - returned_at.wall).num_milliseconds()),
         )
     };
-    let metrics = counters(&producer).await;
+    let metrics = counters(producer).await;
     println!(
         "fault {fault:?}: backlog terminal {recovered_ms} ms after the dependency returned \
          (load went on {LOAD_AFTER_RETURN:?}; none pending {all_terminal_after:?} after the \
@@ -151,7 +184,15 @@ async fn run_case(fault: Fault) {
         report.acknowledged.len(),
         report.longest_wait
     );
+}
 
+/// What ferry promises through a fault (the module's doc lists them).
+async fn assert_promises_kept(
+    ferry: &mut Ferry,
+    pool: &PgPool,
+    report: &LoadReport,
+    returned_at: &Returned,
+) {
     assert!(ferry.is_running(), "ferry exited:\n{}", ferry.log_tail());
     assert!(
         report.unexpected.is_empty(),
@@ -175,11 +216,11 @@ async fn run_case(fault: Fault) {
         !report.acknowledged.is_empty(),
         "no transfer was acknowledged"
     );
-    assert_every_acknowledged_transfer_posted(&pool, &report.acknowledged).await;
-    assert_balances_match_posted_transfers(&pool).await;
-    assert_ledger_invariants(&pool).await;
-    assert_no_job_locked_past_the_rescue_bound(&pool).await;
-    assert_reconciliation_scheduled_after(&pool, returned_at.wall).await;
+    assert_every_acknowledged_transfer_posted(pool, &report.acknowledged).await;
+    assert_balances_match_posted_transfers(pool).await;
+    assert_ledger_invariants(pool).await;
+    assert_no_job_locked_past_the_rescue_bound(pool).await;
+    assert_reconciliation_scheduled_after(pool, returned_at.wall).await;
     assert!(ferry.is_running(), "ferry exited:\n{}", ferry.log_tail());
 }
 
