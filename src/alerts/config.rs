@@ -194,6 +194,7 @@ struct AlertsSection {
     breaker: Option<BreakerSettings>,
 }
 
+/// No `Debug`: it holds URLs, routing keys and secrets.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSink {
@@ -206,75 +207,62 @@ struct RawSink {
     timeout_ms: Option<u64>,
 }
 
+/// A sink's field being checked: its label for errors and the `${VAR}` lookup.
+struct Checking<'a> {
+    label: String,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Checking<'_> {
+    fn fail(&self, field: &'static str, reason: &str) -> AlertConfigError {
+        AlertConfigError {
+            sink: self.label.clone(),
+            field,
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// `value` with its `${VAR}`s expanded; the error names the variable, never the value.
+    fn expand(
+        &self,
+        field: &'static str,
+        value: Option<String>,
+    ) -> Result<Option<String>, AlertConfigError> {
+        value
+            .map(|v| {
+                expand_env(&v, self.env).map_err(|var| {
+                    self.fail(field, &format!("environment variable {var} is not set"))
+                })
+            })
+            .transpose()
+    }
+}
+
 impl RawSink {
     fn validate(
-        self,
+        mut self,
         index: usize,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Sink, AlertConfigError> {
-        let label = format!("alerts.sinks[{index}] ({})", self.kind);
-        let fail = |field: &'static str, reason: &str| AlertConfigError {
-            sink: label.clone(),
-            field,
-            reason: reason.to_owned(),
+        let check = Checking {
+            label: format!("alerts.sinks[{index}] ({})", self.kind),
+            env,
         };
-        let expand = |field: &'static str,
-                      value: Option<String>|
-         -> Result<Option<String>, AlertConfigError> {
-            value
-                .map(|v| {
-                    expand_env(&v, env).map_err(|var| {
-                        fail(field, &format!("environment variable {var} is not set"))
-                    })
-                })
-                .transpose()
-        };
-        let url = expand("url", self.url)?;
         let min_severity = Severity::parse(self.min_severity.as_deref().unwrap_or("info"))
-            .ok_or_else(|| fail("min_severity", "must be info, medium or critical"))?;
-        let (kind, url) = match self.kind.as_str() {
-            "slack" => (
-                SinkKind::Slack,
-                url.ok_or_else(|| fail("url", "is required"))?,
-            ),
-            "pagerduty" => {
-                let key = expand("routing_key", self.routing_key)?
-                    .filter(|k| !k.trim().is_empty())
-                    .ok_or_else(|| fail("routing_key", "is required"))?;
-                let url = url.unwrap_or_else(|| PAGERDUTY_URL_DEFAULT.to_owned());
-                (
-                    SinkKind::PagerDuty {
-                        routing_key: SecretString::from(key),
-                    },
-                    url,
-                )
-            }
-            "webhook" => {
-                let secret =
-                    expand("secret", self.secret)?.ok_or_else(|| fail("secret", "is required"))?;
-                let key =
-                    decode_webhook_secret(&secret).map_err(|reason| fail("secret", &reason))?;
-                let url = url.ok_or_else(|| fail("url", "is required"))?;
-                (
-                    SinkKind::Webhook {
-                        key: SecretBox::new(Box::new(key)),
-                    },
-                    url,
-                )
-            }
-            _ => return Err(fail("kind", "must be slack, pagerduty or webhook")),
-        };
-        check_url(&url).map_err(|reason| fail("url", &reason))?;
+            .ok_or_else(|| check.fail("min_severity", "must be info, medium or critical"))?;
         let timeout_ms = self.timeout_ms.unwrap_or(SINK_TIMEOUT_MS_DEFAULT);
         if timeout_ms == 0 || timeout_ms > 60_000 {
-            return Err(fail("timeout_ms", "must be between 1 and 60000"));
+            return Err(check.fail("timeout_ms", "must be between 1 and 60000"));
         }
         let name = self
             .name
+            .take()
             .unwrap_or_else(|| format!("{}-{}", self.kind, index + 1));
         if name.is_empty() || name.len() > 64 || name.contains(char::is_whitespace) {
-            return Err(fail("name", "must be 1-64 characters without spaces"));
+            return Err(check.fail("name", "must be 1-64 characters without spaces"));
         }
+        let (kind, url) = self.kind_and_url(&check)?;
+        check_url(&url).map_err(|reason| check.fail("url", &reason))?;
         Ok(Sink {
             name,
             kind,
@@ -282,6 +270,32 @@ impl RawSink {
             min_severity,
             timeout: Duration::from_millis(timeout_ms),
         })
+    }
+
+    /// The sink's kind with its credential, and its URL (PagerDuty's has a default).
+    fn kind_and_url(self, check: &Checking) -> Result<(SinkKind, String), AlertConfigError> {
+        let url = check.expand("url", self.url)?;
+        let required =
+            |field, value: Option<String>| value.ok_or_else(|| check.fail(field, "is required"));
+        match self.kind.as_str() {
+            "slack" => Ok((SinkKind::Slack, required("url", url)?)),
+            "pagerduty" => {
+                let key = check
+                    .expand("routing_key", self.routing_key)?
+                    .filter(|k| !k.trim().is_empty());
+                let routing_key = SecretString::from(required("routing_key", key)?);
+                let url = url.unwrap_or_else(|| PAGERDUTY_URL_DEFAULT.to_owned());
+                Ok((SinkKind::PagerDuty { routing_key }, url))
+            }
+            "webhook" => {
+                let secret = required("secret", check.expand("secret", self.secret)?)?;
+                let key = decode_webhook_secret(&secret)
+                    .map_err(|reason| check.fail("secret", &reason))?;
+                let key = SecretBox::new(Box::new(key));
+                Ok((SinkKind::Webhook { key }, required("url", url)?))
+            }
+            _ => Err(check.fail("kind", "must be slack, pagerduty or webhook")),
+        }
     }
 }
 
