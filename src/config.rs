@@ -470,4 +470,22 @@ mod tests {
             assert_eq!(from_env, from_file, "{variable} and {key}");
         }
     }
+
+    #[test]
+    fn the_readme_lists_each_variable_with_its_file_key() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        for (variable, key, _) in ENV {
+            let listed = readme
+                .lines()
+                .filter(|line| line.starts_with('|'))
+                .any(|row| {
+                    row.contains(&format!("`{variable}`")) && row.contains(&format!("`{key}`"))
+                });
+            assert!(
+                listed,
+                "README's Configuration table lacks {variable} with `{key}`"
+            );
+        }
+    }
 }
