@@ -17,6 +17,7 @@ use apalis::prelude::{Backend, BackendExt, Monitor, WorkerBuilder, WorkerBuilder
 use apalis_core::backend::ext::lifecycle::BeforeStart;
 use apalis_cron::CronScheduler;
 use apalis_postgres::PostgresStorage;
+use serde::Deserialize;
 use sqlx::PgPool;
 use tracing::info;
 
@@ -32,12 +33,26 @@ const RECONCILE_CONCURRENCY: usize = 1;
 /// Alert deliveries in flight per process (each waits on a remote HTTP server).
 const ALERT_DELIVERY_CONCURRENCY: usize = 8;
 
-/// How many posting workers run in this process and how many jobs each runs at once.
-#[derive(Debug, Clone)]
+/// `[workers]`: how many posting workers run in this process and how many jobs each runs at
+/// once; `[workers.queue]` is how they poll (README, "Configuration").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct WorkerSettings {
     pub posting_workers: usize,
     pub posting_concurrency: usize,
     pub queue: QueueSettings,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            posting_workers: 2,
+            // Jobs a worker holds at once; they wait on the process's one poster, not on
+            // connections.
+            posting_concurrency: 16,
+            queue: QueueSettings::default(),
+        }
+    }
 }
 
 /// One worker slot's restart policy: a new name per start ([`queue::worker_name`]) and a pause

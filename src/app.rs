@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use apalis::prelude::Monitor;
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,25 @@ use crate::{db, telemetry};
 /// How often histogram buffers are folded so memory stays flat between scrapes.
 const METRICS_UPKEEP_INTERVAL_MS: u64 = 5_000;
 
+/// `[shutdown]`: how long stopping may take (README, "Configuration").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// Time given to in-flight requests and jobs on SIGTERM, then again to background tasks.
+    #[serde(rename = "grace_ms", with = "crate::serde_duration::millis")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            // Requests and posting jobs take milliseconds; a job cut off is re-run by orphan
+            // recovery (posting is idempotent), so a longer wait buys little.
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
 pub struct Application {
     config: Config,
     pool: PgPool,
@@ -47,18 +67,19 @@ impl Application {
     /// free one, as tests do).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         crate::alerts::deliver::install_crypto_provider();
-        db::create_if_missing(&config.database_url).await?;
+        let database = &config.database;
+        db::create_if_missing(&database.url).await?;
         let pool = db::connect(
-            &config.database_url,
-            config.db_pool_connections_max,
-            config.db_acquire_timeout(),
+            &database.url,
+            database.pool_connections_max,
+            database.acquire_timeout,
         )
         .await?;
         db::migrate(&pool).await?;
         let listener = if config.roles.intake {
-            let listener = TcpListener::bind(config.http_addr)
+            let listener = TcpListener::bind(config.http.addr)
                 .await
-                .with_context(|| format!("binding HTTP address {}", config.http_addr))?;
+                .with_context(|| format!("binding HTTP address {}", config.http.addr))?;
             Some(listener)
         } else {
             None
@@ -66,9 +87,9 @@ impl Application {
         let tasks = TaskTracker::new();
         let stopping = CancellationToken::new();
         let rate_limiter =
-            RateLimiter::start(&config.redis_url, config.rate_limit, &tasks, &stopping)
+            RateLimiter::start(&config.redis.url, config.rate_limit, &tasks, &stopping)
                 .context("REDIS_URL is not a valid Redis URL")?;
-        let schedule = parse_schedule(&config.reconcile_cron)
+        let schedule = parse_schedule(&config.reconcile.cron)
             .map_err(|e| anyhow::anyhow!("FERRY_RECONCILE_CRON: {e}"))?;
         Ok(Self {
             config,
@@ -142,16 +163,16 @@ impl Application {
             metrics,
             intake: GroupCommitter::start(
                 self.pool.clone(),
-                self.config.intake_committers,
-                self.config.intake_db_timeout(),
+                self.config.intake.committers,
+                self.config.intake.db_timeout,
                 &self.tasks,
             ),
             rate_limiter: self.rate_limiter.clone(),
             api_keys: ApiKeyCache::default(),
-            db_timeout: self.config.intake_db_timeout(),
+            db_timeout: self.config.intake.db_timeout,
         };
         let http = self.config.http;
-        let router = intake::router(state, http.request_timeout());
+        let router = intake::router(state, http.request_timeout);
         let stopped = self.stopping.clone().cancelled_owned();
         info!(addr = ?listener.local_addr().ok(), "intake listening");
         Some(tokio::spawn(async move {
@@ -190,7 +211,7 @@ impl Application {
     /// background tasks, then the pool.
     async fn stop(self, parts: [(&str, Option<RolePart>); 2], finished: Option<&str>) {
         self.stopping.cancel();
-        let grace = self.config.shutdown_grace();
+        let grace = self.config.shutdown.grace;
         for (part, task) in parts {
             if let (Some(task), false) = (task, finished == Some(part))
                 && tokio::time::timeout(grace, task).await.is_err()

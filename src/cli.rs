@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+use crate::config::Roles;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ferry",
@@ -17,9 +19,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP intake and the posting workers (creates and migrates the database).
     Serve {
-        /// Comma-separated roles: intake, worker, scheduler, all.
-        #[arg(long, env = "FERRY_ROLES", default_value = "all")]
-        roles: String,
+        /// Comma-separated roles: intake, worker, scheduler, all. Overrides `FERRY_ROLES` and
+        /// `roles` in the FERRY_CONFIG file (default: all).
+        #[arg(long)]
+        roles: Option<Roles>,
     },
     /// Create the database if missing and apply migrations, then exit.
     Migrate,

@@ -1,60 +1,31 @@
-//! Configuration from the environment, validated once at start-up with messages that name the
-//! variable at fault.
+//! Settings: one tree of sections, each defined with its defaults by the module that uses it,
+//! merged from defaults ← the TOML file named by `FERRY_CONFIG` ← environment variables (env
+//! wins), and validated once at start-up with messages that name the variable and file key at
+//! fault (README, "Configuration").
 
-use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
+use serde::Deserialize;
 
-use crate::alerts::config::AlertConfig;
+use crate::alerts::config::{AlertConfig, AlertSettings};
+use crate::app::ShutdownSettings;
+use crate::db::DatabaseSettings;
 use crate::failpoint::Failpoint;
-use crate::intake::rate_limit::RateLimit;
-use crate::intake::serve::{
-    CONNECTIONS_MAX_DEFAULT, HEADER_READ_TIMEOUT_MS_DEFAULT, HttpSettings,
-    REQUEST_TIMEOUT_MS_DEFAULT,
-};
+use crate::intake::IntakeSettings;
+use crate::intake::rate_limit::{RateLimit, RedisSettings};
+use crate::intake::serve::HttpSettings;
 use crate::jobs::WorkerSettings;
-use crate::queue::QueueSettings;
-use crate::queue::rescue::JOB_RESCUE_AFTER_SECS_DEFAULT;
-use crate::queue::table::Retention;
-use crate::reconcile::schedule::{RECONCILE_CRON_DEFAULT, parse_schedule};
-use crate::reconcile::{FULL_SCAN_EVERY_SECS_DEFAULT, ReconcileSettings, STUCK_AFTER_SECS_DEFAULT};
-
-pub const DATABASE_URL_DEFAULT: &str = "postgres://postgres@localhost:5432/ferry";
-pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379";
-pub const HTTP_ADDR_DEFAULT: &str = "127.0.0.1:8080";
-pub const DB_POOL_CONNECTIONS_MAX_DEFAULT: u32 = 16;
-pub const DB_ACQUIRE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
-/// Intake group commits in flight at once. One: each commit is a single statement, and the
-/// next group fills while it runs — measured best on two cores (BENCHMARKS.md: 1 committer
-/// 12k accepted/s, 2 → 10k, 4 → 8k at 64 clients).
-pub const INTAKE_COMMITTERS_DEFAULT: usize = 1;
-/// Longest an API request waits on PostgreSQL (connection, statements, group commit) before
-/// it is answered `503 unavailable`: 1.5 s keeps answers during an outage within 2 s (README,
-/// HTTP API) and is ~75× intake's p99 (BENCHMARKS.md).
-pub const INTAKE_DB_TIMEOUT_MS_DEFAULT: u64 = 1_500;
-pub const POSTING_WORKERS_DEFAULT: usize = 2;
-/// Jobs a worker holds at once; they wait on the process's one poster, not on connections.
-pub const POSTING_CONCURRENCY_DEFAULT: usize = 16;
-pub const JOB_FETCH_BATCH_DEFAULT: usize = 16;
-/// 5 s × 4 missed = 20 s until an orphaned job runs again (the contract says under 30 s).
-pub const WORKER_HEARTBEAT_MS_DEFAULT: u64 = 5_000;
-pub const WORKER_MISSED_HEARTBEATS_DEFAULT: usize = 4;
-pub const ORPHAN_TIMEOUT_MS_MAX: u64 = 30_000;
-/// A shorter rescue bound would take back jobs that are merely waiting for the poster.
-pub const JOB_RESCUE_AFTER_SECS_MIN: u64 = 5;
-pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 10_000;
-/// Acknowledged jobs are purged after an hour: apalis's fetch slows with every finished row,
-/// and ferry keeps the history in its own tables.
-pub const JOB_RETENTION_DONE_SECS_DEFAULT: u64 = 3_600;
-/// Dead jobs are the dead-letter record; kept a week.
-pub const JOB_RETENTION_DEAD_SECS_DEFAULT: u64 = 7 * 24 * 3_600;
-/// Worker registrations not seen for a day are removed.
-pub const WORKER_RETENTION_SECS: u64 = 24 * 3_600;
+use crate::queue::ORPHAN_TIMEOUT_MAX;
+use crate::queue::rescue::RESCUE_AFTER_MIN;
+use crate::reconcile::ReconcileSettings;
+use crate::reconcile::schedule::parse_schedule;
 
 /// Which parts of ferry this process runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `roles = "worker,scheduler"` in the file reads the same list as the variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Roles {
     pub intake: bool,
     pub worker: bool,
@@ -72,6 +43,19 @@ impl Roles {
         worker: false,
         scheduler: false,
     };
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Self::ALL
+    }
+}
+
+impl TryFrom<String> for Roles {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
 }
 
 impl FromStr for Roles {
@@ -98,110 +82,227 @@ impl FromStr for Roles {
     }
 }
 
-#[derive(Debug, Clone)]
+/// Every setting of a process: a section per part, owned by that part's module.
+#[derive(Debug, Clone, Default)]
 pub struct Config {
-    pub database_url: String,
-    pub redis_url: String,
-    pub http_addr: SocketAddr,
+    /// Which parts run (`FERRY_ROLES`, or `serve --roles`).
     pub roles: Roles,
-    pub db_pool_connections_max: u32,
-    pub db_acquire_timeout_ms: u64,
-    /// Intake group commits in flight at once.
-    pub intake_committers: usize,
-    /// Longest a request waits on the database before `503 unavailable`.
-    pub intake_db_timeout_ms: u64,
-    /// Header-read and request timeouts, connection limit.
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
     pub http: HttpSettings,
+    pub intake: IntakeSettings,
     pub workers: WorkerSettings,
-    pub shutdown_grace_ms: u64,
     /// Requests per second and burst per API key, kept in Redis; 0 disables.
     pub rate_limit: RateLimit,
-    /// Cron expression (seconds first) of scheduled reconciliation.
-    pub reconcile_cron: String,
     pub reconcile: ReconcileSettings,
-    /// Alert sinks from the TOML file named by `FERRY_CONFIG` (none without it).
+    pub shutdown: ShutdownSettings,
+    /// Alert sinks, checked, their `${VAR}`s expanded (none without a file).
     pub alerts: Arc<AlertConfig>,
     pub failpoint: Failpoint,
 }
 
+/// The file's shape: `Config`'s sections, with `[alerts]` as written (its sinks are checked
+/// and their `${VAR}`s expanded once the environment is at hand). Every key may be left out;
+/// an unknown one is an error naming it.
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct File {
+    roles: Roles,
+    failpoint: Failpoint,
+    database: DatabaseSettings,
+    redis: RedisSettings,
+    http: HttpSettings,
+    intake: IntakeSettings,
+    workers: WorkerSettings,
+    rate_limit: RateLimit,
+    reconcile: ReconcileSettings,
+    shutdown: ShutdownSettings,
+    alerts: AlertSettings,
+}
+
+/// Sets one setting from a variable's text.
+type Setter = fn(&mut Config, &str) -> Result<(), String>;
+
+/// `"VAR" => "file.key": parser(config.field)` rows, each becoming (variable, key, setter).
+macro_rules! env_table {
+    ($($variable:literal => $key:literal: $parse:ident($($field:ident).+),)*) => {
+        &[$((
+            $variable,
+            $key,
+            |c: &mut Config, v: &str| $parse(&mut c.$($field).+, v),
+        ),)*]
+    };
+}
+
+/// Every environment variable (README, "Configuration"), the file key it overrides, and how
+/// its text is read: `set` by the field's `FromStr`; `millis` and `secs` as whole numbers of
+/// the unit its name ends in.
+const ENV: &[(&str, &str, Setter)] = env_table! {
+    "DATABASE_URL" => "database.url": set(database.url),
+    "REDIS_URL" => "redis.url": set(redis.url),
+    "FERRY_ROLES" => "roles": set(roles),
+    "FERRY_FAILPOINT" => "failpoint": set(failpoint),
+    "FERRY_DB_POOL_CONNECTIONS_MAX" => "database.pool_connections_max": set(database.pool_connections_max),
+    "FERRY_DB_ACQUIRE_TIMEOUT_MS" => "database.acquire_timeout_ms": millis(database.acquire_timeout),
+    "FERRY_HTTP_ADDR" => "http.addr": set(http.addr),
+    "FERRY_HTTP_HEADER_READ_TIMEOUT_MS" => "http.header_read_timeout_ms": millis(http.header_read_timeout),
+    "FERRY_HTTP_REQUEST_TIMEOUT_MS" => "http.request_timeout_ms": millis(http.request_timeout),
+    "FERRY_HTTP_CONNECTIONS_MAX" => "http.connections_max": set(http.connections_max),
+    "FERRY_INTAKE_COMMITTERS" => "intake.committers": set(intake.committers),
+    "FERRY_INTAKE_DB_TIMEOUT_MS" => "intake.db_timeout_ms": millis(intake.db_timeout),
+    "FERRY_POSTING_WORKERS" => "workers.posting_workers": set(workers.posting_workers),
+    "FERRY_POSTING_CONCURRENCY" => "workers.posting_concurrency": set(workers.posting_concurrency),
+    "FERRY_JOB_FETCH_BATCH" => "workers.queue.fetch_batch": set(workers.queue.fetch_batch),
+    "FERRY_WORKER_HEARTBEAT_MS" => "workers.queue.heartbeat_ms": millis(workers.queue.heartbeat),
+    "FERRY_WORKER_MISSED_HEARTBEATS" => "workers.queue.missed_heartbeats": set(workers.queue.missed_heartbeats),
+    "FERRY_JOB_RESCUE_AFTER_SECS" => "workers.queue.rescue_after_secs": secs(workers.queue.rescue_after),
+    "FERRY_SHUTDOWN_GRACE_MS" => "shutdown.grace_ms": millis(shutdown.grace),
+    "FERRY_RATE_LIMIT_PER_SEC" => "rate_limit.per_sec": set(rate_limit.per_sec),
+    "FERRY_RATE_LIMIT_BURST" => "rate_limit.burst": set(rate_limit.burst),
+    "FERRY_RECONCILE_CRON" => "reconcile.cron": set(reconcile.cron),
+    "FERRY_STUCK_PENDING_SECS" => "reconcile.stuck_pending_secs": secs(reconcile.stuck_after),
+    "FERRY_RECONCILE_FULL_SCAN_EVERY_SECS" => "reconcile.full_scan_every_secs": secs(reconcile.full_scan_every),
+    "FERRY_JOB_RETENTION_DONE_SECS" => "reconcile.retention.done_secs": secs(reconcile.retention.done),
+    "FERRY_JOB_RETENTION_DEAD_SECS" => "reconcile.retention.dead_secs": secs(reconcile.retention.dead),
+};
+
+/// Where settings come from; [`Config::load`] takes them from the process.
+pub struct Sources<'a> {
+    /// Text of the `FERRY_CONFIG` file, if one is named.
+    pub file: Option<&'a str>,
+    /// Reads an environment variable: the overrides, and `${VAR}` in alert sinks.
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// `serve --roles`, which beats both.
+    pub roles: Option<Roles>,
+}
+
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {variable}: {reason}")]
+#[error("invalid configuration: {variable}{}: {reason}", file_key_note(.variable))]
 pub struct ConfigError {
+    /// The variable at fault (`FERRY_CONFIG` for the file itself).
     pub variable: &'static str,
     pub reason: String,
 }
 
+/// Where the variable's setting lives in the file too, for a message about its value.
+fn file_key_note(variable: &str) -> String {
+    ENV.iter()
+        .find(|(name, ..)| *name == variable)
+        .map(|(_, key, _)| format!(" (`{key}` in FERRY_CONFIG)"))
+        .unwrap_or_default()
+}
+
 impl Config {
-    /// Reads `FERRY_*`, `DATABASE_URL` and `REDIS_URL`.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let config = Self {
-            database_url: var("DATABASE_URL", DATABASE_URL_DEFAULT.to_owned())?,
-            redis_url: var("REDIS_URL", REDIS_URL_DEFAULT.to_owned())?,
-            http_addr: parsed("FERRY_HTTP_ADDR", HTTP_ADDR_DEFAULT)?,
-            roles: parsed("FERRY_ROLES", "all")?,
-            db_pool_connections_max: num(
-                "FERRY_DB_POOL_CONNECTIONS_MAX",
-                DB_POOL_CONNECTIONS_MAX_DEFAULT,
-            )?,
-            db_acquire_timeout_ms: num(
-                "FERRY_DB_ACQUIRE_TIMEOUT_MS",
-                DB_ACQUIRE_TIMEOUT_MS_DEFAULT,
-            )?,
-            intake_committers: num("FERRY_INTAKE_COMMITTERS", INTAKE_COMMITTERS_DEFAULT)?,
-            intake_db_timeout_ms: num("FERRY_INTAKE_DB_TIMEOUT_MS", INTAKE_DB_TIMEOUT_MS_DEFAULT)?,
-            http: http_from_env()?,
-            workers: workers_from_env()?,
-            shutdown_grace_ms: num("FERRY_SHUTDOWN_GRACE_MS", SHUTDOWN_GRACE_MS_DEFAULT)?,
-            rate_limit: RateLimit {
-                per_sec: num("FERRY_RATE_LIMIT_PER_SEC", 0)?,
-                burst: num("FERRY_RATE_LIMIT_BURST", 100)?,
-            },
-            reconcile_cron: var("FERRY_RECONCILE_CRON", RECONCILE_CRON_DEFAULT.to_owned())?,
-            reconcile: reconcile_from_env()?,
-            alerts: Arc::new(load_alerts()?),
-            failpoint: parsed("FERRY_FAILPOINT", "none")?,
+    /// Reads the file named by `FERRY_CONFIG` and the environment, then validates; `roles`
+    /// is `serve --roles`. The only place settings are read.
+    pub fn load(roles: Option<Roles>) -> Result<Self, ConfigError> {
+        // `std::env::var(..).ok()` below would read such a value as unset.
+        let not_unicode =
+            |name: &&str| matches!(std::env::var(name), Err(std::env::VarError::NotUnicode(_)));
+        if let Some(variable) = ENV.iter().map(|(name, ..)| *name).find(not_unicode) {
+            return Err(ConfigError {
+                variable,
+                reason: "not valid UTF-8".into(),
+            });
+        }
+        let path = std::env::var_os("FERRY_CONFIG").filter(|p| !p.is_empty());
+        let text = match path {
+            Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| ConfigError {
+                variable: "FERRY_CONFIG",
+                reason: format!("{}: {e}", std::path::Path::new(&path).display()),
+            })?),
+            None => None,
         };
+        Self::from_sources(Sources {
+            file: text.as_deref(),
+            env: &|name| std::env::var(name).ok(),
+            roles,
+        })
+    }
+
+    /// Merges defaults ← file ← environment ← `roles`, then validates.
+    pub fn from_sources(sources: Sources<'_>) -> Result<Self, ConfigError> {
+        let config = Self::merge(sources)?;
         config.validate()?;
+        Ok(config)
+    }
+
+    fn merge(sources: Sources<'_>) -> Result<Self, ConfigError> {
+        let file: File = match sources.file {
+            Some(text) => toml::from_str(text).map_err(|e| file_error(text, &e))?,
+            None => File::default(),
+        };
+        let alerts =
+            AlertConfig::from_settings(file.alerts, sources.env).map_err(|e| ConfigError {
+                variable: "FERRY_CONFIG",
+                reason: e.to_string(),
+            })?;
+        let mut config = Self {
+            roles: file.roles,
+            database: file.database,
+            redis: file.redis,
+            http: file.http,
+            intake: file.intake,
+            workers: file.workers,
+            rate_limit: file.rate_limit,
+            reconcile: file.reconcile,
+            shutdown: file.shutdown,
+            alerts: Arc::new(alerts),
+            failpoint: file.failpoint,
+        };
+        for (variable, _, set) in ENV {
+            // An empty variable counts as unset, as a shell's `VAR=` means.
+            let Some(value) = (sources.env)(variable).filter(|v| !v.trim().is_empty()) else {
+                continue;
+            };
+            set(&mut config, &value).map_err(|reason| ConfigError { variable, reason })?;
+        }
+        if let Some(roles) = sources.roles {
+            config.roles = roles;
+        }
+        // One setting, two users: the rescuer and re-drive must agree on when a job is lost.
+        config.reconcile.job_rescue_after = config.workers.queue.rescue_after;
         Ok(config)
     }
 
     /// Refuses settings that would make ferry silently misbehave; the first rule broken is
     /// reported, naming its variable.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Err(reason) = parse_schedule(&self.reconcile_cron) {
+        if let Err(reason) = parse_schedule(&self.reconcile.cron) {
             return Err(ConfigError {
                 variable: "FERRY_RECONCILE_CRON",
                 reason,
             });
         }
         let (workers, queue, http) = (&self.workers, &self.workers.queue, &self.http);
-        let retention = &self.reconcile.retention;
+        let (intake, retention) = (&self.intake, &self.reconcile.retention);
+        let ms = Duration::from_millis;
         // (broken, variable, why)
         let rules = [
             (
-                self.db_pool_connections_max < 4,
+                self.database.pool_connections_max < 4,
                 "FERRY_DB_POOL_CONNECTIONS_MAX",
                 "must be at least 4",
             ),
             (
-                self.intake_committers == 0,
+                intake.committers == 0,
                 "FERRY_INTAKE_COMMITTERS",
                 "must be at least 1",
             ),
             (
-                self.intake_db_timeout_ms < 100,
+                intake.db_timeout < ms(100),
                 "FERRY_INTAKE_DB_TIMEOUT_MS",
                 "must be at least 100",
             ),
             (
-                http.header_read_timeout_ms < 100,
+                http.header_read_timeout < ms(100),
                 "FERRY_HTTP_HEADER_READ_TIMEOUT_MS",
                 "must be at least 100",
             ),
             // A request waiting on the database must get its `503` before the request
             // timeout turns it into a `408`.
             (
-                http.request_timeout_ms <= self.intake_db_timeout_ms,
+                http.request_timeout <= intake.db_timeout,
                 "FERRY_HTTP_REQUEST_TIMEOUT_MS",
                 "must be longer than FERRY_INTAKE_DB_TIMEOUT_MS",
             ),
@@ -222,7 +323,7 @@ impl Config {
             ),
             // Each worker fetches, acks and heartbeats; the poster holds one more connection.
             (
-                workers.posting_workers * 2 + 2 >= self.db_pool_connections_max as usize,
+                workers.posting_workers * 2 + 2 >= self.database.pool_connections_max as usize,
                 "FERRY_POSTING_WORKERS",
                 "posting workers × 2 + 2 must stay below the pool size",
             ),
@@ -242,17 +343,17 @@ impl Config {
                 "must be at least 1",
             ),
             (
-                queue.heartbeat_ms < 100 || queue.missed_heartbeats < 2,
+                queue.heartbeat < ms(100) || queue.missed_heartbeats < 2,
                 "FERRY_WORKER_HEARTBEAT_MS",
                 "heartbeat must be ≥ 100 ms and missed heartbeats ≥ 2",
             ),
             (
-                queue.rescue_after < Duration::from_secs(JOB_RESCUE_AFTER_SECS_MIN),
+                queue.rescue_after < RESCUE_AFTER_MIN,
                 "FERRY_JOB_RESCUE_AFTER_SECS",
                 "must be at least 5 (posting jobs that run this long are taken back)",
             ),
             (
-                queue.orphan_timeout() > Duration::from_millis(ORPHAN_TIMEOUT_MS_MAX),
+                queue.orphan_timeout() > ORPHAN_TIMEOUT_MAX,
                 "FERRY_WORKER_HEARTBEAT_MS",
                 "heartbeat × missed heartbeats must stay within 30 s so orphans recover quickly",
             ),
@@ -265,110 +366,46 @@ impl Config {
             None => Ok(()),
         }
     }
-
-    pub fn db_acquire_timeout(&self) -> Duration {
-        Duration::from_millis(self.db_acquire_timeout_ms)
-    }
-
-    pub fn intake_db_timeout(&self) -> Duration {
-        Duration::from_millis(self.intake_db_timeout_ms)
-    }
-
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_millis(self.shutdown_grace_ms)
-    }
 }
 
-fn var(variable: &'static str, default: String) -> Result<String, ConfigError> {
-    match std::env::var(variable) {
-        Ok(value) if !value.trim().is_empty() => Ok(value),
-        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(default),
-        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError {
-            variable,
-            reason: "not valid UTF-8".into(),
-        }),
-    }
-}
-
-fn load_alerts() -> Result<AlertConfig, ConfigError> {
-    let path = std::env::var_os("FERRY_CONFIG").map(std::path::PathBuf::from);
-    AlertConfig::load(path.as_deref()).map_err(|e| ConfigError {
+/// A file that does not parse: the message names the key, the line locates it. The text is
+/// not echoed, since lines may hold secrets.
+fn file_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .and_then(|span| text.get(..span.start))
+        .map_or(String::new(), |before| {
+            format!("line {}: ", before.matches('\n').count() + 1)
+        });
+    ConfigError {
         variable: "FERRY_CONFIG",
-        reason: e.to_string(),
-    })
+        reason: format!("{line}{}", e.message()),
+    }
 }
 
-fn http_from_env() -> Result<HttpSettings, ConfigError> {
-    Ok(HttpSettings {
-        header_read_timeout_ms: num(
-            "FERRY_HTTP_HEADER_READ_TIMEOUT_MS",
-            HEADER_READ_TIMEOUT_MS_DEFAULT,
-        )?,
-        request_timeout_ms: num("FERRY_HTTP_REQUEST_TIMEOUT_MS", REQUEST_TIMEOUT_MS_DEFAULT)?,
-        connections_max: num("FERRY_HTTP_CONNECTIONS_MAX", CONNECTIONS_MAX_DEFAULT)?,
-    })
-}
-
-fn workers_from_env() -> Result<WorkerSettings, ConfigError> {
-    Ok(WorkerSettings {
-        posting_workers: num("FERRY_POSTING_WORKERS", POSTING_WORKERS_DEFAULT)?,
-        posting_concurrency: num("FERRY_POSTING_CONCURRENCY", POSTING_CONCURRENCY_DEFAULT)?,
-        queue: QueueSettings {
-            fetch_batch: num("FERRY_JOB_FETCH_BATCH", JOB_FETCH_BATCH_DEFAULT)?,
-            heartbeat_ms: num("FERRY_WORKER_HEARTBEAT_MS", WORKER_HEARTBEAT_MS_DEFAULT)?,
-            missed_heartbeats: num(
-                "FERRY_WORKER_MISSED_HEARTBEATS",
-                WORKER_MISSED_HEARTBEATS_DEFAULT,
-            )?,
-            rescue_after: secs("FERRY_JOB_RESCUE_AFTER_SECS", JOB_RESCUE_AFTER_SECS_DEFAULT)?,
-        },
-    })
-}
-
-fn reconcile_from_env() -> Result<ReconcileSettings, ConfigError> {
-    Ok(ReconcileSettings {
-        stuck_after: secs("FERRY_STUCK_PENDING_SECS", STUCK_AFTER_SECS_DEFAULT)?,
-        job_rescue_after: secs("FERRY_JOB_RESCUE_AFTER_SECS", JOB_RESCUE_AFTER_SECS_DEFAULT)?,
-        full_scan_every: secs(
-            "FERRY_RECONCILE_FULL_SCAN_EVERY_SECS",
-            FULL_SCAN_EVERY_SECS_DEFAULT,
-        )?,
-        retention: Retention {
-            done: secs(
-                "FERRY_JOB_RETENTION_DONE_SECS",
-                JOB_RETENTION_DONE_SECS_DEFAULT,
-            )?,
-            dead: secs(
-                "FERRY_JOB_RETENTION_DEAD_SECS",
-                JOB_RETENTION_DEAD_SECS_DEFAULT,
-            )?,
-            workers: Duration::from_secs(WORKER_RETENTION_SECS),
-        },
-    })
-}
-
-/// A number from `variable`, `default` when unset.
-fn num<T>(variable: &'static str, default: T) -> Result<T, ConfigError>
-where
-    T: FromStr + std::fmt::Display,
-    T::Err: std::fmt::Display,
-{
-    parsed(variable, &default.to_string())
-}
-
-fn secs(variable: &'static str, default: u64) -> Result<Duration, ConfigError> {
-    parsed::<u64>(variable, &default.to_string()).map(Duration::from_secs)
-}
-
-fn parsed<T: FromStr>(variable: &'static str, default: &str) -> Result<T, ConfigError>
+fn set<T: FromStr>(slot: &mut T, text: &str) -> Result<(), String>
 where
     T::Err: std::fmt::Display,
 {
-    let text = var(variable, default.to_owned())?;
-    text.trim().parse().map_err(|e: T::Err| ConfigError {
-        variable,
-        reason: format!("{text:?}: {e}"),
-    })
+    *slot = text
+        .trim()
+        .parse()
+        .map_err(|e: T::Err| format!("{text:?}: {e}"))?;
+    Ok(())
+}
+
+fn millis(slot: &mut Duration, text: &str) -> Result<(), String> {
+    let mut ms = 0u64;
+    set(&mut ms, text)?;
+    *slot = Duration::from_millis(ms);
+    Ok(())
+}
+
+fn secs(slot: &mut Duration, text: &str) -> Result<(), String> {
+    let mut secs = 0u64;
+    set(&mut secs, text)?;
+    *slot = Duration::from_secs(secs);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -387,5 +424,68 @@ mod tests {
         assert_eq!("all".parse::<Roles>(), Ok(Roles::ALL));
         assert!("".parse::<Roles>().is_err());
         assert!("scheduler2".parse::<Roles>().is_err());
+    }
+
+    /// A value each variable accepts, as the variable's text and as a TOML value.
+    fn sample(variable: &str) -> (&'static str, &'static str) {
+        match variable {
+            "DATABASE_URL" | "REDIS_URL" => ("x://sample", "\"x://sample\""),
+            "FERRY_ROLES" => ("worker", "\"worker\""),
+            "FERRY_FAILPOINT" => ("crash_after_commit", "\"crash_after_commit\""),
+            "FERRY_HTTP_ADDR" => ("127.0.0.1:9", "\"127.0.0.1:9\""),
+            "FERRY_RECONCILE_CRON" => ("0 0 * * * *", "\"0 0 * * * *\""),
+            _ => ("4242", "4242"),
+        }
+    }
+
+    /// The file text setting `key` (`section.sub.field`) to `value`.
+    fn file_setting(key: &str, value: &str) -> String {
+        match key.rsplit_once('.') {
+            Some((section, field)) => format!("[{section}]\n{field} = {value}\n"),
+            None => format!("{key} = {value}\n"),
+        }
+    }
+
+    #[test]
+    fn each_variable_and_its_file_key_set_the_same_setting() {
+        let defaults = format!("{:?}", Config::default());
+        for (variable, key, _) in ENV {
+            let (text, toml) = sample(variable);
+            let from_env = Config::merge(Sources {
+                file: None,
+                env: &|name| (name == *variable).then(|| text.to_owned()),
+                roles: None,
+            })
+            .map(|c| format!("{c:?}"))
+            .expect(variable);
+            let file = file_setting(key, toml);
+            let from_file = Config::merge(Sources {
+                file: Some(&file),
+                env: &|_| None,
+                roles: None,
+            })
+            .map(|c| format!("{c:?}"))
+            .expect(key);
+            assert_ne!(from_env, defaults, "{variable} changed nothing");
+            assert_eq!(from_env, from_file, "{variable} and {key}");
+        }
+    }
+
+    #[test]
+    fn the_readme_lists_each_variable_with_its_file_key() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        for (variable, key, _) in ENV {
+            let listed = readme
+                .lines()
+                .filter(|line| line.starts_with('|'))
+                .any(|row| {
+                    row.contains(&format!("`{variable}`")) && row.contains(&format!("`{key}`"))
+                });
+            assert!(
+                listed,
+                "README's Configuration table lacks {variable} with `{key}`"
+            );
+        }
     }
 }

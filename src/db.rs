@@ -3,9 +3,36 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use serde::Deserialize;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
+
+/// `[database]`: where PostgreSQL is and how many connections a process holds (README,
+/// "Configuration").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `DATABASE_URL`; the database is created if missing, then migrated.
+    pub url: String,
+    /// Pool size per process.
+    pub pool_connections_max: u32,
+    /// Wait for a pooled connection (workers; intake is bounded by its own, shorter timeout).
+    #[serde(rename = "acquire_timeout_ms", with = "crate::serde_duration::millis")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@localhost:5432/ferry".to_owned(),
+            // Room for the default posting workers and the poster (the pool rule in
+            // config.rs), with most connections left to intake.
+            pool_connections_max: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
 
 /// Creates the database named in `url` if it does not exist yet.
 pub async fn create_if_missing(url: &str) -> anyhow::Result<()> {

@@ -6,7 +6,9 @@
 
 use std::str::FromStr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// `failpoint = "…"` in the settings file reads the same names as the variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum Failpoint {
     #[default]
     None,
@@ -35,5 +37,12 @@ impl FromStr for Failpoint {
             "crash_after_commit" => Ok(Self::CrashAfterCommit),
             other => Err(format!("unknown failpoint {other:?}")),
         }
+    }
+}
+
+impl TryFrom<String> for Failpoint {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
     }
 }

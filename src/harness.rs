@@ -124,7 +124,7 @@ impl Drop for RunningFerry {
 }
 
 /// Builds ferry from `config` (creating and migrating its database if missing, binding
-/// `config.http_addr` — port 0 picks a free one) and runs its roles on this runtime.
+/// `config.http.addr` — port 0 picks a free one) and runs its roles on this runtime.
 pub async fn spawn_in_process(config: Config) -> anyhow::Result<RunningFerry> {
     let app = Application::build(config).await?;
     let port = app.port();

@@ -11,7 +11,8 @@
 //! - [`retry`]: the one retry policy type, its instances (posting jobs, alert deliveries,
 //!   in-process schedules) and the classification of database errors.
 //! - [`domain`]: `Amount`, `Currency`, `AccountId`, `IdempotencyKey`, `TransferStatus`, scopes.
-//! - [`app`], [`config`], [`db`], [`telemetry`], [`cli`]: start-up and operations.
+//! - [`app`], [`config`], [`db`], [`telemetry`], [`cli`]: start-up and operations; [`config`]
+//!   merges the settings sections each module owns ([`serde_duration`] reads their durations).
 //! - [`failpoint`]: crash points for fault-injection tests.
 //! - [`harness`]: scratch databases and ferry run in-process, for `ferry bench` and the tests.
 
@@ -30,5 +31,6 @@ pub mod ledger;
 pub mod queue;
 pub mod reconcile;
 pub mod retry;
+pub mod serde_duration;
 pub mod store;
 pub mod telemetry;

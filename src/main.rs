@@ -31,13 +31,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut config = Config::from_env()?;
+    // `serve --roles` is the one setting on the command line; it joins the rest before the
+    // settings are validated, once.
+    let roles = match &cli.command {
+        Command::Serve { roles } => *roles,
+        _ => None,
+    };
+    let config = Config::load(roles)?;
     match cli.command {
-        Command::Serve { roles } => {
-            config.roles = roles
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!("--roles: {e}"))?;
-            config.validate()?;
+        Command::Serve { .. } => {
             let app = Application::build(config).await?;
             app.run_until_stopped(shutdown_signal()).await
         }
@@ -91,8 +93,9 @@ async fn reconcile(config: &Config, args: ReconcileArgs) -> anyhow::Result<()> {
 }
 
 async fn connect_migrated(config: &Config) -> anyhow::Result<sqlx::PgPool> {
-    db::create_if_missing(&config.database_url).await?;
-    let pool = db::connect(&config.database_url, 4, config.db_acquire_timeout()).await?;
+    let database = &config.database;
+    db::create_if_missing(&database.url).await?;
+    let pool = db::connect(&database.url, 4, database.acquire_timeout).await?;
     db::migrate(&pool).await?;
     Ok(pool)
 }

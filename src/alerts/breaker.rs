@@ -61,7 +61,7 @@ impl Breakers {
                 Permit::Probe
             }
             State::HalfOpen { probing: true } => Permit::Rejected {
-                retry_in: Duration::from_millis(self.settings.open_ms),
+                retry_in: self.settings.open,
             },
             State::HalfOpen { probing } => {
                 *probing = true;
@@ -75,7 +75,7 @@ impl Breakers {
         let Ok(mut states) = self.states.lock() else {
             return None;
         };
-        let open_for = Duration::from_millis(self.settings.open_ms);
+        let open_for = self.settings.open;
         let state = states.entry(sink.to_owned()).or_insert_with(closed);
         match state {
             State::HalfOpen { .. } if failed => {
@@ -124,7 +124,7 @@ mod tests {
             window: 4,
             min_calls: 2,
             failure_ratio: 0.5,
-            open_ms: 1_000,
+            open: Duration::from_secs(1),
         })
     }
 

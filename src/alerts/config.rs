@@ -1,4 +1,5 @@
-//! Alert sinks from the TOML file named by `FERRY_CONFIG`, validated at start-up.
+//! Alert sinks from the `[alerts]` section of the TOML file named by `FERRY_CONFIG`, validated
+//! at start-up with the rest of the settings (`config.rs`).
 //!
 //! Values may reference the environment as `${VAR}`. Errors name the sink and the field but
 //! never echo a value: URLs (Slack's is the credential), routing keys and secrets stay secret.
@@ -74,46 +75,61 @@ impl Sink {
     }
 }
 
-/// When a sink's circuit opens and for how long (defaults for low-volume destinations, from
-/// README, "Alerts").
+/// `[alerts.breaker]`: when a sink's circuit opens and for how long (defaults for low-volume
+/// destinations, from README, "Alerts").
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BreakerSettings {
-    #[serde(default = "default_window")]
+    /// Calls remembered per sink.
     pub window: usize,
-    #[serde(default = "default_min_calls")]
+    /// Calls seen before the ratio is judged.
     pub min_calls: usize,
-    #[serde(default = "default_failure_ratio")]
     pub failure_ratio: f64,
-    #[serde(default = "default_open_ms")]
-    pub open_ms: u64,
-}
-
-fn default_window() -> usize {
-    20
-}
-fn default_min_calls() -> usize {
-    10
-}
-fn default_failure_ratio() -> f64 {
-    0.5
-}
-fn default_open_ms() -> u64 {
-    30_000
+    /// How long an open circuit rejects calls before a probe.
+    #[serde(rename = "open_ms", with = "crate::serde_duration::millis")]
+    pub open: Duration,
 }
 
 impl Default for BreakerSettings {
     fn default() -> Self {
         Self {
-            window: default_window(),
-            min_calls: default_min_calls(),
-            failure_ratio: default_failure_ratio(),
-            open_ms: default_open_ms(),
+            // Half of the last 20 calls failing (once 10 were made) says the sink is down,
+            // not unlucky; 30 s open spares it while it recovers.
+            window: 20,
+            min_calls: 10,
+            failure_ratio: 0.5,
+            open: Duration::from_secs(30),
         }
     }
 }
 
-/// Everything about alerting: the sinks and their breaker settings.
+impl BreakerSettings {
+    fn validate(&self) -> Result<(), AlertConfigError> {
+        let fail = |field: &'static str, reason: &str| AlertConfigError {
+            sink: "alerts.breaker".into(),
+            field,
+            reason: reason.to_owned(),
+        };
+        if self.window == 0 || self.min_calls == 0 || self.open.is_zero() {
+            return Err(fail("window/min_calls/open_ms", "must be above zero"));
+        }
+        if !(0.0..=1.0).contains(&self.failure_ratio) || self.failure_ratio == 0.0 {
+            return Err(fail("failure_ratio", "must be in (0, 1]"));
+        }
+        Ok(())
+    }
+}
+
+/// `[alerts]` as written in the file: sinks not yet checked, their `${VAR}`s not yet expanded
+/// ([`AlertConfig::from_settings`] does both). No `Debug`: the sinks hold secrets.
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertSettings {
+    sinks: Vec<RawSink>,
+    breaker: BreakerSettings,
+}
+
+/// Everything about alerting: the sinks and their breaker settings, checked.
 #[derive(Debug, Default)]
 pub struct AlertConfig {
     pub sinks: Vec<Sink>,
@@ -125,31 +141,33 @@ impl AlertConfig {
         self.sinks.iter().find(|s| s.name == name)
     }
 
-    /// Reads the file at `path`; `None` means no sinks.
-    pub fn load(path: Option<&std::path::Path>) -> Result<Self, AlertConfigError> {
-        let Some(path) = path else {
-            return Ok(Self::default());
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| AlertConfigError {
-            sink: path.display().to_string(),
-            field: "file",
-            reason: e.to_string(),
-        })?;
-        Self::parse(&text, &|name| std::env::var(name).ok())
-    }
-
-    /// Parses TOML text; `env` resolves `${VAR}` references.
+    /// Parses TOML text holding only an `[alerts]` section (the whole `FERRY_CONFIG` file is
+    /// read by `config.rs`); `env` resolves `${VAR}` references.
     pub fn parse(
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, AlertConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| AlertConfigError {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct AlertsOnly {
+            #[serde(default)]
+            alerts: AlertSettings,
+        }
+        let file: AlertsOnly = toml::from_str(text).map_err(|e| AlertConfigError {
             sink: "FERRY_CONFIG".into(),
             field: "toml",
             reason: e.message().to_owned(),
         })?;
+        Self::from_settings(file.alerts, env)
+    }
+
+    /// Checks the section's sinks and breaker; `env` resolves `${VAR}` references.
+    pub fn from_settings(
+        settings: AlertSettings,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, AlertConfigError> {
         let mut sinks = Vec::new();
-        for (index, raw) in file.alerts.sinks.into_iter().enumerate() {
+        for (index, raw) in settings.sinks.into_iter().enumerate() {
             let sink = raw.validate(index, env)?;
             if sinks.iter().any(|s: &Sink| s.name == sink.name) {
                 return Err(AlertConfigError {
@@ -160,40 +178,15 @@ impl AlertConfig {
             }
             sinks.push(sink);
         }
-        let breaker = file.alerts.breaker.unwrap_or_default();
-        if breaker.window == 0 || breaker.min_calls == 0 || breaker.open_ms == 0 {
-            return Err(AlertConfigError {
-                sink: "alerts.breaker".into(),
-                field: "window/min_calls/open_ms",
-                reason: "must be above zero".into(),
-            });
-        }
-        if !(0.0..=1.0).contains(&breaker.failure_ratio) || breaker.failure_ratio == 0.0 {
-            return Err(AlertConfigError {
-                sink: "alerts.breaker".into(),
-                field: "failure_ratio",
-                reason: "must be in (0, 1]".into(),
-            });
-        }
-        Ok(Self { sinks, breaker })
+        settings.breaker.validate()?;
+        Ok(Self {
+            sinks,
+            breaker: settings.breaker,
+        })
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    #[serde(default)]
-    alerts: AlertsSection,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AlertsSection {
-    #[serde(default)]
-    sinks: Vec<RawSink>,
-    breaker: Option<BreakerSettings>,
-}
-
+/// No `Debug`: it holds URLs, routing keys and secrets.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSink {
@@ -206,75 +199,62 @@ struct RawSink {
     timeout_ms: Option<u64>,
 }
 
+/// A sink's field being checked: its label for errors and the `${VAR}` lookup.
+struct Checking<'a> {
+    label: String,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Checking<'_> {
+    fn fail(&self, field: &'static str, reason: &str) -> AlertConfigError {
+        AlertConfigError {
+            sink: self.label.clone(),
+            field,
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// `value` with its `${VAR}`s expanded; the error names the variable, never the value.
+    fn expand(
+        &self,
+        field: &'static str,
+        value: Option<String>,
+    ) -> Result<Option<String>, AlertConfigError> {
+        value
+            .map(|v| {
+                expand_env(&v, self.env).map_err(|var| {
+                    self.fail(field, &format!("environment variable {var} is not set"))
+                })
+            })
+            .transpose()
+    }
+}
+
 impl RawSink {
     fn validate(
-        self,
+        mut self,
         index: usize,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Sink, AlertConfigError> {
-        let label = format!("alerts.sinks[{index}] ({})", self.kind);
-        let fail = |field: &'static str, reason: &str| AlertConfigError {
-            sink: label.clone(),
-            field,
-            reason: reason.to_owned(),
+        let check = Checking {
+            label: format!("alerts.sinks[{index}] ({})", self.kind),
+            env,
         };
-        let expand = |field: &'static str,
-                      value: Option<String>|
-         -> Result<Option<String>, AlertConfigError> {
-            value
-                .map(|v| {
-                    expand_env(&v, env).map_err(|var| {
-                        fail(field, &format!("environment variable {var} is not set"))
-                    })
-                })
-                .transpose()
-        };
-        let url = expand("url", self.url)?;
         let min_severity = Severity::parse(self.min_severity.as_deref().unwrap_or("info"))
-            .ok_or_else(|| fail("min_severity", "must be info, medium or critical"))?;
-        let (kind, url) = match self.kind.as_str() {
-            "slack" => (
-                SinkKind::Slack,
-                url.ok_or_else(|| fail("url", "is required"))?,
-            ),
-            "pagerduty" => {
-                let key = expand("routing_key", self.routing_key)?
-                    .filter(|k| !k.trim().is_empty())
-                    .ok_or_else(|| fail("routing_key", "is required"))?;
-                let url = url.unwrap_or_else(|| PAGERDUTY_URL_DEFAULT.to_owned());
-                (
-                    SinkKind::PagerDuty {
-                        routing_key: SecretString::from(key),
-                    },
-                    url,
-                )
-            }
-            "webhook" => {
-                let secret =
-                    expand("secret", self.secret)?.ok_or_else(|| fail("secret", "is required"))?;
-                let key =
-                    decode_webhook_secret(&secret).map_err(|reason| fail("secret", &reason))?;
-                let url = url.ok_or_else(|| fail("url", "is required"))?;
-                (
-                    SinkKind::Webhook {
-                        key: SecretBox::new(Box::new(key)),
-                    },
-                    url,
-                )
-            }
-            _ => return Err(fail("kind", "must be slack, pagerduty or webhook")),
-        };
-        check_url(&url).map_err(|reason| fail("url", &reason))?;
+            .ok_or_else(|| check.fail("min_severity", "must be info, medium or critical"))?;
         let timeout_ms = self.timeout_ms.unwrap_or(SINK_TIMEOUT_MS_DEFAULT);
         if timeout_ms == 0 || timeout_ms > 60_000 {
-            return Err(fail("timeout_ms", "must be between 1 and 60000"));
+            return Err(check.fail("timeout_ms", "must be between 1 and 60000"));
         }
         let name = self
             .name
+            .take()
             .unwrap_or_else(|| format!("{}-{}", self.kind, index + 1));
         if name.is_empty() || name.len() > 64 || name.contains(char::is_whitespace) {
-            return Err(fail("name", "must be 1-64 characters without spaces"));
+            return Err(check.fail("name", "must be 1-64 characters without spaces"));
         }
+        let (kind, url) = self.kind_and_url(&check)?;
+        check_url(&url).map_err(|reason| check.fail("url", &reason))?;
         Ok(Sink {
             name,
             kind,
@@ -282,6 +262,32 @@ impl RawSink {
             min_severity,
             timeout: Duration::from_millis(timeout_ms),
         })
+    }
+
+    /// The sink's kind with its credential, and its URL (PagerDuty's has a default).
+    fn kind_and_url(self, check: &Checking) -> Result<(SinkKind, String), AlertConfigError> {
+        let url = check.expand("url", self.url)?;
+        let required =
+            |field, value: Option<String>| value.ok_or_else(|| check.fail(field, "is required"));
+        match self.kind.as_str() {
+            "slack" => Ok((SinkKind::Slack, required("url", url)?)),
+            "pagerduty" => {
+                let key = check
+                    .expand("routing_key", self.routing_key)?
+                    .filter(|k| !k.trim().is_empty());
+                let routing_key = SecretString::from(required("routing_key", key)?);
+                let url = url.unwrap_or_else(|| PAGERDUTY_URL_DEFAULT.to_owned());
+                Ok((SinkKind::PagerDuty { routing_key }, url))
+            }
+            "webhook" => {
+                let secret = required("secret", check.expand("secret", self.secret)?)?;
+                let key = decode_webhook_secret(&secret)
+                    .map_err(|reason| check.fail("secret", &reason))?;
+                let key = SecretBox::new(Box::new(key));
+                Ok((SinkKind::Webhook { key }, required("url", url)?))
+            }
+            _ => Err(check.fail("kind", "must be slack, pagerduty or webhook")),
+        }
     }
 }
 
@@ -416,7 +422,19 @@ mod tests {
     }
 
     #[test]
-    fn no_file_means_no_sinks() {
-        assert!(AlertConfig::load(None).expect("empty").sinks.is_empty());
+    fn no_alerts_section_means_no_sinks() {
+        assert!(parse("").expect("empty").sinks.is_empty());
+        assert!(AlertConfig::default().sinks.is_empty());
+    }
+
+    #[test]
+    fn the_breaker_reads_open_ms_as_a_duration_and_refuses_zero() {
+        let config = parse("[alerts.breaker]\nopen_ms = 1500\n").expect("valid");
+        assert_eq!(config.breaker.open, Duration::from_millis(1_500));
+        assert_eq!(config.breaker.window, BreakerSettings::default().window);
+        let err = parse("[alerts.breaker]\nopen_ms = 0\n").expect_err("zero");
+        assert_eq!(err.field, "window/min_calls/open_ms");
+        let err = parse("[alerts.breaker]\nfailure_ratio = 1.5\n").expect_err("ratio");
+        assert_eq!(err.field, "failure_ratio");
     }
 }

@@ -84,7 +84,7 @@ pub async fn run(
         eprintln!("running {name} with {transfers} transfers");
         let row = match name {
             "reconcile" => {
-                reconcile::run(&config.database_url, transfers, &config.reconcile).await?
+                reconcile::run(&config.database.url, transfers, &config.reconcile).await?
             }
             _ => vec![run_transfer_scenario(config, name, transfers, accounts, soak_secs).await?],
         };
@@ -107,7 +107,7 @@ async fn run_transfer_scenario(
         Shape::Uniform
     };
     let planned = plan(shape, transfers, accounts, 20_261_121);
-    let (scratch, pool) = scratch_database(&config.database_url).await?;
+    let (scratch, pool) = scratch_database(&config.database.url).await?;
     // Measure, then drop the scratch database whatever happened.
     let result = async {
         seed_accounts(&pool, accounts).await?;

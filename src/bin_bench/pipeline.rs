@@ -50,8 +50,8 @@ impl BenchedFerry {
         posting: Posting,
     ) -> anyhow::Result<Self> {
         let mut config = base.clone();
-        config.database_url = database_url.to_owned();
-        config.http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        config.database.url = database_url.to_owned();
+        config.http.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         config.roles = Roles {
             intake: true,
             worker: posting == Posting::Concurrent,

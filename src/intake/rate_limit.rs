@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::Deserialize;
 use tokio::sync::RwLock;
 use tracing::warn;
 use uuid::Uuid;
@@ -32,11 +33,39 @@ redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now_ms) 
 return {1, 0}
 ";
 
-/// Requests per second and burst allowed per API key; `per_sec = 0` disables limiting.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// `[redis]`: the rate limiter's Redis, the only one ferry uses.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `REDIS_URL`.
+    pub url: String,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".to_owned(),
+        }
+    }
+}
+
+/// `[rate_limit]`: requests per second and burst allowed per API key; `per_sec = 0` disables
+/// limiting.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RateLimit {
     pub per_sec: u32,
     pub burst: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            // Off unless asked for; `burst` matters only once `per_sec` is set.
+            per_sec: 0,
+            burst: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,46 +18,46 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, error};
 
-/// Longest a client may take to send a request head; also how long an idle keep-alive
-/// connection is kept, since hyper runs the same timer while it waits for the next request.
-pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
-/// Longest a whole request may take, body included (`408 request_timeout` past it).
-pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 15_000;
-/// Open HTTP connections at most; further clients wait in the listen backlog.
-pub const CONNECTIONS_MAX_DEFAULT: usize = 1_024;
 /// Pause after an accept error other than a connection reset (out of descriptors, say), so
 /// the loop does not spin while the process is starved — hyper 0.14's and axum's choice.
 const ACCEPT_ERROR_PAUSE_MS: u64 = 1_000;
 
-/// HTTP limits; see the consts above for what each bounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `[http]`: where intake listens and the limits on its connections (README, "Configuration").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
-    pub header_read_timeout_ms: u64,
-    pub request_timeout_ms: u64,
+    /// Listen address (`FERRY_HTTP_ADDR`); port 0 picks a free one, as tests do.
+    pub addr: SocketAddr,
+    /// Longest a client may take to send a request head; also how long an idle keep-alive
+    /// connection is kept, since hyper runs the same timer while it waits for the next request.
+    #[serde(
+        rename = "header_read_timeout_ms",
+        with = "crate::serde_duration::millis"
+    )]
+    pub header_read_timeout: Duration,
+    /// Longest a whole request may take, body included (`408 request_timeout` past it).
+    #[serde(rename = "request_timeout_ms", with = "crate::serde_duration::millis")]
+    pub request_timeout: Duration,
+    /// Open HTTP connections at most; further clients wait in the listen backlog.
     pub connections_max: usize,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
-            header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
-            request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
-            connections_max: CONNECTIONS_MAX_DEFAULT,
+            // Loopback: exposing the API is a deliberate choice (docker-compose sets 0.0.0.0).
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            header_read_timeout: Duration::from_secs(10),
+            // Longer than intake's database timeout, so a request waiting on the database
+            // gets its `503` before this turns it into a `408` (a rule in config.rs).
+            request_timeout: Duration::from_secs(15),
+            connections_max: 1_024,
         }
-    }
-}
-
-impl HttpSettings {
-    pub fn header_read_timeout(&self) -> Duration {
-        Duration::from_millis(self.header_read_timeout_ms)
-    }
-
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
     }
 }
 
@@ -126,7 +127,7 @@ impl Connection {
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(self.settings.header_read_timeout());
+            .header_read_timeout(self.settings.header_read_timeout);
         let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
         let mut stopping = false;
         loop {

@@ -16,7 +16,7 @@ pub mod table;
 use std::time::Duration;
 
 use apalis::prelude::TaskBuilder;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
 use crate::retry::{JOB_BACKEND_ATTEMPTS_MAX, POSTING_JOB_ATTEMPTS_MAX};
@@ -46,28 +46,49 @@ pub enum EnqueueError {
     Database(#[from] apalis_postgres::Error),
 }
 
-/// How workers poll and prove they are alive.
-#[derive(Debug, Clone)]
+/// Longest orphan timeout (heartbeat × missed heartbeats) allowed, so an orphaned job runs
+/// again quickly (README, "Configuration": ≤ 30 s).
+pub const ORPHAN_TIMEOUT_MAX: Duration = Duration::from_secs(30);
+
+/// `[workers.queue]`: how workers poll and prove they are alive (README, "Configuration").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct QueueSettings {
     /// Jobs fetched per poll; each job already carries many transfers.
     pub fetch_batch: usize,
-    pub heartbeat_ms: u64,
-    /// Orphan timeout = `heartbeat_ms × missed_heartbeats`.
+    #[serde(rename = "heartbeat_ms", with = "crate::serde_duration::millis")]
+    pub heartbeat: Duration,
+    /// Orphan timeout = `heartbeat × missed_heartbeats`.
     pub missed_heartbeats: usize,
     /// A posting job locked longer than this is rescued ([`rescue`]).
+    #[serde(rename = "rescue_after_secs", with = "crate::serde_duration::secs")]
     pub rescue_after: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            fetch_batch: 16,
+            // 5 s × 4 missed = 20 s until an orphaned job runs again, inside
+            // `ORPHAN_TIMEOUT_MAX`.
+            heartbeat: Duration::from_secs(5),
+            missed_heartbeats: 4,
+            rescue_after: rescue::RESCUE_AFTER_DEFAULT,
+        }
+    }
 }
 
 impl QueueSettings {
     pub fn orphan_timeout(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_ms * self.missed_heartbeats as u64)
+        self.heartbeat
+            .saturating_mul(u32::try_from(self.missed_heartbeats).unwrap_or(u32::MAX))
     }
 
     pub fn backend_config(&self, queue: &str) -> apalis_postgres::Config {
         apalis_postgres::Config::default()
             .queue(queue)
             .batch_size(self.fetch_batch)
-            .heartbeat_interval(Duration::from_millis(self.heartbeat_ms))
+            .heartbeat_interval(self.heartbeat)
             .missed_heartbeats(self.missed_heartbeats)
     }
 }

@@ -19,8 +19,11 @@ use tracing::{debug, warn};
 
 use super::{POST_TRANSFERS_QUEUE, max_attempts_for};
 
-/// Default bound on how long a posting job may run before it is rescued.
-pub const JOB_RESCUE_AFTER_SECS_DEFAULT: u64 = 60;
+/// Default bound on how long a posting job may run before it is rescued: posting takes
+/// milliseconds, so a minute is far past any live job.
+pub const RESCUE_AFTER_DEFAULT: Duration = Duration::from_secs(60);
+/// A shorter rescue bound would take back jobs that are merely waiting for the poster.
+pub const RESCUE_AFTER_MIN: Duration = Duration::from_secs(5);
 /// Shortest rescue pass interval; passes run six times per rescue bound.
 const RESCUE_INTERVAL_MS_MIN: u64 = 500;
 const RESCUE_INTERVAL_MS_MAX: u64 = 10_000;

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -73,15 +74,33 @@ pub async fn dead_jobs(
     .await
 }
 
-/// How long finished jobs are kept.
-#[derive(Debug, Clone, Copy)]
+/// `[reconcile.retention]`: how long finished jobs are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Retention {
     /// Acknowledged jobs: their history lives in ferry's own tables.
+    #[serde(rename = "done_secs", with = "crate::serde_duration::secs")]
     pub done: Duration,
     /// Dead jobs, kept longer as the dead-letter record `job_dead` findings point to.
+    #[serde(rename = "dead_secs", with = "crate::serde_duration::secs")]
     pub dead: Duration,
-    /// Worker registrations not seen for this long.
+    /// Worker registrations not seen for this long; not a setting.
+    #[serde(skip)]
     pub workers: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            // An hour: apalis's fetch slows with every finished row, and ferry keeps the
+            // history in its own tables.
+            done: Duration::from_secs(3_600),
+            // The dead-letter record; kept a week.
+            dead: Duration::from_secs(7 * 24 * 3_600),
+            // Registrations not seen for a day are removed.
+            workers: Duration::from_secs(24 * 3_600),
+        }
+    }
 }
 
 /// Deletes finished apalis jobs past their retention (apalis never deletes them, and its

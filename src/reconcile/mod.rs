@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use serde::Deserialize;
 use sqlx::PgPool;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -25,25 +26,44 @@ use crate::queue::table::{self, Retention};
 use finding::{FindingKind, Observation, Severity};
 use findings::FindingChanges;
 
-/// Default: a pending transfer older than this is `stuck_pending` (README, "Reconciliation": 10 min).
-pub const STUCK_AFTER_SECS_DEFAULT: u64 = 600;
 /// Windows are widened backwards by this much, so a transfer committed just after a run's
 /// snapshot but stamped inside its window is seen by the next run. Findings are deduplicated,
 /// so the overlap costs nothing but a little scanning.
 pub const WINDOW_OVERLAP_SECS: i64 = 60;
-/// A full rescan of the ledger (rebuilding the incremental sums) at least this often.
-pub const FULL_SCAN_EVERY_SECS_DEFAULT: u64 = 24 * 3600;
 /// Steps a run reports to its progress display.
 pub const STEPS: u64 = 8;
 
-#[derive(Debug, Clone)]
+/// `[reconcile]`: when runs happen and what they judge (README, "Configuration").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ReconcileSettings {
+    /// Cron expression of scheduled runs, seconds first ([`schedule::parse_schedule`]).
+    pub cron: String,
+    /// A pending transfer older than this is `stuck_pending`.
+    #[serde(rename = "stuck_pending_secs", with = "crate::serde_duration::secs")]
     pub stuck_after: Duration,
     /// A posting job locked longer than this is not live: the rescuer takes it back, and
-    /// re-drive does not wait for it.
+    /// re-drive does not wait for it. Not a setting of its own: the configuration copies the
+    /// queue's `rescue_after`, so the rescuer and re-drive agree.
+    #[serde(skip)]
     pub job_rescue_after: Duration,
+    /// A full rescan of the ledger (rebuilding the incremental sums) at least this often.
+    #[serde(rename = "full_scan_every_secs", with = "crate::serde_duration::secs")]
     pub full_scan_every: Duration,
     pub retention: Retention,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self {
+            cron: schedule::RECONCILE_CRON_DEFAULT.to_owned(),
+            // README, "Reconciliation": 10 min.
+            stuck_after: Duration::from_secs(600),
+            job_rescue_after: crate::queue::rescue::RESCUE_AFTER_DEFAULT,
+            full_scan_every: Duration::from_secs(24 * 3_600),
+            retention: Retention::default(),
+        }
+    }
 }
 
 /// Receives progress from a run (the CLI draws a bar; jobs ignore it).

@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ferry::config::{WORKER_HEARTBEAT_MS_DEFAULT, WORKER_MISSED_HEARTBEATS_DEFAULT};
+use ferry::queue::QueueSettings;
 use serde_json::json;
 use tokio::process::Command;
 
@@ -120,8 +120,9 @@ async fn a_worker_killed_mid_transaction_loses_nothing_and_the_job_reruns() {
     // The recovering worker runs with the production heartbeat (5 s × 4 missed = 20 s), to
     // show an orphaned job is picked up again in under 30 s with the defaults.
     let _worker = spawn_worker(app.database.url(), |c| {
-        c.workers.queue.heartbeat_ms = WORKER_HEARTBEAT_MS_DEFAULT;
-        c.workers.queue.missed_heartbeats = WORKER_MISSED_HEARTBEATS_DEFAULT;
+        let defaults = QueueSettings::default();
+        c.workers.queue.heartbeat = defaults.heartbeat;
+        c.workers.queue.missed_heartbeats = defaults.missed_heartbeats;
     })
     .await;
     let recovered_in = wait_for_job_done(&app, Duration::from_secs(30)).await;

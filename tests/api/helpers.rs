@@ -4,11 +4,14 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use ferry::app::ShutdownSettings;
 use ferry::config::{Config, Roles};
+use ferry::db::DatabaseSettings;
 use ferry::domain::Scopes;
 use ferry::failpoint::Failpoint;
 use ferry::harness::{RunningFerry, ScratchDatabase, spawn_in_process};
-use ferry::intake::rate_limit::RateLimit;
+use ferry::intake::IntakeSettings;
+use ferry::intake::rate_limit::{RateLimit, RedisSettings};
 use ferry::intake::serve::HttpSettings;
 use ferry::jobs::WorkerSettings;
 use ferry::queue::QueueSettings;
@@ -33,35 +36,45 @@ pub async fn test_database() -> ScratchDatabase {
 
 /// Settings for test apps: a fast heartbeat so orphan recovery takes ~2 s, not 20 s.
 pub fn test_config(database_url: &str, roles: Roles) -> Config {
+    let queue = QueueSettings {
+        heartbeat: Duration::from_secs(1),
+        missed_heartbeats: 2,
+        ..QueueSettings::default()
+    };
     Config {
-        database_url: database_url.to_owned(),
-        redis_url: "redis://127.0.0.1:6379".into(),
-        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         roles,
-        db_pool_connections_max: 16,
-        db_acquire_timeout_ms: 10_000,
-        intake_committers: 1,
+        database: DatabaseSettings {
+            url: database_url.to_owned(),
+            pool_connections_max: 16,
+            acquire_timeout: Duration::from_secs(10),
+        },
+        redis: RedisSettings {
+            url: "redis://127.0.0.1:6379".into(),
+        },
+        http: HttpSettings {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..HttpSettings::default()
+        },
         // Generous: parallel tests share two cores with builds. The outage tests use the
         // production default.
-        intake_db_timeout_ms: 5_000,
-        http: HttpSettings::default(),
+        intake: IntakeSettings {
+            committers: 1,
+            db_timeout: Duration::from_secs(5),
+        },
         workers: WorkerSettings {
             posting_workers: 2,
             posting_concurrency: 16,
-            queue: QueueSettings {
-                fetch_batch: 16,
-                heartbeat_ms: 1_000,
-                missed_heartbeats: 2,
-                rescue_after: Duration::from_secs(60),
-            },
+            queue,
         },
-        shutdown_grace_ms: 2_000,
+        shutdown: ShutdownSettings {
+            grace: Duration::from_secs(2),
+        },
         rate_limit: RateLimit {
             per_sec: 0,
             burst: 1,
         },
-        reconcile_cron: "0 */5 * * * *".into(),
         reconcile: ReconcileSettings {
+            cron: "0 */5 * * * *".into(),
             stuck_after: Duration::from_secs(600),
             job_rescue_after: Duration::from_secs(60),
             full_scan_every: Duration::from_secs(24 * 3600),

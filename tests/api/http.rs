@@ -84,7 +84,7 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, 
 
 #[tokio::test]
 async fn a_client_that_sends_half_a_request_head_is_cut_off() {
-    let app = spawn_app_with(|c| c.http.header_read_timeout_ms = 500).await;
+    let app = spawn_app_with(|c| c.http.header_read_timeout = Duration::from_millis(500)).await;
     let address = app.address.trim_start_matches("http://").to_owned();
     let mut stream = TcpStream::connect(&address).await.expect("connect");
     stream
@@ -111,8 +111,8 @@ async fn a_client_that_sends_half_a_request_head_is_cut_off() {
 #[tokio::test]
 async fn a_client_that_trickles_its_body_gets_408_and_is_cut_off() {
     let app = spawn_app_with(|c| {
-        c.intake_db_timeout_ms = 500;
-        c.http.request_timeout_ms = 1_000;
+        c.intake.db_timeout = Duration::from_millis(500);
+        c.http.request_timeout = Duration::from_secs(1);
     })
     .await;
     let address = app.address.trim_start_matches("http://").to_owned();

@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use ferry::config::{Config, INTAKE_DB_TIMEOUT_MS_DEFAULT, Roles};
+use ferry::config::{Config, Roles};
+use ferry::intake::IntakeSettings;
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
@@ -23,7 +24,7 @@ fn intake_with_default_timeout(config: &mut Config) {
         worker: false,
         scheduler: false,
     };
-    config.intake_db_timeout_ms = INTAKE_DB_TIMEOUT_MS_DEFAULT;
+    config.intake.db_timeout = IntakeSettings::default().db_timeout;
 }
 
 async fn admin() -> PgConnection {

@@ -52,7 +52,7 @@ async fn a_key_over_its_limit_gets_429_with_retry_after_and_other_keys_do_not() 
 async fn transfers_flow_while_redis_is_unreachable() {
     let app = spawn_app_with(|c| {
         // Nothing listens on port 1: every Redis call fails.
-        c.redis_url = "redis://127.0.0.1:1".into();
+        c.redis.url = "redis://127.0.0.1:1".into();
         c.rate_limit = RateLimit {
             per_sec: 1,
             burst: 1,

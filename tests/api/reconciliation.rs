@@ -719,7 +719,7 @@ async fn two_schedulers_make_exactly_one_run_per_window() {
             worker: true,
             scheduler: true,
         };
-        c.reconcile_cron = "*/2 * * * * *".into();
+        c.reconcile.cron = "*/2 * * * * *".into();
     };
     let _one = spawn_worker(app.database.url(), every_two_seconds).await;
     let _two = spawn_worker(app.database.url(), every_two_seconds).await;
