@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `api-key create`, `reconcile`, `bench`, `alerts test`.
+//! The command line: `serve`, `migrate`, `api-key create|list|revoke`, `ledger create|list`,
+//! `reconcile`, `bench`, `alerts test`.
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,9 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     ApiKey(ApiKeyCommand),
+    /// Manage ledgers.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
     /// Run one reconciliation now, in the foreground; exits 1 if it finds anything critical.
     Reconcile(ReconcileArgs),
     /// Measure scenarios against throwaway databases on DATABASE_URL's server.
@@ -71,14 +75,41 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ApiKeyCommand {
-    /// Create a key; the key is printed once, on the last line.
+    /// Create a key; the key is printed once, on the last line. Recorded in the audit trail.
     Create {
         #[arg(long)]
         name: String,
         /// Comma-separated: transfers:write, transfers:read, accounts:write, accounts:read, admin.
         #[arg(long)]
         scopes: String,
+        /// The ledger the key is bound to, created if missing (default: `default`). Admin
+        /// keys are global and take no ledger.
+        #[arg(long)]
+        ledger: Option<String>,
+        /// Lifetime: a whole number and a unit, s, m, h or d (30d, 12h, 90m); default: never
+        /// expires.
+        #[arg(long)]
+        expires_in: Option<String>,
     },
+    /// List keys (never their secrets): id, name, ledger, scopes, created, expires, last used,
+    /// revoked.
+    List,
+    /// Revoke a key: every ferry process refuses it within 10 s. Recorded in the audit trail.
+    Revoke {
+        /// The key's id (from `ferry api-key list`).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Create a ledger (an existing name is an error). Recorded in the audit trail.
+    Create {
+        /// 1-64 characters of a-z, 0-9, '_', '-'.
+        name: String,
+    },
+    /// List ledgers by name.
+    List,
 }
 
 /// Arguments of `ferry reconcile`.

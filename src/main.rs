@@ -10,13 +10,17 @@ use anyhow::Context;
 use clap::Parser;
 use ferry::app::{Application, shutdown_signal};
 use ferry::cli::{
-    AlertsCommand, ApiKeyCommand, BarProgress, BenchArgs, Cli, Command, ReconcileArgs,
+    AlertsCommand, ApiKeyCommand, BarProgress, BenchArgs, Cli, Command, LedgerCommand,
+    ReconcileArgs,
 };
 use ferry::config::Config;
-use ferry::domain::Scopes;
+use ferry::domain::{ApiKeyName, KeyLifetime, LedgerName, Scopes};
 use ferry::reconcile::runs::{self, Trigger};
 use ferry::reconcile::window::Window;
-use ferry::{db, store, telemetry};
+use ferry::store::api_keys::{self, KeySpec, MissingLedger, RevokeKeyError};
+use ferry::store::audit::{self, Actor, AuditAction};
+use ferry::store::ledgers::{self, CreateLedgerError};
+use ferry::{db, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -51,20 +55,195 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reconcile(args) => reconcile(&config, args).await,
         Command::Bench(args) => run_bench(&config, args).await,
         Command::Alerts(AlertsCommand::Test) => alerts_test(&config).await,
-        Command::ApiKey(ApiKeyCommand::Create { name, scopes }) => {
-            let scopes = Scopes::parse_list(&scopes)?;
-            let pool = connect_migrated(&config).await?;
-            let (id, key) = store::api_keys::create(&pool, &name, &scopes, None)
+        Command::ApiKey(command) => api_key(&config, command).await,
+        Command::Ledger(command) => ledger(&config, command).await,
+    }
+}
+
+/// `ferry api-key create|list|revoke`: acts of an operator on the host, recorded in the audit
+/// trail with no actor key (README, "Ledgers and authorization").
+async fn api_key(config: &Config, command: ApiKeyCommand) -> anyhow::Result<()> {
+    match command {
+        ApiKeyCommand::Create {
+            name,
+            scopes,
+            ledger,
+            expires_in,
+        } => {
+            let spec = KeySpec {
+                name: ApiKeyName::parse(&name).context("--name")?,
+                scopes: Scopes::parse_list(&scopes).context("--scopes")?,
+                ledger: ledger
+                    .as_deref()
+                    .map(LedgerName::parse)
+                    .transpose()
+                    .context("--ledger")?,
+                lifetime: expires_in
+                    .as_deref()
+                    .map(KeyLifetime::parse)
+                    .transpose()
+                    .context("--expires-in")?,
+            };
+            anyhow::ensure!(
+                !(spec.scopes.allows_admin() && spec.ledger.is_some()),
+                "--ledger: admin keys are global; a key with the admin scope cannot be bound \
+                 to a ledger"
+            );
+            let pool = connect_migrated(config).await?;
+            // The CLI creates the key's ledger if it is missing; the API does not.
+            let created = api_keys::issue(&pool, &spec, MissingLedger::Create, &Actor::operator())
                 .await
                 .context("storing the API key")?;
+            let key = &created.key;
             println!(
-                "created API key {id} ({name}) with scopes {}",
-                scopes.names().join(",")
+                "created API key {} ({}) with scopes {}, {}, {}",
+                key.id,
+                key.name,
+                key.scopes.join(","),
+                key.ledger
+                    .as_deref()
+                    .map_or_else(|| "global".to_owned(), |l| format!("ledger {l}")),
+                key.expires_at.map_or_else(
+                    || "never expires".to_owned(),
+                    |at| format!("expires {}", time(at))
+                ),
             );
             println!("store it now; it cannot be shown again:");
-            println!("{key}");
+            println!("{}", created.plaintext);
             Ok(())
         }
+        ApiKeyCommand::List => {
+            let pool = connect_migrated(config).await?;
+            let mut rows = vec![
+                [
+                    "ID",
+                    "NAME",
+                    "LEDGER",
+                    "SCOPES",
+                    "CREATED",
+                    "EXPIRES",
+                    "LAST USED",
+                    "REVOKED",
+                ]
+                .map(str::to_owned),
+            ];
+            let mut cursor = None;
+            loop {
+                let page = api_keys::list(&pool, 1000, cursor).await?;
+                for key in &page {
+                    let at = |t: Option<chrono::DateTime<chrono::Utc>>, none: &str| {
+                        t.map_or_else(|| none.to_owned(), time)
+                    };
+                    rows.push([
+                        key.id.to_string(),
+                        key.name.clone(),
+                        key.ledger.clone().unwrap_or_else(|| "(global)".to_owned()),
+                        key.scopes.join(","),
+                        time(key.created_at),
+                        at(key.expires_at, "never"),
+                        at(key.last_used_at, "never"),
+                        at(key.revoked_at, "-"),
+                    ]);
+                }
+                match page.last() {
+                    Some(last) if page.len() == 1000 => cursor = Some(last.id),
+                    _ => break,
+                }
+            }
+            print_table(&rows);
+            Ok(())
+        }
+        ApiKeyCommand::Revoke { id } => {
+            let id = uuid::Uuid::parse_str(&id).map_err(|_| {
+                anyhow::anyhow!("{id:?} is not an API key id (see `ferry api-key list`)")
+            })?;
+            let pool = connect_migrated(config).await?;
+            match api_keys::revoke(&pool, id, &Actor::operator()).await {
+                Ok(key) => {
+                    println!(
+                        "revoked API key {} ({}); every ferry process refuses it within {} s",
+                        key.id,
+                        key.name,
+                        api_keys::REVOCATION_BOUND_MS / 1000
+                    );
+                    Ok(())
+                }
+                Err(RevokeKeyError::NotFound(id)) => {
+                    anyhow::bail!("no API key {id} (see `ferry api-key list`)")
+                }
+                Err(RevokeKeyError::AlreadyRevoked(key)) => anyhow::bail!(
+                    "API key {} ({}) was already revoked{}",
+                    key.id,
+                    key.name,
+                    key.revoked_at
+                        .map(|at| format!(" at {}", time(at)))
+                        .unwrap_or_default()
+                ),
+                Err(e) => Err(anyhow::Error::new(e).context("revoking the API key")),
+            }
+        }
+    }
+}
+
+/// `ferry ledger create|list`.
+async fn ledger(config: &Config, command: LedgerCommand) -> anyhow::Result<()> {
+    match command {
+        LedgerCommand::Create { name } => {
+            let name = LedgerName::parse(&name).context("ledger name")?;
+            let pool = connect_migrated(config).await?;
+            match ledgers::create(&pool, &name, &Actor::operator()).await {
+                Ok(ledger) => {
+                    println!("created ledger {}", ledger.name);
+                    Ok(())
+                }
+                Err(CreateLedgerError::Exists(name)) => {
+                    anyhow::bail!("ledger {name} already exists")
+                }
+                Err(e) => Err(anyhow::Error::new(e).context("creating the ledger")),
+            }
+        }
+        LedgerCommand::List => {
+            let pool = connect_migrated(config).await?;
+            let mut rows = vec![["NAME", "CREATED"].map(str::to_owned)];
+            let mut after: Option<LedgerName> = None;
+            loop {
+                let page = ledgers::list(&pool, 1000, after.as_ref()).await?;
+                for ledger in &page {
+                    rows.push([ledger.name.clone(), time(ledger.created_at)]);
+                }
+                match page.last() {
+                    Some(last) if page.len() == 1000 => {
+                        after = Some(LedgerName::from_trusted(last.name.clone()));
+                    }
+                    _ => break,
+                }
+            }
+            print_table(&rows);
+            Ok(())
+        }
+    }
+}
+
+/// A time as the CLI prints it: RFC 3339, UTC, whole seconds.
+fn time(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Rows as left-aligned columns two spaces apart; the first row is the header.
+fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let mut widths = [0; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
     }
 }
 
@@ -79,6 +258,13 @@ async fn reconcile(config: &Config, args: ReconcileArgs) -> anyhow::Result<()> {
         .await?
         .context("creating the run")?;
     drop(conn);
+    let started = Actor::operator().event(
+        AuditAction::ReconciliationStarted,
+        None,
+        audit::target::reconciliation(run.id),
+        serde_json::json!({"from": from, "to": to, "full": args.full}),
+    );
+    audit::record(&pool, &started).await?;
     let progress = BarProgress::new(ferry::reconcile::STEPS);
     let alerting = ferry::alerts::Alerting::new(config.alerts.clone());
     let outcome =

@@ -102,9 +102,106 @@ pub const API_KEY_PREFIX: &str = "ferry_";
 
 /// A freshly minted key: shown once, stored only as its SHA-256. Keys carry 256 random bits, so
 /// a fast hash is enough; a slow password hash would only add latency to every request.
+/// `Debug` shows neither the key nor its hash (README, "Ledgers and authorization": secrets
+/// never reach a log).
 pub struct NewApiKey {
     pub plaintext: String,
     pub hash: Vec<u8>,
+}
+
+impl fmt::Debug for NewApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewApiKey")
+            .field("plaintext", &REDACTED)
+            .field("hash", &REDACTED)
+            .finish()
+    }
+}
+
+/// What `Debug` shows in place of a secret.
+pub const REDACTED: &str = "[redacted]";
+
+/// Longest key name (the `api_keys.name` CHECK counts characters).
+pub const API_KEY_NAME_LEN_MAX: usize = 200;
+
+/// A key's name, for people: 1–200 characters, no control characters (so it prints on one
+/// line in `ferry api-key list`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key name must be 1-{API_KEY_NAME_LEN_MAX} characters, none of them a control character")]
+pub struct ApiKeyNameError;
+
+impl ApiKeyName {
+    pub fn parse(text: &str) -> Result<Self, ApiKeyNameError> {
+        let len = text.chars().count();
+        if len == 0 || len > API_KEY_NAME_LEN_MAX || text.chars().any(char::is_control) {
+            return Err(ApiKeyNameError);
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Longest lifetime a key can be given: ten years (3650 days).
+pub const KEY_LIFETIME_SECS_MAX: i64 = 3650 * 86_400;
+
+/// How long a new key lives: 1 s to [`KEY_LIFETIME_SECS_MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLifetime(i64);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyLifetimeError {
+    #[error(
+        "a key's lifetime must be between 1 second and {KEY_LIFETIME_SECS_MAX} seconds (3650 days)"
+    )]
+    OutOfRange,
+    #[error(
+        "invalid duration {0:?}: write a whole number followed by s, m, h or d (e.g. 30d, 12h, 90m)"
+    )]
+    Malformed(String),
+}
+
+impl KeyLifetime {
+    pub fn from_secs(secs: i64) -> Result<Self, KeyLifetimeError> {
+        if (1..=KEY_LIFETIME_SECS_MAX).contains(&secs) {
+            Ok(Self(secs))
+        } else {
+            Err(KeyLifetimeError::OutOfRange)
+        }
+    }
+
+    /// Parses the CLI form `30d`, `12h`, `90m`, `45s`.
+    pub fn parse(text: &str) -> Result<Self, KeyLifetimeError> {
+        let malformed = || KeyLifetimeError::Malformed(text.to_owned());
+        let unit_at = text.len().checked_sub(1).ok_or_else(malformed)?;
+        let (number, unit) = (text.get(..unit_at), text.get(unit_at..));
+        let unit_secs: i64 = match unit {
+            Some("s") => 1,
+            Some("m") => 60,
+            Some("h") => 3600,
+            Some("d") => 86_400,
+            _ => return Err(malformed()),
+        };
+        let number = number.filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let count: i64 = number
+            .ok_or_else(malformed)?
+            .parse()
+            .map_err(|_| KeyLifetimeError::OutOfRange)?;
+        Self::from_secs(
+            count
+                .checked_mul(unit_secs)
+                .ok_or(KeyLifetimeError::OutOfRange)?,
+        )
+    }
+
+    pub fn secs(self) -> i64 {
+        self.0
+    }
 }
 
 impl NewApiKey {
@@ -140,6 +237,68 @@ mod tests {
         assert!(Scopes::parse_list("transfers:delete").is_err());
         assert!(Scopes::parse_list("").is_err());
         assert!(Scopes::parse_list(" , ").is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_a_key() {
+        let key = NewApiKey::generate();
+        let shown = format!("{key:?}");
+        assert!(!shown.contains(&key.plaintext), "{shown}");
+        assert!(shown.contains(REDACTED), "{shown}");
+    }
+
+    #[test]
+    fn key_names_are_one_line_and_at_most_200_characters() {
+        for ok in ["a", "ci deploy", "ü", &"é".repeat(200)] {
+            assert!(ApiKeyName::parse(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", "a\nb", "tab\t", "\u{7f}", "\u{85}", &"x".repeat(201)] {
+            assert_eq!(ApiKeyName::parse(bad), Err(ApiKeyNameError), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn lifetimes_parse_with_a_unit_and_stay_in_range() {
+        for (text, secs) in [
+            ("45s", 45),
+            ("90m", 5400),
+            ("12h", 43_200),
+            ("30d", 2_592_000),
+        ] {
+            assert_eq!(
+                KeyLifetime::parse(text).map(KeyLifetime::secs),
+                Ok(secs),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            KeyLifetime::parse("3650d").map(KeyLifetime::secs),
+            Ok(KEY_LIFETIME_SECS_MAX)
+        );
+        for out in [
+            "0d",
+            "0s",
+            "3651d",
+            "99999999999999999999d",
+            "9223372036854775807d",
+        ] {
+            assert_eq!(
+                KeyLifetime::parse(out),
+                Err(KeyLifetimeError::OutOfRange),
+                "{out}"
+            );
+        }
+        for bad in [
+            "", "d", "30", "30 d", "-1d", "+1d", "1.5h", "30w", "1e3s", "１d",
+        ] {
+            assert!(
+                matches!(KeyLifetime::parse(bad), Err(KeyLifetimeError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(KeyLifetime::from_secs(0).is_err());
+        assert!(KeyLifetime::from_secs(-5).is_err());
+        assert!(KeyLifetime::from_secs(KEY_LIFETIME_SECS_MAX + 1).is_err());
     }
 
     #[test]

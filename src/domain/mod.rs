@@ -33,7 +33,7 @@ pub mod side;
 pub mod transfer;
 
 pub use account::{AccountId, AccountKey, AccountStatus};
-pub use api_key::{Scope, Scopes};
+pub use api_key::{ApiKeyName, KeyLifetime, Scope, Scopes};
 pub use ledger::LedgerName;
 pub use money::{Amount, Currency};
 pub use severity::{Severity, UnknownValue};

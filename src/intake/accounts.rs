@@ -133,11 +133,12 @@ pub async fn create(
     caller: Caller,
     JsonBody(body): JsonBody<CreateAccountRequest>,
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
+    let actor = caller.actor();
     let caller = caller.require(Scope::AccountsWrite)?;
     let account = body.into_new_account(caller)?;
     let created = state
         .db(async {
-            accounts::create(&state.pool, &account)
+            accounts::create(&state.pool, &account, &actor)
                 .await
                 .map_err(|e| match e {
                     CreateAccountError::AlreadyExists => {
@@ -363,21 +364,19 @@ async fn change_status(
     query: LedgerQuery,
     change: StatusChange,
 ) -> Result<Json<AccountView>, ApiError> {
+    let actor = caller.actor();
     let caller = caller.require(Scope::AccountsWrite)?;
     let key = addressed_account(caller, query.ledger.as_deref(), &id)?;
     let changed = state
         .db(async {
-            let mut tx = state.pool.begin().await?;
-            let changed = accounts::change_status(&mut tx, &key, change)
+            accounts::change_status(&state.pool, &key, change, &actor)
                 .await
                 .map_err(|e| match e {
                     StatusChangeError::NotFound => ApiError::AccountNotFound(key.id.to_string()),
                     StatusChangeError::Closed => ApiError::AccountClosed(key.id.to_string()),
                     StatusChangeError::NotEmpty(_) => ApiError::AccountNotEmpty(key.id.to_string()),
                     StatusChangeError::Database(e) => e.into(),
-                })?;
-            tx.commit().await?;
-            Ok::<_, ApiError>(changed)
+                })
         })
         .await?;
     Ok(Json(changed.account))

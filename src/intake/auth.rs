@@ -7,11 +7,14 @@ use axum::http::request::Parts;
 use super::AppState;
 use super::error::ApiError;
 use super::rate_limit::Decision;
+use super::request_id::RequestId;
 use crate::domain::{LedgerName, Scope};
 use crate::store::api_keys::ApiKeyIdentity;
+use crate::store::audit::Actor;
 
-/// The caller, authenticated. Handlers call [`Caller::require`] with the scope they need.
-pub struct Caller(pub ApiKeyIdentity);
+/// The caller, authenticated, and the id of its request. Handlers call [`Caller::require`]
+/// with the scope they need, and record what they do as [`Caller::actor`].
+pub struct Caller(pub ApiKeyIdentity, pub RequestId);
 
 impl Caller {
     pub fn require(&self, scope: Scope) -> Result<&ApiKeyIdentity, ApiError> {
@@ -19,6 +22,14 @@ impl Caller {
             Ok(&self.0)
         } else {
             Err(ApiError::Forbidden(scope))
+        }
+    }
+
+    /// Who acts, for the audit trail: this key, in this request.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            key_id: Some(self.0.id),
+            request_id: Some(self.1.as_str().to_owned()),
         }
     }
 }
@@ -69,7 +80,14 @@ impl FromRequestParts<AppState> for Caller {
             .await?
             .ok_or(ApiError::Unauthorized)?;
         match state.rate_limiter.check(identity.id).await {
-            Decision::Allowed => Ok(Caller(identity)),
+            Decision::Allowed => {
+                let request_id = parts
+                    .extensions
+                    .get::<RequestId>()
+                    .cloned()
+                    .unwrap_or_else(RequestId::generate);
+                Ok(Caller(identity, request_id))
+            }
             Decision::Limited { retry_after } => Err(ApiError::RateLimited { retry_after }),
         }
     }

@@ -8,7 +8,9 @@ use tracing::{error, warn};
 
 use crate::domain::Scope;
 use crate::retry::is_unavailable;
+use crate::store::api_keys::{CreateKeyError, RevokeKeyError};
 use crate::store::group_commit::SubmitError;
+use crate::store::ledgers::CreateLedgerError;
 use crate::store::transfers::AcceptError;
 
 /// `Retry-After` on `503 unavailable`: a restarting PostgreSQL is usually back within seconds,
@@ -47,13 +49,9 @@ pub enum ApiError {
     AccountExists(String),
     #[error("account {0} not found")]
     AccountNotFound(String),
-    #[error("{0}")]
-    InvalidLedger(String),
     /// A ledger-bound key named another ledger where it asked to create something there.
     #[error("this API key is bound to another ledger than {0:?}")]
     LedgerForbidden(String),
-    #[error("ledger {0:?} does not exist")]
-    LedgerNotFound(String),
     #[error("account {0} cannot be closed: its balance is not zero")]
     AccountNotEmpty(String),
     #[error("account {0} is closed")]
@@ -62,6 +60,26 @@ pub enum ApiError {
     TransferNotFound,
     #[error("reconciliation run not found")]
     ReconciliationNotFound,
+    #[error("{0}")]
+    InvalidLedger(String),
+    #[error("ledger {0} already exists")]
+    LedgerExists(String),
+    #[error("ledger {0} does not exist; create it first (POST /v1/ledgers)")]
+    LedgerNotFound(String),
+    #[error("{0}")]
+    InvalidScope(String),
+    #[error("{0}")]
+    InvalidKeyName(String),
+    #[error("{0}")]
+    InvalidExpiry(String),
+    #[error("admin keys are global: a key with the admin scope cannot be bound to a ledger")]
+    AdminKeyWithLedger,
+    #[error("API key not found")]
+    KeyNotFound,
+    #[error("API key {0} is already revoked")]
+    KeyRevoked(uuid::Uuid),
+    #[error("an API key cannot revoke itself; revoke it with another admin key or the CLI")]
+    CannotRevokeOwnKey,
     #[error("too many requests for this API key; retry after {} ms", retry_after.as_millis())]
     RateLimited { retry_after: std::time::Duration },
     #[error("no such route")]
@@ -86,13 +104,17 @@ impl ApiError {
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::AccountExists(_) | Self::AccountNotEmpty(_) | Self::AccountClosed(_) => {
-                StatusCode::CONFLICT
-            }
+            Self::AccountExists(_)
+            | Self::AccountNotEmpty(_)
+            | Self::AccountClosed(_)
+            | Self::LedgerExists(_)
+            | Self::KeyRevoked(_)
+            | Self::CannotRevokeOwnKey => StatusCode::CONFLICT,
             Self::LedgerNotFound(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::AccountNotFound(_)
             | Self::TransferNotFound
             | Self::ReconciliationNotFound
+            | Self::KeyNotFound
             | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::IdempotencyKeyMissing
@@ -102,6 +124,10 @@ impl ApiError {
             | Self::InvalidAccount(_)
             | Self::InvalidLedger(_)
             | Self::SameAccount
+            | Self::InvalidScope(_)
+            | Self::InvalidKeyName(_)
+            | Self::InvalidExpiry(_)
+            | Self::AdminKeyWithLedger
             | Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -137,6 +163,14 @@ impl ApiError {
             Self::AccountClosed(_) => ErrorCode::AccountClosed,
             Self::TransferNotFound => ErrorCode::TransferNotFound,
             Self::ReconciliationNotFound => ErrorCode::ReconciliationNotFound,
+            Self::LedgerExists(_) => ErrorCode::LedgerExists,
+            Self::InvalidScope(_) => ErrorCode::InvalidScope,
+            Self::InvalidKeyName(_) => ErrorCode::InvalidKeyName,
+            Self::InvalidExpiry(_) => ErrorCode::InvalidExpiry,
+            Self::AdminKeyWithLedger => ErrorCode::AdminKeyWithLedger,
+            Self::KeyNotFound => ErrorCode::KeyNotFound,
+            Self::KeyRevoked(_) => ErrorCode::KeyRevoked,
+            Self::CannotRevokeOwnKey => ErrorCode::CannotRevokeOwnKey,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::RouteNotFound => ErrorCode::NotFound,
             Self::Internal(_) => ErrorCode::Internal,
@@ -187,13 +221,21 @@ pub enum ErrorCode {
     AccountClosed,
     TransferNotFound,
     ReconciliationNotFound,
+    LedgerExists,
+    InvalidScope,
+    InvalidKeyName,
+    InvalidExpiry,
+    AdminKeyWithLedger,
+    KeyNotFound,
+    KeyRevoked,
+    CannotRevokeOwnKey,
     RateLimited,
     NotFound,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 34] = [
         Self::Unauthorized,
         Self::Forbidden,
         Self::IdempotencyKeyMissing,
@@ -217,6 +259,14 @@ impl ErrorCode {
         Self::AccountClosed,
         Self::TransferNotFound,
         Self::ReconciliationNotFound,
+        Self::LedgerExists,
+        Self::InvalidScope,
+        Self::InvalidKeyName,
+        Self::InvalidExpiry,
+        Self::AdminKeyWithLedger,
+        Self::KeyNotFound,
+        Self::KeyRevoked,
+        Self::CannotRevokeOwnKey,
         Self::RateLimited,
         Self::NotFound,
         Self::Internal,
@@ -247,6 +297,14 @@ impl ErrorCode {
             Self::AccountClosed => "account_closed",
             Self::TransferNotFound => "transfer_not_found",
             Self::ReconciliationNotFound => "reconciliation_not_found",
+            Self::LedgerExists => "ledger_exists",
+            Self::InvalidScope => "invalid_scope",
+            Self::InvalidKeyName => "invalid_key_name",
+            Self::InvalidExpiry => "invalid_expiry",
+            Self::AdminKeyWithLedger => "admin_key_with_ledger",
+            Self::KeyNotFound => "key_not_found",
+            Self::KeyRevoked => "key_revoked",
+            Self::CannotRevokeOwnKey => "cannot_revoke_own_key",
             Self::RateLimited => "rate_limited",
             Self::NotFound => "not_found",
             Self::Internal => "internal",
@@ -349,6 +407,36 @@ impl From<SubmitError> for ApiError {
     }
 }
 
+impl From<CreateLedgerError> for ApiError {
+    fn from(e: CreateLedgerError) -> Self {
+        match e {
+            CreateLedgerError::Exists(name) => Self::LedgerExists(name.to_string()),
+            CreateLedgerError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<CreateKeyError> for ApiError {
+    fn from(e: CreateKeyError) -> Self {
+        match e {
+            CreateKeyError::AdminWithLedger => Self::AdminKeyWithLedger,
+            CreateKeyError::LedgerNotFound(name) => Self::LedgerNotFound(name.to_string()),
+            CreateKeyError::InvalidName(e) => Self::InvalidKeyName(e.to_string()),
+            CreateKeyError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<RevokeKeyError> for ApiError {
+    fn from(e: RevokeKeyError) -> Self {
+        match e {
+            RevokeKeyError::NotFound(_) => Self::KeyNotFound,
+            RevokeKeyError::AlreadyRevoked(key) => Self::KeyRevoked(key.id),
+            RevokeKeyError::Database(e) => e.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +470,14 @@ mod tests {
                 | ErrorCode::AccountClosed
                 | ErrorCode::TransferNotFound
                 | ErrorCode::ReconciliationNotFound
+                | ErrorCode::LedgerExists
+                | ErrorCode::InvalidScope
+                | ErrorCode::InvalidKeyName
+                | ErrorCode::InvalidExpiry
+                | ErrorCode::AdminKeyWithLedger
+                | ErrorCode::KeyNotFound
+                | ErrorCode::KeyRevoked
+                | ErrorCode::CannotRevokeOwnKey
                 | ErrorCode::RateLimited
                 | ErrorCode::NotFound
                 | ErrorCode::Internal => {}

@@ -3,15 +3,19 @@
 
 pub mod accounts;
 pub mod alerts;
+pub mod api_keys;
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod health;
 pub mod json;
+pub mod ledgers;
 pub mod openapi;
 pub mod paging;
 pub mod query;
 pub mod rate_limit;
 pub mod reconciliations;
+pub mod request_id;
 pub mod serve;
 pub mod transfers;
 
@@ -111,7 +115,11 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(transfers::get))
         .routes(routes!(reconciliations::start, reconciliations::list))
         .routes(routes!(reconciliations::get))
-        .routes(routes!(alerts::list));
+        .routes(routes!(alerts::list))
+        .routes(routes!(ledgers::create, ledgers::list))
+        .routes(routes!(api_keys::create, api_keys::list))
+        .routes(routes!(api_keys::revoke))
+        .routes(routes!(audit::list));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/v1", v1)
         .routes(routes!(health::healthz))
@@ -130,6 +138,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             within(request_timeout, request, next)
         }))
         .layer(middleware::from_fn(record_request))
+        // Outermost: every answer, a timeout's or the fallback's included, carries the id.
+        .layer(middleware::from_fn(request_id::assign))
         .with_state(state)
 }
 

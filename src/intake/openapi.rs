@@ -35,13 +35,18 @@ const PROBLEM_JSON: &str = "application/problem+json";
             Every `/v1` route needs `Authorization: Bearer <API key>` and the scope named in its \
             description and security requirement; `admin` grants every scope. Money amounts \
             are JSON strings (`\"12.30\"`), never numbers. Errors are RFC 9457 \
-            `application/problem+json` with a stable `code`."
+            `application/problem+json` with a stable `code`. Every answer carries an \
+            `X-Request-Id` header: the request's own (1-200 visible ASCII characters) or a \
+            new UUIDv7; audit events record it."
     ),
     tags(
         (name = "transfers", description = "Idempotent intake of transfers and their state."),
         (name = "accounts", description = "Accounts, balances and ledger entries."),
         (name = "reconciliations", description = "Reconciliation runs and findings (`admin`)."),
         (name = "alerts", description = "Alerts and their deliveries (`admin`)."),
+        (name = "ledgers", description = "Ledgers, the unit of isolation (`admin`)."),
+        (name = "api-keys", description = "API keys: create, list, revoke (`admin`)."),
+        (name = "audit", description = "The append-only audit trail (`admin`)."),
         (name = "operations", description = "Health, readiness, metrics and this document."),
     ),
     components(schemas(Problem, ErrorCode)),
@@ -106,7 +111,9 @@ const SHARED: &[Shared] = &[
             (malformed JSON, unknown or missing fields, wrong types, NUL characters, a bad \
             query), or for transfers `invalid_amount`, `invalid_currency`, `invalid_account`, \
             `same_account`, `idempotency_key_missing`, `idempotency_key_invalid`; for accounts \
-            `invalid_currency`, `invalid_account`.",
+            `invalid_currency`, `invalid_account`; for ledgers `invalid_ledger`; for API keys \
+            `invalid_key_name`, `invalid_scope`, `invalid_ledger`, `invalid_expiry`, \
+            `admin_key_with_ledger`.",
         retry_after: false,
     },
     Shared {
@@ -176,7 +183,7 @@ fn complete(doc: &mut OpenApi) {
     }
     add_batch_item_schema(components);
     for item in doc.paths.paths.values_mut() {
-        for operation in [&mut item.get, &mut item.post]
+        for operation in [&mut item.get, &mut item.post, &mut item.delete]
             .into_iter()
             .filter_map(Option::as_mut)
         {

@@ -77,6 +77,17 @@ pub async fn start(
         })
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("on-demand run was not created")))?;
+    state
+        .db(crate::store::audit::record(
+            &state.pool,
+            &caller.actor().event(
+                crate::store::audit::AuditAction::ReconciliationStarted,
+                None,
+                crate::store::audit::target::reconciliation(run.id),
+                serde_json::json!({"from": from, "to": to, "full": body.full}),
+            ),
+        ))
+        .await?;
     let location = HeaderValue::from_str(&format!("/v1/reconciliations/{}", run.id))
         .map_err(|e| ApiError::Internal(e.into()))?;
     Ok((

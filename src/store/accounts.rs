@@ -5,6 +5,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::PgPool;
 
+use super::audit::{self, Actor, AuditAction};
 use crate::domain::{AccountKey, AccountStatus, Currency, Side};
 
 /// A new account as accepted by the API.
@@ -70,10 +71,13 @@ pub enum CreateAccountError {
 const ACCOUNT_COLUMNS: &str =
     "id, ledger, status, currency, balance, allow_overdraft, metadata, created_at";
 
+/// Creates an account and its `account.created` audit event, in one transaction.
 pub async fn create(
     pool: &PgPool,
     account: &NewAccount,
+    actor: &Actor,
 ) -> Result<AccountView, CreateAccountError> {
+    let mut tx = pool.begin().await?;
     let row = sqlx::query_as::<_, AccountRow>(sqlx::AssertSqlSafe(format!(
         "INSERT INTO accounts (ledger, id, currency, allow_overdraft, metadata) \
          VALUES ($1, $2, $3, $4, $5) \
@@ -84,7 +88,7 @@ pub async fn create(
     .bind(account.currency.code())
     .bind(account.allow_overdraft)
     .bind(serde_json::Value::Object(account.metadata.clone()))
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(|e| match &e {
         // accounts.ledger references ledgers: only an unknown ledger violates a key here.
@@ -93,10 +97,21 @@ pub async fn create(
         }
         _ => CreateAccountError::Database(e),
     })?;
-    match row {
-        Some(row) => Ok(row.into()),
-        None => Err(CreateAccountError::AlreadyExists),
-    }
+    let Some(row) = row else {
+        return Err(CreateAccountError::AlreadyExists);
+    };
+    let event = actor.event(
+        AuditAction::AccountCreated,
+        Some(&account.key.ledger),
+        audit::target::account(account.key.id.as_str()),
+        serde_json::json!({
+            "currency": account.currency.code(),
+            "allow_overdraft": account.allow_overdraft,
+        }),
+    );
+    audit::record(&mut *tx, &event).await?;
+    tx.commit().await?;
+    Ok(row.into())
 }
 
 pub async fn get(pool: &PgPool, key: &AccountKey) -> Result<Option<AccountView>, sqlx::Error> {
@@ -119,6 +134,14 @@ pub enum StatusChange {
 }
 
 impl StatusChange {
+    fn audit_action(self) -> AuditAction {
+        match self {
+            Self::Freeze => AuditAction::AccountFrozen,
+            Self::Unfreeze => AuditAction::AccountUnfrozen,
+            Self::Close => AuditAction::AccountClosed,
+        }
+    }
+
     /// The status the change leads to.
     pub fn target(self) -> AccountStatus {
         match self {
@@ -160,20 +183,23 @@ pub struct StatusChanged {
     pub changed: bool,
 }
 
-/// Freezes, unfreezes or closes an account. The row is locked first, so the zero-balance
-/// check of a close and a posting transaction that moves money on the account are ordered:
-/// posting locks the same row (`FOR UPDATE`) and re-reads the status after a close commits.
+/// Freezes, unfreezes or closes an account, with its audit event when the status changed, in
+/// one transaction. The row is locked first, so the zero-balance check of a close and a
+/// posting transaction that moves money on the account are ordered: posting locks the same row
+/// (`FOR UPDATE`) and re-reads the status after a close commits.
 pub async fn change_status(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    pool: &PgPool,
     key: &AccountKey,
     change: StatusChange,
+    actor: &Actor,
 ) -> Result<StatusChanged, StatusChangeError> {
+    let mut tx = pool.begin().await?;
     let current = sqlx::query_as::<_, AccountRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE ledger = $1 AND id = $2 FOR UPDATE"
     )))
     .bind(key.ledger.as_str())
     .bind(key.id.as_str())
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?
     .ok_or(StatusChangeError::NotFound)?;
     change.check(current.status, current.balance)?;
@@ -190,8 +216,16 @@ pub async fn change_status(
     .bind(key.ledger.as_str())
     .bind(key.id.as_str())
     .bind(change.target().as_str())
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *tx)
     .await?;
+    let event = actor.event(
+        change.audit_action(),
+        Some(&key.ledger),
+        audit::target::account(key.id.as_str()),
+        serde_json::json!({"from": current.status.as_str(), "to": change.target().as_str()}),
+    );
+    audit::record(&mut *tx, &event).await?;
+    tx.commit().await?;
     Ok(StatusChanged {
         account: updated.into(),
         changed: true,

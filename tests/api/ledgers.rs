@@ -494,4 +494,23 @@ async fn frozen_and_closed_accounts_fail_transfers_and_close_needs_zero_balance(
     assert_eq!(shop.get("/v1/accounts/bob").await.body["status"], "active");
     assert_eq!(shop.balance("bob").await, "1.00");
     assert_ledger_invariants(&app.pool).await;
+    // Each act that changed something is in the audit trail, with its key and request; the
+    // repeated freeze and close and the refused acts are not.
+    let trail: Vec<(String, bool, bool)> = sqlx::query_as(
+        "SELECT action, actor_key_id IS NOT NULL, request_id IS NOT NULL FROM audit_events \
+         WHERE ledger = 'shop' AND target = 'account:alice' ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("audit trail");
+    let expected = [
+        "account.created",
+        "account.frozen",
+        "account.unfrozen",
+        "account.closed",
+    ];
+    assert_eq!(
+        trail,
+        expected.map(|action| (action.to_owned(), true, true))
+    );
 }

@@ -1,0 +1,68 @@
+//! `GET /v1/audit-events` (`admin`): the audit trail, oldest first, paged by event id (README,
+//! "Ledgers and authorization").
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::ApiError;
+use super::paging::{next_cursor, page_len};
+use super::query::QueryParams;
+use crate::domain::Scope;
+use crate::store::audit::{self, AuditEventView};
+
+pub const AUDIT_PAGE_LEN_DEFAULT: i64 = 100;
+pub const AUDIT_PAGE_LEN_MAX: i64 = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// A page of audit events, oldest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditEventsPage {
+    events: Vec<AuditEventView>,
+    /// Pass as `after` for the next page; absent when this page is the last one so far (to
+    /// follow the trail, poll with the id of the last event seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_after: Option<i64>,
+}
+
+/// Lists audit events oldest first: every administrative act, who did it, in which request.
+#[utoipa::path(
+    get,
+    path = "/audit-events",
+    tag = "audit",
+    operation_id = "listAuditEvents",
+    description = "Scope: `admin`. Events are append-only and listed by increasing `id`.",
+    params(
+        ("after" = Option<i64>, Query, minimum = 0,
+            description = "Only events with a greater id: `next_after` of the previous page, \
+                or the last id seen."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000,
+            description = "Events per page; default 100."),
+    ),
+    responses((status = 200, description = "A page of events.", body = AuditEventsPage)),
+    security(("api_key" = ["admin"])),
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<AuditQuery>,
+) -> Result<Json<AuditEventsPage>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let limit = page_len(query.limit, AUDIT_PAGE_LEN_DEFAULT, AUDIT_PAGE_LEN_MAX)?;
+    if query.after.is_some_and(|after| after < 0) {
+        return Err(ApiError::InvalidBody("after must not be negative".into()));
+    }
+    let events = state
+        .db(audit::list(&state.pool, query.after, limit))
+        .await?;
+    let next_after = next_cursor(&events, limit, |e| e.id);
+    Ok(Json(AuditEventsPage { events, next_after }))
+}
