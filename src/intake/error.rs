@@ -51,6 +51,8 @@ pub enum ApiError {
     TransferNotFound,
     #[error("reconciliation run not found")]
     ReconciliationNotFound,
+    #[error("ledger {0} not found")]
+    LedgerNotFound(String),
     #[error("too many requests for this API key; retry after {} ms", retry_after.as_millis())]
     RateLimited { retry_after: std::time::Duration },
     #[error("no such route")]
@@ -79,6 +81,7 @@ impl ApiError {
             Self::AccountNotFound(_)
             | Self::TransferNotFound
             | Self::ReconciliationNotFound
+            | Self::LedgerNotFound(_)
             | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::IdempotencyKeyMissing
@@ -117,6 +120,7 @@ impl ApiError {
             Self::AccountNotFound(_) => ErrorCode::AccountNotFound,
             Self::TransferNotFound => ErrorCode::TransferNotFound,
             Self::ReconciliationNotFound => ErrorCode::ReconciliationNotFound,
+            Self::LedgerNotFound(_) => ErrorCode::LedgerNotFound,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::RouteNotFound => ErrorCode::NotFound,
             Self::Internal(_) => ErrorCode::Internal,
@@ -162,13 +166,14 @@ pub enum ErrorCode {
     AccountNotFound,
     TransferNotFound,
     ReconciliationNotFound,
+    LedgerNotFound,
     RateLimited,
     NotFound,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::Unauthorized,
         Self::Forbidden,
         Self::IdempotencyKeyMissing,
@@ -187,6 +192,7 @@ impl ErrorCode {
         Self::AccountNotFound,
         Self::TransferNotFound,
         Self::ReconciliationNotFound,
+        Self::LedgerNotFound,
         Self::RateLimited,
         Self::NotFound,
         Self::Internal,
@@ -212,6 +218,7 @@ impl ErrorCode {
             Self::AccountNotFound => "account_not_found",
             Self::TransferNotFound => "transfer_not_found",
             Self::ReconciliationNotFound => "reconciliation_not_found",
+            Self::LedgerNotFound => "ledger_not_found",
             Self::RateLimited => "rate_limited",
             Self::NotFound => "not_found",
             Self::Internal => "internal",
@@ -342,6 +349,7 @@ mod tests {
                 | ErrorCode::AccountNotFound
                 | ErrorCode::TransferNotFound
                 | ErrorCode::ReconciliationNotFound
+                | ErrorCode::LedgerNotFound
                 | ErrorCode::RateLimited
                 | ErrorCode::NotFound
                 | ErrorCode::Internal => {}

@@ -11,6 +11,11 @@ pub fn render(run: &RunView, outcome: &RunOutcome) -> String {
     let _ = writeln!(out, "reconciliation {}", run.id);
     let _ = writeln!(
         out,
+        "  ledger      {}",
+        run.ledger.as_deref().unwrap_or("all ledgers")
+    );
+    let _ = writeln!(
+        out,
         "  window      {} .. {}",
         run.window_start, run.window_end
     );
@@ -49,6 +54,7 @@ pub fn render(run: &RunView, outcome: &RunOutcome) -> String {
         (
             std::cmp::Reverse(o.kind.severity()),
             o.kind.as_str(),
+            o.ledger.clone(),
             &o.subject,
         )
     });
@@ -61,8 +67,9 @@ pub fn render(run: &RunView, outcome: &RunOutcome) -> String {
         };
         let _ = writeln!(
             out,
-            "{marker} {:<24} {:<48} {}",
+            "{marker} {:<24} {:<16} {:<48} {}",
             o.kind.as_str(),
+            o.ledger.as_ref().map_or("-", |l| l.as_str()),
             o.subject,
             o.detail
         );

@@ -20,4 +20,5 @@ mod outage;
 mod posting;
 mod rate_limit;
 mod reconciliation;
+mod reconciliation_ledgers;
 mod validation;
