@@ -180,6 +180,27 @@ pub async fn create_account_in(
     .expect("account created");
 }
 
+/// The balance of account `id` of `ledger`, as text (`"20.00"`).
+pub async fn balance_in(pool: &PgPool, ledger: &str, id: &str) -> String {
+    sqlx::query_scalar("SELECT balance::text FROM accounts WHERE ledger = $1 AND id = $2")
+        .bind(ledger)
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("account exists")
+}
+
+/// Σ balances per (ledger, currency), as `(ledger, currency, total)`, ordered.
+pub async fn totals_per_ledger(pool: &PgPool) -> Vec<(String, String, String)> {
+    sqlx::query_as(
+        "SELECT ledger, currency::text, sum(balance)::text FROM accounts \
+         GROUP BY ledger, currency ORDER BY ledger, currency",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("totals")
+}
+
 /// Starts a worker-only ferry on an existing database (a second process would do the same);
 /// it stops when the returned value is dropped.
 pub async fn spawn_worker(database_url: &str, adjust: impl FnOnce(&mut Config)) -> RunningFerry {
@@ -221,10 +242,15 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.post_json_as(&self.api_key, path, body).await
+    }
+
+    /// `post_json` with another API key (one bound to a ledger, say).
+    pub async fn post_json_as(&self, api_key: &str, path: &str, body: &Value) -> Reply {
         self.send(
             self.client
                 .post(self.url(path))
-                .bearer_auth(&self.api_key)
+                .bearer_auth(api_key)
                 .json(body),
         )
         .await
@@ -246,10 +272,15 @@ impl TestApp {
     }
 
     pub async fn post_transfer(&self, key: &str, body: &Value) -> Reply {
+        self.post_transfer_as(&self.api_key, key, body).await
+    }
+
+    /// `post_transfer` with another API key: the transfer moves money in that key's ledger.
+    pub async fn post_transfer_as(&self, api_key: &str, key: &str, body: &Value) -> Reply {
         self.send(
             self.client
                 .post(self.url("/v1/transfers"))
-                .bearer_auth(&self.api_key)
+                .bearer_auth(api_key)
                 .header("Idempotency-Key", key)
                 .json(body),
         )
