@@ -44,7 +44,8 @@ pub async fn on_tick(tick: Tick, ctx: Data<SchedulerContext>) -> Result<(), BoxD
     let seconds = i64::try_from(tick.get_timestamp())?;
     let end: DateTime<Utc> = DateTime::from_timestamp(seconds, 0).ok_or("tick out of range")?;
     let window = window_closed_by(&ctx.schedule, end, chrono::Duration::minutes(5));
-    match enqueue_run(&ctx.pool, Trigger::Schedule, window, false).await? {
+    // Scheduled runs check every ledger.
+    match enqueue_run(&ctx.pool, Trigger::Schedule, window, false, None).await? {
         Some(run) => info!(run_id = %run.id, start = %window.start, "scheduled reconciliation"),
         None => debug!(start = %window.start, "another replica scheduled this window"),
     }

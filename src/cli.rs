@@ -124,6 +124,13 @@ pub struct ReconcileArgs {
     /// Rebuild the incremental balance sums from the whole ledger.
     #[arg(long)]
     pub full: bool,
+    /// Check this ledger only; default: every ledger.
+    #[arg(long, value_parser = parse_ledger)]
+    pub ledger: Option<crate::domain::LedgerName>,
+}
+
+fn parse_ledger(text: &str) -> Result<crate::domain::LedgerName, String> {
+    crate::domain::LedgerName::parse(text).map_err(|e| e.to_string())
 }
 
 /// A progress bar on a terminal, nothing otherwise.

@@ -254,9 +254,15 @@ async fn reconcile(config: &Config, args: ReconcileArgs) -> anyhow::Result<()> {
     let window = Window::new(from, to)?;
     let pool = connect_migrated(config).await?;
     let mut conn = pool.acquire().await?;
-    let run = runs::create(&mut conn, Trigger::Cli, window, args.full)
-        .await?
-        .context("creating the run")?;
+    let run = runs::create(
+        &mut conn,
+        Trigger::Cli,
+        window,
+        args.full,
+        args.ledger.as_ref(),
+    )
+    .await?
+    .context("creating the run")?;
     drop(conn);
     let started = Actor::operator().event(
         AuditAction::ReconciliationStarted,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::domain::Severity;
+use crate::domain::{LedgerName, Severity};
 use breaker::Breakers;
 use config::AlertConfig;
 use payload::{Action, AlertEvent};
@@ -41,24 +41,45 @@ impl Alerting {
 
 /// A reconciliation finding opened (`Trigger`) or resolved (`Resolve`); both carry the same
 /// dedup key, so PagerDuty resolves the incident the trigger opened.
+///
+/// The dedup key names the finding's ledger, so `account:cash` drifting in two ledgers is two
+/// incidents: `ferry:finding:<kind>:<ledger>/<subject>`. Findings of `default` and findings
+/// about no one ledger keep `ferry:finding:<kind>:<subject>`, the key they had before ledgers
+/// existed, so an incident opened then still resolves. (Unambiguous: a subject starts with
+/// `transfer:`, `account:`, `currency:` or `job:`, and a ledger name holds no `:` or `/`.)
 pub fn finding_event(
     action: Action,
     kind: &str,
+    ledger: Option<&str>,
     subject: &str,
     severity: Severity,
     detail: &str,
 ) -> AlertEvent {
+    let (dedup_key, place) = match ledger {
+        Some(ledger) if ledger != LedgerName::DEFAULT => (
+            format!("ferry:finding:{kind}:{ledger}/{subject}"),
+            format!("{subject} in ledger {ledger}"),
+        ),
+        Some(ledger) => (
+            format!("ferry:finding:{kind}:{subject}"),
+            format!("{subject} in ledger {ledger}"),
+        ),
+        None => (
+            format!("ferry:finding:{kind}:{subject}"),
+            subject.to_owned(),
+        ),
+    };
     let summary = match action {
-        Action::Trigger => format!("{kind} on {subject}: {detail}"),
-        Action::Resolve => format!("{kind} on {subject} is resolved"),
+        Action::Trigger => format!("{kind} on {place}: {detail}"),
+        Action::Resolve => format!("{kind} on {place} is resolved"),
     };
     outbox::event(
-        format!("ferry:finding:{kind}:{subject}"),
+        dedup_key,
         action,
         format!("reconciliation.{kind}"),
         severity,
         summary,
-        json!({"kind": kind, "subject": subject, "detail": detail}),
+        json!({"kind": kind, "ledger": ledger, "subject": subject, "detail": detail}),
     )
 }
 

@@ -103,7 +103,7 @@ async fn timed_run(
     full: bool,
 ) -> anyhow::Result<(f64, u64)> {
     let mut conn = pool.acquire().await?;
-    let run = runs::create(&mut conn, Trigger::Cli, window, full)
+    let run = runs::create(&mut conn, Trigger::Cli, window, full, None)
         .await?
         .ok_or_else(|| anyhow::anyhow!("run not created"))?;
     drop(conn);

@@ -14,7 +14,7 @@ use super::error::{ApiError, Problem};
 use super::json::JsonBody;
 use super::paging::{PageQuery, next_cursor, page_len};
 use super::query::QueryParams;
-use crate::domain::Scope;
+use crate::domain::{LedgerName, Scope};
 use crate::reconcile::findings::{self, FindingView};
 use crate::reconcile::runs::{self, RunView, Trigger};
 use crate::reconcile::schedule::{ScheduleError, enqueue_run};
@@ -33,9 +33,12 @@ pub struct StartRequest {
     from: Option<DateTime<Utc>>,
     /// Window end, after `from`; default: now.
     to: Option<DateTime<Utc>>,
-    /// Rebuild the incremental balance sums from the whole ledger.
+    /// Rebuild the incremental balance sums from the whole ledger (of `ledger`, if named).
     #[serde(default)]
     full: bool,
+    /// Check this ledger only; default: every ledger.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
+    ledger: Option<String>,
 }
 
 /// Starts a reconciliation run now; a worker executes it.
@@ -51,6 +54,8 @@ pub struct StartRequest {
             headers(("Location" = String, description = "`/v1/reconciliations/{id}`")),
             links(("GetReconciliation" = (operation_id = "getReconciliation",
                 parameters(("id" = "$response.body#/id")))))),
+        (status = 422, description = "`ledger_not_found`: `ledger` names no ledger; nothing \
+            was stored.", body = Problem, content_type = "application/problem+json"),
     ),
     security(("api_key" = ["admin"])),
 )]
@@ -66,14 +71,29 @@ pub async fn start(
         .from
         .unwrap_or(to - Duration::seconds(DEFAULT_WINDOW_SECS));
     let window = Window::new(from, to).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let ledger = body
+        .ledger
+        .as_deref()
+        .map(LedgerName::parse)
+        .transpose()
+        .map_err(|e| ApiError::InvalidBody(format!("ledger: {e}")))?;
     let run = state
         .db(async {
-            enqueue_run(&state.pool, Trigger::Api, window, body.full)
-                .await
-                .map_err(|e| match e {
-                    ScheduleError::Database(e) => ApiError::from(e),
-                    ScheduleError::Enqueue(e) => ApiError::Internal(e.into()),
-                })
+            enqueue_run(
+                &state.pool,
+                Trigger::Api,
+                window,
+                body.full,
+                ledger.as_ref(),
+            )
+            .await
+            .map_err(|e| match e {
+                ScheduleError::UnknownLedger(ledger) => {
+                    ApiError::LedgerNotFound(ledger.to_string())
+                }
+                ScheduleError::Database(e) => ApiError::from(e),
+                ScheduleError::Enqueue(e) => ApiError::Internal(e.into()),
+            })
         })
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("on-demand run was not created")))?;

@@ -3,11 +3,15 @@
 //! Transfer-level checks cost O(window): they look at transfers whose last change falls in
 //! the window, plus the subjects of findings still open (so an open finding is resolved only
 //! when its problem is really gone). The balance check costs O(accounts + new entries):
-//! per-account sums of entries are kept in `reconciliation_checkpoints` and each run folds in
-//! only the entries added since the last one. Entries are append-only (a trigger refuses
-//! UPDATE and DELETE), and posting transactions commit one at a time behind
+//! per-(ledger, account) sums of entries are kept in `reconciliation_checkpoints` and each run
+//! folds in only the entries added since the last one. Entries are append-only (a trigger
+//! refuses UPDATE and DELETE), and posting transactions commit one at a time behind
 //! `ledger_posting_gate`, so the entries a snapshot sees are exactly those with
 //! `id <= max(id)`; a full run (daily, or on demand) rebuilds the sums from scratch.
+//!
+//! Every check takes the ledger a run covers (`None`: every ledger) and names the ledger of
+//! what it finds: an account id is unique only within its ledger, so every join between
+//! entries, accounts and transfers matches the ledger too.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -16,8 +20,8 @@ use sqlx::error::UnexpectedNullError;
 use uuid::Uuid;
 
 use super::finding::{FindingKind, Observation};
-use crate::domain::TransferStatus;
 use crate::domain::transfer::UnknownCode;
+use crate::domain::{LedgerName, TransferStatus};
 use crate::queue::table;
 
 /// A row of [`transfers`]: a transfer with a problem, or (all but `checked_count` NULL) the
@@ -25,6 +29,7 @@ use crate::queue::table;
 #[derive(sqlx::FromRow)]
 struct TransferCheckRow {
     id: Option<Uuid>,
+    ledger: Option<String>,
     #[sqlx(try_from = "Option<String>")]
     status: NullableStatus,
     entries: Option<i64>,
@@ -53,41 +58,51 @@ fn present<T>(value: Option<T>, column: &str) -> Result<T, sqlx::Error> {
     })
 }
 
-/// Transfer-level problems among transfers changed in `[from, to)` or listed in `recheck`.
-/// Returns the observations and how many transfers were looked at.
+/// The ledger a run covers as a bind parameter: NULL for every ledger.
+fn ledger_param(ledger: Option<&LedgerName>) -> Option<&str> {
+    ledger.map(LedgerName::as_str)
+}
+
+/// Transfer-level problems among transfers of `ledger` (every ledger when `None`) changed in
+/// `[from, to)` or listed in `recheck`. A posted transfer's two entries must be in its own
+/// ledger: an entry in another one counts as not matching it. Returns the observations and
+/// how many transfers were looked at.
 pub async fn transfers(
     conn: &mut PgConnection,
+    ledger: Option<&LedgerName>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     recheck: &[Uuid],
 ) -> Result<(Vec<Observation>, i64), sqlx::Error> {
     let rows = sqlx::query_as::<_, TransferCheckRow>(
         "WITH scope AS MATERIALIZED ( \
-           SELECT id, status, amount, currency, from_account, to_account FROM transfers \
-           WHERE (updated_at >= $1 AND updated_at < $2) OR id = ANY($3)), \
+           SELECT id, ledger, status, amount, currency, from_account, to_account FROM transfers \
+           WHERE ((updated_at >= $1 AND updated_at < $2) OR id = ANY($3)) \
+             AND ($4::text IS NULL OR ledger = $4)), \
          checked AS ( \
-           SELECT s.id, s.status, \
+           SELECT s.id, s.ledger, s.status, \
              count(e.id) AS entries, \
              count(e.id) FILTER (WHERE e.side = 'debit') AS debits, \
              count(e.id) FILTER (WHERE e.side = 'credit') AS credits, \
              count(e.id) FILTER (WHERE \
                (e.side = 'debit' AND (e.account_id <> s.from_account OR e.amount <> -s.amount)) \
                OR (e.side = 'credit' AND (e.account_id <> s.to_account OR e.amount <> s.amount)) \
-               OR e.currency <> s.currency) AS mismatched \
+               OR e.currency <> s.currency OR e.ledger <> s.ledger) AS mismatched \
            FROM scope s LEFT JOIN entries e ON e.transfer_id = s.id \
-           GROUP BY s.id, s.status) \
-         SELECT id, status, entries, debits, credits, mismatched, \
+           GROUP BY s.id, s.ledger, s.status) \
+         SELECT id, ledger, status, entries, debits, credits, mismatched, \
            (SELECT count(*) FROM scope) AS checked_count \
          FROM checked \
          WHERE debits > 1 OR credits > 1 \
             OR (status <> 'posted' AND entries > 0) \
             OR (status = 'posted' AND (debits <> 1 OR credits <> 1 OR mismatched > 0)) \
          UNION ALL \
-         SELECT NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM scope)",
+         SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM scope)",
     )
     .bind(from)
     .bind(to)
     .bind(recheck)
+    .bind(ledger_param(ledger))
     .fetch_all(&mut *conn)
     .await?;
     let mut checked = 0;
@@ -105,6 +120,7 @@ impl TransferCheckRow {
         let Some(id) = self.id else {
             return Ok(None);
         };
+        let ledger = LedgerName::from_trusted(present(self.ledger, "ledger")?);
         let status = present(self.status.0, "status")?;
         let entries = present(self.entries, "entries")?;
         let debits = present(self.debits, "debits")?;
@@ -128,37 +144,43 @@ impl TransferCheckRow {
                 FindingKind::PostedWithoutEntries,
                 format!(
                     "posted transfer has {debits} debits and {credits} credits \
-                     ({mismatched} not matching its accounts, amount or currency)"
+                     ({mismatched} not matching its accounts, amount, currency or ledger)"
                 ),
             )
         };
-        Ok(Some(Observation::about_transfer(kind, id, detail)))
+        Ok(Some(Observation::about_transfer(kind, ledger, id, detail)))
     }
 }
 
-/// Entries naming one missing transfer.
+/// Entries of one ledger naming one missing transfer.
 #[derive(sqlx::FromRow)]
 struct OrphanRow {
+    ledger: String,
     transfer_id: Uuid,
     entries: i64,
     accounts: String,
 }
 
-/// Entries whose transfer does not exist, grouped by the missing transfer id. Looks at
-/// entries after `after_entry_id` (all of them when 0) and at the transfers in `recheck`.
+/// Entries of `ledger` (every ledger when `None`) whose transfer does not exist, grouped by
+/// their ledger and the missing transfer id. Looks at entries after `after_entry_id` (all of
+/// them when 0) and at the transfers in `recheck`.
 pub async fn orphan_entries(
     conn: &mut PgConnection,
+    ledger: Option<&LedgerName>,
     after_entry_id: i64,
     recheck: &[Uuid],
 ) -> Result<Vec<Observation>, sqlx::Error> {
     let rows = sqlx::query_as::<_, OrphanRow>(
-        "SELECT e.transfer_id, count(*) AS entries, string_agg(e.account_id, ', ') AS accounts \
+        "SELECT e.ledger, e.transfer_id, count(*) AS entries, \
+           string_agg(e.account_id, ', ') AS accounts \
          FROM entries e LEFT JOIN transfers t ON t.id = e.transfer_id \
          WHERE (e.id > $1 OR e.transfer_id = ANY($2)) AND t.id IS NULL \
-         GROUP BY e.transfer_id",
+           AND ($3::text IS NULL OR e.ledger = $3) \
+         GROUP BY e.ledger, e.transfer_id",
     )
     .bind(after_entry_id)
     .bind(recheck)
+    .bind(ledger_param(ledger))
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows
@@ -166,6 +188,7 @@ pub async fn orphan_entries(
         .map(|row| {
             Observation::about_transfer(
                 FindingKind::OrphanEntry,
+                LedgerName::from_trusted(row.ledger),
                 row.transfer_id,
                 format!(
                     "{} entries (accounts {}) name a transfer that does not exist",
@@ -180,56 +203,88 @@ pub async fn orphan_entries(
 pub struct BalanceCheck {
     pub observations: Vec<Observation>,
     pub accounts_checked: i64,
-    /// The highest entry id now folded into the checkpoints.
+    /// The highest entry id the compared sums include. A run over every ledger has folded the
+    /// entries up to it into the checkpoints and stores it as the new watermark; a run over one
+    /// ledger folds nothing (see [`balances`]).
     pub entries_through_id: i64,
 }
 
-/// A row of [`balances`]: an account whose balance drifted, or (all but `accounts` NULL) the
-/// one summary row.
+/// A row of [`balances`]: an account whose balance drifted, entries on an account that does
+/// not exist in their ledger (`balance` NULL), or (all but `accounts` NULL) the one summary row.
 #[derive(sqlx::FromRow)]
 struct DriftRow {
+    ledger: Option<String>,
     id: Option<String>,
     balance: Option<Decimal>,
     entries_sum: Option<Decimal>,
     accounts: i64,
 }
 
-/// Folds entries after `through_id` into the per-account sums (or rebuilds them all when
-/// `full`), then compares every balance with its sum and every currency's total with zero.
+/// The per-(ledger, account) sums a run over every ledger compares with: the checkpoints,
+/// which it has just brought up to everything its snapshot sees.
+const SUMS_ALL_LEDGERS: &str =
+    "SELECT ledger, account_id, entries_sum FROM reconciliation_checkpoints";
+/// The sums a run over ledger $1 compares with: that ledger's checkpoints (entries up to the
+/// watermark $2) plus its entries after the watermark, added up here and not stored. The
+/// watermark is shared by every ledger, and the orphan check of the next run over every
+/// ledger starts from it: moving it after looking at one ledger would skip the entries of the
+/// others (ARCHITECTURE.md, `src/reconcile/`).
+const SUMS_ONE_LEDGER: &str = "SELECT ledger, account_id, sum(entries_sum) AS entries_sum FROM ( \
+       SELECT ledger, account_id, entries_sum FROM reconciliation_checkpoints WHERE ledger = $1 \
+       UNION ALL \
+       SELECT ledger, account_id, amount FROM entries WHERE ledger = $1 AND id > $2) u \
+     GROUP BY ledger, account_id";
+
+/// Compares every balance of `ledger` (every ledger when `None`) with the sum of its entries,
+/// and every (ledger, currency) total with zero: each ledger must balance on its own, so money
+/// that crossed from one ledger into another shows as two unbalanced ledgers.
+///
+/// Over every ledger, it first folds the entries after `through_id` into the checkpoints (or
+/// rebuilds them all when `full`). Over one ledger, it moves no watermark: `full` rebuilds
+/// only that ledger's checkpoints, up to the unchanged `through_id`, and newer entries are
+/// added on the fly.
 pub async fn balances(
     conn: &mut PgConnection,
+    ledger: Option<&LedgerName>,
     through_id: i64,
     full: bool,
 ) -> Result<BalanceCheck, sqlx::Error> {
-    let from_id = if full { 0 } else { through_id };
+    let from_id = if full && ledger.is_none() {
+        0
+    } else {
+        through_id
+    };
     let new_through: i64 =
         sqlx::query_scalar("SELECT coalesce(max(id), $1) FROM entries WHERE id > $1")
             .bind(from_id)
             .fetch_one(&mut *conn)
             .await?;
-    if full {
-        sqlx::query("DELETE FROM reconciliation_checkpoints")
-            .execute(&mut *conn)
-            .await?;
-    }
-    sqlx::query(
-        "INSERT INTO reconciliation_checkpoints (account_id, entries_sum) \
-         SELECT account_id, sum(amount) FROM entries WHERE id > $1 AND id <= $2 \
-         GROUP BY account_id \
-         ON CONFLICT (account_id) DO UPDATE \
-           SET entries_sum = reconciliation_checkpoints.entries_sum + EXCLUDED.entries_sum",
-    )
-    .bind(from_id)
-    .bind(new_through)
-    .execute(&mut *conn)
-    .await?;
-    let drifted = sqlx::query_as::<_, DriftRow>(
-        "SELECT a.id, a.balance, coalesce(c.entries_sum, 0) AS entries_sum, \
-           (SELECT count(*) FROM accounts) AS accounts \
-         FROM accounts a LEFT JOIN reconciliation_checkpoints c ON c.account_id = a.id \
-         WHERE a.balance <> coalesce(c.entries_sum, 0) \
-         UNION ALL SELECT NULL, NULL, NULL, (SELECT count(*) FROM accounts)",
-    )
+    let sums = match ledger {
+        None => {
+            fold_entries(conn, from_id, new_through, full).await?;
+            SUMS_ALL_LEDGERS
+        }
+        Some(ledger) => {
+            if full {
+                rebuild_ledger_sums(conn, ledger, through_id).await?;
+            }
+            SUMS_ONE_LEDGER
+        }
+    };
+    let drifted = sqlx::query_as::<_, DriftRow>(sqlx::AssertSqlSafe(format!(
+        "WITH sums AS ({sums}) \
+         SELECT coalesce(a.ledger, s.ledger) AS ledger, coalesce(a.id, s.account_id) AS id, \
+           a.balance, coalesce(s.entries_sum, 0) AS entries_sum, \
+           (SELECT count(*) FROM accounts WHERE $1::text IS NULL OR ledger = $1) AS accounts \
+         FROM (SELECT ledger, id, balance FROM accounts \
+               WHERE $1::text IS NULL OR ledger = $1) a \
+         FULL JOIN sums s ON s.ledger = a.ledger AND s.account_id = a.id \
+         WHERE a.id IS NULL OR a.balance <> coalesce(s.entries_sum, 0) \
+         UNION ALL SELECT NULL, NULL, NULL, NULL, \
+           (SELECT count(*) FROM accounts WHERE $1::text IS NULL OR ledger = $1)"
+    )))
+    .bind(ledger_param(ledger))
+    .bind(through_id)
     .fetch_all(&mut *conn)
     .await?;
     let mut observations = Vec::new();
@@ -239,18 +294,25 @@ pub async fn balances(
         let Some(id) = row.id else {
             continue;
         };
-        let balance = present(row.balance, "balance")?;
+        let ledger = LedgerName::from_trusted(present(row.ledger, "ledger")?);
         let sum = present(row.entries_sum, "entries_sum")?;
-        observations.push(Observation::about_account(
-            FindingKind::BalanceDrift,
-            id,
-            format!(
+        let detail = match row.balance {
+            Some(balance) => format!(
                 "balance {balance} but its entries sum to {sum} (difference {})",
                 balance - sum
             ),
+            None => {
+                format!("no such account in ledger {ledger}, yet entries there name it (sum {sum})")
+            }
+        };
+        observations.push(Observation::about_account(
+            FindingKind::BalanceDrift,
+            ledger,
+            id,
+            detail,
         ));
     }
-    observations.extend(unbalanced_currencies(conn, new_through).await?);
+    observations.extend(unbalanced_currencies(conn, ledger, sums, through_id, new_through).await?);
     Ok(BalanceCheck {
         observations,
         accounts_checked,
@@ -258,38 +320,106 @@ pub async fn balances(
     })
 }
 
-/// The sum of one currency's entries.
+/// Folds the entries in `(from_id, through_id]` into the checkpoints of every ledger, after
+/// emptying them when `full`.
+async fn fold_entries(
+    conn: &mut PgConnection,
+    from_id: i64,
+    through_id: i64,
+    full: bool,
+) -> Result<(), sqlx::Error> {
+    if full {
+        sqlx::query("DELETE FROM reconciliation_checkpoints")
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query(
+        "INSERT INTO reconciliation_checkpoints (ledger, account_id, entries_sum) \
+         SELECT ledger, account_id, sum(amount) FROM entries WHERE id > $1 AND id <= $2 \
+         GROUP BY ledger, account_id \
+         ON CONFLICT (ledger, account_id) DO UPDATE \
+           SET entries_sum = reconciliation_checkpoints.entries_sum + EXCLUDED.entries_sum",
+    )
+    .bind(from_id)
+    .bind(through_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Rebuilds `ledger`'s checkpoints from its entries up to the shared watermark `through_id`,
+/// so they hold what a run over every ledger would have folded (entries edited by hand
+/// included), and the other ledgers' checkpoints and the watermark stay as they are.
+async fn rebuild_ledger_sums(
+    conn: &mut PgConnection,
+    ledger: &LedgerName,
+    through_id: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM reconciliation_checkpoints WHERE ledger = $1")
+        .bind(ledger.as_str())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO reconciliation_checkpoints (ledger, account_id, entries_sum) \
+         SELECT ledger, account_id, sum(amount) FROM entries WHERE ledger = $1 AND id <= $2 \
+         GROUP BY ledger, account_id",
+    )
+    .bind(ledger.as_str())
+    .bind(through_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The sum of one ledger's entries in one currency.
 #[derive(sqlx::FromRow)]
 struct CurrencyTotal {
+    ledger: String,
     currency: String,
     total: Decimal,
 }
 
-/// Currencies whose entries do not sum to zero. Entries of one currency sit only on accounts
-/// of that currency, except through corruption, which the transfer checks report.
+/// (ledger, currency) pairs whose entries do not sum to zero, from the same `sums` as the
+/// balances. Entries of one currency sit only on accounts of that currency, except through
+/// corruption, which the transfer checks report.
 async fn unbalanced_currencies(
     conn: &mut PgConnection,
+    ledger: Option<&LedgerName>,
+    sums: &str,
+    watermark: i64,
     through_id: i64,
 ) -> Result<Vec<Observation>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, CurrencyTotal>(
-        "SELECT a.currency, sum(c.entries_sum) AS total \
-         FROM reconciliation_checkpoints c JOIN accounts a ON a.id = c.account_id \
-         GROUP BY a.currency HAVING sum(c.entries_sum) <> 0",
-    )
+    let rows = sqlx::query_as::<_, CurrencyTotal>(sqlx::AssertSqlSafe(format!(
+        "WITH sums AS ({sums}) \
+         SELECT a.ledger, a.currency, sum(s.entries_sum) AS total \
+         FROM sums s JOIN accounts a ON a.ledger = s.ledger AND a.id = s.account_id \
+         WHERE $1::text IS NULL OR a.ledger = $1 \
+         GROUP BY a.ledger, a.currency HAVING sum(s.entries_sum) <> 0"
+    )))
+    .bind(ledger_param(ledger))
+    .bind(watermark)
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|CurrencyTotal { currency, total }| Observation {
-            kind: FindingKind::LedgerUnbalanced,
-            subject: format!("currency:{}", currency.trim()),
-            transfer_id: None,
-            account_id: None,
-            detail: format!(
-                "{} entries sum to {total}, not zero (entries through id {through_id})",
-                currency.trim()
-            ),
-        })
+        .map(
+            |CurrencyTotal {
+                 ledger,
+                 currency,
+                 total,
+             }| Observation {
+                kind: FindingKind::LedgerUnbalanced,
+                subject: format!("currency:{}", currency.trim()),
+                detail: format!(
+                    "{} entries of ledger {ledger} sum to {total}, not zero \
+                     (entries through id {through_id})",
+                    currency.trim()
+                ),
+                ledger: Some(LedgerName::from_trusted(ledger)),
+                transfer_id: None,
+                account_id: None,
+            },
+        )
         .collect())
 }
 
@@ -314,24 +444,27 @@ pub struct StuckCursor {
 }
 
 /// A transfer still pending.
-#[derive(Clone, Copy, sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 struct StuckRow {
     id: Uuid,
+    ledger: String,
     created_at: DateTime<Utc>,
     attempts: i32,
 }
 
-/// One page of transfers pending since before `older_than`, oldest first, after `after`.
-/// `created_at >= cursor` repeats the row comparison in a form the partial pending index can
-/// start from, so each page costs O(page), not a rescan of the pages before it.
+/// One page of transfers of `ledger` (every ledger when `None`) pending since before
+/// `older_than`, oldest first, after `after`. `created_at >= cursor` repeats the row
+/// comparison in a form the partial pending index can start from, so each page costs
+/// O(page), not a rescan of the pages before it.
 pub async fn stuck_pending(
     conn: &mut PgConnection,
+    ledger: Option<&LedgerName>,
     older_than: DateTime<Utc>,
     after: Option<StuckCursor>,
 ) -> Result<Page<StuckCursor>, sqlx::Error> {
     let rows = sqlx::query_as::<_, StuckRow>(
-        "SELECT id, created_at, attempts FROM transfers \
-         WHERE status = 'pending' AND created_at < $1 \
+        "SELECT id, ledger, created_at, attempts FROM transfers \
+         WHERE status = 'pending' AND created_at < $1 AND ($5::text IS NULL OR ledger = $5) \
            AND created_at >= coalesce($2, '-infinity'::timestamptz) \
            AND (created_at, id) > (coalesce($2, '-infinity'::timestamptz), \
                                    coalesce($3, '00000000-0000-0000-0000-000000000000'::uuid)) \
@@ -341,18 +474,22 @@ pub async fn stuck_pending(
     .bind(after.map(|c| c.created_at))
     .bind(after.map(|c| c.id))
     .bind(PAGE_ROWS as i64)
+    .bind(ledger_param(ledger))
     .fetch_all(&mut *conn)
     .await?;
+    let page_full = rows.len() == PAGE_ROWS;
     let mut next = None;
     let mut observations = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         let StuckRow {
             id,
+            ledger,
             created_at: created,
             attempts,
-        } = *row;
+        } = row;
         observations.push(Observation::about_transfer(
             FindingKind::StuckPending,
+            LedgerName::from_trusted(ledger),
             id,
             format!("pending since {created} after {attempts} attempts"),
         ));
@@ -363,7 +500,7 @@ pub async fn stuck_pending(
     }
     Ok(Page {
         observations,
-        next: next.filter(|_| rows.len() == PAGE_ROWS),
+        next: next.filter(|_| page_full),
     })
 }
 
@@ -383,8 +520,11 @@ pub async fn dead_jobs(
             .chars()
             .take(300)
             .collect();
+        // A job is about no one ledger: a posting job is not bound to one (group commit puts
+        // concurrent requests of many API keys in one job).
         observations.push(Observation {
             kind: FindingKind::JobDead,
+            ledger: None,
             subject: format!("job:{}", job.id),
             transfer_id: None,
             account_id: None,

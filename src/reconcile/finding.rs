@@ -4,7 +4,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 pub use crate::domain::Severity;
-use crate::domain::stored_as_text;
+use crate::domain::{LedgerName, stored_as_text};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -64,11 +64,14 @@ impl FindingKind {
     }
 }
 
-/// One problem seen by one run. `subject` identifies it across runs (`transfer:<id>`,
-/// `account:<id>`, `currency:<code>`, `job:<id>`), so a problem still present stays one finding.
+/// One problem seen by one run. `ledger` and `subject` identify it across runs (`subject`:
+/// `transfer:<id>`, `account:<id>`, `currency:<code>`, `job:<id>`), so a problem still present
+/// stays one finding, and `account:cash` in two ledgers is two.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
     pub kind: FindingKind,
+    /// The ledger the problem is in; `None` only for problems of no one ledger (`job_dead`).
+    pub ledger: Option<LedgerName>,
     pub subject: String,
     pub transfer_id: Option<Uuid>,
     pub account_id: Option<String>,
@@ -76,9 +79,15 @@ pub struct Observation {
 }
 
 impl Observation {
-    pub fn about_transfer(kind: FindingKind, transfer_id: Uuid, detail: String) -> Self {
+    pub fn about_transfer(
+        kind: FindingKind,
+        ledger: LedgerName,
+        transfer_id: Uuid,
+        detail: String,
+    ) -> Self {
         Self {
             kind,
+            ledger: Some(ledger),
             subject: format!("transfer:{transfer_id}"),
             transfer_id: Some(transfer_id),
             account_id: None,
@@ -86,9 +95,15 @@ impl Observation {
         }
     }
 
-    pub fn about_account(kind: FindingKind, account_id: String, detail: String) -> Self {
+    pub fn about_account(
+        kind: FindingKind,
+        ledger: LedgerName,
+        account_id: String,
+        detail: String,
+    ) -> Self {
         Self {
             kind,
+            ledger: Some(ledger),
             subject: format!("account:{account_id}"),
             transfer_id: None,
             account_id: Some(account_id),

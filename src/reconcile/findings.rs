@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::checks::PAGE_ROWS;
 use super::finding::{FindingKind, Observation, Severity};
+use crate::domain::LedgerName;
 
 /// How a run changed the set of open findings: counts only, so a run with a million
 /// findings does not hold a million rows (alerts are raised page by page as they change).
@@ -24,6 +25,8 @@ pub struct ChangedFinding {
     pub id: Uuid,
     #[sqlx(try_from = "String")]
     pub kind: FindingKind,
+    /// `None` only for findings about no one ledger (`job_dead`).
+    pub ledger: Option<String>,
     pub subject: String,
     #[sqlx(try_from = "String")]
     pub severity: Severity,
@@ -42,24 +45,33 @@ fn kind_names(kinds: &[FindingKind]) -> Vec<&'static str> {
     kinds.iter().map(|k| k.as_str()).collect()
 }
 
-/// The transfers named by open findings of `kinds`, so the windowed checks producing those
-/// kinds look at them again whatever window the run has. Only those kinds: a windowed check
-/// needs its own open subjects, and `stuck_pending` findings, which can number millions when
-/// posting is down, would only make this list unbounded.
+/// The ledger a run covers as a bind parameter: NULL for every ledger.
+fn ledger_param(ledger: Option<&LedgerName>) -> Option<&str> {
+    ledger.map(LedgerName::as_str)
+}
+
+/// The transfers named by open findings of `kinds` in `ledger` (every ledger when `None`), so
+/// the windowed checks producing those kinds look at them again whatever window the run has.
+/// Only those kinds: a windowed check needs its own open subjects, and `stuck_pending`
+/// findings, which can number millions when posting is down, would only make this list
+/// unbounded.
 pub async fn open_transfer_subjects(
     conn: &mut PgConnection,
     kinds: &[FindingKind],
+    ledger: Option<&LedgerName>,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT DISTINCT transfer_id FROM reconciliation_findings \
-         WHERE resolved_at IS NULL AND transfer_id IS NOT NULL AND kind = ANY($1)",
+         WHERE resolved_at IS NULL AND transfer_id IS NOT NULL AND kind = ANY($1) \
+           AND ($2::text IS NULL OR ledger = $2)",
     )
     .bind(kind_names(kinds))
+    .bind(ledger_param(ledger))
     .fetch_all(conn)
     .await
 }
 
-/// Records one page of what `run_id` observed (each (kind, subject) at most once per page):
+/// Records one page of what `run_id` observed (each (kind, ledger, subject) at most once per page):
 /// new problems open a finding, known ones are marked seen by this run. Returns the findings
 /// this page opened. Nothing is resolved here: see [`resolve_unseen`].
 pub async fn record_page(
@@ -71,6 +83,10 @@ pub async fn record_page(
         return Ok(Vec::new());
     }
     let kinds: Vec<&str> = observed.iter().map(|o| o.kind.as_str()).collect();
+    let ledgers: Vec<Option<&str>> = observed
+        .iter()
+        .map(|o| o.ledger.as_ref().map(LedgerName::as_str))
+        .collect();
     let severities: Vec<&str> = observed
         .iter()
         .map(|o| o.kind.severity().as_str())
@@ -82,14 +98,16 @@ pub async fn record_page(
     let ids: Vec<Uuid> = observed.iter().map(|_| Uuid::now_v7()).collect();
     let rows = sqlx::query_as::<_, RecordedRow>(
         "INSERT INTO reconciliation_findings (id, kind, severity, subject, transfer_id, \
-           account_id, detail, first_seen_run, last_seen_run) \
-         SELECT u.id, u.kind, u.severity, u.subject, u.transfer_id, u.account_id, u.detail, $8, $8 \
+           account_id, detail, ledger, first_seen_run, last_seen_run) \
+         SELECT u.id, u.kind, u.severity, u.subject, u.transfer_id, u.account_id, u.detail, \
+           u.ledger, $9, $9 \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::text[], \
-           $7::text[]) AS u(id, kind, severity, subject, transfer_id, account_id, detail) \
-         ON CONFLICT (kind, subject) WHERE resolved_at IS NULL DO UPDATE \
+           $7::text[], $8::text[]) \
+           AS u(id, kind, severity, subject, transfer_id, account_id, detail, ledger) \
+         ON CONFLICT (kind, ledger, subject) WHERE resolved_at IS NULL DO UPDATE \
            SET last_seen_run = EXCLUDED.last_seen_run, last_seen_at = now(), \
                detail = EXCLUDED.detail \
-         RETURNING id, kind, subject, severity, detail, (xmax = 0) AS inserted",
+         RETURNING id, kind, ledger, subject, severity, detail, (xmax = 0) AS inserted",
     )
     .bind(&ids)
     .bind(&kinds)
@@ -98,6 +116,7 @@ pub async fn record_page(
     .bind(&transfers)
     .bind(&accounts)
     .bind(&details)
+    .bind(&ledgers)
     .bind(run_id)
     .fetch_all(&mut *conn)
     .await?;
@@ -120,27 +139,31 @@ pub async fn record_page(
     Ok(opened)
 }
 
-/// Resolves up to [`PAGE_ROWS`] open findings of `checked` kinds that `run_id` did not see;
-/// call it until it returns fewer. A finding is resolved only when it was checked and is gone:
-/// `checked` must name only kinds whose check ran to completion in this run and covered every
-/// open finding of that kind (the windowed checks re-check the subjects of open findings, see
-/// [`open_transfer_subjects`]). Findings of any other kind stay open, whatever this run saw.
+/// Resolves up to [`PAGE_ROWS`] open findings of `checked` kinds in `ledger` (every ledger
+/// when `None`) that `run_id` did not see; call it until it returns fewer. A finding is
+/// resolved only when it was checked and is gone: `checked` must name only kinds whose check
+/// ran to completion in this run and covered every open finding of that kind in `ledger` (the
+/// windowed checks re-check the subjects of open findings, see [`open_transfer_subjects`]).
+/// Findings of any other kind, and of any other ledger, stay open, whatever this run saw.
 pub async fn resolve_unseen(
     conn: &mut PgConnection,
     run_id: Uuid,
     checked: &[FindingKind],
+    ledger: Option<&LedgerName>,
 ) -> Result<Vec<ChangedFinding>, sqlx::Error> {
     sqlx::query_as::<_, ChangedFinding>(
         "UPDATE reconciliation_findings SET resolved_at = now(), resolved_run = $1 \
          WHERE id IN ( \
            SELECT id FROM reconciliation_findings \
            WHERE resolved_at IS NULL AND kind = ANY($2) AND last_seen_run <> $1 \
+             AND ($4::text IS NULL OR ledger = $4) \
            LIMIT $3) \
-         RETURNING id, kind, subject, severity, detail",
+         RETURNING id, kind, ledger, subject, severity, detail",
     )
     .bind(run_id)
     .bind(kind_names(checked))
     .bind(PAGE_ROWS as i64)
+    .bind(ledger_param(ledger))
     .fetch_all(&mut *conn)
     .await
 }
@@ -179,6 +202,11 @@ pub struct FindingView {
     /// `info`, `medium` or `critical`.
     #[schema(pattern = "^(info|medium|critical)$")]
     pub severity: String,
+    /// The ledger the finding is about; absent only for findings about no one ledger
+    /// (`job_dead`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
+    pub ledger: Option<String>,
     pub subject: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transfer_id: Option<Uuid>,
@@ -190,7 +218,7 @@ pub struct FindingView {
     pub resolved_at: Option<DateTime<Utc>>,
 }
 
-const FINDING_COLUMNS: &str = "f.id, f.kind, f.severity, f.subject, f.transfer_id, \
+const FINDING_COLUMNS: &str = "f.id, f.kind, f.severity, f.ledger, f.subject, f.transfer_id, \
     f.account_id, f.detail, f.first_seen_at, f.last_seen_at, f.resolved_at";
 
 /// Findings `run_id` observed (open or since resolved), most severe first.
@@ -199,7 +227,7 @@ pub async fn seen_by_run(pool: &PgPool, run_id: Uuid) -> Result<Vec<FindingView>
         "SELECT {FINDING_COLUMNS} FROM reconciliation_findings f \
          JOIN reconciliation_run_findings r ON r.finding_id = f.id \
          WHERE r.run_id = $1 \
-         ORDER BY f.severity = 'critical' DESC, f.kind, f.subject"
+         ORDER BY f.severity = 'critical' DESC, f.kind, f.ledger, f.subject"
     )))
     .bind(run_id)
     .fetch_all(pool)
@@ -211,7 +239,7 @@ pub async fn seen_by_run(pool: &PgPool, run_id: Uuid) -> Result<Vec<FindingView>
 pub async fn resolved_by_run(pool: &PgPool, run_id: Uuid) -> Result<Vec<FindingView>, sqlx::Error> {
     let rows = sqlx::query_as::<_, FindingRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {FINDING_COLUMNS} FROM reconciliation_findings f \
-         WHERE f.resolved_run = $1 ORDER BY f.kind, f.subject"
+         WHERE f.resolved_run = $1 ORDER BY f.kind, f.ledger, f.subject"
     )))
     .bind(run_id)
     .fetch_all(pool)
@@ -228,6 +256,7 @@ struct FindingRow {
     kind: FindingKind,
     #[sqlx(try_from = "String")]
     severity: Severity,
+    ledger: Option<String>,
     subject: String,
     transfer_id: Option<Uuid>,
     account_id: Option<String>,
@@ -243,6 +272,7 @@ impl From<FindingRow> for FindingView {
             id: row.id,
             kind: row.kind.as_str().to_owned(),
             severity: row.severity.as_str().to_owned(),
+            ledger: row.ledger,
             subject: row.subject,
             transfer_id: row.transfer_id,
             account_id: row.account_id,

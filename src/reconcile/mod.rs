@@ -1,6 +1,7 @@
 //! Reconciliation: re-checks the ledger's invariants from the database, records findings,
 //! re-drives stuck transfers and purges finished jobs. Runs every five minutes (scheduler
 //! role), on demand (`POST /v1/reconciliations`), or in the foreground (`ferry reconcile`).
+//! A run checks every ledger, or one (`"ledger"`, `--ledger`); every finding names its ledger.
 
 pub mod checks;
 pub mod finding;
@@ -22,6 +23,7 @@ use uuid::Uuid;
 
 use crate::alerts::payload::Action;
 use crate::alerts::{Alerting, finding_event, outbox};
+use crate::domain::LedgerName;
 use crate::queue::table::{self, Retention};
 use finding::{FindingKind, Observation, Severity};
 use findings::FindingChanges;
@@ -92,6 +94,8 @@ pub enum ReconcileError {
 /// What a run did.
 #[derive(Debug, Clone, Default)]
 pub struct RunOutcome {
+    /// The one ledger the run checked; `None`: every ledger.
+    pub ledger: Option<LedgerName>,
     pub transfers_checked: i64,
     pub accounts_checked: i64,
     pub full_scan: bool,
@@ -204,12 +208,16 @@ async fn check_and_record(
 ) -> Result<RunOutcome, ReconcileError> {
     let started = Instant::now();
     let (mut tx, state) = begin_snapshot(pool, settings).await?;
-    let full = full_requested || state.full_due;
+    let ledger = runs::ledger_of(&mut tx, run_id).await?;
+    // The daily full scan is due for the sums of every ledger: only a run over every ledger
+    // does it (and records it); a run over one ledger rescans it only when asked to.
+    let full = full_requested || (ledger.is_none() && state.full_due);
     let mut outcome = RunOutcome {
+        ledger: ledger.clone(),
         full_scan: full,
         ..RunOutcome::default()
     };
-    let mut recorder = Recorder::new(run_id, alerting);
+    let mut recorder = Recorder::new(run_id, ledger.clone(), alerting);
     check_ledger(
         &mut tx,
         &mut recorder,
@@ -222,7 +230,10 @@ async fn check_and_record(
     progress.step("stuck transfers");
     outcome.transfers_redriven = check_stuck(&mut tx, &mut recorder, settings).await?;
     progress.step("dead jobs");
-    check_dead_jobs(&mut tx, &mut recorder).await?;
+    // Dead jobs and purging concern the queue, not one ledger: runs over every ledger do them.
+    if ledger.is_none() {
+        check_dead_jobs(&mut tx, &mut recorder).await?;
+    }
     progress.step("recording findings");
     recorder.resolve(&mut tx).await?;
     outcome.observed = findings::seen_by_kind(&mut tx, run_id).await?;
@@ -232,8 +243,10 @@ async fn check_and_record(
     tx.commit().await?;
 
     progress.step("purging finished jobs");
-    let mut conn = pool.acquire().await?;
-    outcome.jobs_purged = table::purge_finished(&mut conn, settings.retention).await?;
+    if ledger.is_none() {
+        let mut conn = pool.acquire().await?;
+        outcome.jobs_purged = table::purge_finished(&mut conn, settings.retention).await?;
+    }
     outcome.elapsed = started.elapsed();
     metrics::histogram!("ferry_reconciliation_seconds").record(outcome.elapsed.as_secs_f64());
     Ok(outcome)
@@ -279,9 +292,17 @@ async fn begin_snapshot(
     Ok((tx, state))
 }
 
-/// The money checks: transfers against their entries in the window (plus the subjects of
-/// open findings), orphan entries, balances and currency totals; then moves the incremental
-/// sums forward.
+/// The money checks over the run's ledger (or every ledger): transfers against their entries
+/// in the window (plus the subjects of open findings), orphan entries, balances and
+/// (ledger, currency) totals; then, in a run over every ledger, moves the incremental sums
+/// forward.
+///
+/// A run over one ledger leaves `reconciliation_state` as it is. The watermark
+/// `entries_through_id` is one for all ledgers, and the orphan check of the next run over
+/// every ledger starts from it; moving it after checking one ledger would skip the other
+/// ledgers' new entries. So such a run checks its ledger's entries after the watermark
+/// without folding them (`checks::balances`), and a full scan of one ledger rebuilds only that
+/// ledger's sums, up to the unchanged watermark (ARCHITECTURE.md, `src/reconcile/`).
 async fn check_ledger(
     tx: &mut sqlx::PgConnection,
     recorder: &mut Recorder<'_>,
@@ -291,26 +312,31 @@ async fn check_ledger(
     progress: &dyn Progress,
 ) -> Result<(), ReconcileError> {
     let full = outcome.full_scan;
+    let ledger = outcome.ledger.clone();
+    let ledger = ledger.as_ref();
     progress.step("open findings");
-    let recheck = findings::open_transfer_subjects(tx, &RECHECKED_KINDS).await?;
+    let recheck = findings::open_transfer_subjects(tx, &RECHECKED_KINDS, ledger).await?;
     progress.step("transfers and their entries");
     let overlap = chrono::Duration::seconds(WINDOW_OVERLAP_SECS);
     let (found, checked) =
-        checks::transfers(tx, window.start - overlap, window.end, &recheck).await?;
+        checks::transfers(tx, ledger, window.start - overlap, window.end, &recheck).await?;
     recorder.record(tx, found).await?;
     recorder.checked(&TRANSFER_KINDS);
     outcome.transfers_checked = checked;
     progress.step("orphan entries");
     let orphans_after = if full { 0 } else { through_id };
-    let found = checks::orphan_entries(tx, orphans_after, &recheck).await?;
+    let found = checks::orphan_entries(tx, ledger, orphans_after, &recheck).await?;
     recorder.record(tx, found).await?;
     recorder.checked(&[FindingKind::OrphanEntry]);
     drop(recheck);
     progress.step("balances and currency totals");
-    let balances = checks::balances(tx, through_id, full).await?;
+    let balances = checks::balances(tx, ledger, through_id, full).await?;
     recorder.record(tx, balances.observations).await?;
     recorder.checked(&[FindingKind::BalanceDrift, FindingKind::LedgerUnbalanced]);
     outcome.accounts_checked = balances.accounts_checked;
+    if ledger.is_some() {
+        return Ok(());
+    }
     sqlx::query(
         "UPDATE reconciliation_state SET entries_through_id = $1, \
            last_full_scan_at = CASE WHEN $2 THEN now() ELSE last_full_scan_at END",
@@ -322,8 +348,8 @@ async fn check_ledger(
     Ok(())
 }
 
-/// Every transfer pending past the threshold, page by page, re-driving those no live job
-/// carries. Returns how many were re-driven.
+/// Every transfer of the run's ledger (or of every ledger) pending past the threshold, page by
+/// page, re-driving those no live job carries. Returns how many were re-driven.
 async fn check_stuck(
     tx: &mut sqlx::PgConnection,
     recorder: &mut Recorder<'_>,
@@ -334,7 +360,7 @@ async fn check_stuck(
     let mut redriven = 0;
     let mut after = None;
     loop {
-        let page = checks::stuck_pending(tx, stuck_before, after).await?;
+        let page = checks::stuck_pending(tx, recorder.ledger.as_ref(), stuck_before, after).await?;
         let stuck_ids: Vec<Uuid> = page
             .observations
             .iter()
@@ -390,9 +416,12 @@ const RECHECKED_KINDS: [FindingKind; 4] = [
 pub const REPORT_SAMPLE_MAX: usize = 200;
 
 /// Records a run's findings page by page as the checks produce them, raises their alerts in
-/// the run's transaction, and remembers which kinds were checked so that only those resolve.
+/// the run's transaction, and remembers which kinds were checked so that only those resolve,
+/// and only in the ledger the run checked.
 struct Recorder<'a> {
     run_id: Uuid,
+    /// The one ledger the run checks; `None`: every ledger.
+    ledger: Option<LedgerName>,
     alerting: &'a Alerting,
     changes: FindingChanges,
     sample: Vec<Observation>,
@@ -400,9 +429,10 @@ struct Recorder<'a> {
 }
 
 impl<'a> Recorder<'a> {
-    fn new(run_id: Uuid, alerting: &'a Alerting) -> Self {
+    fn new(run_id: Uuid, ledger: Option<LedgerName>, alerting: &'a Alerting) -> Self {
         Self {
             run_id,
+            ledger,
             alerting,
             changes: FindingChanges::default(),
             sample: Vec::new(),
@@ -431,10 +461,13 @@ impl<'a> Recorder<'a> {
         self.checked.extend_from_slice(kinds);
     }
 
-    /// Resolves open findings of the checked kinds this run did not see, page by page.
+    /// Resolves open findings of the checked kinds in the checked ledger(s) this run did not
+    /// see, page by page.
     async fn resolve(&mut self, conn: &mut sqlx::PgConnection) -> Result<(), ReconcileError> {
         loop {
-            let resolved = findings::resolve_unseen(conn, self.run_id, &self.checked).await?;
+            let resolved =
+                findings::resolve_unseen(conn, self.run_id, &self.checked, self.ledger.as_ref())
+                    .await?;
             self.changes.resolved += resolved.len();
             raise_alerts(conn, self.alerting, Action::Resolve, &resolved).await?;
             if resolved.len() < checks::PAGE_ROWS {
@@ -456,6 +489,7 @@ async fn raise_alerts(
         let event = finding_event(
             action,
             finding.kind.as_str(),
+            finding.ledger.as_deref(),
             &finding.subject,
             finding.severity,
             &finding.detail,
@@ -465,20 +499,23 @@ async fn raise_alerts(
     Ok(())
 }
 
-/// One observation per (kind, subject): a finding is one row however it was reached, and one
-/// upsert statement may not touch a row twice.
+/// One observation per (kind, ledger, subject): a finding is one row however it was reached,
+/// and one upsert statement may not touch a row twice.
 fn deduplicate(observed: Vec<Observation>) -> Vec<Observation> {
     let mut seen = HashSet::new();
     observed
         .into_iter()
-        .filter(|o| seen.insert((o.kind, o.subject.clone())))
+        .filter(|o| seen.insert((o.kind, o.ledger.clone(), o.subject.clone())))
         .collect()
 }
 
 async fn finish(pool: &PgPool, run_id: Uuid, outcome: &RunOutcome) -> Result<(), sqlx::Error> {
-    for &(kind, open) in &outcome.observed {
-        metrics::gauge!("ferry_reconciliation_open_findings", "kind" => kind.as_str())
-            .set(open as f64);
+    // The gauge counts every ledger's findings: a run over one ledger saw only some of them.
+    if outcome.ledger.is_none() {
+        for &(kind, open) in &outcome.observed {
+            metrics::gauge!("ferry_reconciliation_open_findings", "kind" => kind.as_str())
+                .set(open as f64);
+        }
     }
     sqlx::query(
         "UPDATE reconciliation_runs SET status = 'completed', finished_at = now(), \

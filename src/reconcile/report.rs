@@ -24,6 +24,11 @@ fn write_summary(out: &mut String, run: &RunView, outcome: &RunOutcome) {
     let _ = writeln!(out, "reconciliation {}", run.id);
     let _ = writeln!(
         out,
+        "  ledger      {}",
+        run.ledger.as_deref().unwrap_or("all ledgers")
+    );
+    let _ = writeln!(
+        out,
         "  window      {} .. {}",
         run.window_start, run.window_end
     );
@@ -61,6 +66,7 @@ fn write_findings(out: &mut String, run: &RunView, outcome: &RunOutcome, total: 
         (
             std::cmp::Reverse(o.kind.severity()),
             o.kind.as_str(),
+            o.ledger.clone(),
             &o.subject,
         )
     });
@@ -72,8 +78,9 @@ fn write_findings(out: &mut String, run: &RunView, outcome: &RunOutcome, total: 
         };
         let _ = writeln!(
             out,
-            "{marker} {:<24} {:<48} {}",
+            "{marker} {:<24} {:<16} {:<48} {}",
             o.kind.as_str(),
+            o.ledger.as_ref().map_or("-", |l| l.as_str()),
             o.subject,
             o.detail
         );
@@ -102,6 +109,7 @@ mod tests {
         let at = |hour| Utc.with_ymd_and_hms(2026, 1, 1, hour, 0, 0).unwrap();
         RunView {
             id: Uuid::nil(),
+            ledger: None,
             trigger: "cli".to_owned(),
             status: "completed".to_owned(),
             window_start: at(0),
@@ -123,6 +131,7 @@ mod tests {
 
     fn outcome() -> RunOutcome {
         RunOutcome {
+            ledger: None,
             transfers_checked: 10,
             accounts_checked: 4,
             full_scan: true,
@@ -136,6 +145,7 @@ mod tests {
             sample: vec![
                 Observation {
                     kind: FindingKind::JobDead,
+                    ledger: None,
                     subject: "job:7".to_owned(),
                     transfer_id: None,
                     account_id: None,
@@ -143,6 +153,7 @@ mod tests {
                 },
                 Observation::about_account(
                     FindingKind::BalanceDrift,
+                    crate::domain::LedgerName::default_ledger(),
                     "a".to_owned(),
                     "stored 1.00, entries sum to 0.00".to_owned(),
                 ),
@@ -154,6 +165,7 @@ mod tests {
     }
 
     const HEADING: &str = "reconciliation 00000000-0000-0000-0000-000000000000\n\
+        \x20 ledger      all ledgers\n\
         \x20 window      2026-01-01 00:00:00 UTC .. 2026-01-01 01:00:00 UTC\n\
         \x20 checked     10 transfers, 4 accounts (full scan) in 1.50s\n\
         \x20 findings    3 open (2 new), 1 resolved\n\
@@ -164,9 +176,9 @@ mod tests {
     fn a_report_lists_sampled_findings_most_severe_first_and_points_to_the_rest() {
         let expected = format!(
             "{HEADING}\n\
-             CRITICAL balance_drift            account:a                                        \
+             CRITICAL balance_drift            default          account:a                                        \
              stored 1.00, entries sum to 0.00\n\
-             medium   job_dead                 job:7                                            \
+             medium   job_dead                 -                job:7                                            \
              retries exhausted\n\
              ... and 1 more: GET /v1/reconciliations/00000000-0000-0000-0000-000000000000 \
              lists them all\n"

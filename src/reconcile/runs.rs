@@ -6,7 +6,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::window::Window;
-use crate::domain::stored_as_text;
+use crate::domain::{LedgerName, stored_as_text};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -66,6 +66,9 @@ pub struct RunView {
     /// `running`, `completed` or `failed`.
     #[schema(pattern = "^(running|completed|failed)$")]
     pub status: String,
+    /// The one ledger the run checks; `null`: every ledger (scheduled runs always are).
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
+    pub ledger: Option<String>,
     pub window_start: DateTime<Utc>,
     pub window_end: DateTime<Utc>,
     pub full_scan: bool,
@@ -83,21 +86,43 @@ pub struct RunView {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-const RUN_COLUMNS: &str = "id, trigger, status, window_start, window_end, full_scan, \
+const RUN_COLUMNS: &str = "id, trigger, status, ledger, window_start, window_end, full_scan, \
     transfers_checked, accounts_checked, findings_open, findings_opened, findings_resolved, \
     transfers_redriven, jobs_purged, error, created_at, started_at, finished_at";
 
-/// Creates a run. A scheduled run whose window already has one is not created (`None`): every
-/// replica's scheduler fires, and the first insert wins.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateRunError {
+    #[error("ledger {0} does not exist")]
+    UnknownLedger(LedgerName),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Creates a run over `ledger` (every ledger when `None`). A scheduled run whose window
+/// already has one is not created (`None`): every replica's scheduler fires, and the first
+/// insert wins. A ledger that does not exist is an error, and nothing is stored (ledgers are
+/// never deleted, so the check cannot go stale before the insert).
 pub async fn create(
     conn: &mut PgConnection,
     trigger: Trigger,
     window: Window,
     full_scan: bool,
-) -> Result<Option<RunView>, sqlx::Error> {
+    ledger: Option<&LedgerName>,
+) -> Result<Option<RunView>, CreateRunError> {
+    if let Some(ledger) = ledger {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ledgers WHERE name = $1)")
+                .bind(ledger.as_str())
+                .fetch_one(&mut *conn)
+                .await?;
+        if !exists {
+            return Err(CreateRunError::UnknownLedger(ledger.clone()));
+        }
+    }
     let row = sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO reconciliation_runs (id, trigger, window_start, window_end, full_scan) \
-         VALUES ($1, $2, $3, $4, $5) \
+        "INSERT INTO reconciliation_runs (id, trigger, window_start, window_end, full_scan, \
+           ledger) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (window_start) WHERE trigger = 'schedule' DO NOTHING \
          RETURNING {RUN_COLUMNS}"
     )))
@@ -106,9 +131,23 @@ pub async fn create(
     .bind(window.start)
     .bind(window.end)
     .bind(full_scan)
+    .bind(ledger.map(LedgerName::as_str))
     .fetch_optional(conn)
     .await?;
     Ok(row.map(RunView::from))
+}
+
+/// The ledger run `run_id` checks; `None`: every ledger (or no such run).
+pub async fn ledger_of(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+) -> Result<Option<LedgerName>, sqlx::Error> {
+    let ledger: Option<Option<String>> =
+        sqlx::query_scalar("SELECT ledger FROM reconciliation_runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(ledger.flatten().map(LedgerName::from_trusted))
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<RunView>, sqlx::Error> {
@@ -147,6 +186,7 @@ struct RunRow {
     trigger: Trigger,
     #[sqlx(try_from = "String")]
     status: RunStatus,
+    ledger: Option<String>,
     window_start: DateTime<Utc>,
     window_end: DateTime<Utc>,
     full_scan: bool,
@@ -169,6 +209,7 @@ impl From<RunRow> for RunView {
             id: row.id,
             trigger: row.trigger.as_str().to_owned(),
             status: row.status.as_str().to_owned(),
+            ledger: row.ledger,
             window_start: row.window_start,
             window_end: row.window_end,
             full_scan: row.full_scan,

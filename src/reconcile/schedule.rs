@@ -9,8 +9,9 @@ use std::str::FromStr;
 
 use sqlx::PgPool;
 
-use super::runs::{self, RunView, Trigger};
+use super::runs::{self, CreateRunError, RunView, Trigger};
 use super::window::Window;
+use crate::domain::LedgerName;
 use crate::queue::payloads::Reconcile;
 use crate::queue::{self, EnqueueError, RECONCILE_QUEUE};
 
@@ -19,10 +20,21 @@ pub const RECONCILE_CRON_DEFAULT: &str = "0 */5 * * * *";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
+    #[error("ledger {0} does not exist")]
+    UnknownLedger(LedgerName),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Enqueue(#[from] EnqueueError),
+}
+
+impl From<CreateRunError> for ScheduleError {
+    fn from(e: CreateRunError) -> Self {
+        match e {
+            CreateRunError::UnknownLedger(ledger) => Self::UnknownLedger(ledger),
+            CreateRunError::Database(e) => Self::Database(e),
+        }
+    }
 }
 
 /// Parses a cron expression (6 or 7 fields, seconds first).
@@ -30,16 +42,17 @@ pub fn parse_schedule(expression: &str) -> Result<cron::Schedule, String> {
     cron::Schedule::from_str(expression).map_err(|e| format!("{expression:?}: {e}"))
 }
 
-/// Creates a run for `window` and enqueues its job; `None` if a scheduled run for that
-/// window already exists.
+/// Creates a run over `ledger` (every ledger when `None`) for `window` and enqueues its job;
+/// `None` if a scheduled run for that window already exists.
 pub async fn enqueue_run(
     pool: &PgPool,
     trigger: Trigger,
     window: Window,
     full_scan: bool,
+    ledger: Option<&LedgerName>,
 ) -> Result<Option<RunView>, ScheduleError> {
     let mut tx = pool.begin().await?;
-    let Some(run) = runs::create(&mut tx, trigger, window, full_scan).await? else {
+    let Some(run) = runs::create(&mut tx, trigger, window, full_scan, ledger).await? else {
         return Ok(None);
     };
     queue::enqueue(

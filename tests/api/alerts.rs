@@ -115,6 +115,7 @@ async fn raise(app: &TestApp, alerts: &AlertConfig, kind: &str) {
     let event = finding_event(
         Action::Trigger,
         kind,
+        Some("default"),
         "account:a",
         Severity::Critical,
         "test",
@@ -303,7 +304,7 @@ async fn a_finding_triggers_once_and_its_repair_resolves_with_the_same_dedup_key
     app.post_transfer("k", &transfer("treasury", "b", "5.00"))
         .await;
     app.run_until_idle(Duration::from_secs(20)).await;
-    sqlx::query("UPDATE accounts SET balance = balance + 1 WHERE id = 'b'")
+    sqlx::query("UPDATE accounts SET balance = balance + 1 WHERE ledger = 'default' AND id = 'b'")
         .execute(&app.pool)
         .await
         .expect("corrupt");
@@ -322,6 +323,12 @@ async fn a_finding_triggers_once_and_its_repair_resolves_with_the_same_dedup_key
         "{summary}"
     );
     assert_eq!(trigger["payload"]["custom_details"]["subject"], "account:b");
+    assert_eq!(trigger["payload"]["custom_details"]["ledger"], "default");
+    // `default`'s findings keep the dedup key they had before ledgers existed.
+    assert_eq!(
+        trigger["dedup_key"],
+        "ferry:finding:balance_drift:account:b"
+    );
     let slack_message = slack.wait_for(1, Duration::from_secs(20)).await[0].json();
     assert!(
         slack_message["text"]
@@ -334,7 +341,7 @@ async fn a_finding_triggers_once_and_its_repair_resolves_with_the_same_dedup_key
             .as_array()
             .is_some_and(|b| !b.is_empty())
     );
-    sqlx::query("UPDATE accounts SET balance = balance - 1 WHERE id = 'b'")
+    sqlx::query("UPDATE accounts SET balance = balance - 1 WHERE ledger = 'default' AND id = 'b'")
         .execute(&app.pool)
         .await
         .expect("repair");

@@ -1,5 +1,6 @@
 //! Crashes: a worker process killed before or after COMMIT loses nothing and posts nothing
-//! twice (invariants 2–4), and its orphaned job runs again.
+//! twice (invariants 2–4), and its orphaned job runs again. Two ledgers with the same account
+//! ids have transfers pending when the worker dies: neither gains or loses a cent to the other.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -8,26 +9,85 @@ use ferry::queue::QueueSettings;
 use serde_json::json;
 use tokio::process::Command;
 
-use crate::helpers::{TestApp, spawn_intake_only_app, spawn_worker};
+use crate::helpers::{
+    TestApp, balance_in, create_account_in, create_ledger, create_ledger_key,
+    spawn_intake_only_app, spawn_worker, totals_per_ledger,
+};
 use crate::invariants::assert_ledger_invariants;
 
+/// Transfers pending in each ledger.
 const TRANSFERS: usize = 20;
+/// The second ledger; the first is `default`, reached with the admin key.
+const TWO: &str = "two";
+/// Each ledger's transfers move this much, so a transfer posted in the wrong ledger shows.
+const AMOUNTS: [(&str, &str); 2] = [("default", "1.00"), (TWO, "2.00")];
 
-async fn intake_only_app_with_pending_batch() -> TestApp {
+/// An intake-only app with accounts `treasury` and `b` in `default` and in `two`, and one
+/// pending batch (one job) of [`TRANSFERS`] transfers treasury → b in each, under the same
+/// idempotency keys.
+async fn intake_only_app_with_pending_batches() -> TestApp {
     let app = spawn_intake_only_app().await;
     app.create_account("treasury", "USD", true).await;
     app.create_account("b", "USD", false).await;
-    let items: Vec<_> = (0..TRANSFERS)
-        .map(|n| {
-            json!({"idempotency_key": format!("c{n}"), "from_account": "treasury",
-                        "to_account": "b", "amount": "1.00", "currency": "USD"})
-        })
-        .collect();
-    let reply = app
-        .post_json("/v1/transfers/batch", &json!({"transfers": items}))
-        .await;
-    assert_eq!(reply.status, reqwest::StatusCode::OK);
+    create_ledger(&app.pool, TWO).await;
+    create_account_in(&app.pool, TWO, "treasury", "USD", true).await;
+    create_account_in(&app.pool, TWO, "b", "USD", false).await;
+    let two_key = create_ledger_key(&app.pool, TWO, "transfers:write").await;
+    for (api_key, (_, amount)) in [&app.api_key, &two_key].into_iter().zip(AMOUNTS) {
+        let items: Vec<_> = (0..TRANSFERS)
+            .map(|n| {
+                json!({"idempotency_key": format!("c{n}"), "from_account": "treasury",
+                       "to_account": "b", "amount": amount, "currency": "USD"})
+            })
+            .collect();
+        let reply = app
+            .post_json_as(api_key, "/v1/transfers/batch", &json!({"transfers": items}))
+            .await;
+        assert_eq!(reply.status, reqwest::StatusCode::OK);
+    }
+    assert_eq!(
+        app.count("SELECT count(DISTINCT ledger) FROM transfers")
+            .await,
+        2,
+        "one batch pending in each ledger"
+    );
     app
+}
+
+/// How many transfers of `ledger` are `status`.
+async fn count_in(app: &TestApp, ledger: &str, status: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM transfers WHERE ledger = $1 AND status = $2")
+        .bind(ledger)
+        .bind(status)
+        .fetch_one(&app.pool)
+        .await
+        .expect("count")
+}
+
+/// Every transfer posted once, in its own ledger: `b` holds 20 × its ledger's amount, each
+/// ledger sums to zero, and no entry left its transfer's ledger.
+async fn assert_each_ledger_posted_in_full(app: &TestApp) {
+    for (ledger, _) in AMOUNTS {
+        assert_eq!(
+            count_in(app, ledger, "posted").await,
+            TRANSFERS as i64,
+            "{ledger}"
+        );
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM entries").await,
+        2 * 2 * TRANSFERS as i64
+    );
+    assert_eq!(balance_in(&app.pool, "default", "b").await, "20.00");
+    assert_eq!(balance_in(&app.pool, TWO, "b").await, "40.00");
+    assert_eq!(
+        totals_per_ledger(&app.pool).await,
+        [
+            ("default".to_owned(), "USD".to_owned(), "0.00".to_owned()),
+            (TWO.to_owned(), "USD".to_owned(), "0.00".to_owned()),
+        ]
+    );
+    assert_ledger_invariants(&app.pool).await;
 }
 
 /// Runs a real `ferry serve --roles worker` process that aborts at `failpoint`.
@@ -76,14 +136,18 @@ async fn wait_for_job_done(app: &TestApp, within: Duration) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_after_commit_before_ack_posts_nothing_twice() {
-    let app = intake_only_app_with_pending_batch().await;
+    let app = intake_only_app_with_pending_batches().await;
     run_crashing_worker(&app, "crash_after_commit").await;
-    // The COMMIT landed; the ack did not.
-    assert_eq!(
-        app.count("SELECT count(*) FROM transfers WHERE status = 'posted'")
-            .await,
-        TRANSFERS as i64
-    );
+    // The first COMMIT landed; no ack did. It carried one ledger's job, or both if the poster
+    // merged them: each ledger's batch posted whole or not at all, and in its own ledger.
+    let mut posted = 0;
+    for (ledger, _) in AMOUNTS {
+        let n = count_in(&app, ledger, "posted").await;
+        assert!(n == 0 || n == TRANSFERS as i64, "{ledger}: {n} posted");
+        posted += n;
+    }
+    assert!(posted >= TRANSFERS as i64, "nothing committed");
+    assert_ledger_invariants_so_far(&app).await;
     assert_eq!(
         app.count("SELECT count(*) FROM apalis.jobs WHERE status = 'Done'")
             .await,
@@ -92,30 +156,49 @@ async fn a_worker_killed_after_commit_before_ack_posts_nothing_twice() {
     let _worker = spawn_worker(app.database.url(), |_| {}).await;
     let recovered_in = wait_for_job_done(&app, Duration::from_secs(30)).await;
     println!("orphaned job re-run and acknowledged {recovered_in:?} after the new worker started");
-    assert_eq!(
-        app.count("SELECT count(*) FROM entries").await,
-        2 * TRANSFERS as i64
-    );
-    assert_eq!(app.balance("b").await, "20.00");
+    app.run_until_idle(Duration::from_secs(10)).await;
+    assert_each_ledger_posted_in_full(&app).await;
     // The re-run found nothing pending: attempts stay at one.
     assert_eq!(
         app.count("SELECT count(*) FROM transfers WHERE attempts <> 1")
             .await,
         0
     );
-    assert_ledger_invariants(&app.pool).await;
+}
+
+/// What must already hold while some transfers are still pending: no entry outside its
+/// transfer's ledger, and each ledger's balances sum to zero.
+async fn assert_ledger_invariants_so_far(app: &TestApp) {
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM entries e JOIN transfers t ON t.id = e.transfer_id \
+             WHERE e.ledger <> t.ledger"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM (SELECT ledger FROM accounts GROUP BY ledger, currency \
+             HAVING sum(balance) <> 0) unbalanced"
+        )
+        .await,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_transaction_loses_nothing_and_the_job_reruns() {
-    let app = intake_only_app_with_pending_batch().await;
+    let app = intake_only_app_with_pending_batches().await;
     run_crashing_worker(&app, "crash_before_commit").await;
-    // The open transaction died with the process: nothing was posted.
-    assert_eq!(
-        app.count("SELECT count(*) FROM transfers WHERE status = 'pending'")
-            .await,
-        TRANSFERS as i64
-    );
+    // The open transaction died with the process: nothing was posted, in either ledger.
+    for (ledger, _) in AMOUNTS {
+        assert_eq!(
+            count_in(&app, ledger, "pending").await,
+            TRANSFERS as i64,
+            "{ledger}"
+        );
+    }
     assert_eq!(app.count("SELECT count(*) FROM entries").await, 0);
     // The recovering worker runs with the production heartbeat (5 s × 4 missed = 20 s), to
     // show an orphaned job is picked up again in under 30 s with the defaults.
@@ -128,11 +211,5 @@ async fn a_worker_killed_mid_transaction_loses_nothing_and_the_job_reruns() {
     let recovered_in = wait_for_job_done(&app, Duration::from_secs(30)).await;
     println!("orphaned job recovered {recovered_in:?} after the new worker started");
     app.run_until_idle(Duration::from_secs(10)).await;
-    assert_eq!(
-        app.count("SELECT count(*) FROM transfers WHERE status = 'posted'")
-            .await,
-        TRANSFERS as i64
-    );
-    assert_eq!(app.balance("b").await, "20.00");
-    assert_ledger_invariants(&app.pool).await;
+    assert_each_ledger_posted_in_full(&app).await;
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ferry::app::ShutdownSettings;
 use ferry::config::{Config, Roles};
 use ferry::db::DatabaseSettings;
-use ferry::domain::Scopes;
+use ferry::domain::{LedgerName, Scopes};
 use ferry::failpoint::Failpoint;
 use ferry::harness::{RunningFerry, ScratchDatabase, spawn_in_process};
 use ferry::intake::IntakeSettings;
@@ -154,6 +154,66 @@ pub async fn create_api_key(pool: &PgPool, scopes: &str) -> String {
         .1
 }
 
+/// Creates ledger `name` (ledgers have no API of their own in these tests).
+pub async fn create_ledger(pool: &PgPool, name: &str) {
+    sqlx::query("INSERT INTO ledgers (name) VALUES ($1)")
+        .bind(name)
+        .execute(pool)
+        .await
+        .expect("ledger created");
+}
+
+/// A key bound to `ledger` with `scopes` (not `admin`: admin keys are global).
+pub async fn create_ledger_key(pool: &PgPool, ledger: &str, scopes: &str) -> String {
+    let scopes = Scopes::parse_list(scopes).expect("scopes");
+    let ledger = LedgerName::parse(ledger).expect("ledger name");
+    ferry::store::api_keys::create(pool, "test", &scopes, Some(&ledger))
+        .await
+        .expect("api key")
+        .1
+}
+
+/// Creates account `id` in `ledger` directly in the table, as account creation stores it.
+pub async fn create_account_in(
+    pool: &PgPool,
+    ledger: &str,
+    id: &str,
+    currency: &str,
+    allow_overdraft: bool,
+) {
+    sqlx::query(
+        "INSERT INTO accounts (ledger, id, currency, allow_overdraft) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(ledger)
+    .bind(id)
+    .bind(currency)
+    .bind(allow_overdraft)
+    .execute(pool)
+    .await
+    .expect("account created");
+}
+
+/// The balance of account `id` of `ledger`, as text (`"20.00"`).
+pub async fn balance_in(pool: &PgPool, ledger: &str, id: &str) -> String {
+    sqlx::query_scalar("SELECT balance::text FROM accounts WHERE ledger = $1 AND id = $2")
+        .bind(ledger)
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("account exists")
+}
+
+/// Σ balances per (ledger, currency), as `(ledger, currency, total)`, ordered.
+pub async fn totals_per_ledger(pool: &PgPool) -> Vec<(String, String, String)> {
+    sqlx::query_as(
+        "SELECT ledger, currency::text, sum(balance)::text FROM accounts \
+         GROUP BY ledger, currency ORDER BY ledger, currency",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("totals")
+}
+
 /// Starts a worker-only ferry on an existing database (a second process would do the same);
 /// it stops when the returned value is dropped.
 pub async fn spawn_worker(database_url: &str, adjust: impl FnOnce(&mut Config)) -> RunningFerry {
@@ -195,10 +255,15 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.post_json_as(&self.api_key, path, body).await
+    }
+
+    /// `post_json` with another API key (one bound to a ledger, say).
+    pub async fn post_json_as(&self, api_key: &str, path: &str, body: &Value) -> Reply {
         self.send(
             self.client
                 .post(self.url(path))
-                .bearer_auth(&self.api_key)
+                .bearer_auth(api_key)
                 .json(body),
         )
         .await
@@ -220,10 +285,15 @@ impl TestApp {
     }
 
     pub async fn post_transfer(&self, key: &str, body: &Value) -> Reply {
+        self.post_transfer_as(&self.api_key, key, body).await
+    }
+
+    /// `post_transfer` with another API key: the transfer moves money in that key's ledger.
+    pub async fn post_transfer_as(&self, api_key: &str, key: &str, body: &Value) -> Reply {
         self.send(
             self.client
                 .post(self.url("/v1/transfers"))
-                .bearer_auth(&self.api_key)
+                .bearer_auth(api_key)
                 .header("Idempotency-Key", key)
                 .json(body),
         )
@@ -282,14 +352,23 @@ pub fn transfer(from: &str, to: &str, amount: &str) -> Value {
     json!({"from_account": from, "to_account": to, "amount": amount, "currency": "USD"})
 }
 
-/// Starts a run over the last hour via the API and waits for it to finish.
+/// Starts a run over every ledger and the last hour via the API and waits for it to finish.
 pub async fn reconcile(app: &TestApp, full: bool) -> Value {
+    reconcile_ledger(app, None, full).await
+}
+
+/// Starts a run over `ledger` (every ledger when `None`) and the last hour via the API and
+/// waits for it to finish.
+pub async fn reconcile_ledger(app: &TestApp, ledger: Option<&str>, full: bool) -> Value {
     let now = chrono::Utc::now();
-    let body = json!({
+    let mut body = json!({
         "from": (now - chrono::Duration::hours(1)).to_rfc3339(),
         "to": (now + chrono::Duration::minutes(1)).to_rfc3339(),
         "full": full,
     });
+    if let Some(ledger) = ledger {
+        body["ledger"] = json!(ledger);
+    }
     let started = app.post_json("/v1/reconciliations", &body).await;
     assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
     let id = started.body["id"].as_str().expect("run id").to_owned();
@@ -311,17 +390,32 @@ pub async fn reconcile(app: &TestApp, full: bool) -> Value {
     }
 }
 
-/// The (kind, subject, severity) of the findings a run saw, sorted.
-pub fn findings(run: &Value) -> Vec<(String, String, String)> {
-    let mut found: Vec<_> = run["findings"]
+/// A finding as [`findings`] lists it: (kind, ledger, subject, severity); the ledger is ""
+/// for findings about no one ledger (`job_dead`).
+pub type FindingKey = (String, String, String, String);
+
+/// The (kind, ledger, subject, severity) of the findings a run saw (`"findings"`) or resolved
+/// (`"resolved"`), sorted.
+pub fn findings_in(run: &Value, list: &str) -> Vec<FindingKey> {
+    let mut found: Vec<_> = run[list]
         .as_array()
         .expect("findings")
         .iter()
         .map(|f| {
             let text = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
-            (text("kind"), text("subject"), text("severity"))
+            (
+                text("kind"),
+                text("ledger"),
+                text("subject"),
+                text("severity"),
+            )
         })
         .collect();
     found.sort();
     found
+}
+
+/// The (kind, ledger, subject, severity) of the findings a run saw, sorted.
+pub fn findings(run: &Value) -> Vec<FindingKey> {
+    findings_in(run, "findings")
 }

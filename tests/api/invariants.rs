@@ -10,8 +10,8 @@ async fn violations(pool: &PgPool, what: &str, sql: &'static str) {
     assert!(rows.is_empty(), "{what}: {rows:?}");
 }
 
-/// Asserts invariants 3–6 over every ledger, each ledger on its own: an account is
-/// (ledger, id), and money never crosses ledgers.
+/// Asserts invariants 3–6 over every ledger, each on its own: an account id is unique only
+/// within its ledger, so every join matches the ledger too, and money never crosses ledgers.
 pub async fn assert_ledger_invariants(pool: &PgPool) {
     violations(
         pool,
@@ -21,11 +21,12 @@ pub async fn assert_ledger_invariants(pool: &PgPool) {
     .await;
     violations(
         pool,
-        "invariant 4: a posted transfer has one debit and one credit of its amount",
+        "invariant 4: a posted transfer has one debit and one credit of its amount, in its ledger",
         "SELECT t.id::text FROM transfers t \
          LEFT JOIN entries d ON d.transfer_id = t.id AND d.side = 'debit' \
          LEFT JOIN entries c ON c.transfer_id = t.id AND c.side = 'credit' \
          WHERE t.status = 'posted' AND (d.id IS NULL OR c.id IS NULL \
+           OR d.ledger <> t.ledger OR c.ledger <> t.ledger \
            OR d.account_id <> t.from_account OR c.account_id <> t.to_account \
            OR d.ledger <> t.ledger OR c.ledger <> t.ledger \
            OR d.amount <> -t.amount OR c.amount <> t.amount \
@@ -42,6 +43,21 @@ pub async fn assert_ledger_invariants(pool: &PgPool) {
     .await;
     violations(
         pool,
+        "money stays in its ledger: no entry in another ledger than its transfer's",
+        "SELECT e.id::text FROM entries e JOIN transfers t ON t.id = e.transfer_id \
+         WHERE e.ledger <> t.ledger",
+    )
+    .await;
+    violations(
+        pool,
+        "money stays in its ledger: every entry's account exists in the entry's ledger",
+        "SELECT e.ledger || '/' || e.account_id FROM entries e \
+         LEFT JOIN accounts a ON a.ledger = e.ledger AND a.id = e.account_id \
+         WHERE a.id IS NULL",
+    )
+    .await;
+    violations(
+        pool,
         "invariant 5: balance = sum of entries",
         "SELECT a.ledger || '/' || a.id FROM accounts a \
          LEFT JOIN entries e ON e.ledger = a.ledger AND e.account_id = a.id \
@@ -50,7 +66,7 @@ pub async fn assert_ledger_invariants(pool: &PgPool) {
     .await;
     violations(
         pool,
-        "balance = what posted transfers imply",
+        "balance = what its own ledger's posted transfers imply (no other ledger touched it)",
         "SELECT a.ledger || '/' || a.id FROM accounts a WHERE a.balance <> \
            coalesce((SELECT sum(amount) FROM transfers WHERE status = 'posted' \
                      AND ledger = a.ledger AND to_account = a.id), 0) - \
@@ -63,6 +79,13 @@ pub async fn assert_ledger_invariants(pool: &PgPool) {
         "invariant 5: per ledger and currency, entries sum to zero",
         "SELECT ledger || ' ' || currency FROM entries GROUP BY ledger, currency \
          HAVING sum(amount) <> 0",
+    )
+    .await;
+    violations(
+        pool,
+        "invariant 5: per ledger and currency, balances sum to zero",
+        "SELECT ledger || ' ' || currency FROM accounts GROUP BY ledger, currency \
+         HAVING sum(balance) <> 0",
     )
     .await;
     violations(

@@ -23,4 +23,5 @@ mod outage;
 mod posting;
 mod rate_limit;
 mod reconciliation;
+mod reconciliation_ledgers;
 mod validation;

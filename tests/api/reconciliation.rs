@@ -9,11 +9,22 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, create_api_key, findings, reconcile, spawn_app, spawn_worker, transfer,
+    FindingKey, TestApp, create_api_key, findings, reconcile, spawn_app, spawn_worker, transfer,
 };
 
-fn finding(kind: &str, subject: &str, severity: &str) -> (String, String, String) {
-    (kind.to_owned(), subject.to_owned(), severity.to_owned())
+/// A finding of the `default` ledger, as [`findings`] lists it.
+fn finding(kind: &str, subject: &str, severity: &str) -> FindingKey {
+    finding_in("default", kind, subject, severity)
+}
+
+/// A finding of `ledger` ("" for findings about no one ledger), as [`findings`] lists it.
+pub fn finding_in(ledger: &str, kind: &str, subject: &str, severity: &str) -> FindingKey {
+    (
+        kind.to_owned(),
+        ledger.to_owned(),
+        subject.to_owned(),
+        severity.to_owned(),
+    )
 }
 
 fn resolved_kinds(run: &Value) -> Vec<String> {
@@ -46,7 +57,7 @@ async fn app_with_posted_transfer() -> (TestApp, String) {
 
 /// Runs SQL as a superuser session with triggers and foreign keys off, the way someone
 /// tampering with the database would.
-async fn tamper(app: &TestApp, sql: &str) {
+pub async fn tamper(app: &TestApp, sql: &str) {
     let statement = format!("SET session_replication_role = replica; {sql}");
     sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
         .execute(&app.pool)
@@ -177,7 +188,7 @@ async fn a_changed_balance_is_balance_drift_and_resolves_when_reverted() {
     let (app, _) = app_with_posted_transfer().await;
     tamper(
         &app,
-        "UPDATE accounts SET balance = balance + 1 WHERE id = 'b'",
+        "UPDATE accounts SET balance = balance + 1 WHERE id = 'b' AND ledger = 'default'",
     )
     .await;
     let run = reconcile(&app, false).await;
@@ -197,7 +208,7 @@ async fn a_changed_balance_is_balance_drift_and_resolves_when_reverted() {
     assert_eq!(again["findings_open"], 1);
     tamper(
         &app,
-        "UPDATE accounts SET balance = balance - 1 WHERE id = 'b'",
+        "UPDATE accounts SET balance = balance - 1 WHERE id = 'b' AND ledger = 'default'",
     )
     .await;
     let repaired = reconcile(&app, false).await;
@@ -214,10 +225,11 @@ async fn an_entry_without_a_transfer_is_orphan_entry() {
     tamper(
         &app,
         &format!(
-            "INSERT INTO entries (transfer_id, account_id, side, amount, currency) VALUES \
-               ('{ghost}', 'a', 'debit', -5, 'USD'), ('{ghost}', 'b', 'credit', 5, 'USD'); \
-             UPDATE accounts SET balance = balance - 5 WHERE id = 'a'; \
-             UPDATE accounts SET balance = balance + 5 WHERE id = 'b';"
+            "INSERT INTO entries (ledger, transfer_id, account_id, side, amount, currency) VALUES \
+               ('default', '{ghost}', 'a', 'debit', -5, 'USD'), \
+               ('default', '{ghost}', 'b', 'credit', 5, 'USD'); \
+             UPDATE accounts SET balance = balance - 5 WHERE id = 'a' AND ledger = 'default'; \
+             UPDATE accounts SET balance = balance + 5 WHERE id = 'b' AND ledger = 'default';"
         ),
     )
     .await;
@@ -234,8 +246,8 @@ async fn an_entry_without_a_transfer_is_orphan_entry() {
         &app,
         &format!(
             "DELETE FROM entries WHERE transfer_id = '{ghost}'; \
-             UPDATE accounts SET balance = balance + 5 WHERE id = 'a'; \
-             UPDATE accounts SET balance = balance - 5 WHERE id = 'b';"
+             UPDATE accounts SET balance = balance + 5 WHERE id = 'a' AND ledger = 'default'; \
+             UPDATE accounts SET balance = balance - 5 WHERE id = 'b' AND ledger = 'default';"
         ),
     )
     .await;
@@ -252,10 +264,11 @@ async fn a_second_debit_and_credit_for_one_transfer_is_double_posted() {
         &app,
         &format!(
             "ALTER TABLE entries DROP CONSTRAINT entries_one_per_side; \
-             INSERT INTO entries (transfer_id, account_id, side, amount, currency) VALUES \
-               ('{id}', 'a', 'debit', -20, 'USD'), ('{id}', 'b', 'credit', 20, 'USD'); \
-             UPDATE accounts SET balance = balance - 20 WHERE id = 'a'; \
-             UPDATE accounts SET balance = balance + 20 WHERE id = 'b';"
+             INSERT INTO entries (ledger, transfer_id, account_id, side, amount, currency) VALUES \
+               ('default', '{id}', 'a', 'debit', -20, 'USD'), \
+               ('default', '{id}', 'b', 'credit', 20, 'USD'); \
+             UPDATE accounts SET balance = balance - 20 WHERE id = 'a' AND ledger = 'default'; \
+             UPDATE accounts SET balance = balance + 20 WHERE id = 'b' AND ledger = 'default';"
         ),
     )
     .await;
@@ -273,8 +286,8 @@ async fn a_second_debit_and_credit_for_one_transfer_is_double_posted() {
         &format!(
             "DELETE FROM entries WHERE id IN (SELECT max(id) FROM entries \
                WHERE transfer_id = '{id}' GROUP BY side); \
-             UPDATE accounts SET balance = balance + 20 WHERE id = 'a'; \
-             UPDATE accounts SET balance = balance - 20 WHERE id = 'b';"
+             UPDATE accounts SET balance = balance + 20 WHERE id = 'a' AND ledger = 'default'; \
+             UPDATE accounts SET balance = balance - 20 WHERE id = 'b' AND ledger = 'default';"
         ),
     )
     .await;
@@ -321,9 +334,9 @@ async fn a_posted_transfer_marked_failed_is_failed_with_entries() {
 async fn insert_aged_pending(app: &TestApp, key: &str) -> uuid::Uuid {
     let id = uuid::Uuid::now_v7();
     sqlx::query(
-        "INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
+        "INSERT INTO transfers (id, ledger, api_key_id, idempotency_key, request_fingerprint, \
            from_account, to_account, amount, currency, created_at, updated_at) \
-         SELECT $1, id, $2, '\\x00', 'treasury', 'b', 3, 'USD', \
+         SELECT $1, 'default', id, $2, '\\x00', 'treasury', 'b', 3, 'USD', \
            now() - interval '11 minutes', now() - interval '11 minutes' \
          FROM api_keys LIMIT 1",
     )
@@ -396,9 +409,10 @@ async fn insert_aged_pending_many(
     minutes: i32,
 ) -> Vec<uuid::Uuid> {
     sqlx::query_scalar(
-        "INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
+        "INSERT INTO transfers (id, ledger, api_key_id, idempotency_key, request_fingerprint, \
            from_account, to_account, amount, currency, created_at, updated_at) \
-         SELECT gen_random_uuid(), k.id, $1 || n, '\\x00', 'treasury', 'b', 3, 'USD', \
+         SELECT gen_random_uuid(), 'default', k.id, $1 || n, '\\x00', 'treasury', 'b', 3, \
+           'USD', \
            now() - make_interval(mins => $3), now() - make_interval(mins => $3) \
          FROM generate_series(1, $2) AS n, (SELECT id FROM api_keys LIMIT 1) AS k \
          RETURNING id",
@@ -500,9 +514,10 @@ async fn a_finding_of_a_kind_the_run_did_not_check_stays_open() {
     // A finding of a kind none of this run's checks reports, as a check that did not run (or
     // another ferry version's) leaves it: nothing looked at it, so nothing may resolve it.
     let id: uuid::Uuid = sqlx::query_scalar(
-        "INSERT INTO reconciliation_findings (id, kind, severity, subject, detail, \
+        "INSERT INTO reconciliation_findings (id, kind, severity, ledger, subject, detail, \
            first_seen_run, last_seen_run) \
-         SELECT gen_random_uuid(), 'not_checked_here', 'medium', 'account:a', 'left by another check', \
+         SELECT gen_random_uuid(), 'not_checked_here', 'medium', 'default', 'account:a', \
+           'left by another check', \
            id, id FROM reconciliation_runs LIMIT 1 \
          RETURNING id",
     )
@@ -594,7 +609,12 @@ async fn a_killed_job_is_job_dead_and_resolves_when_cleared() {
     let run = reconcile(&app, false).await;
     assert_eq!(
         findings(&run),
-        vec![finding("job_dead", &format!("job:{job_id}"), "medium")]
+        vec![finding_in(
+            "",
+            "job_dead",
+            &format!("job:{job_id}"),
+            "medium"
+        )]
     );
     sqlx::query("DELETE FROM apalis.jobs WHERE id = $1")
         .bind(&job_id)
@@ -615,9 +635,9 @@ async fn an_unbalanced_currency_is_ledger_unbalanced() {
     tamper(
         &app,
         &format!(
-            "INSERT INTO entries (transfer_id, account_id, side, amount, currency) \
-               VALUES ('{ghost}', 'b', 'credit', 20, 'USD'); \
-             UPDATE accounts SET balance = balance + 20 WHERE id = 'b';"
+            "INSERT INTO entries (ledger, transfer_id, account_id, side, amount, currency) \
+               VALUES ('default', '{ghost}', 'b', 'credit', 20, 'USD'); \
+             UPDATE accounts SET balance = balance + 20 WHERE id = 'b' AND ledger = 'default';"
         ),
     )
     .await;
@@ -685,6 +705,11 @@ async fn runs_are_listed_newest_first_and_need_the_admin_scope() {
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[0]["id"], second["id"]);
     assert_eq!(runs[0]["status"], "completed");
+    assert!(
+        runs[0]["ledger"].is_null(),
+        "a run over every ledger: {}",
+        runs[0]
+    );
     assert!(runs[0]["window_start"].is_string() && runs[0]["window_end"].is_string());
     let missing = app
         .get(&format!("/v1/reconciliations/{}", uuid::Uuid::new_v4()))
@@ -732,6 +757,13 @@ async fn two_schedulers_make_exactly_one_run_per_window() {
     .await
     .expect("runs");
     assert!(windows.len() >= 2, "{windows:?}");
+    let scoped = sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM reconciliation_runs WHERE trigger = 'schedule' AND ledger IS NOT NULL",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("scheduled runs");
+    assert_eq!(scoped, 0, "scheduled runs check every ledger");
     assert!(windows.iter().all(|(_, runs)| *runs == 1), "{windows:?}");
     for pair in windows.windows(2) {
         assert_eq!((pair[1].0 - pair[0].0).num_seconds(), 2, "{windows:?}");
@@ -756,7 +788,7 @@ async fn the_cli_prints_a_report_and_exits_1_on_critical_findings() {
     assert!(report.contains("no findings"), "{report}");
     tamper(
         &app,
-        "UPDATE accounts SET balance = balance + 1 WHERE id = 'a'",
+        "UPDATE accounts SET balance = balance + 1 WHERE id = 'a' AND ledger = 'default'",
     )
     .await;
     let dirty = run_cli().await;
@@ -764,4 +796,5 @@ async fn the_cli_prints_a_report_and_exits_1_on_critical_findings() {
     assert_eq!(dirty.status.code(), Some(1), "{report}");
     assert!(report.contains("CRITICAL balance_drift"), "{report}");
     assert!(report.contains("account:a"), "{report}");
+    assert!(report.contains("all ledgers"), "{report}");
 }
