@@ -266,7 +266,8 @@ impl Config {
     }
 
     /// Refuses settings that would make ferry silently misbehave; the first rule broken is
-    /// reported, naming its variable.
+    /// reported, naming its variable. Longer than our ~70-line guide on purpose: it is one
+    /// table, a row per rule, and reads best whole (each row is tested in tests/api/config.rs).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Err(reason) = parse_schedule(&self.reconcile.cron) {
             return Err(ConfigError {

@@ -84,104 +84,111 @@ async fn api_key(config: &Config, command: ApiKeyCommand) -> anyhow::Result<()> 
                     .transpose()
                     .context("--expires-in")?,
             };
-            anyhow::ensure!(
-                !(spec.scopes.allows_admin() && spec.ledger.is_some()),
-                "--ledger: admin keys are global; a key with the admin scope cannot be bound \
-                 to a ledger"
-            );
-            let pool = connect_migrated(config).await?;
-            // The CLI creates the key's ledger if it is missing; the API does not.
-            let created = api_keys::issue(&pool, &spec, MissingLedger::Create, &Actor::operator())
-                .await
-                .context("storing the API key")?;
-            let key = &created.key;
+            create_api_key(config, spec).await
+        }
+        ApiKeyCommand::List => list_api_keys(config).await,
+        ApiKeyCommand::Revoke { id } => revoke_api_key(config, &id).await,
+    }
+}
+
+async fn create_api_key(config: &Config, spec: KeySpec) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !(spec.scopes.allows_admin() && spec.ledger.is_some()),
+        "--ledger: admin keys are global; a key with the admin scope cannot be bound \
+         to a ledger"
+    );
+    let pool = connect_migrated(config).await?;
+    // The CLI creates the key's ledger if it is missing; the API does not.
+    let created = api_keys::issue(&pool, &spec, MissingLedger::Create, &Actor::operator())
+        .await
+        .context("storing the API key")?;
+    let key = &created.key;
+    println!(
+        "created API key {} ({}) with scopes {}, {}, {}",
+        key.id,
+        key.name,
+        key.scopes.join(","),
+        key.ledger
+            .as_deref()
+            .map_or_else(|| "global".to_owned(), |l| format!("ledger {l}")),
+        key.expires_at.map_or_else(
+            || "never expires".to_owned(),
+            |at| format!("expires {}", time(at))
+        ),
+    );
+    println!("store it now; it cannot be shown again:");
+    println!("{}", created.plaintext);
+    Ok(())
+}
+
+async fn list_api_keys(config: &Config) -> anyhow::Result<()> {
+    let pool = connect_migrated(config).await?;
+    let mut rows = vec![
+        [
+            "ID",
+            "NAME",
+            "LEDGER",
+            "SCOPES",
+            "CREATED",
+            "EXPIRES",
+            "LAST USED",
+            "REVOKED",
+        ]
+        .map(str::to_owned),
+    ];
+    let mut cursor = None;
+    loop {
+        let page = api_keys::list(&pool, 1000, cursor).await?;
+        for key in &page {
+            let at = |t: Option<chrono::DateTime<chrono::Utc>>, none: &str| {
+                t.map_or_else(|| none.to_owned(), time)
+            };
+            rows.push([
+                key.id.to_string(),
+                key.name.clone(),
+                key.ledger.clone().unwrap_or_else(|| "(global)".to_owned()),
+                key.scopes.join(","),
+                time(key.created_at),
+                at(key.expires_at, "never"),
+                at(key.last_used_at, "never"),
+                at(key.revoked_at, "-"),
+            ]);
+        }
+        match page.last() {
+            Some(last) if page.len() == 1000 => cursor = Some(last.id),
+            _ => break,
+        }
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+async fn revoke_api_key(config: &Config, id: &str) -> anyhow::Result<()> {
+    let id = uuid::Uuid::parse_str(id)
+        .map_err(|_| anyhow::anyhow!("{id:?} is not an API key id (see `ferry api-key list`)"))?;
+    let pool = connect_migrated(config).await?;
+    match api_keys::revoke(&pool, id, &Actor::operator()).await {
+        Ok(key) => {
             println!(
-                "created API key {} ({}) with scopes {}, {}, {}",
+                "revoked API key {} ({}); every ferry process refuses it within {} s",
                 key.id,
                 key.name,
-                key.scopes.join(","),
-                key.ledger
-                    .as_deref()
-                    .map_or_else(|| "global".to_owned(), |l| format!("ledger {l}")),
-                key.expires_at.map_or_else(
-                    || "never expires".to_owned(),
-                    |at| format!("expires {}", time(at))
-                ),
+                api_keys::REVOCATION_BOUND_MS / 1000
             );
-            println!("store it now; it cannot be shown again:");
-            println!("{}", created.plaintext);
             Ok(())
         }
-        ApiKeyCommand::List => {
-            let pool = connect_migrated(config).await?;
-            let mut rows = vec![
-                [
-                    "ID",
-                    "NAME",
-                    "LEDGER",
-                    "SCOPES",
-                    "CREATED",
-                    "EXPIRES",
-                    "LAST USED",
-                    "REVOKED",
-                ]
-                .map(str::to_owned),
-            ];
-            let mut cursor = None;
-            loop {
-                let page = api_keys::list(&pool, 1000, cursor).await?;
-                for key in &page {
-                    let at = |t: Option<chrono::DateTime<chrono::Utc>>, none: &str| {
-                        t.map_or_else(|| none.to_owned(), time)
-                    };
-                    rows.push([
-                        key.id.to_string(),
-                        key.name.clone(),
-                        key.ledger.clone().unwrap_or_else(|| "(global)".to_owned()),
-                        key.scopes.join(","),
-                        time(key.created_at),
-                        at(key.expires_at, "never"),
-                        at(key.last_used_at, "never"),
-                        at(key.revoked_at, "-"),
-                    ]);
-                }
-                match page.last() {
-                    Some(last) if page.len() == 1000 => cursor = Some(last.id),
-                    _ => break,
-                }
-            }
-            print_table(&rows);
-            Ok(())
+        Err(RevokeKeyError::NotFound(id)) => {
+            anyhow::bail!("no API key {id} (see `ferry api-key list`)")
         }
-        ApiKeyCommand::Revoke { id } => {
-            let id = uuid::Uuid::parse_str(&id).map_err(|_| {
-                anyhow::anyhow!("{id:?} is not an API key id (see `ferry api-key list`)")
-            })?;
-            let pool = connect_migrated(config).await?;
-            match api_keys::revoke(&pool, id, &Actor::operator()).await {
-                Ok(key) => {
-                    println!(
-                        "revoked API key {} ({}); every ferry process refuses it within {} s",
-                        key.id,
-                        key.name,
-                        api_keys::REVOCATION_BOUND_MS / 1000
-                    );
-                    Ok(())
-                }
-                Err(RevokeKeyError::NotFound(id)) => {
-                    anyhow::bail!("no API key {id} (see `ferry api-key list`)")
-                }
-                Err(RevokeKeyError::AlreadyRevoked(key)) => anyhow::bail!(
-                    "API key {} ({}) was already revoked{}",
-                    key.id,
-                    key.name,
-                    key.revoked_at
-                        .map(|at| format!(" at {}", time(at)))
-                        .unwrap_or_default()
-                ),
-                Err(e) => Err(anyhow::Error::new(e).context("revoking the API key")),
-            }
-        }
+        Err(RevokeKeyError::AlreadyRevoked(key)) => anyhow::bail!(
+            "API key {} ({}) was already revoked{}",
+            key.id,
+            key.name,
+            key.revoked_at
+                .map(|at| format!(" at {}", time(at)))
+                .unwrap_or_default()
+        ),
+        Err(e) => Err(anyhow::Error::new(e).context("revoking the API key")),
     }
 }
 

@@ -220,6 +220,32 @@ struct DriftRow {
     accounts: i64,
 }
 
+impl DriftRow {
+    /// The drift this row reports; `None` for the summary row (which carries only the count).
+    fn observation(self) -> Result<Option<Observation>, sqlx::Error> {
+        let Some(id) = self.id else {
+            return Ok(None);
+        };
+        let ledger = LedgerName::from_trusted(present(self.ledger, "ledger")?);
+        let sum = present(self.entries_sum, "entries_sum")?;
+        let detail = match self.balance {
+            Some(balance) => format!(
+                "balance {balance} but its entries sum to {sum} (difference {})",
+                balance - sum
+            ),
+            None => {
+                format!("no such account in ledger {ledger}, yet entries there name it (sum {sum})")
+            }
+        };
+        Ok(Some(Observation::about_account(
+            FindingKind::BalanceDrift,
+            ledger,
+            id,
+            detail,
+        )))
+    }
+}
+
 /// The per-(ledger, account) sums a run over every ledger compares with: the checkpoints,
 /// which it has just brought up to everything its snapshot sees.
 const SUMS_ALL_LEDGERS: &str =
@@ -287,31 +313,11 @@ pub async fn balances(
     .bind(through_id)
     .fetch_all(&mut *conn)
     .await?;
-    let mut observations = Vec::new();
-    let mut accounts_checked = 0;
-    for row in drifted {
-        accounts_checked = row.accounts;
-        let Some(id) = row.id else {
-            continue;
-        };
-        let ledger = LedgerName::from_trusted(present(row.ledger, "ledger")?);
-        let sum = present(row.entries_sum, "entries_sum")?;
-        let detail = match row.balance {
-            Some(balance) => format!(
-                "balance {balance} but its entries sum to {sum} (difference {})",
-                balance - sum
-            ),
-            None => {
-                format!("no such account in ledger {ledger}, yet entries there name it (sum {sum})")
-            }
-        };
-        observations.push(Observation::about_account(
-            FindingKind::BalanceDrift,
-            ledger,
-            id,
-            detail,
-        ));
-    }
+    let accounts_checked = drifted.last().map_or(0, |row| row.accounts);
+    let mut observations = drifted
+        .into_iter()
+        .filter_map(|row| row.observation().transpose())
+        .collect::<Result<Vec<_>, _>>()?;
     observations.extend(unbalanced_currencies(conn, ledger, sums, through_id, new_through).await?);
     Ok(BalanceCheck {
         observations,
