@@ -49,14 +49,7 @@ impl CreateAccountRequest {
     /// Parse, don't validate: the only way from wire to domain; the account lands in the
     /// caller's ledger.
     fn into_new_account(self, caller: &ApiKeyIdentity) -> Result<NewAccount, ApiError> {
-        let named = self
-            .ledger
-            .as_deref()
-            .map(|name| LedgerName::parse(name).map_err(|e| ApiError::InvalidLedger(e.to_string())))
-            .transpose()?;
-        let ledger = caller
-            .ledger_for(named)
-            .map_err(|_| ApiError::LedgerForbidden(self.ledger.clone().unwrap_or_default()))?;
+        let ledger = super::auth::ledger_to_write(caller, self.ledger.as_deref())?;
         let currency = Currency::parse(&self.currency)
             .map_err(|e| ApiError::InvalidCurrency(e.to_string()))?;
         let id = match self.id {

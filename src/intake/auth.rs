@@ -34,6 +34,20 @@ impl Caller {
     }
 }
 
+/// The ledger a request body asks to write in (`"ledger"`, optional): a malformed name is
+/// `400 invalid_ledger`, another ledger than a bound key's own `403 ledger_forbidden`.
+pub fn ledger_to_write(
+    caller: &ApiKeyIdentity,
+    named: Option<&str>,
+) -> Result<LedgerName, ApiError> {
+    let parsed = named
+        .map(|name| LedgerName::parse(name).map_err(|e| ApiError::InvalidLedger(e.to_string())))
+        .transpose()?;
+    caller
+        .ledger_for(parsed)
+        .map_err(|_| ApiError::LedgerForbidden(named.unwrap_or_default().to_owned()))
+}
+
 /// A request named a ledger its key is not bound to. Handlers answer `404` where existence
 /// must not be revealed (reads) and `403` where the caller asks to create something there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use super::auth::Caller;
 use super::error::{ApiError, Problem};
 use super::json::{JsonBody, from_value, reject_nul};
 use super::query::QueryParams;
-use crate::domain::{AccountId, Amount, Currency, IdempotencyKey, LedgerName, NewTransfer, Scope};
+use crate::domain::{AccountId, Amount, Currency, IdempotencyKey, NewTransfer, Scope};
 use crate::queue::payloads::TRANSFERS_PER_JOB_MAX;
 use crate::store::api_keys::ApiKeyIdentity;
 use crate::store::transfers::{self, Acceptance, Submission, TransferView};
@@ -61,14 +61,7 @@ impl TransferRequest {
         key: IdempotencyKey,
         caller: &ApiKeyIdentity,
     ) -> Result<NewTransfer, ApiError> {
-        let named = self
-            .ledger
-            .as_deref()
-            .map(|name| LedgerName::parse(name).map_err(|e| ApiError::InvalidLedger(e.to_string())))
-            .transpose()?;
-        let ledger = caller
-            .ledger_for(named)
-            .map_err(|_| ApiError::LedgerForbidden(self.ledger.clone().unwrap_or_default()))?;
+        let ledger = super::auth::ledger_to_write(caller, self.ledger.as_deref())?;
         let currency = Currency::parse(&self.currency)
             .map_err(|e| ApiError::InvalidCurrency(e.to_string()))?;
         let amount_text = self.amount.as_str().ok_or_else(|| {
