@@ -260,9 +260,10 @@ async fn reconcile(config: &Config, args: ReconcileArgs) -> anyhow::Result<()> {
     let from = args.from.unwrap_or(to - chrono::Duration::minutes(5));
     let window = Window::new(from, to)?;
     let pool = connect_migrated(config).await?;
-    let mut conn = pool.acquire().await?;
+    // The run and its audit event commit together.
+    let mut tx = pool.begin().await?;
     let run = runs::create(
-        &mut conn,
+        &mut tx,
         Trigger::Cli,
         window,
         args.full,
@@ -270,14 +271,14 @@ async fn reconcile(config: &Config, args: ReconcileArgs) -> anyhow::Result<()> {
     )
     .await?
     .context("creating the run")?;
-    drop(conn);
     let started = Actor::operator().event(
         AuditAction::ReconciliationStarted,
-        None,
+        args.ledger.as_ref(),
         audit::target::reconciliation(run.id),
         serde_json::json!({"from": from, "to": to, "full": args.full}),
     );
-    audit::record(&pool, &started).await?;
+    audit::record(&mut *tx, &started).await?;
+    tx.commit().await?;
     let progress = BarProgress::new(ferry::reconcile::STEPS);
     let alerting = ferry::alerts::Alerting::new(config.alerts.clone());
     let outcome =

@@ -17,8 +17,9 @@ use super::query::QueryParams;
 use crate::domain::{LedgerName, Scope};
 use crate::reconcile::findings::{self, FindingView};
 use crate::reconcile::runs::{self, RunView, Trigger};
-use crate::reconcile::schedule::{ScheduleError, enqueue_run};
+use crate::reconcile::schedule::{ScheduleError, enqueue_run_in};
 use crate::reconcile::window::Window;
+use crate::store::audit::{self, AuditAction};
 
 /// Window of an on-demand run when the request names none: the last five minutes.
 pub const DEFAULT_WINDOW_SECS: i64 = 300;
@@ -64,6 +65,7 @@ pub async fn start(
     caller: Caller,
     body: Result<JsonBody<StartRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
+    let actor = caller.actor();
     caller.require(Scope::Admin)?;
     let JsonBody(body) = body?;
     let to = body.to.unwrap_or_else(Utc::now);
@@ -77,36 +79,32 @@ pub async fn start(
         .map(LedgerName::parse)
         .transpose()
         .map_err(|e| ApiError::InvalidBody(format!("ledger: {e}")))?;
+    // The run, its job and its audit event commit together.
     let run = state
         .db(async {
-            enqueue_run(
-                &state.pool,
-                Trigger::Api,
-                window,
-                body.full,
+            let mut tx = state.pool.begin().await?;
+            let run = enqueue_run_in(&mut tx, Trigger::Api, window, body.full, ledger.as_ref())
+                .await
+                .map_err(|e| match e {
+                    ScheduleError::UnknownLedger(ledger) => {
+                        ApiError::LedgerNotFound(ledger.to_string())
+                    }
+                    ScheduleError::Database(e) => ApiError::from(e),
+                    ScheduleError::Enqueue(e) => ApiError::Internal(e.into()),
+                })?
+                .ok_or_else(|| {
+                    ApiError::Internal(anyhow::anyhow!("on-demand run was not created"))
+                })?;
+            let started = actor.event(
+                AuditAction::ReconciliationStarted,
                 ledger.as_ref(),
-            )
-            .await
-            .map_err(|e| match e {
-                ScheduleError::UnknownLedger(ledger) => {
-                    ApiError::LedgerNotFound(ledger.to_string())
-                }
-                ScheduleError::Database(e) => ApiError::from(e),
-                ScheduleError::Enqueue(e) => ApiError::Internal(e.into()),
-            })
-        })
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("on-demand run was not created")))?;
-    state
-        .db(crate::store::audit::record(
-            &state.pool,
-            &caller.actor().event(
-                crate::store::audit::AuditAction::ReconciliationStarted,
-                None,
-                crate::store::audit::target::reconciliation(run.id),
+                audit::target::reconciliation(run.id),
                 serde_json::json!({"from": from, "to": to, "full": body.full}),
-            ),
-        ))
+            );
+            audit::record(&mut *tx, &started).await?;
+            tx.commit().await?;
+            Ok::<_, ApiError>(run)
+        })
         .await?;
     let location = HeaderValue::from_str(&format!("/v1/reconciliations/{}", run.id))
         .map_err(|e| ApiError::Internal(e.into()))?;

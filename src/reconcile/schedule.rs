@@ -52,16 +52,23 @@ pub async fn enqueue_run(
     ledger: Option<&LedgerName>,
 ) -> Result<Option<RunView>, ScheduleError> {
     let mut tx = pool.begin().await?;
-    let Some(run) = runs::create(&mut tx, trigger, window, full_scan, ledger).await? else {
+    let run = enqueue_run_in(&mut tx, trigger, window, full_scan, ledger).await?;
+    tx.commit().await?;
+    Ok(run)
+}
+
+/// [`enqueue_run`] inside the caller's transaction, so what the caller records about the run
+/// (the audit event of an on-demand run) commits with it or not at all.
+pub async fn enqueue_run_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    trigger: Trigger,
+    window: Window,
+    full_scan: bool,
+    ledger: Option<&LedgerName>,
+) -> Result<Option<RunView>, ScheduleError> {
+    let Some(run) = runs::create(tx, trigger, window, full_scan, ledger).await? else {
         return Ok(None);
     };
-    queue::enqueue(
-        &mut tx,
-        RECONCILE_QUEUE,
-        &Reconcile { run_id: run.id },
-        None,
-    )
-    .await?;
-    tx.commit().await?;
+    queue::enqueue(tx, RECONCILE_QUEUE, &Reconcile { run_id: run.id }, None).await?;
     Ok(Some(run))
 }

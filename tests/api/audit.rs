@@ -237,11 +237,47 @@ async fn refused_acts_record_nothing() {
                 .bearer_auth(&app.api_key),
         )
         .await,
+        app.post_json("/v1/reconciliations", &json!({"ledger": "missing"}))
+            .await,
     ];
     for reply in refused {
         assert!(reply.status.is_client_error(), "{}", reply.body);
     }
     assert_eq!(app.count("SELECT count(*) FROM audit_events").await, before);
+}
+
+#[tokio::test]
+async fn a_reconciliation_of_one_ledger_is_recorded_with_that_ledger_and_its_run() {
+    let app = spawn_app().await;
+    let started = app
+        .post_json("/v1/reconciliations", &json!({"ledger": "default"}))
+        .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
+    let run = started.body["id"].as_str().expect("run id");
+    let recorded: Vec<(String, Option<String>, String)> = sqlx::query_as(
+        "SELECT action, ledger, target FROM audit_events \
+         WHERE action = 'reconciliation.started'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("audit events");
+    assert_eq!(
+        recorded,
+        [(
+            "reconciliation.started".to_owned(),
+            Some("default".to_owned()),
+            format!("reconciliation:{run}")
+        )]
+    );
+    // The event committed with the run and its job: each exists with the other.
+    let runs_without_event = app
+        .count(
+            "SELECT count(*) FROM reconciliation_runs r WHERE trigger <> 'schedule' \
+             AND NOT EXISTS (SELECT 1 FROM audit_events e \
+                             WHERE e.target = 'reconciliation:' || r.id::text)",
+        )
+        .await;
+    assert_eq!(runs_without_event, 0);
 }
 
 #[tokio::test]
