@@ -52,13 +52,6 @@ impl fmt::Display for LedgerName {
     }
 }
 
-impl From<String> for LedgerName {
-    /// For `#[sqlx(from = "String")]` on rows: the database holds only checked names.
-    fn from(text: String) -> Self {
-        Self::from_trusted(text)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

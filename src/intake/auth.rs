@@ -64,13 +64,6 @@ impl ApiKeyIdentity {
             (None, named) => Ok(named.unwrap_or_else(LedgerName::default_ledger)),
         }
     }
-
-    /// Whether this key may see rows of `ledger`.
-    pub fn sees(&self, ledger: &str) -> bool {
-        self.ledger
-            .as_ref()
-            .is_none_or(|own| own.as_str() == ledger)
-    }
 }
 
 impl FromRequestParts<AppState> for Caller {

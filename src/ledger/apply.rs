@@ -92,13 +92,12 @@ fn apply_one(
         .get(&transfer.to_account)
         .ok_or(FailureCode::AccountNotFound)?;
     // Closed outranks frozen: a closed account will never take the transfer.
-    for status in [AccountStatus::Closed, AccountStatus::Frozen] {
-        if from.status == status || to.status == status {
-            return Err(match status {
-                AccountStatus::Closed => FailureCode::AccountClosed,
-                _ => FailureCode::AccountFrozen,
-            });
-        }
+    let either = |status| from.status == status || to.status == status;
+    if either(AccountStatus::Closed) {
+        return Err(FailureCode::AccountClosed);
+    }
+    if either(AccountStatus::Frozen) {
+        return Err(FailureCode::AccountFrozen);
     }
     if from.currency != currency || to.currency != currency {
         return Err(FailureCode::CurrencyMismatch);

@@ -259,11 +259,6 @@ impl TryFrom<PendingTransferRow> for PendingTransfer {
     }
 }
 
-/// Most distinct ledgers in a batch locked with one index-range query each; past it, one
-/// join over all keys. Measured on 100k accounts, 3,000 keys of one ledger: `ledger = $1 AND
-/// id = ANY($2)` locks in 11 ms, the join in 23 ms (BENCHMARKS.md, issue 11).
-const LOCK_QUERIES_PER_LEDGER_MAX: usize = 4;
-
 async fn lock_accounts(
     tx: &mut Transaction<'_, Postgres>,
     transfers: &[PendingTransfer],
@@ -274,41 +269,18 @@ async fn lock_accounts(
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    let mut by_ledger: Vec<(&LedgerName, Vec<&str>)> = Vec::new();
-    for key in &keys {
-        match by_ledger.last_mut() {
-            Some((ledger, ids)) if *ledger == &key.ledger => ids.push(key.id.as_str()),
-            _ => by_ledger.push((&key.ledger, vec![key.id.as_str()])),
-        }
-    }
-    // Locked in (ledger, id) order, as every other writer of account rows does: ledgers one
-    // after the other in name order, ids in order within each.
-    let mut rows: Vec<LockedAccountRow> = Vec::with_capacity(keys.len());
-    if by_ledger.len() <= LOCK_QUERIES_PER_LEDGER_MAX {
-        for (ledger, ids) in &by_ledger {
-            let locked: Vec<LockedAccountRow> = sqlx::query_as(
-                "SELECT ledger, id, currency, balance, allow_overdraft, status FROM accounts \
-                 WHERE ledger = $1 AND id = ANY($2) ORDER BY id FOR UPDATE",
-            )
-            .bind(ledger.as_str())
-            .bind(ids)
-            .fetch_all(&mut **tx)
-            .await?;
-            rows.extend(locked);
-        }
-    } else {
-        let (ledgers, ids) = key_columns(keys.into_iter());
-        rows = sqlx::query_as(
-            "SELECT a.ledger, a.id, a.currency, a.balance, a.allow_overdraft, a.status \
-             FROM accounts a JOIN unnest($1::text[], $2::text[]) AS k(ledger, id) \
-               ON a.ledger = k.ledger AND a.id = k.id \
-             ORDER BY a.ledger, a.id FOR UPDATE OF a",
-        )
-        .bind(&ledgers)
-        .bind(&ids)
-        .fetch_all(&mut **tx)
-        .await?;
-    }
+    let (ledgers, ids) = key_columns(keys.into_iter());
+    // Locked in (ledger, id) order, as every other writer of account rows does.
+    let rows: Vec<LockedAccountRow> = sqlx::query_as(
+        "SELECT a.ledger, a.id, a.currency, a.balance, a.allow_overdraft, a.status \
+         FROM accounts a JOIN unnest($1::text[], $2::text[]) AS k(ledger, id) \
+           ON a.ledger = k.ledger AND a.id = k.id \
+         ORDER BY a.ledger, a.id FOR UPDATE OF a",
+    )
+    .bind(&ledgers)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
     rows.into_iter()
         .map(|row| {
             let key = AccountKey::new(

@@ -270,7 +270,12 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        self.send(self.client.get(self.url(path)).bearer_auth(&self.api_key))
+        self.get_as(&self.api_key, path).await
+    }
+
+    /// `get` with another API key.
+    pub async fn get_as(&self, api_key: &str, path: &str) -> Reply {
+        self.send(self.client.get(self.url(path)).bearer_auth(api_key))
             .await
     }
 
@@ -328,9 +333,15 @@ impl TestApp {
 
     /// Waits until transfer `id` is terminal and returns it.
     pub async fn wait_until_terminal(&self, id: &str) -> Value {
+        self.wait_until_terminal_as(&self.api_key, id).await
+    }
+
+    /// `wait_until_terminal` for a transfer of another API key (transfers are visible only to
+    /// the key that created them).
+    pub async fn wait_until_terminal_as(&self, api_key: &str, id: &str) -> Value {
         let started = Instant::now();
         loop {
-            let reply = self.get(&format!("/v1/transfers/{id}")).await;
+            let reply = self.get_as(api_key, &format!("/v1/transfers/{id}")).await;
             assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
             if reply.body["status"] != "pending" {
                 return reply.body;

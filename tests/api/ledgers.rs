@@ -5,12 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ferry::domain::{LedgerName, Scopes};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestApp, spawn_app, transfer};
+use crate::helpers::{Reply, TestApp, create_ledger, create_ledger_key, spawn_app, transfer};
 use crate::invariants::assert_ledger_invariants;
 
 const PRODUCER_SCOPES: &str = "transfers:write,transfers:read,accounts:write,accounts:read";
@@ -23,37 +22,17 @@ struct Producer<'a> {
 
 impl<'a> Producer<'a> {
     async fn new(app: &'a TestApp, ledger: &str) -> Self {
-        sqlx::query("INSERT INTO ledgers (name) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(ledger)
-            .execute(&app.pool)
-            .await
-            .expect("ledger");
-        let ledger = LedgerName::parse(ledger).expect("ledger name");
-        let scopes = Scopes::parse_list(PRODUCER_SCOPES).expect("scopes");
-        let (_, key) =
-            ferry::store::api_keys::create(&app.pool, "producer", &scopes, Some(&ledger))
-                .await
-                .expect("api key");
+        create_ledger(&app.pool, ledger).await;
+        let key = create_ledger_key(&app.pool, ledger, PRODUCER_SCOPES).await;
         Self { app, key }
     }
 
     async fn get(&self, path: &str) -> Reply {
-        let request = self
-            .app
-            .client
-            .get(self.app.url(path))
-            .bearer_auth(&self.key);
-        self.app.send(request).await
+        self.app.get_as(&self.key, path).await
     }
 
     async fn post(&self, path: &str, body: &Value) -> Reply {
-        let request = self
-            .app
-            .client
-            .post(self.app.url(path))
-            .bearer_auth(&self.key)
-            .json(body);
-        self.app.send(request).await
+        self.app.post_json_as(&self.key, path, body).await
     }
 
     async fn create_account(&self, id: &str, allow_overdraft: bool) {
@@ -63,28 +42,14 @@ impl<'a> Producer<'a> {
     }
 
     async fn post_transfer(&self, key: &str, body: &Value) -> Reply {
-        let request = self
-            .app
-            .client
-            .post(self.app.url("/v1/transfers"))
-            .bearer_auth(&self.key)
-            .header("Idempotency-Key", key)
-            .json(body);
-        self.app.send(request).await
+        self.app.post_transfer_as(&self.key, key, body).await
     }
 
     async fn transfer_and_wait(&self, key: &str, body: &Value) -> Value {
         let reply = self.post_transfer(key, body).await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
-        let id = reply.body["id"].as_str().expect("id").to_owned();
-        for _ in 0..1500 {
-            let now = self.get(&format!("/v1/transfers/{id}")).await;
-            if now.body["status"] != "pending" {
-                return now.body;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("transfer {id} still pending after 30 s");
+        let id = reply.body["id"].as_str().expect("id");
+        self.app.wait_until_terminal_as(&self.key, id).await
     }
 
     async fn balance(&self, account: &str) -> String {
@@ -340,7 +305,7 @@ async fn an_admin_key_names_the_ledger_and_defaults_to_default() {
         app: &app,
         key: crate::helpers::create_api_key(&app.pool, "admin").await,
     };
-    let _shop = Producer::new(&app, "shop").await;
+    create_ledger(&app.pool, "shop").await;
     let in_shop =
         json!({"id": "cash", "currency": "USD", "ledger": "shop", "allow_overdraft": true});
     assert_eq!(
