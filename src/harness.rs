@@ -28,6 +28,16 @@ impl ScratchDatabase {
     /// Creates and migrates a database named `{prefix}_{uuid}` on the server `server_url`
     /// points at; a database named in `server_url` only serves to find the server.
     pub async fn create(server_url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let scratch = Self::create_empty(server_url, prefix).await?;
+        let pool = db::connect(&scratch.url, 1, Duration::from_secs(30)).await?;
+        let migrated = db::migrate(&pool).await;
+        pool.close().await;
+        migrated?;
+        Ok(scratch)
+    }
+
+    /// Like [`ScratchDatabase::create`], without migrating: for tests of the migrations.
+    pub async fn create_empty(server_url: &str, prefix: &str) -> anyhow::Result<Self> {
         let options: PgConnectOptions = server_url
             .parse()
             .context("parsing the database server URL")?;
@@ -40,10 +50,6 @@ impl ScratchDatabase {
         };
         // Made before the database exists: a failed migration still drops it.
         db::create_if_missing(&scratch.url).await?;
-        let pool = db::connect(&scratch.url, 1, Duration::from_secs(30)).await?;
-        let migrated = db::migrate(&pool).await;
-        pool.close().await;
-        migrated?;
         Ok(scratch)
     }
 

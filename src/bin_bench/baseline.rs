@@ -96,16 +96,22 @@ async fn post_once(
     if !overdraft && balance < amount {
         return Err(sqlx::Error::RowNotFound);
     }
-    sqlx::query("UPDATE accounts SET balance = balance - $2 WHERE ledger = 'default' AND id = $1")
-        .bind(&t.from)
-        .bind(amount)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE ledger = 'default' AND id = $1")
-        .bind(&t.to)
-        .bind(amount)
-        .execute(&mut *tx)
-        .await?;
+    let from_no: i64 = sqlx::query_scalar(
+        "UPDATE accounts SET balance = balance - $2 WHERE ledger = 'default' AND id = $1 \
+         RETURNING no",
+    )
+    .bind(&t.from)
+    .bind(amount)
+    .fetch_one(&mut *tx)
+    .await?;
+    let to_no: i64 = sqlx::query_scalar(
+        "UPDATE accounts SET balance = balance + $2 WHERE ledger = 'default' AND id = $1 \
+         RETURNING no",
+    )
+    .bind(&t.to)
+    .bind(amount)
+    .fetch_one(&mut *tx)
+    .await?;
     sqlx::query(
         "INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
            from_account, to_account, amount, currency, status, attempts, posted_at, ledger) \
@@ -120,13 +126,12 @@ async fn post_once(
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "INSERT INTO entries (transfer_id, ledger, account_id, side, amount, currency) \
-         VALUES ($1, 'default', $2, 'debit', $4, 'USD'), \
-           ($1, 'default', $3, 'credit', $5, 'USD')",
+        "INSERT INTO entries (transfer_id, account_no, side, amount, currency) \
+         VALUES ($1, $2, 'debit', $4, 'USD'), ($1, $3, 'credit', $5, 'USD')",
     )
     .bind(id)
-    .bind(&t.from)
-    .bind(&t.to)
+    .bind(from_no)
+    .bind(to_no)
     .bind(-amount)
     .bind(amount)
     .execute(&mut *tx)

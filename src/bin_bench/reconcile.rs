@@ -165,16 +165,16 @@ pub async fn seed(pool: &PgPool, transfers: u64, anchor: DateTime<Utc>) -> anyho
     .execute(&mut *tx)
     .await?;
     sqlx::raw_sql(
-        "INSERT INTO entries (transfer_id, ledger, account_id, side, amount, currency, \
-           created_at) \
-         SELECT id, ledger, from_account, 'debit', -amount, currency, created_at FROM transfers \
+        "INSERT INTO entries (transfer_id, account_no, side, amount, currency, created_at) \
+         SELECT t.id, a.no, 'debit', -t.amount, t.currency, t.created_at \
+         FROM transfers t JOIN accounts a ON a.ledger = t.ledger AND a.id = t.from_account \
          UNION ALL \
-         SELECT id, ledger, to_account, 'credit', amount, currency, created_at FROM transfers \
-         ORDER BY 7; \
+         SELECT t.id, a.no, 'credit', t.amount, t.currency, t.created_at \
+         FROM transfers t JOIN accounts a ON a.ledger = t.ledger AND a.id = t.to_account \
+         ORDER BY 6; \
          UPDATE accounts a SET balance = s.total \
-         FROM (SELECT ledger, account_id, sum(amount) AS total FROM entries \
-               GROUP BY ledger, account_id) s \
-         WHERE a.ledger = s.ledger AND a.id = s.account_id; \
+         FROM (SELECT account_no, sum(amount) AS total FROM entries GROUP BY account_no) s \
+         WHERE a.no = s.account_no; \
          ANALYZE transfers; ANALYZE entries; ANALYZE accounts;",
     )
     .execute(&mut *tx)

@@ -13,6 +13,9 @@ use crate::domain::{AccountKey, AccountStatus, Amount, Currency, FailureCode};
 /// An account row as locked by the posting transaction.
 #[derive(Debug, Clone)]
 pub struct LockedAccount {
+    /// The account's internal number (`accounts.no`), by which entries and the balance update
+    /// refer to it.
+    pub no: i64,
     pub currency: Currency,
     pub balance: Decimal,
     pub allow_overdraft: bool,
@@ -164,6 +167,7 @@ mod tests {
 
     fn account(balance: &str, allow_overdraft: bool) -> LockedAccount {
         LockedAccount {
+            no: 0,
             currency: usd(),
             balance: balance.parse().expect("decimal"),
             allow_overdraft,
@@ -247,6 +251,7 @@ mod tests {
         accounts.insert(
             id("euro"),
             LockedAccount {
+                no: 0,
                 currency: eur,
                 balance: Decimal::ZERO,
                 allow_overdraft: false,

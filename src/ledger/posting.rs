@@ -142,7 +142,7 @@ impl PostingEngine {
                 "batch entries do not sum to zero".into(),
             ));
         }
-        insert_entries(&mut tx, &applied).await?;
+        insert_entries(&mut tx, &applied, &accounts).await?;
         steps.lap("entries");
         update_balances(&mut tx, &applied, &accounts).await?;
         steps.lap("balances");
@@ -272,7 +272,7 @@ async fn lock_accounts(
     let (ledgers, ids) = key_columns(keys.into_iter());
     // Locked in (ledger, id) order, as every other writer of account rows does.
     let rows: Vec<LockedAccountRow> = sqlx::query_as(
-        "SELECT a.ledger, a.id, a.currency, a.balance, a.allow_overdraft, a.status \
+        "SELECT a.ledger, a.id, a.no, a.currency, a.balance, a.allow_overdraft, a.status \
          FROM accounts a JOIN unnest($1::text[], $2::text[]) AS k(ledger, id) \
            ON a.ledger = k.ledger AND a.id = k.id \
          ORDER BY a.ledger, a.id FOR UPDATE OF a",
@@ -288,6 +288,7 @@ async fn lock_accounts(
                 AccountId::from_trusted(row.id),
             );
             let account = LockedAccount {
+                no: row.no,
                 currency: parse_currency(row.currency)?,
                 balance: row.balance,
                 allow_overdraft: row.allow_overdraft,
@@ -304,6 +305,7 @@ async fn lock_accounts(
 struct LockedAccountRow {
     ledger: String,
     id: String,
+    no: i64,
     currency: String,
     balance: Decimal,
     allow_overdraft: bool,
@@ -324,23 +326,26 @@ fn parse_currency(code: String) -> Result<Currency, PostingError> {
 async fn insert_entries(
     tx: &mut Transaction<'_, Postgres>,
     applied: &Applied,
+    accounts: &HashMap<AccountKey, LockedAccount>,
 ) -> Result<(), PostingError> {
     if applied.entries.is_empty() {
         return Ok(());
     }
     let transfer_ids: Vec<Uuid> = applied.entries.iter().map(|e| e.transfer_id).collect();
-    let (ledgers, accounts) = key_columns(applied.entries.iter().map(|e| &e.account));
+    let account_nos = applied
+        .entries
+        .iter()
+        .map(|e| account_no(accounts, &e.account))
+        .collect::<Result<Vec<i64>, _>>()?;
     let sides: Vec<&str> = applied.entries.iter().map(|e| e.side.as_str()).collect();
     let amounts: Vec<Decimal> = applied.entries.iter().map(|e| e.amount).collect();
     let currencies: Vec<&str> = applied.entries.iter().map(|e| e.currency.code()).collect();
     let inserted = sqlx::query(
-        "INSERT INTO entries (transfer_id, ledger, account_id, side, amount, currency) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], \
-           $6::text[])",
+        "INSERT INTO entries (transfer_id, account_no, side, amount, currency) \
+         SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::numeric[], $5::text[])",
     )
     .bind(&transfer_ids)
-    .bind(&ledgers)
-    .bind(&accounts)
+    .bind(&account_nos)
     .bind(&sides)
     .bind(&amounts)
     .bind(&currencies)
@@ -348,6 +353,18 @@ async fn insert_entries(
     .await?
     .rows_affected();
     expect_rows("entries inserted", inserted, applied.entries.len())
+}
+
+/// The number of a locked account; an entry or delta on an account posting did not lock is an
+/// invariant violation (apply only moves money between locked accounts).
+fn account_no(
+    accounts: &HashMap<AccountKey, LockedAccount>,
+    key: &AccountKey,
+) -> Result<i64, PostingError> {
+    accounts
+        .get(key)
+        .map(|a| a.no)
+        .ok_or_else(|| PostingError::Invariant(format!("account {key} was not locked")))
 }
 
 async fn update_balances(
@@ -358,26 +375,33 @@ async fn update_balances(
     if applied.balance_deltas.is_empty() {
         return Ok(());
     }
-    let (ledgers, ids) = key_columns(applied.balance_deltas.keys());
-    let deltas: Vec<Decimal> = applied.balance_deltas.values().copied().collect();
+    let mut nos = Vec::with_capacity(applied.balance_deltas.len());
+    let mut deltas = Vec::with_capacity(applied.balance_deltas.len());
+    let mut computed = HashMap::with_capacity(applied.balance_deltas.len());
+    for (key, delta) in &applied.balance_deltas {
+        let no = account_no(expected, key)?;
+        nos.push(no);
+        deltas.push(*delta);
+        computed.insert(no, (key, expected.get(key).map(|a| a.balance)));
+    }
     let rows: Vec<UpdatedBalance> = sqlx::query_as(
         "UPDATE accounts AS a SET balance = a.balance + d.delta \
-         FROM unnest($1::text[], $2::text[], $3::numeric[]) AS d(ledger, id, delta) \
-         WHERE a.ledger = d.ledger AND a.id = d.id RETURNING a.ledger, a.id, a.balance",
+         FROM unnest($1::int8[], $2::numeric[]) AS d(no, delta) \
+         WHERE a.no = d.no RETURNING a.no, a.balance",
     )
-    .bind(&ledgers)
-    .bind(&ids)
+    .bind(&nos)
     .bind(&deltas)
     .fetch_all(&mut **tx)
     .await?;
-    expect_rows("balances updated", rows.len() as u64, ids.len())?;
+    expect_rows("balances updated", rows.len() as u64, nos.len())?;
     for row in rows {
-        let key = AccountKey::new(
-            LedgerName::from_trusted(row.ledger),
-            AccountId::from_trusted(row.id),
-        );
-        let computed = expected.get(&key).map(|a| a.balance);
-        if computed != Some(row.balance) {
+        let Some((key, computed)) = computed.get(&row.no) else {
+            return Err(PostingError::Invariant(format!(
+                "account number {} was updated but not asked for",
+                row.no
+            )));
+        };
+        if *computed != Some(row.balance) {
             return Err(PostingError::Invariant(format!(
                 "account {key}: database balance {} but posting computed {computed:?}",
                 row.balance
@@ -390,8 +414,7 @@ async fn update_balances(
 /// An account's balance as the balance UPDATE returns it.
 #[derive(sqlx::FromRow)]
 struct UpdatedBalance {
-    ledger: String,
-    id: String,
+    no: i64,
     balance: Decimal,
 }
 

@@ -84,11 +84,13 @@ pub async fn transfers(
              count(e.id) AS entries, \
              count(e.id) FILTER (WHERE e.side = 'debit') AS debits, \
              count(e.id) FILTER (WHERE e.side = 'credit') AS credits, \
-             count(e.id) FILTER (WHERE \
-               (e.side = 'debit' AND (e.account_id <> s.from_account OR e.amount <> -s.amount)) \
-               OR (e.side = 'credit' AND (e.account_id <> s.to_account OR e.amount <> s.amount)) \
-               OR e.currency <> s.currency OR e.ledger <> s.ledger) AS mismatched \
+             count(e.id) FILTER (WHERE (e.side = 'debit' \
+                 AND (a.id IS DISTINCT FROM s.from_account OR e.amount <> -s.amount)) \
+               OR (e.side = 'credit' \
+                 AND (a.id IS DISTINCT FROM s.to_account OR e.amount <> s.amount)) \
+               OR e.currency <> s.currency OR a.ledger IS DISTINCT FROM s.ledger) AS mismatched \
            FROM scope s LEFT JOIN entries e ON e.transfer_id = s.id \
+             LEFT JOIN accounts a ON a.no = e.account_no \
            GROUP BY s.id, s.ledger, s.status) \
          SELECT id, ledger, status, entries, debits, credits, mismatched, \
            (SELECT count(*) FROM scope) AS checked_count \
@@ -152,10 +154,11 @@ impl TransferCheckRow {
     }
 }
 
-/// Entries of one ledger naming one missing transfer.
+/// Entries of one ledger naming one missing transfer; `ledger` is NULL for entries whose
+/// account does not exist either (they are in no ledger).
 #[derive(sqlx::FromRow)]
 struct OrphanRow {
-    ledger: String,
+    ledger: Option<String>,
     transfer_id: Uuid,
     entries: i64,
     accounts: String,
@@ -171,12 +174,13 @@ pub async fn orphan_entries(
     recheck: &[Uuid],
 ) -> Result<Vec<Observation>, sqlx::Error> {
     let rows = sqlx::query_as::<_, OrphanRow>(
-        "SELECT e.ledger, e.transfer_id, count(*) AS entries, \
-           string_agg(e.account_id, ', ') AS accounts \
+        "SELECT a.ledger, e.transfer_id, count(*) AS entries, \
+           string_agg(coalesce(a.id, 'number ' || e.account_no), ', ') AS accounts \
          FROM entries e LEFT JOIN transfers t ON t.id = e.transfer_id \
+           LEFT JOIN accounts a ON a.no = e.account_no \
          WHERE (e.id > $1 OR e.transfer_id = ANY($2)) AND t.id IS NULL \
-           AND ($3::text IS NULL OR e.ledger = $3) \
-         GROUP BY e.ledger, e.transfer_id",
+           AND ($3::text IS NULL OR a.ledger = $3) \
+         GROUP BY a.ledger, e.transfer_id",
     )
     .bind(after_entry_id)
     .bind(recheck)
@@ -188,7 +192,7 @@ pub async fn orphan_entries(
         .map(|row| {
             Observation::about_transfer(
                 FindingKind::OrphanEntry,
-                LedgerName::from_trusted(row.ledger),
+                row.ledger.map(LedgerName::from_trusted),
                 row.transfer_id,
                 format!(
                     "{} entries (accounts {}) name a transfer that does not exist",
@@ -209,12 +213,14 @@ pub struct BalanceCheck {
     pub entries_through_id: i64,
 }
 
-/// A row of [`balances`]: an account whose balance drifted, entries on an account that does
-/// not exist in their ledger (`balance` NULL), or (all but `accounts` NULL) the one summary row.
+/// A row of [`balances`]: an account whose balance drifted, entries on an account number no
+/// account has (`ledger`, `id` and `balance` NULL), or (all but `accounts` NULL) the one
+/// summary row.
 #[derive(sqlx::FromRow)]
 struct DriftRow {
     ledger: Option<String>,
     id: Option<String>,
+    account_no: Option<i64>,
     balance: Option<Decimal>,
     entries_sum: Option<Decimal>,
     accounts: i64,
@@ -223,43 +229,51 @@ struct DriftRow {
 impl DriftRow {
     /// The drift this row reports; `None` for the summary row (which carries only the count).
     fn observation(self) -> Result<Option<Observation>, sqlx::Error> {
-        let Some(id) = self.id else {
-            return Ok(None);
-        };
-        let ledger = LedgerName::from_trusted(present(self.ledger, "ledger")?);
-        let sum = present(self.entries_sum, "entries_sum")?;
-        let detail = match self.balance {
-            Some(balance) => format!(
-                "balance {balance} but its entries sum to {sum} (difference {})",
-                balance - sum
-            ),
-            None => {
-                format!("no such account in ledger {ledger}, yet entries there name it (sum {sum})")
+        let sum = self.entries_sum.unwrap_or_default();
+        match (self.id, self.account_no) {
+            (None, None) => Ok(None),
+            // Entries whose account number matches no account: they are in no ledger, so only
+            // a run over every ledger sees them.
+            (None, Some(no)) => Ok(Some(Observation {
+                kind: FindingKind::BalanceDrift,
+                ledger: None,
+                subject: format!("account_no:{no}"),
+                transfer_id: None,
+                account_id: None,
+                detail: format!("no account has number {no}, yet entries name it (sum {sum})"),
+            })),
+            (Some(id), _) => {
+                let ledger = LedgerName::from_trusted(present(self.ledger, "ledger")?);
+                let balance = present(self.balance, "balance")?;
+                Ok(Some(Observation::about_account(
+                    FindingKind::BalanceDrift,
+                    ledger,
+                    id,
+                    format!(
+                        "balance {balance} but its entries sum to {sum} (difference {})",
+                        balance - sum
+                    ),
+                )))
             }
-        };
-        Ok(Some(Observation::about_account(
-            FindingKind::BalanceDrift,
-            ledger,
-            id,
-            detail,
-        )))
+        }
     }
 }
 
 /// The per-(ledger, account) sums a run over every ledger compares with: the checkpoints,
 /// which it has just brought up to everything its snapshot sees.
-const SUMS_ALL_LEDGERS: &str =
-    "SELECT ledger, account_id, entries_sum FROM reconciliation_checkpoints";
+const SUMS_ALL_LEDGERS: &str = "SELECT account_no, entries_sum FROM reconciliation_checkpoints";
 /// The sums a run over ledger $1 compares with: that ledger's checkpoints (entries up to the
 /// watermark $2) plus its entries after the watermark, added up here and not stored. The
 /// watermark is shared by every ledger, and the orphan check of the next run over every
 /// ledger starts from it: moving it after looking at one ledger would skip the entries of the
 /// others (ARCHITECTURE.md, `src/reconcile/`).
-const SUMS_ONE_LEDGER: &str = "SELECT ledger, account_id, sum(entries_sum) AS entries_sum FROM ( \
-       SELECT ledger, account_id, entries_sum FROM reconciliation_checkpoints WHERE ledger = $1 \
+const SUMS_ONE_LEDGER: &str = "SELECT account_no, sum(entries_sum) AS entries_sum FROM ( \
+       SELECT c.account_no, c.entries_sum FROM accounts a \
+         JOIN reconciliation_checkpoints c ON c.account_no = a.no WHERE a.ledger = $1 \
        UNION ALL \
-       SELECT ledger, account_id, amount FROM entries WHERE ledger = $1 AND id > $2) u \
-     GROUP BY ledger, account_id";
+       SELECT e.account_no, e.amount FROM accounts a \
+         JOIN entries e ON e.account_no = a.no WHERE a.ledger = $1 AND e.id > $2) u \
+     GROUP BY account_no";
 
 /// Compares every balance of `ledger` (every ledger when `None`) with the sum of its entries,
 /// and every (ledger, currency) total with zero: each ledger must balance on its own, so money
@@ -299,14 +313,14 @@ pub async fn balances(
     };
     let drifted = sqlx::query_as::<_, DriftRow>(sqlx::AssertSqlSafe(format!(
         "WITH sums AS ({sums}) \
-         SELECT coalesce(a.ledger, s.ledger) AS ledger, coalesce(a.id, s.account_id) AS id, \
-           a.balance, coalesce(s.entries_sum, 0) AS entries_sum, \
+         SELECT a.ledger, a.id, s.account_no, a.balance, \
+           coalesce(s.entries_sum, 0) AS entries_sum, \
            (SELECT count(*) FROM accounts WHERE $1::text IS NULL OR ledger = $1) AS accounts \
-         FROM (SELECT ledger, id, balance FROM accounts \
+         FROM (SELECT no, ledger, id, balance FROM accounts \
                WHERE $1::text IS NULL OR ledger = $1) a \
-         FULL JOIN sums s ON s.ledger = a.ledger AND s.account_id = a.id \
-         WHERE a.id IS NULL OR a.balance <> coalesce(s.entries_sum, 0) \
-         UNION ALL SELECT NULL, NULL, NULL, NULL, \
+         FULL JOIN sums s ON s.account_no = a.no \
+         WHERE a.no IS NULL OR a.balance <> coalesce(s.entries_sum, 0) \
+         UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, \
            (SELECT count(*) FROM accounts WHERE $1::text IS NULL OR ledger = $1)"
     )))
     .bind(ledger_param(ledger))
@@ -340,10 +354,10 @@ async fn fold_entries(
             .await?;
     }
     sqlx::query(
-        "INSERT INTO reconciliation_checkpoints (ledger, account_id, entries_sum) \
-         SELECT ledger, account_id, sum(amount) FROM entries WHERE id > $1 AND id <= $2 \
-         GROUP BY ledger, account_id \
-         ON CONFLICT (ledger, account_id) DO UPDATE \
+        "INSERT INTO reconciliation_checkpoints (account_no, entries_sum) \
+         SELECT account_no, sum(amount) FROM entries WHERE id > $1 AND id <= $2 \
+         GROUP BY account_no \
+         ON CONFLICT (account_no) DO UPDATE \
            SET entries_sum = reconciliation_checkpoints.entries_sum + EXCLUDED.entries_sum",
     )
     .bind(from_id)
@@ -361,14 +375,18 @@ async fn rebuild_ledger_sums(
     ledger: &LedgerName,
     through_id: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM reconciliation_checkpoints WHERE ledger = $1")
-        .bind(ledger.as_str())
-        .execute(&mut *conn)
-        .await?;
     sqlx::query(
-        "INSERT INTO reconciliation_checkpoints (ledger, account_id, entries_sum) \
-         SELECT ledger, account_id, sum(amount) FROM entries WHERE ledger = $1 AND id <= $2 \
-         GROUP BY ledger, account_id",
+        "DELETE FROM reconciliation_checkpoints c USING accounts a \
+         WHERE a.no = c.account_no AND a.ledger = $1",
+    )
+    .bind(ledger.as_str())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO reconciliation_checkpoints (account_no, entries_sum) \
+         SELECT e.account_no, sum(e.amount) FROM accounts a \
+           JOIN entries e ON e.account_no = a.no \
+         WHERE a.ledger = $1 AND e.id <= $2 GROUP BY e.account_no",
     )
     .bind(ledger.as_str())
     .bind(through_id)
@@ -398,7 +416,7 @@ async fn unbalanced_currencies(
     let rows = sqlx::query_as::<_, CurrencyTotal>(sqlx::AssertSqlSafe(format!(
         "WITH sums AS ({sums}) \
          SELECT a.ledger, a.currency, sum(s.entries_sum) AS total \
-         FROM sums s JOIN accounts a ON a.ledger = s.ledger AND a.id = s.account_id \
+         FROM sums s JOIN accounts a ON a.no = s.account_no \
          WHERE $1::text IS NULL OR a.ledger = $1 \
          GROUP BY a.ledger, a.currency HAVING sum(s.entries_sum) <> 0"
     )))

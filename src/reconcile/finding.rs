@@ -81,13 +81,13 @@ pub struct Observation {
 impl Observation {
     pub fn about_transfer(
         kind: FindingKind,
-        ledger: LedgerName,
+        ledger: impl Into<Option<LedgerName>>,
         transfer_id: Uuid,
         detail: String,
     ) -> Self {
         Self {
             kind,
-            ledger: Some(ledger),
+            ledger: ledger.into(),
             subject: format!("transfer:{transfer_id}"),
             transfer_id: Some(transfer_id),
             account_id: None,

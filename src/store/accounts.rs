@@ -240,9 +240,10 @@ pub async fn entries(
     limit: i64,
 ) -> Result<Vec<EntryView>, sqlx::Error> {
     let rows = sqlx::query_as::<_, EntryRow>(
-        "SELECT id, transfer_id, side, amount, currency, created_at FROM entries \
-         WHERE ledger = $1 AND account_id = $2 AND ($3::bigint IS NULL OR id < $3) \
-         ORDER BY id DESC LIMIT $4",
+        "SELECT e.id, e.transfer_id, e.side, e.amount, e.currency, e.created_at \
+         FROM accounts a JOIN entries e ON e.account_no = a.no \
+         WHERE a.ledger = $1 AND a.id = $2 AND ($3::bigint IS NULL OR e.id < $3) \
+         ORDER BY e.id DESC LIMIT $4",
     )
     .bind(key.ledger.as_str())
     .bind(key.id.as_str())

@@ -171,8 +171,8 @@ async fn a_worker_killed_after_commit_before_ack_posts_nothing_twice() {
 async fn assert_ledger_invariants_so_far(app: &TestApp) {
     assert_eq!(
         app.count(
-            "SELECT count(*) FROM entries e JOIN transfers t ON t.id = e.transfer_id \
-             WHERE e.ledger <> t.ledger"
+            "SELECT count(*) FROM ledger_entries e JOIN transfers t ON t.id = e.transfer_id \
+             WHERE e.ledger IS DISTINCT FROM t.ledger"
         )
         .await,
         0

@@ -23,12 +23,12 @@ pub async fn assert_ledger_invariants(pool: &PgPool) {
         pool,
         "invariant 4: a posted transfer has one debit and one credit of its amount, in its ledger",
         "SELECT t.id::text FROM transfers t \
-         LEFT JOIN entries d ON d.transfer_id = t.id AND d.side = 'debit' \
-         LEFT JOIN entries c ON c.transfer_id = t.id AND c.side = 'credit' \
+         LEFT JOIN ledger_entries d ON d.transfer_id = t.id AND d.side = 'debit' \
+         LEFT JOIN ledger_entries c ON c.transfer_id = t.id AND c.side = 'credit' \
          WHERE t.status = 'posted' AND (d.id IS NULL OR c.id IS NULL \
-           OR d.ledger <> t.ledger OR c.ledger <> t.ledger \
-           OR d.account_id <> t.from_account OR c.account_id <> t.to_account \
-           OR d.ledger <> t.ledger OR c.ledger <> t.ledger \
+           OR d.ledger IS DISTINCT FROM t.ledger OR c.ledger IS DISTINCT FROM t.ledger \
+           OR d.account_id IS DISTINCT FROM t.from_account \
+           OR c.account_id IS DISTINCT FROM t.to_account \
            OR d.amount <> -t.amount OR c.amount <> t.amount \
            OR d.currency <> t.currency OR c.currency <> t.currency)",
     )
@@ -44,23 +44,22 @@ pub async fn assert_ledger_invariants(pool: &PgPool) {
     violations(
         pool,
         "money stays in its ledger: no entry in another ledger than its transfer's",
-        "SELECT e.id::text FROM entries e JOIN transfers t ON t.id = e.transfer_id \
-         WHERE e.ledger <> t.ledger",
+        "SELECT e.id::text FROM ledger_entries e JOIN transfers t ON t.id = e.transfer_id \
+         WHERE e.ledger IS DISTINCT FROM t.ledger",
     )
     .await;
     violations(
         pool,
-        "money stays in its ledger: every entry's account exists in the entry's ledger",
-        "SELECT e.ledger || '/' || e.account_id FROM entries e \
-         LEFT JOIN accounts a ON a.ledger = e.ledger AND a.id = e.account_id \
-         WHERE a.id IS NULL",
+        "every entry's account exists",
+        "SELECT e.account_no::text FROM entries e LEFT JOIN accounts a ON a.no = e.account_no \
+         WHERE a.no IS NULL",
     )
     .await;
     violations(
         pool,
         "invariant 5: balance = sum of entries",
         "SELECT a.ledger || '/' || a.id FROM accounts a \
-         LEFT JOIN entries e ON e.ledger = a.ledger AND e.account_id = a.id \
+         LEFT JOIN entries e ON e.account_no = a.no \
          GROUP BY a.ledger, a.id, a.balance HAVING a.balance <> coalesce(sum(e.amount), 0)",
     )
     .await;
@@ -77,7 +76,7 @@ pub async fn assert_ledger_invariants(pool: &PgPool) {
     violations(
         pool,
         "invariant 5: per ledger and currency, entries sum to zero",
-        "SELECT ledger || ' ' || currency FROM entries GROUP BY ledger, currency \
+        "SELECT ledger || ' ' || currency FROM ledger_entries GROUP BY ledger, currency \
          HAVING sum(amount) <> 0",
     )
     .await;

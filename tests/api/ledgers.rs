@@ -160,7 +160,7 @@ async fn two_producers_under_concurrency_never_move_each_others_money() {
     // a-only was never touched, and each ledger conserves its own money.
     assert_eq!(a.balance("a-only").await, "0.00");
     let no_entries: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM entries WHERE account_id = 'a-only'")
+        sqlx::query_scalar("SELECT count(*) FROM ledger_entries WHERE account_id = 'a-only'")
             .fetch_one(&app.pool)
             .await
             .expect("count");
@@ -180,8 +180,8 @@ async fn two_producers_under_concurrency_never_move_each_others_money() {
     );
     // Every entry lies in its transfer's ledger (also enforced by a trigger).
     let crossed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM entries e JOIN transfers t ON t.id = e.transfer_id \
-         WHERE e.ledger <> t.ledger",
+        "SELECT count(*) FROM ledger_entries e JOIN transfers t ON t.id = e.transfer_id \
+         WHERE e.ledger IS DISTINCT FROM t.ledger",
     )
     .fetch_one(&app.pool)
     .await

@@ -473,21 +473,23 @@ async fn the_database_refuses_to_move_a_terminal_transfer_or_edit_an_entry() {
                  from_account, to_account, amount, currency, ledger) \
                SELECT gen_random_uuid(), api_key_id, 'fresh', '\\x00', 'treasury', 'b', 1, \
                  'USD', 'default' FROM transfers LIMIT 1 RETURNING id) \
-             INSERT INTO entries (transfer_id, ledger, account_id, side, amount, currency) \
-             SELECT id, 'default', 'nobody', 'credit', 1, 'USD' FROM fresh",
+             INSERT INTO entries (transfer_id, account_no, side, amount, currency) \
+             SELECT id, -1, 'credit', 1, 'USD' FROM fresh",
             "an entry on an unknown account",
         ),
         (
-            "INSERT INTO entries (transfer_id, ledger, account_id, side, amount, currency) \
-             VALUES (gen_random_uuid(), 'default', 'b', 'credit', 1, 'USD')",
+            "INSERT INTO entries (transfer_id, account_no, side, amount, currency) \
+             SELECT gen_random_uuid(), no, 'credit', 1, 'USD' FROM accounts \
+             WHERE ledger = 'default' AND id = 'b'",
             "an entry of an unknown transfer",
         ),
         (
             // Account `b` exists in both ledgers; the transfer is in `default`.
             "INSERT INTO ledgers (name) VALUES ('other'); \
              INSERT INTO accounts (ledger, id, currency) VALUES ('other', 'b', 'USD'); \
-             INSERT INTO entries (transfer_id, ledger, account_id, side, amount, currency) \
-             SELECT id, 'other', 'b', 'credit', 1, 'USD' FROM transfers LIMIT 1",
+             INSERT INTO entries (transfer_id, account_no, side, amount, currency) \
+             SELECT t.id, a.no, 'credit', 1, 'USD' FROM transfers t, accounts a \
+             WHERE a.ledger = 'other' AND a.id = 'b' LIMIT 1",
             "an entry in another ledger than its transfer",
         ),
         ("DELETE FROM transfers", "a transfer deleted"),
@@ -495,6 +497,10 @@ async fn the_database_refuses_to_move_a_terminal_transfer_or_edit_an_entry() {
         (
             "UPDATE accounts SET id = 'c' WHERE id = 'b'",
             "an account re-keyed",
+        ),
+        (
+            "UPDATE accounts SET no = DEFAULT WHERE id = 'b'",
+            "an account renumbered",
         ),
         (
             "INSERT INTO ledgers (name) VALUES ('moved'); \
@@ -511,8 +517,9 @@ async fn the_database_refuses_to_move_a_terminal_transfer_or_edit_an_entry() {
         assert!(refused.is_err(), "{what} was allowed");
     }
     let dangling = sqlx::query(
-        "INSERT INTO entries (transfer_id, ledger, account_id, side, amount, currency) \
-         VALUES (gen_random_uuid(), 'default', 'b', 'credit', 1, 'USD')",
+        "INSERT INTO entries (transfer_id, account_no, side, amount, currency) \
+         SELECT gen_random_uuid(), no, 'credit', 1, 'USD' FROM accounts \
+         WHERE ledger = 'default' AND id = 'b'",
     )
     .execute(&app.pool)
     .await

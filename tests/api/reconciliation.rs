@@ -57,6 +57,11 @@ async fn app_with_posted_transfer() -> (TestApp, String) {
 
 /// Runs SQL as a superuser session with triggers and foreign keys off, the way someone
 /// tampering with the database would.
+/// The SQL for the number of account `id` of `ledger`, for entries written by hand.
+pub fn account_no(ledger: &str, id: &str) -> String {
+    format!("(SELECT no FROM accounts WHERE ledger = '{ledger}' AND id = '{id}')")
+}
+
 pub async fn tamper(app: &TestApp, sql: &str) {
     let statement = format!("SET session_replication_role = replica; {sql}");
     sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
@@ -222,12 +227,13 @@ async fn an_entry_without_a_transfer_is_orphan_entry() {
     let (app, _) = app_with_posted_transfer().await;
     let ghost = uuid::Uuid::new_v4();
     // A balanced pair on real accounts, balances adjusted: only the missing transfer is wrong.
+    let (a, b) = (account_no("default", "a"), account_no("default", "b"));
     tamper(
         &app,
         &format!(
-            "INSERT INTO entries (ledger, transfer_id, account_id, side, amount, currency) VALUES \
-               ('default', '{ghost}', 'a', 'debit', -5, 'USD'), \
-               ('default', '{ghost}', 'b', 'credit', 5, 'USD'); \
+            "INSERT INTO entries (transfer_id, account_no, side, amount, currency) VALUES \
+               ('{ghost}', {a}, 'debit', -5, 'USD'), \
+               ('{ghost}', {b}, 'credit', 5, 'USD'); \
              UPDATE accounts SET balance = balance - 5 WHERE id = 'a' AND ledger = 'default'; \
              UPDATE accounts SET balance = balance + 5 WHERE id = 'b' AND ledger = 'default';"
         ),
@@ -260,13 +266,14 @@ async fn an_entry_without_a_transfer_is_orphan_entry() {
 #[tokio::test]
 async fn a_second_debit_and_credit_for_one_transfer_is_double_posted() {
     let (app, id) = app_with_posted_transfer().await;
+    let (a, b) = (account_no("default", "a"), account_no("default", "b"));
     tamper(
         &app,
         &format!(
             "ALTER TABLE entries DROP CONSTRAINT entries_one_per_side; \
-             INSERT INTO entries (ledger, transfer_id, account_id, side, amount, currency) VALUES \
-               ('default', '{id}', 'a', 'debit', -20, 'USD'), \
-               ('default', '{id}', 'b', 'credit', 20, 'USD'); \
+             INSERT INTO entries (transfer_id, account_no, side, amount, currency) VALUES \
+               ('{id}', {a}, 'debit', -20, 'USD'), \
+               ('{id}', {b}, 'credit', 20, 'USD'); \
              UPDATE accounts SET balance = balance - 20 WHERE id = 'a' AND ledger = 'default'; \
              UPDATE accounts SET balance = balance + 20 WHERE id = 'b' AND ledger = 'default';"
         ),
@@ -632,11 +639,12 @@ async fn an_unbalanced_currency_is_ledger_unbalanced() {
     // A credit with no debit (money invented), the balance adjusted to match: the currency
     // total is wrong, and the stray entry is also an orphan.
     let ghost = uuid::Uuid::new_v4();
+    let b = account_no("default", "b");
     tamper(
         &app,
         &format!(
-            "INSERT INTO entries (ledger, transfer_id, account_id, side, amount, currency) \
-               VALUES ('default', '{ghost}', 'b', 'credit', 20, 'USD'); \
+            "INSERT INTO entries (transfer_id, account_no, side, amount, currency) \
+               VALUES ('{ghost}', {b}, 'credit', 20, 'USD'); \
              UPDATE accounts SET balance = balance + 20 WHERE id = 'b' AND ledger = 'default';"
         ),
     )

@@ -13,7 +13,7 @@ use crate::helpers::{
     TestApp, create_account_in, create_ledger, create_ledger_key, findings, findings_in, reconcile,
     reconcile_ledger, spawn_app, transfer,
 };
-use crate::reconciliation::{finding_in, tamper};
+use crate::reconciliation::{account_no, finding_in, tamper};
 
 /// The second ledger; the first is `default`, reached with the admin key.
 const TWO: &str = "two";
@@ -48,8 +48,10 @@ async fn post_directly(
     .await
     .expect("transfer");
     sqlx::query(
-        "INSERT INTO entries (ledger, transfer_id, account_id, side, amount, currency) \
-         VALUES ($1, $2, $3, 'debit', -$5::numeric, 'USD'), ($1, $2, $4, 'credit', $5, 'USD')",
+        "INSERT INTO entries (transfer_id, account_no, side, amount, currency) \
+         SELECT $2, a.no, CASE WHEN a.id = $3 THEN 'debit' ELSE 'credit' END, \
+           CASE WHEN a.id = $3 THEN -$5::numeric ELSE $5 END, 'USD' \
+         FROM accounts a WHERE a.ledger = $1 AND a.id IN ($3, $4)",
     )
     .bind(ledger)
     .bind(id)
@@ -243,10 +245,12 @@ async fn money_moved_across_ledgers_unbalances_both() {
     let state = reconciliation_state(&app).await;
     // The credit of `default`'s 20.00 payment lands on `two`'s account `b` instead; both
     // balances follow their entries, so no balance drifts: only the ledger totals show it.
+    let two_b = account_no(TWO, "b");
     tamper(
         &app,
         &format!(
-            "UPDATE entries SET ledger = 'two' WHERE transfer_id = '{id}' AND side = 'credit'; \
+            "UPDATE entries SET account_no = {two_b} \
+               WHERE transfer_id = '{id}' AND side = 'credit'; \
              UPDATE accounts SET balance = balance - 20 WHERE ledger = 'default' AND id = 'b'; \
              UPDATE accounts SET balance = balance + 20 WHERE ledger = 'two' AND id = 'b';"
         ),
@@ -290,10 +294,12 @@ async fn money_moved_across_ledgers_unbalances_both() {
         .collect();
     assert!(details[0].contains("sum to -20"), "{details:?}");
     assert!(details[1].contains("sum to 20"), "{details:?}");
+    let default_b = account_no("default", "b");
     tamper(
         &app,
         &format!(
-            "UPDATE entries SET ledger = 'default' WHERE transfer_id = '{id}' AND side = 'credit'; \
+            "UPDATE entries SET account_no = {default_b} \
+               WHERE transfer_id = '{id}' AND side = 'credit'; \
              UPDATE accounts SET balance = balance + 20 WHERE ledger = 'default' AND id = 'b'; \
              UPDATE accounts SET balance = balance - 20 WHERE ledger = 'two' AND id = 'b';"
         ),
@@ -305,13 +311,13 @@ async fn money_moved_across_ledgers_unbalances_both() {
 }
 
 #[tokio::test]
-async fn entries_on_an_account_their_ledger_lacks_are_balance_drift() {
+async fn entries_on_an_account_number_no_account_has_are_balance_drift() {
     let (app, id) = two_ledgers().await;
-    // The credit of `default`'s payment moved to `two`, onto an account no ledger has.
+    // The credit of `default`'s payment moved onto an account number no account has.
     tamper(
         &app,
         &format!(
-            "UPDATE entries SET ledger = 'two', account_id = 'nowhere' \
+            "UPDATE entries SET account_no = -1 \
                WHERE transfer_id = '{id}' AND side = 'credit'; \
              UPDATE accounts SET balance = balance - 20 WHERE ledger = 'default' AND id = 'b';"
         ),
@@ -321,7 +327,7 @@ async fn entries_on_an_account_their_ledger_lacks_are_balance_drift() {
     assert_eq!(
         findings(&run),
         vec![
-            finding_in(TWO, "balance_drift", "account:nowhere", "critical"),
+            finding_in("", "balance_drift", "account_no:-1", "critical"),
             finding_in("default", "ledger_unbalanced", "currency:USD", "critical"),
             finding_in(
                 "default",
@@ -340,7 +346,10 @@ async fn entries_on_an_account_their_ledger_lacks_are_balance_drift() {
         .and_then(|f| f["detail"].as_str())
         .unwrap_or_default()
         .to_owned();
-    assert!(detail.contains("no such account in ledger two"), "{detail}");
+    assert!(
+        detail.contains("no account has number -1, yet entries name it (sum 20"),
+        "{detail}"
+    );
 }
 
 #[tokio::test]
@@ -350,12 +359,12 @@ async fn a_run_over_one_ledger_moves_no_watermark_and_counts_newer_entries() {
     // After the watermark: an orphan pair in `default` (balances adjusted to match), and new
     // postings in both ledgers.
     let ghost = Uuid::new_v4();
+    let (a, b) = (account_no("default", "a"), account_no("default", "b"));
     tamper(
         &app,
         &format!(
-            "INSERT INTO entries (ledger, transfer_id, account_id, side, amount, currency) VALUES \
-               ('default', '{ghost}', 'a', 'debit', -5, 'USD'), \
-               ('default', '{ghost}', 'b', 'credit', 5, 'USD'); \
+            "INSERT INTO entries (transfer_id, account_no, side, amount, currency) VALUES \
+               ('{ghost}', {a}, 'debit', -5, 'USD'), ('{ghost}', {b}, 'credit', 5, 'USD'); \
              UPDATE accounts SET balance = balance - 5 WHERE ledger = 'default' AND id = 'a'; \
              UPDATE accounts SET balance = balance + 5 WHERE ledger = 'default' AND id = 'b';"
         ),
@@ -391,8 +400,7 @@ async fn a_run_over_one_ledger_moves_no_watermark_and_counts_newer_entries() {
 async fn insert_entries(app: &TestApp, values: &str) -> Option<String> {
     let mut tx = app.pool.begin().await.expect("tx");
     let result = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO entries (ledger, transfer_id, account_id, side, amount, currency) \
-         VALUES {values}"
+        "INSERT INTO entries (transfer_id, account_no, side, amount, currency) VALUES {values}"
     )))
     .execute(&mut *tx)
     .await;
@@ -422,10 +430,13 @@ async fn an_entry_outside_its_transfers_ledger_is_refused_by_the_database() {
     .execute(&app.pool)
     .await
     .expect("transfer");
+    // Each entry names its account by number: `a` of the debit's ledger, `credit_account`
+    // of the credit's.
     let pair = |debit_ledger: &str, credit_ledger: &str, credit_account: &str| {
         format!(
-            "('{debit_ledger}', '{id}', 'a', 'debit', -1, 'USD'), \
-             ('{credit_ledger}', '{id}', '{credit_account}', 'credit', 1, 'USD')"
+            "('{id}', {}, 'debit', -1, 'USD'), ('{id}', {}, 'credit', 1, 'USD')",
+            account_no(debit_ledger, "a"),
+            account_no(credit_ledger, credit_account)
         )
     };
     // The control: in its transfer's ledger, the pair is taken.
@@ -440,9 +451,9 @@ async fn an_entry_outside_its_transfers_ledger_is_refused_by_the_database() {
             .as_deref(),
         Some("23503")
     );
-    // In `default`, naming an account only `two` has: refused.
+    // Naming an account only `two` has: refused.
     assert_eq!(
-        insert_entries(&app, &pair("default", "default", "only-in-two"))
+        insert_entries(&app, &pair("default", "two", "only-in-two"))
             .await
             .as_deref(),
         Some("23503")
@@ -452,6 +463,19 @@ async fn an_entry_outside_its_transfers_ledger_is_refused_by_the_database() {
         insert_entries(&app, &pair("two", "two", "b"))
             .await
             .as_deref(),
+        Some("23503")
+    );
+    // An account number no account has: refused.
+    assert_eq!(
+        insert_entries(
+            &app,
+            &format!(
+                "('{id}', {}, 'debit', -1, 'USD'), ('{id}', -1, 'credit', 1, 'USD')",
+                account_no("default", "a")
+            )
+        )
+        .await
+        .as_deref(),
         Some("23503")
     );
     assert_eq!(
