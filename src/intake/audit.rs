@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use super::paging::{next_cursor, page_len};
 use super::query::QueryParams;
-use crate::domain::Scope;
-use crate::store::audit::{self, AuditEventView};
+use crate::domain::{LedgerName, Scope};
+use crate::store::audit::{self, AuditAction, AuditEventView, AuditFilter};
 
 pub const AUDIT_PAGE_LEN_DEFAULT: i64 = 100;
 pub const AUDIT_PAGE_LEN_MAX: i64 = 1000;
@@ -21,6 +21,8 @@ pub const AUDIT_PAGE_LEN_MAX: i64 = 1000;
 pub struct AuditQuery {
     after: Option<i64>,
     limit: Option<i64>,
+    ledger: Option<String>,
+    action: Option<AuditAction>,
 }
 
 /// A page of audit events, oldest first.
@@ -46,8 +48,17 @@ pub struct AuditEventsPage {
                 or the last id seen."),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000,
             description = "Events per page; default 100."),
+        ("ledger" = Option<String>, Query, pattern = "^[a-z0-9_-]{1,64}$",
+            description = "Only events about this ledger (a ledger no event names lists \
+                nothing)."),
+        ("action" = Option<AuditAction>, Query, description = "Only events of this action."),
     ),
-    responses((status = 200, description = "A page of events.", body = AuditEventsPage)),
+    responses(
+        (status = 200, description = "A page of events.", body = AuditEventsPage),
+        (status = 400, description = "`invalid_body`: a bad `after`, `limit` or `action`; \
+            `invalid_ledger`: `ledger` is not a ledger name.", body = Problem,
+            content_type = "application/problem+json"),
+    ),
     security(("api_key" = ["admin"])),
 )]
 pub async fn list(
@@ -60,9 +71,17 @@ pub async fn list(
     if query.after.is_some_and(|after| after < 0) {
         return Err(ApiError::InvalidBody("after must not be negative".into()));
     }
-    let events = state
-        .db(audit::list(&state.pool, query.after, limit))
-        .await?;
+    let filter = AuditFilter {
+        after: query.after,
+        ledger: query
+            .ledger
+            .as_deref()
+            .map(LedgerName::parse)
+            .transpose()
+            .map_err(|e| ApiError::InvalidLedger(e.to_string()))?,
+        action: query.action,
+    };
+    let events = state.db(audit::list(&state.pool, &filter, limit)).await?;
     let next_after = next_cursor(&events, limit, |e| e.id);
     Ok(Json(AuditEventsPage { events, next_after }))
 }

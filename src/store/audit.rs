@@ -3,14 +3,14 @@
 //! commit together or not at all. The table refuses UPDATE, DELETE and TRUNCATE (trigger).
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{LedgerName, stored_as_text};
 
 /// What was done: a closed set, stored as text and read back strictly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum AuditAction {
     #[serde(rename = "api_key.created")]
     ApiKeyCreated,
@@ -170,17 +170,29 @@ pub struct AuditEventView {
 }
 
 /// Events with an id above `after`, oldest first (README, "Ledgers and authorization").
+/// Which audit events to list: after an event id, of one ledger, of one action.
+#[derive(Debug, Default)]
+pub struct AuditFilter {
+    pub after: Option<i64>,
+    pub ledger: Option<LedgerName>,
+    pub action: Option<AuditAction>,
+}
+
 pub async fn list(
     pool: &PgPool,
-    after: Option<i64>,
+    filter: &AuditFilter,
     limit: i64,
 ) -> Result<Vec<AuditEventView>, sqlx::Error> {
     sqlx::query_as::<_, AuditEventView>(
         "SELECT id, at, actor_key_id, action, ledger, target, request_id, detail \
-         FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2",
+         FROM audit_events \
+         WHERE id > $1 AND ($3::text IS NULL OR ledger = $3) AND ($4::text IS NULL OR action = $4) \
+         ORDER BY id LIMIT $2",
     )
-    .bind(after.unwrap_or(0))
+    .bind(filter.after.unwrap_or(0))
     .bind(limit)
+    .bind(filter.ledger.as_ref().map(LedgerName::as_str))
+    .bind(filter.action.map(AuditAction::as_str))
     .fetch_all(pool)
     .await
 }

@@ -406,3 +406,81 @@ async fn every_answer_carries_a_request_id() {
         .await;
     fresh(&reply);
 }
+
+#[tokio::test]
+async fn the_trail_filters_by_ledger_and_action() {
+    let app = spawn_app().await;
+    for name in ["shop", "cafe"] {
+        let reply = app.post_json("/v1/ledgers", &json!({"name": name})).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    }
+    for (ledger, id) in [("shop", "till"), ("cafe", "till"), ("shop", "safe")] {
+        let reply = app
+            .post_json(
+                "/v1/accounts",
+                &json!({"id": id, "currency": "USD", "ledger": ledger}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    }
+    let reply = app
+        .post_json("/v1/accounts/till/freeze?ledger=shop", &json!({}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let listed = |page: &Value| -> Vec<(String, String)> {
+        page["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| {
+                let text = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                (text("action"), text("target"))
+            })
+            .collect()
+    };
+    let pair = |action: &str, target: &str| (action.to_owned(), target.to_owned());
+    assert_eq!(
+        listed(&events(&app, "?ledger=shop").await),
+        [
+            pair("ledger.created", "ledger:shop"),
+            pair("account.created", "account:till"),
+            pair("account.created", "account:safe"),
+            pair("account.frozen", "account:till"),
+        ]
+    );
+    assert_eq!(
+        listed(&events(&app, "?action=account.created").await),
+        [
+            pair("account.created", "account:till"),
+            pair("account.created", "account:till"),
+            pair("account.created", "account:safe"),
+        ]
+    );
+    assert_eq!(
+        listed(&events(&app, "?ledger=cafe&action=account.created").await),
+        [pair("account.created", "account:till")]
+    );
+    // A filtered page still pages by event id.
+    let first = events(&app, "?ledger=shop&limit=3").await;
+    let after = first["next_after"].as_i64().expect("a full page goes on");
+    assert_eq!(
+        listed(&events(&app, &format!("?ledger=shop&after={after}")).await),
+        [pair("account.frozen", "account:till")]
+    );
+    assert_eq!(listed(&events(&app, "?ledger=nowhere").await), []);
+    for (bad, code) in [
+        ("?action=account.deleted", "invalid_body"),
+        ("?action=", "invalid_body"),
+        ("?ledger=Shop!", "invalid_ledger"),
+        ("?ledger=", "invalid_ledger"),
+    ] {
+        let reply = app.get(&format!("/v1/audit-events{bad}")).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}: {}",
+            reply.body
+        );
+        assert_eq!(reply.body["code"], code, "{bad}");
+    }
+}
