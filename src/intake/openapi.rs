@@ -11,11 +11,12 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
-    ArrayBuilder, Components, ObjectBuilder, OpenApi, Ref, RefOr, Schema, Type, schema::SchemaType,
+    ArrayBuilder, Components, ObjectBuilder, OpenApi, Ref, RefOr, Required, Schema, Type,
+    schema::SchemaType,
 };
 
 use super::error::{ErrorCode, Problem};
@@ -26,6 +27,9 @@ use crate::domain::Scope;
 /// its scope (OpenAPI 3.1 allows role names for non-OAuth schemes).
 pub const API_KEY_SCHEME: &str = "api_key";
 const PROBLEM_JSON: &str = "application/problem+json";
+/// The name of the shared `X-Request-Id` parameter and response header components.
+const REQUEST_ID: &str = "RequestId";
+const REQUEST_ID_HEADER: &str = "X-Request-Id";
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -182,14 +186,76 @@ fn complete(doc: &mut OpenApi) {
             .insert(shared.name.to_owned(), RefOr::T(shared_response(shared)));
     }
     add_batch_item_schema(components);
+    add_request_id(components);
     for item in doc.paths.paths.values_mut() {
         for operation in [&mut item.get, &mut item.post, &mut item.delete]
             .into_iter()
             .filter_map(Option::as_mut)
         {
             add_shared_responses(operation);
+            declare_request_id(operation);
         }
     }
+}
+
+/// `X-Request-Id`: an optional request header every operation takes, and a header every
+/// answer carries (README, "Ledgers and authorization").
+fn add_request_id(components: &mut Components) {
+    let schema = || {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::String))
+            .pattern(Some("^[!-~]{1,200}$"))
+    };
+    components.parameters.insert(
+        REQUEST_ID.to_owned(),
+        RefOr::T(
+            ParameterBuilder::new()
+                .name(REQUEST_ID_HEADER)
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .schema(Some(schema()))
+                .description(Some(
+                    "Names the request in logs and audit events; echoed in the answer. One \
+                     that is absent or not 1-200 visible ASCII characters is replaced by a new \
+                     UUIDv7.",
+                ))
+                .build(),
+        ),
+    );
+    components.headers.insert(
+        REQUEST_ID.to_owned(),
+        RefOr::T(
+            HeaderBuilder::new()
+                .schema(Some(schema()))
+                .description(Some(
+                    "The request's own `X-Request-Id`, or the UUIDv7 ferry gave it.",
+                ))
+                .build(),
+        ),
+    );
+}
+
+/// References the shared `X-Request-Id` parameter and answer header from one operation (the
+/// shared problem responses carry the header themselves).
+fn declare_request_id(operation: &mut Operation) {
+    operation
+        .parameters
+        .get_or_insert_with(Vec::new)
+        .push(RefOr::Ref(Ref::new(format!(
+            "#/components/parameters/{REQUEST_ID}"
+        ))));
+    for response in operation.responses.responses.values_mut() {
+        if let RefOr::T(response) = response {
+            response.headers.insert(
+                REQUEST_ID_HEADER.to_owned(),
+                RefOr::Ref(request_id_header()),
+            );
+        }
+    }
+}
+
+fn request_id_header() -> Ref {
+    Ref::new(format!("#/components/headers/{REQUEST_ID}"))
 }
 
 /// The bearer API key scheme, listing the scopes a key can hold.
@@ -215,6 +281,7 @@ fn add_security_scheme(components: &mut Components) {
 fn shared_response(shared: &Shared) -> Response {
     let mut response = ResponseBuilder::new()
         .description(shared.description)
+        .header_ref(REQUEST_ID_HEADER, request_id_header())
         .content(
             PROBLEM_JSON,
             ContentBuilder::new()

@@ -211,4 +211,32 @@ async fn the_document_says_what_the_readme_promises() {
             && p["in"] == "header"
             && p["required"] == true)
     );
+
+    // X-Request-Id: every operation takes it and every answer, shared or its own, carries it.
+    let request_id = &doc["components"]["parameters"]["RequestId"];
+    assert_eq!(request_id["name"], "X-Request-Id");
+    assert_eq!(request_id["in"], "header");
+    assert_eq!(request_id["required"], false);
+    let header_ref = "#/components/headers/RequestId";
+    assert!(doc["components"]["headers"]["RequestId"]["schema"]["pattern"].is_string());
+    for (method, path, operation) in operations(&doc) {
+        let takes_it = operation["parameters"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["$ref"] == "#/components/parameters/RequestId")
+        });
+        assert!(takes_it, "{method} {path} takes X-Request-Id");
+        for (status, response) in operation["responses"].as_object().expect("responses") {
+            let response = match response["$ref"].as_str() {
+                Some(shared) => {
+                    let name = shared.rsplit('/').next().expect("name");
+                    &doc["components"]["responses"][name]
+                }
+                None => response,
+            };
+            assert_eq!(
+                response["headers"]["X-Request-Id"]["$ref"], header_ref,
+                "{method} {path} {status} carries X-Request-Id"
+            );
+        }
+    }
 }
