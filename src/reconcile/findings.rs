@@ -193,6 +193,33 @@ pub async fn seen_by_kind(
         .collect())
 }
 
+/// Open findings per (kind, ledger) as run `run_id` left them: the ones it saw, plus a zero for
+/// each (kind, ledger) whose finding it resolved, so a gauge falls to zero instead of keeping
+/// its last value. `None`: findings of no one ledger.
+pub async fn open_by_ledger(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+) -> Result<Vec<(FindingKind, Option<String>, usize)>, sqlx::Error> {
+    let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT kind, ledger, sum(open)::bigint FROM ( \
+           SELECT f.kind, f.ledger, 1 AS open FROM reconciliation_run_findings r \
+           JOIN reconciliation_findings f ON f.id = r.finding_id WHERE r.run_id = $1 \
+           UNION ALL \
+           SELECT kind, ledger, 0 FROM reconciliation_findings WHERE resolved_run = $1) u \
+         GROUP BY kind, ledger ORDER BY kind, ledger",
+    )
+    .bind(run_id)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|(kind, ledger, open)| {
+            let kind =
+                FindingKind::parse_known(&kind).map_err(|e| sqlx::Error::Decode(e.into()))?;
+            Ok((kind, ledger, usize::try_from(open).unwrap_or(usize::MAX)))
+        })
+        .collect()
+}
+
 /// A finding as the API and the CLI report show it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[schema(as = Finding)]

@@ -102,6 +102,8 @@ pub struct RunOutcome {
     pub changes: FindingChanges,
     /// How many findings the run saw, per kind (every kind, zeros included).
     pub observed: Vec<(FindingKind, usize)>,
+    /// Open findings per (kind, ledger) after the run, zeros for what it resolved.
+    pub open_by_ledger: Vec<(FindingKind, Option<String>, usize)>,
     /// The first [`REPORT_SAMPLE_MAX`] observations, in check order (critical checks first).
     pub sample: Vec<Observation>,
     pub transfers_redriven: usize,
@@ -237,6 +239,7 @@ async fn check_and_record(
     progress.step("recording findings");
     recorder.resolve(&mut tx).await?;
     outcome.observed = findings::seen_by_kind(&mut tx, run_id).await?;
+    outcome.open_by_ledger = findings::open_by_ledger(&mut tx, run_id).await?;
     outcome.changes = recorder.changes;
     outcome.changes.open = outcome.observed.iter().map(|(_, n)| n).sum();
     outcome.sample = recorder.sample;
@@ -510,11 +513,16 @@ fn deduplicate(observed: Vec<Observation>) -> Vec<Observation> {
 }
 
 async fn finish(pool: &PgPool, run_id: Uuid, outcome: &RunOutcome) -> Result<(), sqlx::Error> {
-    // The gauge counts every ledger's findings: a run over one ledger saw only some of them.
+    // The gauges count every ledger's findings: a run over one ledger saw only some of them.
+    // Findings of no one ledger (`job_dead`) have an empty `ledger` label.
     if outcome.ledger.is_none() {
-        for &(kind, open) in &outcome.observed {
-            metrics::gauge!("ferry_reconciliation_open_findings", "kind" => kind.as_str())
-                .set(open as f64);
+        for (kind, ledger, open) in &outcome.open_by_ledger {
+            metrics::gauge!(
+                "ferry_reconciliation_open_findings",
+                "kind" => kind.as_str(),
+                "ledger" => ledger.clone().unwrap_or_default()
+            )
+            .set(*open as f64);
         }
     }
     sqlx::query(

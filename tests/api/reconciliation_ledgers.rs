@@ -602,3 +602,68 @@ async fn runs_name_their_ledger_and_an_unknown_ledger_is_refused_with_nothing_st
         .collect();
     assert_eq!(ledgers, [Value::Null, json!(TWO), json!(TWO)]);
 }
+
+/// The value of `ferry_reconciliation_open_findings{kind, ledger}` this process exports.
+async fn open_findings_gauge(app: &TestApp, kind: &str, ledger: &str) -> Option<f64> {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let series =
+        format!("ferry_reconciliation_open_findings{{kind=\"{kind}\",ledger=\"{ledger}\"}}");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map(|value| value.trim().parse().expect("a number"))
+}
+
+#[tokio::test]
+async fn the_open_findings_gauge_counts_each_ledger_and_falls_to_zero_when_resolved() {
+    let (app, _) = two_ledgers().await;
+    // A ledger no other test uses: the metrics recorder is shared by every test in the process.
+    let own = format!("gauge-{}", Uuid::new_v4().simple());
+    create_ledger(&app.pool, &own).await;
+    for id in ["x", "y"] {
+        create_account_in(&app.pool, &own, id, "USD", false).await;
+    }
+    tamper(
+        &app,
+        &format!(
+            "UPDATE accounts SET balance = 5 WHERE ledger = '{own}'; \
+                  UPDATE accounts SET balance = 1 WHERE ledger = '{TWO}' AND id = 'b';"
+        ),
+    )
+    .await;
+    let run = reconcile(&app, false).await;
+    assert_eq!(run["findings_open"], 3, "{run}");
+    assert_eq!(
+        open_findings_gauge(&app, "balance_drift", &own).await,
+        Some(2.0)
+    );
+    // A run over one ledger sees only some findings: it sets no gauge.
+    tamper(
+        &app,
+        &format!("UPDATE accounts SET balance = 0 WHERE ledger = '{own}' AND id = 'x';"),
+    )
+    .await;
+    reconcile_ledger(&app, Some(&own), false).await;
+    assert_eq!(
+        open_findings_gauge(&app, "balance_drift", &own).await,
+        Some(2.0)
+    );
+    tamper(
+        &app,
+        &format!("UPDATE accounts SET balance = 0 WHERE ledger = '{own}';"),
+    )
+    .await;
+    let repaired = reconcile(&app, false).await;
+    assert_eq!(repaired["findings_open"], 1, "{repaired}");
+    assert_eq!(
+        open_findings_gauge(&app, "balance_drift", &own).await,
+        Some(0.0)
+    );
+}
