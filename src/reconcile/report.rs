@@ -141,6 +141,10 @@ mod tests {
                 open: 3,
             },
             observed: vec![(FindingKind::BalanceDrift, 1), (FindingKind::JobDead, 2)],
+            open_by_ledger: vec![
+                (FindingKind::BalanceDrift, Some("default".to_owned()), 1),
+                (FindingKind::JobDead, None, 2),
+            ],
             // Check order (medium first here) is not report order: critical comes first.
             sample: vec![
                 Observation {
