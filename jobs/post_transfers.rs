@@ -19,6 +19,7 @@ use backon::Retryable;
 use tracing::{error, warn};
 
 use crate::alerts::{Alerting, outbox, retries_exhausted_event};
+use crate::anomaly::screen::Screener;
 use crate::ledger::PostingError;
 use crate::ledger::attempts::record_failed_attempt;
 use crate::ledger::combiner::PostingCombiner;
@@ -32,9 +33,15 @@ pub struct PostingJobContext {
     pub poster: PostingCombiner,
     pub pool: sqlx::PgPool,
     pub alerting: Alerting,
+    /// Anomaly detection around posting; it never holds posting back (README, "Anomaly
+    /// detection").
+    pub screener: Screener,
 }
 
 pub async fn handle(job: PostTransfers, ctx: Data<PostingJobContext>) -> Result<(), BoxDynError> {
+    ctx.screener
+        .before_posting(&ctx.pool, &job.transfer_ids)
+        .await;
     let posted = (|| ctx.poster.post(job.transfer_ids.clone()))
         .retry(RetryPolicy::OUTAGE_WAIT.schedule())
         .sleep(tokio::time::sleep)
@@ -42,7 +49,12 @@ pub async fn handle(job: PostTransfers, ctx: Data<PostingJobContext>) -> Result<
         .notify(|e, delay| warn!(error = %e, ?delay, "database unavailable; posting waits"))
         .await;
     match posted {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            ctx.screener
+                .after_posting(&ctx.pool, &job.transfer_ids)
+                .await;
+            Ok(())
+        }
         Err(e) => reschedule_after(&ctx, &job, &e).await,
     }
 }

@@ -1,6 +1,7 @@
 //! Building and running ferry: database, HTTP intake and job workers in one process, by role.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::alerts::Alerting;
+use crate::anomaly::screen::Screener;
 use crate::config::Config;
 use crate::intake::rate_limit::RateLimiter;
 use crate::intake::{self, AppState};
@@ -23,6 +25,7 @@ use crate::jobs::{self, post_transfers::PostingJobContext};
 use crate::ledger::PostingEngine;
 use crate::ledger::combiner::PostingCombiner;
 use crate::reconcile::schedule::parse_schedule;
+use crate::redis_slot::RedisSlot;
 use crate::store::api_keys::ApiKeyCache;
 use crate::store::group_commit::GroupCommitter;
 use crate::{db, telemetry};
@@ -54,6 +57,8 @@ pub struct Application {
     pool: PgPool,
     listener: Option<TcpListener>,
     rate_limiter: RateLimiter,
+    /// The posting workers' Redis for anomaly windows (unconnected when detection is off).
+    anomaly_redis: RedisSlot,
     schedule: cron::Schedule,
     /// Every background task of the process (group committers, the poster, the rescuer, the
     /// Redis connector, metrics upkeep), awaited at shutdown.
@@ -89,6 +94,19 @@ impl Application {
         let rate_limiter =
             RateLimiter::start(&config.redis.url, config.rate_limit, &tasks, &stopping)
                 .context("REDIS_URL is not a valid Redis URL")?;
+        // Only posting workers judge transfers, and only when detection is on.
+        let anomaly_redis = if config.roles.worker && config.anomaly.enabled {
+            RedisSlot::connect(
+                &config.redis.url,
+                u64::try_from(config.anomaly.redis_timeout.as_millis()).unwrap_or(u64::MAX),
+                "anomaly detection",
+                &tasks,
+                &stopping,
+            )
+            .context("REDIS_URL is not a valid Redis URL")?
+        } else {
+            RedisSlot::default()
+        };
         let schedule = parse_schedule(&config.reconcile.cron)
             .map_err(|e| anyhow::anyhow!("FERRY_RECONCILE_CRON: {e}"))?;
         Ok(Self {
@@ -96,6 +114,7 @@ impl Application {
             pool,
             listener,
             rate_limiter,
+            anomaly_redis,
             schedule,
             tasks,
             stopping,
@@ -251,6 +270,11 @@ impl Application {
                 poster: PostingCombiner::start(engine, &self.tasks),
                 pool: self.pool.clone(),
                 alerting: alerting.clone(),
+                screener: Screener::new(
+                    Arc::new(self.config.anomaly.clone()),
+                    self.anomaly_redis.clone(),
+                    &db::database_name(&self.config.database.url),
+                ),
             };
             let reconciling = ReconcileJobContext {
                 pool: self.pool.clone(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::alerts::config::{AlertConfig, AlertSettings};
+use crate::anomaly::settings::AnomalySettings;
 use crate::app::ShutdownSettings;
 use crate::db::DatabaseSettings;
 use crate::failpoint::Failpoint;
@@ -98,6 +99,7 @@ pub struct Config {
     pub shutdown: ShutdownSettings,
     /// Alert sinks, checked, their `${VAR}`s expanded (none without a file).
     pub alerts: Arc<AlertConfig>,
+    pub anomaly: AnomalySettings,
     pub failpoint: Failpoint,
 }
 
@@ -118,6 +120,7 @@ struct File {
     reconcile: ReconcileSettings,
     shutdown: ShutdownSettings,
     alerts: AlertSettings,
+    anomaly: AnomalySettings,
 }
 
 /// Sets one setting from a variable's text.
@@ -164,6 +167,7 @@ const ENV: &[(&str, &str, Setter)] = env_table! {
     "FERRY_RECONCILE_FULL_SCAN_EVERY_SECS" => "reconcile.full_scan_every_secs": secs(reconcile.full_scan_every),
     "FERRY_JOB_RETENTION_DONE_SECS" => "reconcile.retention.done_secs": secs(reconcile.retention.done),
     "FERRY_JOB_RETENTION_DEAD_SECS" => "reconcile.retention.dead_secs": secs(reconcile.retention.dead),
+    "FERRY_ANOMALY_ENABLED" => "anomaly.enabled": set(anomaly.enabled),
 };
 
 /// Where settings come from; [`Config::load`] takes them from the process.
@@ -248,6 +252,7 @@ impl Config {
             reconcile: file.reconcile,
             shutdown: file.shutdown,
             alerts: Arc::new(alerts),
+            anomaly: file.anomaly,
             failpoint: file.failpoint,
         };
         for (variable, _, set) in ENV {
@@ -269,6 +274,11 @@ impl Config {
     /// reported, naming its variable. Longer than our ~70-line guide on purpose: it is one
     /// table, a row per rule, and reads best whole (each row is tested in tests/api/config.rs).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // `[anomaly]` names its own keys: most of its settings exist only in the file.
+        self.anomaly.validate().map_err(|reason| ConfigError {
+            variable: "FERRY_CONFIG",
+            reason,
+        })?;
         if let Err(reason) = parse_schedule(&self.reconcile.cron) {
             return Err(ConfigError {
                 variable: "FERRY_RECONCILE_CRON",

@@ -48,6 +48,19 @@ pub async fn create_if_missing(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The database `url` names (PostgreSQL's default, the user's name, when it names none); empty
+/// if the URL does not parse, which connecting reports anyway.
+pub fn database_name(url: &str) -> String {
+    url.parse::<sqlx::postgres::PgConnectOptions>()
+        .map(|options| {
+            options
+                .get_database()
+                .unwrap_or(options.get_username())
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
 pub async fn connect(
     url: &str,
     connections_max: u32,

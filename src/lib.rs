@@ -17,6 +17,7 @@
 //! - [`harness`]: scratch databases and ferry run in-process, for `ferry bench` and the tests.
 
 pub mod alerts;
+pub mod anomaly;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -30,6 +31,7 @@ pub mod jobs;
 pub mod ledger;
 pub mod queue;
 pub mod reconcile;
+pub mod redis_slot;
 pub mod retry;
 pub mod serde_duration;
 pub mod store;

@@ -25,6 +25,7 @@ macro_rules! stored_as_text {
 pub(crate) use stored_as_text;
 
 pub mod account;
+pub mod anomaly;
 pub mod api_key;
 pub mod ledger;
 pub mod money;
@@ -33,6 +34,7 @@ pub mod side;
 pub mod transfer;
 
 pub use account::{AccountId, AccountKey, AccountStatus};
+pub use anomaly::{AnomalySeverity, Rule};
 pub use api_key::{ApiKeyName, KeyLifetime, Scope, Scopes};
 pub use ledger::LedgerName;
 pub use money::{Amount, Currency};

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod alerts;
+pub mod anomalies;
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
@@ -119,7 +120,8 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(ledgers::create, ledgers::list))
         .routes(routes!(api_keys::create, api_keys::list))
         .routes(routes!(api_keys::revoke))
-        .routes(routes!(audit::list));
+        .routes(routes!(audit::list))
+        .routes(routes!(anomalies::list));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/v1", v1)
         .routes(routes!(health::healthz))

@@ -6,16 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
-use tokio::sync::RwLock;
 use tracing::warn;
 use uuid::Uuid;
 
+use crate::redis_slot::RedisSlot;
+
 /// Longest a limit check may take before the request is let through.
 pub const REDIS_TIMEOUT_MS: u64 = 50;
-/// How often a missing Redis connection is tried again.
-pub const REDIS_RECONNECT_MS: u64 = 5_000;
 
 /// Generic cell rate algorithm: one key per API key holding the "theoretical arrival time".
 /// Returns {allowed (1/0), milliseconds until allowed}.
@@ -77,7 +75,7 @@ pub enum Decision {
 #[derive(Clone)]
 pub struct RateLimiter {
     limit: RateLimit,
-    connection: Arc<RwLock<Option<ConnectionManager>>>,
+    connection: RedisSlot,
     script: Arc<redis::Script>,
 }
 
@@ -90,37 +88,17 @@ impl RateLimiter {
         tasks: &tokio_util::task::TaskTracker,
         stopping: &tokio_util::sync::CancellationToken,
     ) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(redis_url)?;
+        // Disabled, it never connects: every request passes without a Redis round trip.
+        let connection = if limit.per_sec > 0 {
+            RedisSlot::connect(redis_url, REDIS_TIMEOUT_MS, "rate limiter", tasks, stopping)?
+        } else {
+            RedisSlot::default()
+        };
         let limiter = Self {
             limit,
-            connection: Arc::new(RwLock::new(None)),
+            connection,
             script: Arc::new(redis::Script::new(GCRA)),
         };
-        if limit.per_sec > 0 {
-            let slot = limiter.connection.clone();
-            let connect = async move {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_millis(1_000)))
-                    .set_response_timeout(Some(Duration::from_millis(REDIS_TIMEOUT_MS)));
-                loop {
-                    match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
-                        Ok(manager) => {
-                            *slot.write().await = Some(manager);
-                            return;
-                        }
-                        Err(e) => warn!(error = %e, "Redis unavailable; rate limits not enforced"),
-                    }
-                    tokio::time::sleep(Duration::from_millis(REDIS_RECONNECT_MS)).await;
-                }
-            };
-            let stopping = stopping.clone();
-            tasks.spawn(async move {
-                tokio::select! {
-                    () = connect => {}
-                    () = stopping.cancelled() => {}
-                }
-            });
-        }
         Ok(limiter)
     }
 
@@ -129,7 +107,7 @@ impl RateLimiter {
         if self.limit.per_sec == 0 {
             return Decision::Allowed;
         }
-        let Some(mut connection) = self.connection.read().await.clone() else {
+        let Some(mut connection) = self.connection.get().await else {
             metrics::counter!("ferry_rate_limiter_unavailable_total").increment(1);
             return Decision::Allowed;
         };

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::accounts::format_amount;
 use crate::domain::transfer::UnknownCode;
-use crate::domain::{FailureCode, IdempotencyKey, NewTransfer, TransferStatus};
+use crate::domain::{FailureCode, IdempotencyKey, NewTransfer, Rule, TransferStatus};
 use crate::queue::payloads::PostTransfers;
 use crate::queue::{self, POST_TRANSFERS_QUEUE};
 use crate::retry::{RetryClass, RetryPolicy, classify};
@@ -48,6 +48,9 @@ pub struct TransferView {
     /// Posting attempts that failed for a transient reason (outages are not counted).
     #[schema(minimum = 0)]
     pub attempts: i32,
+    /// The anomaly rules this transfer tripped (README, "Anomaly detection"); empty until
+    /// posting judged it, and for most transfers.
+    pub flags: Vec<Rule>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -229,7 +232,34 @@ async fn find_by_keys(
     .bind(&keys)
     .fetch_all(pool)
     .await?;
-    Ok(by_identity(rows))
+    let mut found = by_identity(rows);
+    attach_flags(pool, found.values_mut()).await?;
+    Ok(found)
+}
+
+/// Fills in the `flags` of transfers read back (new ones have none yet).
+async fn attach_flags<'a>(
+    pool: &PgPool,
+    views: impl Iterator<Item = &'a mut TransferView>,
+) -> Result<(), sqlx::Error> {
+    let mut views: Vec<&mut TransferView> = views.collect();
+    if views.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = views.iter().map(|v| v.id).collect();
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT transfer_id, rule FROM anomalies WHERE transfer_id = ANY($1) ORDER BY id",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    for (transfer_id, rule) in rows {
+        let rule = Rule::parse_known(&rule).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        if let Some(view) = views.iter_mut().find(|v| v.id == transfer_id) {
+            view.flags.push(rule);
+        }
+    }
+    Ok(())
 }
 
 fn by_identity(rows: Vec<KeyedTransferRow>) -> ByIdentity {
@@ -262,7 +292,9 @@ pub async fn get(
     .bind(api_key_id)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(TransferView::from))
+    let mut view = row.map(TransferView::from);
+    attach_flags(pool, view.iter_mut()).await?;
+    Ok(view)
 }
 
 /// The transfer an API key created under `key`.
@@ -334,6 +366,7 @@ impl From<TransferRow> for TransferView {
             metadata: row.metadata,
             failure_code: row.failure_code.0,
             attempts: row.attempts,
+            flags: Vec::new(),
             created_at: row.created_at,
             updated_at: row.updated_at,
             posted_at: row.posted_at,

@@ -85,6 +85,10 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "src/anomaly",
+        &["ledger", "reconcile", "intake", "jobs", "app", "config"],
+    ),
+    (
         "src/reconcile",
         &["store", "ledger", "intake", "jobs", "app", "config"],
     ),

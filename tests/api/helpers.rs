@@ -85,6 +85,8 @@ pub fn test_config(database_url: &str, roles: Roles) -> Config {
             },
         },
         alerts: std::sync::Arc::new(ferry::alerts::config::AlertConfig::default()),
+        // On, as in production; its Redis keys are namespaced by the test's database.
+        anomaly: ferry::anomaly::settings::AnomalySettings::default(),
         failpoint: Failpoint::None,
     }
 }

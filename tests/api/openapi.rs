@@ -28,6 +28,7 @@ const ROUTES: &[&str] = &[
     "GET /v1/alerts",
     "GET /v1/api-keys",
     "GET /v1/audit-events",
+    "GET /v1/anomalies",
     "GET /v1/ledgers",
     "GET /v1/reconciliations",
     "GET /v1/reconciliations/{id}",

@@ -1,0 +1,16 @@
+//! Anomaly detection (README, "Anomaly detection"): four rules on the source account of each
+//! transfer — velocity, large amount, failed streak, duplicate amount — with their windows in
+//! Redis, checked by the posting job around posting and never holding it back. Every hit is
+//! an `anomalies` row, listed by `GET /v1/anomalies` and shown as the transfer's `flags`.
+//!
+//! - [`rules`]: the rules themselves, pure.
+//! - [`settings`]: `[anomaly]` thresholds, per ledger.
+//! - [`windows`]: the Redis scripts (sliding windows, streaks).
+//! - [`screen`]: what the posting job calls before and after posting.
+//! - [`record`]: the `anomalies` rows.
+
+pub mod record;
+pub mod rules;
+pub mod screen;
+pub mod settings;
+pub mod windows;

@@ -1,0 +1,169 @@
+//! The four rules and what a hit says (README, "Anomaly detection"). Pure: the counts come from
+//! the Redis windows ([`super::windows`]), the thresholds from the ledger's settings.
+
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+use super::settings::RuleSettings;
+pub use crate::domain::{AnomalySeverity, Rule};
+use crate::domain::{AccountKey, Currency};
+
+/// A transfer about to be posted, as the rules see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub transfer_id: Uuid,
+    /// The source account: every rule is about money leaving it.
+    pub account: AccountKey,
+    pub amount: Decimal,
+    pub currency: Currency,
+    /// When the transfer was accepted (ms since the epoch): windows are measured in
+    /// acceptance time, so a check that runs late counts what a prompt one would have.
+    pub accepted_at_ms: i64,
+}
+
+/// What the windows counted for one candidate, itself included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowCounts {
+    /// Transfers out of the account within the velocity window.
+    pub transfers: u64,
+    /// Transfers of the same amount out of the account within the duplicate window.
+    pub same_amount: u64,
+}
+
+/// One rule tripped by one transfer, with the numbers that tripped it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub transfer_id: Uuid,
+    pub account: AccountKey,
+    pub rule: Rule,
+    pub detail: serde_json::Value,
+}
+
+/// The hits of the rules checked before posting: velocity, large amount, duplicate amount.
+pub fn judge(candidate: &Candidate, counts: WindowCounts, rules: &RuleSettings) -> Vec<Hit> {
+    let mut hits = Vec::new();
+    let mut hit = |rule: Rule, detail: serde_json::Value| {
+        hits.push(Hit {
+            transfer_id: candidate.transfer_id,
+            account: candidate.account.clone(),
+            rule,
+            detail,
+        });
+    };
+    let velocity = &rules.velocity;
+    if counts.transfers >= velocity.count {
+        hit(
+            Rule::Velocity,
+            serde_json::json!({
+                "transfers": counts.transfers,
+                "threshold": velocity.count,
+                "window_secs": velocity.window_secs,
+            }),
+        );
+    }
+    let threshold = rules.large_amount.threshold(&candidate.currency);
+    if candidate.amount > threshold {
+        hit(
+            Rule::LargeAmount,
+            serde_json::json!({
+                "amount": candidate.amount.to_string(),
+                "currency": candidate.currency.code(),
+                "threshold": threshold.to_string(),
+            }),
+        );
+    }
+    let duplicate = &rules.duplicate_amount;
+    if counts.same_amount >= duplicate.count {
+        hit(
+            Rule::DuplicateAmount,
+            serde_json::json!({
+                "amount": candidate.amount.to_string(),
+                "currency": candidate.currency.code(),
+                "transfers": counts.same_amount,
+                "threshold": duplicate.count,
+                "window_secs": duplicate.window_secs,
+            }),
+        );
+    }
+    hits
+}
+
+/// The failed-streak hit of a failed transfer whose account has now failed `streak` times in a
+/// row, if that reaches the rule's count.
+pub fn judge_streak(
+    transfer_id: Uuid,
+    account: &AccountKey,
+    streak: u64,
+    rules: &RuleSettings,
+) -> Option<Hit> {
+    let rule = &rules.failed_streak;
+    (streak >= rule.count).then(|| Hit {
+        transfer_id,
+        account: account.clone(),
+        rule: Rule::FailedStreak,
+        detail: serde_json::json!({"consecutive_failures": streak, "threshold": rule.count}),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AccountId, LedgerName};
+
+    fn candidate(amount: &str) -> Candidate {
+        Candidate {
+            transfer_id: Uuid::nil(),
+            account: AccountKey::new(LedgerName::default_ledger(), AccountId::from_trusted("a".into())),
+            amount: amount.parse().expect("decimal"),
+            currency: Currency::parse("USD").expect("USD"),
+            accepted_at_ms: 0,
+        }
+    }
+
+    fn rules_hit(amount: &str, transfers: u64, same_amount: u64) -> Vec<Rule> {
+        let counts = WindowCounts {
+            transfers,
+            same_amount,
+        };
+        judge(&candidate(amount), counts, &RuleSettings::default())
+            .into_iter()
+            .map(|h| h.rule)
+            .collect()
+    }
+
+    #[test]
+    fn each_rule_trips_at_its_threshold_and_not_below() {
+        assert_eq!(rules_hit("1.00", 4, 2), []);
+        assert_eq!(rules_hit("1.00", 5, 2), [Rule::Velocity]);
+        assert_eq!(rules_hit("1.00", 4, 3), [Rule::DuplicateAmount]);
+        // Above the threshold, not at it.
+        assert_eq!(rules_hit("5000.00", 1, 1), []);
+        assert_eq!(rules_hit("5000.01", 1, 1), [Rule::LargeAmount]);
+        assert_eq!(
+            rules_hit("9000", 6, 3),
+            [Rule::Velocity, Rule::LargeAmount, Rule::DuplicateAmount]
+        );
+    }
+
+    #[test]
+    fn a_streak_trips_at_its_count() {
+        let account = candidate("1").account;
+        let rules = RuleSettings::default();
+        assert_eq!(judge_streak(Uuid::nil(), &account, 2, &rules), None);
+        let hit = judge_streak(Uuid::nil(), &account, 3, &rules).expect("hit");
+        assert_eq!(hit.rule, Rule::FailedStreak);
+        assert_eq!(hit.detail["consecutive_failures"], 3);
+    }
+
+    #[test]
+    fn rules_read_back_strictly() {
+        for rule in Rule::ALL {
+            assert_eq!(Rule::parse_known(rule.as_str()), Ok(rule));
+            assert_eq!(
+                serde_json::to_value(rule).expect("json"),
+                serde_json::Value::String(rule.as_str().to_owned())
+            );
+        }
+        assert!(Rule::parse_known("speed").is_err());
+    }
+}
