@@ -93,6 +93,7 @@ impl Application {
         let stopping = CancellationToken::new();
         let rate_limiter =
             RateLimiter::start(&config.redis.url, config.rate_limit, &tasks, &stopping)
+                .await
                 .context("REDIS_URL is not a valid Redis URL")?;
         // Only posting workers judge transfers, and only when detection is on.
         let anomaly_redis = if config.roles.worker && config.anomaly.enabled {
@@ -103,6 +104,7 @@ impl Application {
                 &tasks,
                 &stopping,
             )
+            .await
             .context("REDIS_URL is not a valid Redis URL")?
         } else {
             RedisSlot::default()

@@ -12,6 +12,8 @@ use tracing::warn;
 
 /// How often a missing Redis connection is tried again.
 pub const REDIS_RECONNECT_MS: u64 = 5_000;
+/// Longest one connection attempt may take.
+pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
 /// The connection, once made; `None` until then. Cheap to clone.
 #[derive(Clone, Default)]
@@ -20,10 +22,12 @@ pub struct RedisSlot {
 }
 
 impl RedisSlot {
-    /// Connects to `redis_url` on a task of `tasks` that retries every
-    /// [`REDIS_RECONNECT_MS`] and gives up when `stopping` is cancelled. Each command on the
-    /// connection times out after `response_timeout_ms`; `user` names who waits, in logs.
-    pub fn connect(
+    /// Connects to `redis_url`: a first attempt here (at most [`CONNECT_TIMEOUT_MS`], so a
+    /// Redis that is up is used from the first request on), then, if that failed, on a task of
+    /// `tasks` that retries every [`REDIS_RECONNECT_MS`] and gives up when `stopping` is
+    /// cancelled. Each command on the connection times out after `response_timeout_ms`;
+    /// `user` names who waits, in logs.
+    pub async fn connect(
         redis_url: &str,
         response_timeout_ms: u64,
         user: &'static str,
@@ -32,11 +36,17 @@ impl RedisSlot {
     ) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(redis_url)?;
         let slot = Self::default();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)))
+            .set_response_timeout(Some(Duration::from_millis(response_timeout_ms)));
+        if let Ok(manager) =
+            ConnectionManager::new_with_config(client.clone(), config.clone()).await
+        {
+            *slot.connection.write().await = Some(manager);
+            return Ok(slot);
+        }
         let connection = slot.connection.clone();
         let connect = async move {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_millis(1_000)))
-                .set_response_timeout(Some(Duration::from_millis(response_timeout_ms)));
             loop {
                 match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
                     Ok(manager) => {

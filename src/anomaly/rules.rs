@@ -5,8 +5,8 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use super::settings::RuleSettings;
-pub use crate::domain::{AnomalySeverity, Rule};
 use crate::domain::{AccountKey, Currency};
+pub use crate::domain::{AnomalySeverity, Rule};
 
 /// A transfer about to be posted, as the rules see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +40,13 @@ pub struct Hit {
 }
 
 /// The hits of the rules checked before posting: velocity, large amount, duplicate amount.
-pub fn judge(candidate: &Candidate, counts: WindowCounts, rules: &RuleSettings) -> Vec<Hit> {
+/// Without `counts` (Redis did not answer) only the large-amount rule, which needs no window,
+/// is judged.
+pub fn judge(
+    candidate: &Candidate,
+    counts: Option<WindowCounts>,
+    rules: &RuleSettings,
+) -> Vec<Hit> {
     let mut hits = Vec::new();
     let mut hit = |rule: Rule, detail: serde_json::Value| {
         hits.push(Hit {
@@ -51,7 +57,7 @@ pub fn judge(candidate: &Candidate, counts: WindowCounts, rules: &RuleSettings) 
         });
     };
     let velocity = &rules.velocity;
-    if counts.transfers >= velocity.count {
+    if let Some(counts) = counts.filter(|c| c.transfers >= velocity.count) {
         hit(
             Rule::Velocity,
             serde_json::json!({
@@ -73,7 +79,7 @@ pub fn judge(candidate: &Candidate, counts: WindowCounts, rules: &RuleSettings) 
         );
     }
     let duplicate = &rules.duplicate_amount;
-    if counts.same_amount >= duplicate.count {
+    if let Some(counts) = counts.filter(|c| c.same_amount >= duplicate.count) {
         hit(
             Rule::DuplicateAmount,
             serde_json::json!({
@@ -113,7 +119,10 @@ mod tests {
     fn candidate(amount: &str) -> Candidate {
         Candidate {
             transfer_id: Uuid::nil(),
-            account: AccountKey::new(LedgerName::default_ledger(), AccountId::from_trusted("a".into())),
+            account: AccountKey::new(
+                LedgerName::default_ledger(),
+                AccountId::from_trusted("a".into()),
+            ),
             amount: amount.parse().expect("decimal"),
             currency: Currency::parse("USD").expect("USD"),
             accepted_at_ms: 0,
@@ -125,7 +134,7 @@ mod tests {
             transfers,
             same_amount,
         };
-        judge(&candidate(amount), counts, &RuleSettings::default())
+        judge(&candidate(amount), Some(counts), &RuleSettings::default())
             .into_iter()
             .map(|h| h.rule)
             .collect()
@@ -143,6 +152,16 @@ mod tests {
             rules_hit("9000", 6, 3),
             [Rule::Velocity, Rule::LargeAmount, Rule::DuplicateAmount]
         );
+    }
+
+    #[test]
+    fn without_windows_only_the_large_amount_rule_is_judged() {
+        let large = judge(&candidate("9000"), None, &RuleSettings::default());
+        assert_eq!(
+            large.iter().map(|h| h.rule).collect::<Vec<_>>(),
+            [Rule::LargeAmount]
+        );
+        assert_eq!(judge(&candidate("1"), None, &RuleSettings::default()), []);
     }
 
     #[test]

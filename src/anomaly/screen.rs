@@ -58,7 +58,6 @@ impl Screener {
         if !self.settings.enabled {
             return Ok(());
         }
-        let mut connection = self.redis.get().await.ok_or(SkipReason::Unavailable)?;
         let pending = record::transfers(pool, transfer_ids, &[TransferStatus::Pending])
             .await
             .map_err(database)?;
@@ -73,17 +72,32 @@ impl Screener {
                 (candidate, rules)
             })
             .collect();
-        let timeout = self.settings.redis_timeout;
-        let counts = windows::count(&mut connection, &self.namespace, &candidates, timeout).await?;
+        // Without the windows, the large-amount rule is still judged and its hits stored;
+        // the skip is reported once they are.
+        let counts = match self.redis.get().await {
+            Some(mut connection) => {
+                let timeout = self.settings.redis_timeout;
+                windows::count(&mut connection, &self.namespace, &candidates, timeout).await
+            }
+            None => Err(SkipReason::Unavailable),
+        };
         let hits: Vec<Hit> = candidates
             .iter()
-            .zip(counts)
-            .flat_map(|((candidate, rules), counts)| judge(candidate, counts, rules))
+            .enumerate()
+            .flat_map(|(n, (candidate, rules))| {
+                let counts = counts.as_ref().ok().map(|all| all[n]);
+                judge(candidate, counts, rules)
+            })
             .collect();
-        store(pool, &hits).await
+        store(pool, &hits).await?;
+        counts.map(|_| ())
     }
 
-    async fn record_outcomes(&self, pool: &PgPool, transfer_ids: &[Uuid]) -> Result<(), SkipReason> {
+    async fn record_outcomes(
+        &self,
+        pool: &PgPool,
+        transfer_ids: &[Uuid],
+    ) -> Result<(), SkipReason> {
         if !self.settings.enabled {
             return Ok(());
         }

@@ -141,7 +141,9 @@ impl AnomalySettings {
             large_amount: own
                 .and_then(|o| o.large_amount.clone())
                 .unwrap_or_else(|| self.large_amount.clone()),
-            failed_streak: own.and_then(|o| o.failed_streak).unwrap_or(self.failed_streak),
+            failed_streak: own
+                .and_then(|o| o.failed_streak)
+                .unwrap_or(self.failed_streak),
             duplicate_amount: own
                 .and_then(|o| o.duplicate_amount)
                 .unwrap_or(self.duplicate_amount),
@@ -193,7 +195,9 @@ fn validate_rules(prefix: &str, rules: &RuleSettings) -> Result<(), String> {
     }
     let large = &rules.large_amount;
     if large.threshold <= Decimal::ZERO {
-        return Err(format!("{prefix}.large_amount.threshold must be above zero"));
+        return Err(format!(
+            "{prefix}.large_amount.threshold must be above zero"
+        ));
     }
     for (code, threshold) in &large.thresholds {
         Currency::parse(code)
@@ -223,7 +227,10 @@ mod tests {
         assert_eq!((rules.velocity.count, rules.velocity.window_secs), (5, 60));
         assert_eq!(rules.failed_streak.count, 3);
         assert_eq!(
-            (rules.duplicate_amount.count, rules.duplicate_amount.window_secs),
+            (
+                rules.duplicate_amount.count,
+                rules.duplicate_amount.window_secs
+            ),
             (3, 300)
         );
         let usd = Currency::parse("USD").expect("USD");
@@ -244,13 +251,19 @@ mod tests {
         assert_eq!((other.velocity.count, other.velocity.window_secs), (7, 30));
         let jpy = Currency::parse("JPY").expect("JPY");
         assert_eq!(shop.large_amount.threshold(&jpy).to_string(), "500000");
-        assert_eq!(shop.duplicate_amount, RuleSettings::default().duplicate_amount);
+        assert_eq!(
+            shop.duplicate_amount,
+            RuleSettings::default().duplicate_amount
+        );
     }
 
     #[test]
     fn each_bad_setting_is_named_by_its_key() {
         for (text, message) in [
-            ("redis_timeout_ms = 0", "anomaly.redis_timeout_ms must be at least 1"),
+            (
+                "redis_timeout_ms = 0",
+                "anomaly.redis_timeout_ms must be at least 1",
+            ),
             (
                 "[velocity]\ncount = 1\nwindow_secs = 60",
                 "anomaly.velocity.count must be at least 2",
@@ -275,7 +288,10 @@ mod tests {
                 "[ledgers.shop.velocity]\ncount = 1\nwindow_secs = 5",
                 "anomaly.ledgers.shop.velocity.count must be at least 2",
             ),
-            ("[ledgers.Shop.failed_streak]\ncount = 2", "anomaly.ledgers.Shop"),
+            (
+                "[ledgers.Shop.failed_streak]\ncount = 2",
+                "anomaly.ledgers.Shop",
+            ),
             ("[ledgers.shop]", "anomaly.ledgers.shop overrides no rule"),
         ] {
             let error = parse(text).validate().expect_err(text);

@@ -5,7 +5,11 @@
 //!
 //! Windows are sorted sets scored by acceptance time (ms), one member per transfer id: a
 //! transfer checked twice (a redelivered job) is counted once. A transfer counts the
-//! transfers of its window accepted in `(accepted_at − window, accepted_at]`, itself included.
+//! transfers of its window accepted in `(accepted_at − window, accepted_at]` and before it,
+//! itself included: transfers accepted in one commit share `accepted_at`, and among those the
+//! member order — transfer ids are UUIDv7, so acceptance order — says which came first. So
+//! the fifth of a burst is the first to trip a rule of five, whether the burst came as five
+//! requests or as one batch.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -27,7 +31,7 @@ for i = 1, #KEYS / 2 do
     local key, window_ms = KEYS[2 * i - 1 + w], tonumber(ARGV[4 * i - 1 + w])
     redis.call('ZADD', key, at, id)
     redis.call('ZREMRANGEBYSCORE', key, '-inf', at - window_ms)
-    counts[#counts + 1] = redis.call('ZCOUNT', key, '(' .. (at - window_ms), at)
+    counts[#counts + 1] = redis.call('ZRANK', key, id) + 1
     redis.call('PEXPIRE', key, window_ms)
   end
 end
@@ -173,9 +177,7 @@ async fn invoke<T: redis::FromRedisValue>(
     match tokio::time::timeout(timeout, invocation.invoke_async(connection)).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) if e.is_timeout() => Err(SkipReason::Timeout),
-        Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() => {
-            Err(SkipReason::Unavailable)
-        }
+        Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() => Err(SkipReason::Unavailable),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "anomaly window script failed");
             Err(SkipReason::Error)

@@ -66,4 +66,3 @@ super::stored_as_text!(
     "anomaly severity",
     [AnomalySeverity::Medium, AnomalySeverity::High]
 );
-

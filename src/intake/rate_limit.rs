@@ -82,7 +82,7 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// Connects in the background (a task on `tasks` that gives up when `stopping` is
     /// cancelled); until connected (or when disabled) every request passes.
-    pub fn start(
+    pub async fn start(
         redis_url: &str,
         limit: RateLimit,
         tasks: &tokio_util::task::TaskTracker,
@@ -90,7 +90,7 @@ impl RateLimiter {
     ) -> Result<Self, redis::RedisError> {
         // Disabled, it never connects: every request passes without a Redis round trip.
         let connection = if limit.per_sec > 0 {
-            RedisSlot::connect(redis_url, REDIS_TIMEOUT_MS, "rate limiter", tasks, stopping)?
+            RedisSlot::connect(redis_url, REDIS_TIMEOUT_MS, "rate limiter", tasks, stopping).await?
         } else {
             RedisSlot::default()
         };

@@ -5,6 +5,7 @@ mod invariants;
 
 mod accounts;
 mod alerts;
+mod anomalies;
 mod architecture;
 mod audit;
 mod auth;

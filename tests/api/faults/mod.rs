@@ -10,7 +10,7 @@
 //! dependency's return to the last transfer terminal), the statuses clients saw, and the
 //! restart and rescue counters.
 
-mod deps;
+pub mod deps;
 mod load;
 mod rescue;
 

@@ -1,0 +1,447 @@
+//! Anomaly detection (README, "Anomaly detection"): the four rules on real Redis windows, at
+//! and below their thresholds, windows that expire, streaks a success resets, per-ledger
+//! thresholds, the listing, and posting that goes on when Redis is gone.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::faults::deps::Redis;
+use crate::helpers::{
+    TestApp, create_account_in, create_ledger, create_ledger_key, spawn_app, spawn_app_with,
+    transfer,
+};
+use ferry::anomaly::rules::{Candidate, WindowCounts};
+use ferry::anomaly::settings::{LedgerRules, RuleSettings, WindowRule};
+use ferry::anomaly::windows;
+use ferry::domain::{AccountId, AccountKey, Currency, LedgerName};
+
+/// Posts `amount` from `from` to `to` under `key` and waits for it to end; returns the
+/// transfer as `GET /v1/transfers/{id}` shows it once its flags have settled.
+async fn send(app: &TestApp, key: &str, from: &str, to: &str, amount: &str) -> Value {
+    let reply = app.post_transfer(key, &transfer(from, to, amount)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let id = reply.body["id"].as_str().expect("id").to_owned();
+    app.wait_until_terminal(&id).await;
+    // The job records the outcome in the account's streak (and stores a failed-streak hit)
+    // just after posting, before it completes.
+    jobs_done(app).await;
+    app.get(&format!("/v1/transfers/{id}")).await.body
+}
+
+/// Waits until no job is waiting or running.
+async fn jobs_done(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let busy: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM apalis.jobs WHERE status IN ('Pending', 'Queued', 'Running')",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .expect("jobs");
+        if busy == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{busy} jobs still busy");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn flags(transfer: &Value) -> Vec<&str> {
+    transfer["flags"]
+        .as_array()
+        .expect("flags")
+        .iter()
+        .map(|f| f.as_str().expect("rule"))
+        .collect()
+}
+
+async fn funded(app: &TestApp, accounts: &[&str]) {
+    app.create_account("treasury", "USD", true).await;
+    for account in accounts {
+        app.create_account(account, "USD", false).await;
+        send(
+            app,
+            &format!("fund-{account}"),
+            "treasury",
+            account,
+            "1000.00",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn the_seeds_demonstration_six_rapid_transfers_flag_velocity_then_duplicate_amount() {
+    let app = spawn_app().await;
+    funded(&app, &["card"]).await;
+    app.create_account("shop", "USD", false).await;
+    // The sixth repeats an amount for the third time; the first four stay under every rule.
+    let amounts = ["10.00", "10.00", "20.00", "30.00", "40.00", "10.00"];
+    let mut seen = Vec::new();
+    for (n, amount) in amounts.iter().enumerate() {
+        let done = send(&app, &format!("pay-{n}"), "card", "shop", amount).await;
+        assert_eq!(
+            done["status"], "posted",
+            "flagged transfers still post: {done}"
+        );
+        seen.push(flags(&done).join("+"));
+    }
+    assert_eq!(
+        seen,
+        ["", "", "", "", "velocity", "velocity+duplicate_amount"]
+    );
+    let listed = app.get("/v1/anomalies?account=card").await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let hits = listed.body["anomalies"].as_array().expect("anomalies");
+    let summary: Vec<(String, String)> = hits
+        .iter()
+        .map(|h| {
+            (
+                h["rule"].as_str().expect("rule").to_owned(),
+                h["severity"].as_str().expect("severity").to_owned(),
+            )
+        })
+        .collect();
+    let pair = |r: &str, s: &str| (r.to_owned(), s.to_owned());
+    assert_eq!(
+        summary,
+        [
+            pair("velocity", "high"),
+            pair("velocity", "high"),
+            pair("duplicate_amount", "medium")
+        ]
+    );
+    assert_eq!(hits[0]["detail"]["transfers"], 5);
+    assert_eq!(hits[0]["detail"]["threshold"], 5);
+    assert_eq!(hits[0]["detail"]["window_secs"], 60);
+    assert_eq!(hits[2]["detail"]["transfers"], 3);
+    assert_eq!(hits[2]["detail"]["amount"], "10.00");
+    assert_eq!(hits[0]["ledger"], "default");
+    assert_eq!(hits[0]["account_id"], "card");
+}
+
+#[tokio::test]
+async fn a_large_amount_is_flagged_above_the_threshold_not_at_it() {
+    let app = spawn_app().await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("b", "USD", false).await;
+    let at = send(&app, "at", "treasury", "b", "5000.00").await;
+    assert_eq!(flags(&at), Vec::<&str>::new());
+    let above = send(&app, "above", "treasury", "b", "5000.01").await;
+    assert_eq!(flags(&above), ["large_amount"]);
+    assert_eq!(above["status"], "posted");
+}
+
+#[tokio::test]
+async fn three_failures_in_a_row_are_a_failed_streak_and_a_success_resets_it() {
+    let app = spawn_app().await;
+    funded(&app, &["thin"]).await;
+    app.create_account("b", "USD", false).await;
+    let outcome = |t: &Value| {
+        format!(
+            "{}{}",
+            t["status"].as_str().expect("status"),
+            if flags(t).contains(&"failed_streak") {
+                "+streak"
+            } else {
+                ""
+            }
+        )
+    };
+    let mut seen = Vec::new();
+    // 2,000.00 is more than `thin` has: insufficient funds, each time. Amounts differ so the
+    // duplicate rule stays out of it.
+    for (n, amount) in [
+        "2000.01", "2000.02", "2000.03", "2000.04", "1.00", "2000.05", "2000.06",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let done = send(&app, &format!("try-{n}"), "thin", "b", amount).await;
+        seen.push(outcome(&done));
+    }
+    assert_eq!(
+        seen,
+        [
+            "failed",
+            "failed",
+            "failed+streak",
+            "failed+streak",
+            "posted",
+            "failed",
+            "failed"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_transfer_after_the_window_is_not_counted() {
+    // Three transfers within 4 s trip velocity, three of one amount trip duplicates.
+    let window = WindowRule {
+        count: 3,
+        window_secs: 4,
+    };
+    let app = spawn_app_with(|config| {
+        config.anomaly.velocity = window;
+        config.anomaly.duplicate_amount = window;
+    })
+    .await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("b", "USD", false).await;
+    let first_sent = Instant::now();
+    let first = send(&app, "first", "treasury", "b", "1.00").await;
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(first_sent.elapsed())).await;
+    let middle = send(&app, "middle", "treasury", "b", "1.00").await;
+    assert_eq!(flags(&first), Vec::<&str>::new());
+    assert_eq!(flags(&middle), Vec::<&str>::new());
+    // Past the first's window, inside the middle one's (which keeps the key alive, so only
+    // the window itself can leave the first out): two more, accepted together.
+    tokio::time::sleep(Duration::from_millis(4_300).saturating_sub(first_sent.elapsed())).await;
+    let item = |key: &str| {
+        json!({"idempotency_key": key, "from_account": "treasury", "to_account": "b",
+               "amount": "1.00", "currency": "USD"})
+    };
+    let batch = app
+        .post_json(
+            "/v1/transfers/batch",
+            &json!({"transfers": [item("late"), item("prompt")]}),
+        )
+        .await;
+    assert_eq!(batch.status, StatusCode::OK, "{}", batch.body);
+    let mut seen = Vec::new();
+    for result in batch.body["results"].as_array().expect("results") {
+        let id = result["transfer"]["id"].as_str().expect("id");
+        app.wait_until_terminal(id).await;
+        jobs_done(&app).await;
+        let done = app.get(&format!("/v1/transfers/{id}")).await.body;
+        seen.push(flags(&done).join("+"));
+    }
+    // late: middle and itself (two); prompt: the third.
+    assert_eq!(seen, ["", "velocity+duplicate_amount"]);
+}
+
+#[tokio::test]
+async fn a_batch_judged_again_counts_as_it_did_the_first_time() {
+    let client = redis::Client::open("redis://127.0.0.1:6379").expect("url");
+    let mut connection = redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("Redis");
+    let namespace = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let rules = RuleSettings::default();
+    // Three transfers accepted in one commit: one acceptance time, ids in acceptance order.
+    let candidates: Vec<(Candidate, &RuleSettings)> = (0..3)
+        .map(|_| {
+            let candidate = Candidate {
+                transfer_id: uuid::Uuid::now_v7(),
+                account: AccountKey::new(
+                    LedgerName::default_ledger(),
+                    AccountId::parse("card").expect("id"),
+                ),
+                amount: "10.00".parse().expect("amount"),
+                currency: Currency::parse("USD").expect("USD"),
+                accepted_at_ms: 1_700_000_000_000,
+            };
+            (candidate, &rules)
+        })
+        .collect();
+    let timeout = Duration::from_secs(1);
+    let first = windows::count(&mut connection, &namespace, &candidates, timeout)
+        .await
+        .expect("counted");
+    // A redelivered job judges the same transfers again: nothing is counted twice, and each
+    // still sees only those accepted before it.
+    let again = windows::count(&mut connection, &namespace, &candidates, timeout)
+        .await
+        .expect("counted");
+    let transfers =
+        |counts: &[WindowCounts]| counts.iter().map(|c| c.transfers).collect::<Vec<_>>();
+    assert_eq!(transfers(&first), [1, 2, 3]);
+    assert_eq!(transfers(&again), [1, 2, 3]);
+    assert_eq!(first, again);
+}
+
+#[tokio::test]
+async fn each_ledger_has_its_thresholds_and_sees_only_its_anomalies() {
+    let app = spawn_app_with(|config| {
+        let strict = LedgerRules {
+            velocity: Some(WindowRule {
+                count: 2,
+                window_secs: 60,
+            }),
+            ..LedgerRules::default()
+        };
+        config.anomaly.ledgers = BTreeMap::from([("strict".to_owned(), strict)]);
+    })
+    .await;
+    create_ledger(&app.pool, "strict").await;
+    let strict_key = create_ledger_key(&app.pool, "strict", "transfers:write,transfers:read").await;
+    for ledger in ["default", "strict"] {
+        create_account_in(&app.pool, ledger, "treasury", "USD", true).await;
+        create_account_in(&app.pool, ledger, "b", "USD", false).await;
+    }
+    // Two transfers in each ledger: only `strict`'s second is a burst.
+    for n in 0..2 {
+        let body = transfer("treasury", "b", &format!("{}.00", n + 1));
+        let key = format!("t{n}");
+        let default = app.post_transfer(&key, &body).await;
+        let strict = app.post_transfer_as(&strict_key, &key, &body).await;
+        app.wait_until_terminal(default.body["id"].as_str().expect("id"))
+            .await;
+        let done = app
+            .wait_until_terminal_as(&strict_key, strict.body["id"].as_str().expect("id"))
+            .await;
+        assert_eq!(flags(&done), if n == 0 { vec![] } else { vec!["velocity"] });
+    }
+    let own = app.get_as(&strict_key, "/v1/anomalies").await;
+    assert_eq!(own.body["anomalies"].as_array().expect("list").len(), 1);
+    assert_eq!(own.body["anomalies"][0]["ledger"], "strict");
+    assert_eq!(own.body["anomalies"][0]["detail"]["threshold"], 2);
+    let default = app.get("/v1/anomalies").await;
+    assert_eq!(default.body["anomalies"], json!([]));
+    let admin_names_it = app.get("/v1/anomalies?ledger=strict").await;
+    assert_eq!(admin_names_it.body, own.body);
+    let foreign = app
+        .get_as(&strict_key, "/v1/anomalies?ledger=default")
+        .await;
+    assert_eq!(foreign.status, StatusCode::FORBIDDEN);
+    assert_eq!(foreign.body["code"], "ledger_forbidden");
+}
+
+#[tokio::test]
+async fn the_listing_filters_pages_and_refuses_bad_parameters() {
+    let app = spawn_app().await;
+    app.create_account("treasury", "USD", true).await;
+    for account in ["b", "c"] {
+        app.create_account(account, "USD", true).await;
+    }
+    // b: three large amounts; c: one.
+    for (n, from) in ["b", "b", "c", "b"].iter().enumerate() {
+        let done = send(
+            &app,
+            &format!("big-{n}"),
+            from,
+            "treasury",
+            &format!("600{n}.00"),
+        )
+        .await;
+        assert_eq!(flags(&done), ["large_amount"]);
+    }
+    let page = |query: &str| {
+        let query = query.to_owned();
+        let app = &app;
+        async move {
+            let reply = app.get(&format!("/v1/anomalies{query}")).await;
+            assert_eq!(reply.status, StatusCode::OK, "{query}: {}", reply.body);
+            reply.body
+        }
+    };
+    let accounts = |body: &Value| -> Vec<String> {
+        body["anomalies"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|h| h["account_id"].as_str().expect("account").to_owned())
+            .collect()
+    };
+    assert_eq!(accounts(&page("").await), ["b", "b", "c", "b"]);
+    assert_eq!(
+        accounts(&page("?account=b&rule=large_amount").await),
+        ["b", "b", "b"]
+    );
+    assert_eq!(
+        accounts(&page("?rule=velocity").await),
+        Vec::<String>::new()
+    );
+    let first = page("?limit=3").await;
+    let after = first["next_after"].as_i64().expect("a full page goes on");
+    let rest = page(&format!("?after={after}")).await;
+    assert_eq!(accounts(&rest), ["b"]);
+    assert!(rest.get("next_after").is_none());
+    for (bad, code) in [
+        ("?rule=speed", "invalid_body"),
+        ("?limit=0", "invalid_body"),
+        ("?after=-1", "invalid_body"),
+        ("?account=not%20an%20id", "invalid_account"),
+        ("?ledger=Nope!", "invalid_ledger"),
+        ("?cursor=1", "invalid_body"),
+    ] {
+        let reply = app.get(&format!("/v1/anomalies{bad}")).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}: {}",
+            reply.body
+        );
+        assert_eq!(reply.body["code"], code, "{bad}");
+    }
+}
+
+/// `ferry_anomaly_checks_skipped_total` in this process, every reason Redis can give.
+async fn redis_skips(app: &TestApp) -> f64 {
+    let mut total = 0.0;
+    for reason in ["unavailable", "timeout", "error"] {
+        total += skipped(app, reason).await;
+    }
+    total
+}
+
+/// The value of `ferry_anomaly_checks_skipped_total{reason}` in this process.
+async fn skipped(app: &TestApp, reason: &str) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let series = format!("ferry_anomaly_checks_skipped_total{{reason=\"{reason}\"}}");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+}
+
+#[tokio::test]
+async fn with_redis_gone_transfers_still_post_and_the_skips_are_counted() {
+    let mut redis = Redis::start_new();
+    let url = redis.url();
+    let app = spawn_app_with(move |config| config.redis.url = url).await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("b", "USD", false).await;
+    let large = send(&app, "before", "treasury", "b", "6000.00").await;
+    assert_eq!(flags(&large), ["large_amount"], "Redis up: checked");
+    redis.kill();
+    let skipped_before = redis_skips(&app).await;
+    let started = Instant::now();
+    for n in 0..5 {
+        let done = send(&app, &format!("during-{n}"), "treasury", "b", "6000.00").await;
+        assert_eq!(done["status"], "posted");
+        // The windows are gone (six of one amount would be duplicates), the large amount is
+        // still seen: it needs no window.
+        assert_eq!(
+            flags(&done),
+            ["large_amount"],
+            "Redis down: windows skipped"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "posting was held back: {:?}",
+        started.elapsed()
+    );
+    // Each job is skipped before posting and again after (that one may still be on its way).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut skipped_after = redis_skips(&app).await;
+    while skipped_after - skipped_before < 10.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        skipped_after = redis_skips(&app).await;
+    }
+    assert!(
+        skipped_after - skipped_before >= 10.0,
+        "{skipped_before} → {skipped_after}"
+    );
+}
