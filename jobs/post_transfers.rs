@@ -19,10 +19,12 @@ use backon::Retryable;
 use tracing::{error, warn};
 
 use crate::alerts::{Alerting, outbox, retries_exhausted_event};
+use crate::anomaly::rules::Candidate;
 use crate::anomaly::screen::Screener;
-use crate::ledger::PostingError;
+use crate::ledger::apply::Outcome;
 use crate::ledger::attempts::record_failed_attempt;
 use crate::ledger::combiner::PostingCombiner;
+use crate::ledger::{PostedTransfer, PostingError};
 use crate::queue::payloads::PostTransfers;
 use crate::queue::{self, POST_TRANSFERS_QUEUE};
 use crate::retry::{Decision, RetryClass, RetryPolicy, Wait, is_unavailable};
@@ -33,15 +35,12 @@ pub struct PostingJobContext {
     pub poster: PostingCombiner,
     pub pool: sqlx::PgPool,
     pub alerting: Alerting,
-    /// Anomaly detection around posting; it never holds posting back (README, "Anomaly
+    /// Anomaly detection, just after posting; it never holds posting back (README, "Anomaly
     /// detection").
     pub screener: Screener,
 }
 
 pub async fn handle(job: PostTransfers, ctx: Data<PostingJobContext>) -> Result<(), BoxDynError> {
-    ctx.screener
-        .before_posting(&ctx.pool, &job.transfer_ids)
-        .await;
     let posted = (|| ctx.poster.post(job.transfer_ids.clone()))
         .retry(RetryPolicy::OUTAGE_WAIT.schedule())
         .sleep(tokio::time::sleep)
@@ -49,14 +48,27 @@ pub async fn handle(job: PostTransfers, ctx: Data<PostingJobContext>) -> Result<
         .notify(|e, delay| warn!(error = %e, ?delay, "database unavailable; posting waits"))
         .await;
     match posted {
-        Ok(()) => {
-            ctx.screener
-                .after_posting(&ctx.pool, &job.transfer_ids)
-                .await;
+        Ok(outcomes) => {
+            let judged: Vec<(Candidate, bool)> = outcomes.iter().map(candidate).collect();
+            ctx.screener.judge(&ctx.pool, &judged).await;
             Ok(())
         }
         Err(e) => reschedule_after(&ctx, &job, &e).await,
     }
+}
+
+/// A posted or failed transfer as the anomaly rules see it (`true`: it failed). Rules are
+/// about money leaving its source account.
+fn candidate(posted: &PostedTransfer) -> (Candidate, bool) {
+    let transfer = &posted.transfer;
+    let candidate = Candidate {
+        transfer_id: transfer.id,
+        account: transfer.from_account.clone(),
+        amount: transfer.amount.value(),
+        currency: transfer.amount.currency(),
+        accepted_at_ms: transfer.accepted_at_ms,
+    };
+    (candidate, matches!(posted.outcome, Outcome::Failed(_)))
 }
 
 async fn reschedule_after(

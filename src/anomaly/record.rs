@@ -1,65 +1,13 @@
-//! `anomalies` rows: the transfers the rules look at, the hits they record, and the listing
-//! `GET /v1/anomalies` reads (README, "Anomaly detection").
+//! `anomalies` rows: the hits the rules record, and the listing `GET /v1/anomalies` reads
+//! (README, "Anomaly detection").
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::rules::{AnomalySeverity, Candidate, Hit, Rule};
-use crate::domain::{AccountId, AccountKey, Currency, LedgerName, TransferStatus};
-
-/// A transfer as the rules read it, with its status.
-#[derive(sqlx::FromRow)]
-struct CandidateRow {
-    id: Uuid,
-    ledger: String,
-    from_account: String,
-    amount: Decimal,
-    currency: String,
-    accepted_at_ms: i64,
-    #[sqlx(try_from = "String")]
-    status: TransferStatus,
-}
-
-/// The transfers among `transfer_ids` whose status is one of `statuses`, in the order they
-/// reached it (acceptance order for pending ones, posting order for terminal ones). A stored
-/// currency this version does not know is left out: posting stops on it anyway.
-pub async fn transfers(
-    pool: &PgPool,
-    transfer_ids: &[Uuid],
-    statuses: &[TransferStatus],
-) -> Result<Vec<(Candidate, TransferStatus)>, sqlx::Error> {
-    let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
-    let rows: Vec<CandidateRow> = sqlx::query_as(
-        "SELECT id, ledger, from_account, amount, currency, status, \
-           (extract(epoch FROM created_at) * 1000)::bigint AS accepted_at_ms \
-         FROM transfers WHERE id = ANY($1) AND status = ANY($2) \
-         ORDER BY coalesce(posted_at, failed_at, created_at), created_at, id",
-    )
-    .bind(transfer_ids)
-    .bind(&statuses)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| {
-            let currency = Currency::parse(row.currency.trim()).ok()?;
-            let candidate = Candidate {
-                transfer_id: row.id,
-                account: AccountKey::new(
-                    LedgerName::from_trusted(row.ledger),
-                    AccountId::from_trusted(row.from_account),
-                ),
-                amount: row.amount,
-                currency,
-                accepted_at_ms: row.accepted_at_ms,
-            };
-            Some((candidate, row.status))
-        })
-        .collect())
-}
+use super::rules::{AnomalySeverity, Hit, Rule};
+use crate::domain::{AccountId, LedgerName};
 
 /// Stores `hits`; a hit already stored (the same transfer and rule, from a redelivered job) is
 /// not stored twice. Returns the rules of the hits stored now.

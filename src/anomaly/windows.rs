@@ -20,45 +20,36 @@ use redis::aio::ConnectionManager;
 use super::rules::{Candidate, WindowCounts};
 use super::settings::RuleSettings;
 
-/// Per transfer i: KEYS[2i-1] its account's window, KEYS[2i] its (account, amount) window;
-/// ARGV[4i-3..4i]: transfer id, acceptance time (ms), the two windows (ms). Returns the two
-/// counts per transfer, flattened.
-const COUNT_WINDOWS: &str = r"
-local counts = {}
-for i = 1, #KEYS / 2 do
-  local id, at = ARGV[4 * i - 3], tonumber(ARGV[4 * i - 2])
+/// Per transfer i, in posting order: KEYS[3i-2] its account's window, KEYS[3i-1] its
+/// (account, amount) window, KEYS[3i] its account's failure streak; ARGV[6i-5..6i]: transfer
+/// id, acceptance time (ms), the two windows (ms), `1` if it failed (`0`: posted, which ends
+/// the streak), the streak's TTL (ms). Returns, per transfer, the two window counts and the
+/// streak after it, flattened.
+const JUDGE: &str = r"
+local out = {}
+for i = 1, #KEYS / 3 do
+  local id, at = ARGV[6 * i - 5], tonumber(ARGV[6 * i - 4])
   for w = 0, 1 do
-    local key, window_ms = KEYS[2 * i - 1 + w], tonumber(ARGV[4 * i - 1 + w])
+    local key, window_ms = KEYS[3 * i - 2 + w], tonumber(ARGV[6 * i - 3 + w])
     redis.call('ZADD', key, at, id)
     redis.call('ZREMRANGEBYSCORE', key, '-inf', at - window_ms)
-    counts[#counts + 1] = redis.call('ZRANK', key, id) + 1
+    out[#out + 1] = redis.call('ZRANK', key, id) + 1
     redis.call('PEXPIRE', key, window_ms)
   end
-end
-return counts
-";
-
-/// Per transfer i, in posting order: KEYS[i] its account's streak; ARGV[3i-2..3i]: transfer
-/// id, `1` if it failed (`0`: posted, which ends the streak), the streak's TTL (ms). Returns
-/// each transfer's streak length after it.
-const RECORD_OUTCOMES: &str = r"
-local streaks = {}
-for i = 1, #KEYS do
-  local key, id, failed, ttl_ms = KEYS[i], ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
-  if failed == '1' then
-    redis.call('SADD', key, id)
-    redis.call('PEXPIRE', key, ttl_ms)
-    streaks[i] = redis.call('SCARD', key)
+  local streak = KEYS[3 * i]
+  if ARGV[6 * i - 1] == '1' then
+    redis.call('SADD', streak, id)
+    redis.call('PEXPIRE', streak, ARGV[6 * i])
+    out[#out + 1] = redis.call('SCARD', streak)
   else
-    redis.call('DEL', key)
-    streaks[i] = 0
+    redis.call('DEL', streak)
+    out[#out + 1] = 0
   end
 end
-return streaks
+return out
 ";
 
-static COUNT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(COUNT_WINDOWS));
-static RECORD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_OUTCOMES));
+static JUDGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(JUDGE));
 
 /// How long an account's streak of failures is remembered after its last failure.
 pub const STREAK_TTL: Duration = Duration::from_secs(86_400);
@@ -72,7 +63,7 @@ pub enum SkipReason {
     Timeout,
     /// Redis answered with an error.
     Error,
-    /// The database could not read the batch or store its hits.
+    /// The database could not store the hits.
     Database,
 }
 
@@ -114,59 +105,51 @@ fn streak_key(namespace: &str, candidate: &Candidate) -> String {
     )
 }
 
-/// Adds `candidates` to their windows and counts them, in one round trip bounded by `timeout`.
-/// `rules` gives each candidate's windows (its ledger's).
+/// What the windows and the streak say about one posted or failed transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    pub windows: WindowCounts,
+    /// The account's consecutive failures after this transfer (0 after a posted one).
+    pub streak: u64,
+}
+
+/// Adds each transfer (`true`: it failed) to its windows and its account's streak, in posting
+/// order, and counts them: one round trip bounded by `timeout`. `rules` gives each
+/// transfer's windows (its ledger's).
 pub async fn count(
     connection: &mut ConnectionManager,
     namespace: &str,
-    candidates: &[(Candidate, &RuleSettings)],
+    transfers: &[(&Candidate, bool, &RuleSettings)],
     timeout: Duration,
-) -> Result<Vec<WindowCounts>, SkipReason> {
-    let mut invocation = COUNT_SCRIPT.prepare_invoke();
-    for (candidate, rules) in candidates {
+) -> Result<Vec<Counted>, SkipReason> {
+    let mut invocation = JUDGE_SCRIPT.prepare_invoke();
+    let ttl_ms = u64::try_from(STREAK_TTL.as_millis()).unwrap_or(u64::MAX);
+    for (candidate, failed, rules) in transfers {
         invocation
             .key(window_key(namespace, candidate))
             .key(amount_key(namespace, candidate))
+            .key(streak_key(namespace, candidate))
             .arg(candidate.transfer_id.to_string())
             .arg(candidate.accepted_at_ms)
             .arg(rules.velocity.window_ms())
-            .arg(rules.duplicate_amount.window_ms());
-    }
-    let counts: Vec<u64> = invoke(invocation, connection, timeout).await?;
-    if counts.len() != candidates.len() * 2 {
-        return Err(SkipReason::Error);
-    }
-    Ok(counts
-        .chunks_exact(2)
-        .map(|pair| WindowCounts {
-            transfers: pair[0],
-            same_amount: pair[1],
-        })
-        .collect())
-}
-
-/// Records posting outcomes (`true`: failed) in their accounts' streaks, in posting order;
-/// returns each one's streak length after it.
-pub async fn record_outcomes(
-    connection: &mut ConnectionManager,
-    namespace: &str,
-    outcomes: &[(Candidate, bool)],
-    timeout: Duration,
-) -> Result<Vec<u64>, SkipReason> {
-    let mut invocation = RECORD_SCRIPT.prepare_invoke();
-    let ttl_ms = u64::try_from(STREAK_TTL.as_millis()).unwrap_or(u64::MAX);
-    for (candidate, failed) in outcomes {
-        invocation
-            .key(streak_key(namespace, candidate))
-            .arg(candidate.transfer_id.to_string())
+            .arg(rules.duplicate_amount.window_ms())
             .arg(if *failed { "1" } else { "0" })
             .arg(ttl_ms);
     }
-    let streaks: Vec<u64> = invoke(invocation, connection, timeout).await?;
-    if streaks.len() != outcomes.len() {
+    let counts: Vec<u64> = invoke(invocation, connection, timeout).await?;
+    if counts.len() != transfers.len() * 3 {
         return Err(SkipReason::Error);
     }
-    Ok(streaks)
+    Ok(counts
+        .chunks_exact(3)
+        .map(|c| Counted {
+            windows: WindowCounts {
+                transfers: c[0],
+                same_amount: c[1],
+            },
+            streak: c[2],
+        })
+        .collect())
 }
 
 async fn invoke<T: redis::FromRedisValue>(

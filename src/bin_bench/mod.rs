@@ -53,15 +53,22 @@ pub async fn finish(scratch: ScratchDatabase, pool: PgPool) {
 }
 
 /// Every scenario, in the order `all` runs them (`soak`, which runs for minutes, only by name).
-pub const SCENARIOS: [&str; 7] = [
+/// A scenario ending in [`ANOMALY_OFF`] is the same run with anomaly detection off, for its
+/// cost (README, "Anomaly detection").
+pub const SCENARIOS: [&str; 9] = [
     "baseline-uniform",
     "uniform",
+    "uniform-anomaly-off",
     "baseline-hot",
     "hot",
     "intake",
     "intake-while-posting",
+    "intake-while-posting-anomaly-off",
     "reconcile",
 ];
+
+/// The suffix of the scenarios run with anomaly detection off.
+pub const ANOMALY_OFF: &str = "-anomaly-off";
 
 /// Runs `scenario` (or all) with `transfers` transfers, each in a database of its own.
 pub async fn run(
@@ -101,6 +108,16 @@ async fn run_transfer_scenario(
     soak_secs: u64,
 ) -> anyhow::Result<Row> {
     use workload::{Shape, plan, seed_accounts};
+    let scenario = name;
+    let (name, config) = match name.strip_suffix(ANOMALY_OFF) {
+        Some(base) => {
+            let mut config = config.clone();
+            config.anomaly.enabled = false;
+            (base, config)
+        }
+        None => (name, config.clone()),
+    };
+    let config = &config;
     let shape = if name.ends_with("hot") {
         Shape::Hot
     } else {
@@ -152,7 +169,10 @@ async fn run_transfer_scenario(
     }
     .await;
     finish(scratch, pool).await;
-    result
+    result.map(|row| Row {
+        scenario: scenario.to_owned(),
+        ..row
+    })
 }
 
 /// Prints rows as an aligned table.

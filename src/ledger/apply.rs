@@ -30,6 +30,8 @@ pub struct PendingTransfer {
     pub from_account: AccountKey,
     pub to_account: AccountKey,
     pub amount: Amount,
+    /// When intake accepted it (ms since the epoch), for what reads the outcome afterwards.
+    pub accepted_at_ms: i64,
 }
 
 /// The fate of one transfer in this batch.
@@ -188,6 +190,7 @@ mod tests {
             from_account: id(from),
             to_account: id(to),
             amount: Amount::parse(amount, usd()).expect("amount"),
+            accepted_at_ms: 0,
         }
     }
 

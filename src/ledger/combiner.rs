@@ -6,6 +6,7 @@
 //! transient error every job reschedules its own transfers; if a merged batch breaks an
 //! invariant, its jobs are posted one by one so one bad transfer cannot hold back the others.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::posting::{PostingEngine, PostingError};
+use super::posting::{PostedTransfer, PostingEngine, PostingError};
 
 /// Most transfers one merged posting transaction carries.
 pub const MERGED_TRANSFERS_MAX: usize = 4_000;
@@ -24,7 +25,9 @@ pub const WAITING_JOBS_MAX: usize = 256;
 /// small jobs, a short wait merges several of them into one transaction.
 pub const LINGER_MS: u64 = 10;
 
-pub type PostingOutcome = Result<(), Arc<PostingError>>;
+/// What became of a job's transfers (those it moved to a terminal status, in posting order),
+/// or why none moved.
+pub type PostingOutcome = Result<Vec<PostedTransfer>, Arc<PostingError>>;
 
 struct Waiting {
     transfer_ids: Vec<Uuid>,
@@ -86,20 +89,39 @@ async fn post_group(engine: &PostingEngine, group: Vec<Waiting>) {
         .flat_map(|w| w.transfer_ids.iter().copied())
         .collect();
     match engine.post(&ids).await {
-        Ok(_) => reply_all(group, &Ok(())),
+        Ok(report) => reply_each(group, report.outcomes),
         Err(PostingError::Invariant(_)) if group.len() > 1 => {
             for waiting in group {
-                let outcome = engine.post(&waiting.transfer_ids).await.map(|_| ());
-                let _ = waiting.reply.send(outcome.map_err(Arc::new));
+                let outcome = engine.post(&waiting.transfer_ids).await;
+                let _ = waiting
+                    .reply
+                    .send(outcome.map(|r| r.outcomes).map_err(Arc::new));
             }
         }
-        Err(e) => reply_all(group, &Err(Arc::new(e))),
+        Err(e) => {
+            let e = Arc::new(e);
+            for waiting in group {
+                // A handler that went away (shutdown) is re-run by orphan recovery.
+                let _ = waiting.reply.send(Err(e.clone()));
+            }
+        }
     }
 }
 
-fn reply_all(group: Vec<Waiting>, outcome: &PostingOutcome) {
-    for waiting in group {
-        // A handler that went away (shutdown) is re-run by orphan recovery.
-        let _ = waiting.reply.send(outcome.clone());
+/// Hands each job the outcomes of its own transfers, keeping the posting order.
+fn reply_each(group: Vec<Waiting>, outcomes: Vec<PostedTransfer>) {
+    let job_of: HashMap<Uuid, usize> = group
+        .iter()
+        .enumerate()
+        .flat_map(|(job, w)| w.transfer_ids.iter().map(move |id| (*id, job)))
+        .collect();
+    let mut per_job: Vec<Vec<PostedTransfer>> = group.iter().map(|_| Vec::new()).collect();
+    for posted in outcomes {
+        if let Some(&job) = job_of.get(&posted.transfer.id) {
+            per_job[job].push(posted);
+        }
+    }
+    for (waiting, outcomes) in group.into_iter().zip(per_job) {
+        let _ = waiting.reply.send(Ok(outcomes));
     }
 }

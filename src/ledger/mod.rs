@@ -6,4 +6,4 @@ pub mod attempts;
 pub mod combiner;
 pub mod posting;
 
-pub use posting::{PostingEngine, PostingError, PostingReport};
+pub use posting::{PostedTransfer, PostingEngine, PostingError, PostingReport};

@@ -69,13 +69,22 @@ impl PostingError {
 }
 
 /// What one call to [`PostingEngine::post`] did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone)]
 pub struct PostingReport {
     pub posted: usize,
     pub failed: usize,
     /// Already terminal (a redelivered job) or not found.
     pub skipped: usize,
     pub serialization_retries: usize,
+    /// Each transfer this call moved to a terminal status, in posting order.
+    pub outcomes: Vec<PostedTransfer>,
+}
+
+/// A transfer as posting read it, and what became of it.
+#[derive(Debug, Clone)]
+pub struct PostedTransfer {
+    pub transfer: PendingTransfer,
+    pub outcome: Outcome,
 }
 
 #[derive(Clone)]
@@ -153,7 +162,7 @@ impl PostingEngine {
         steps.lap("commit");
         self.failpoint.hit(Failpoint::CrashAfterCommit);
         debug!(transfers = transfers.len(), steps = %steps, "posting transaction");
-        Ok(summarise(&applied, transfer_ids.len()))
+        Ok(summarise(&applied, transfers, transfer_ids.len()))
     }
 }
 
@@ -190,11 +199,23 @@ impl std::fmt::Display for StepTimer {
     }
 }
 
-fn summarise(applied: &Applied, requested: usize) -> PostingReport {
+fn summarise(
+    applied: &Applied,
+    transfers: Vec<PendingTransfer>,
+    requested: usize,
+) -> PostingReport {
     let mut report = PostingReport {
         skipped: requested - applied.outcomes.len(),
         ..PostingReport::default()
     };
+    let outcomes: HashMap<Uuid, Outcome> = applied.outcomes.iter().copied().collect();
+    report.outcomes = transfers
+        .into_iter()
+        .filter_map(|transfer| {
+            let outcome = *outcomes.get(&transfer.id)?;
+            Some(PostedTransfer { transfer, outcome })
+        })
+        .collect();
     for (_, outcome) in &applied.outcomes {
         match outcome {
             Outcome::Posted => report.posted += 1,
@@ -217,7 +238,8 @@ async fn load_pending(
     transfer_ids: &[Uuid],
 ) -> Result<Vec<PendingTransfer>, PostingError> {
     let rows: Vec<PendingTransferRow> = sqlx::query_as(
-        "SELECT id, ledger, from_account, to_account, amount, currency FROM transfers \
+        "SELECT id, ledger, from_account, to_account, amount, currency, \
+           (extract(epoch FROM created_at) * 1000)::bigint AS accepted_at_ms FROM transfers \
          WHERE id = ANY($1) AND status NOT IN ('posted', 'failed') ORDER BY created_at, id",
     )
     .bind(transfer_ids)
@@ -237,6 +259,7 @@ struct PendingTransferRow {
     to_account: String,
     amount: Decimal,
     currency: String,
+    accepted_at_ms: i64,
 }
 
 impl TryFrom<PendingTransferRow> for PendingTransfer {
@@ -255,6 +278,7 @@ impl TryFrom<PendingTransferRow> for PendingTransfer {
             amount: Amount::new(row.amount, currency).map_err(|e| {
                 PostingError::Invariant(format!("transfer {id} holds a bad amount: {e}"))
             })?,
+            accepted_at_ms: row.accepted_at_ms,
         })
     }
 }
