@@ -276,6 +276,7 @@ impl Application {
                     Arc::new(self.config.anomaly.clone()),
                     self.anomaly_redis.clone(),
                     &db::database_name(&self.config.database.url),
+                    self.config.alerts.clone(),
                 ),
             };
             let reconciling = ReconcileJobContext {

@@ -3,15 +3,30 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use std::collections::HashSet;
+
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::rules::{AnomalySeverity, Hit, Rule};
 use crate::domain::{AccountId, LedgerName};
 
-/// Stores `hits`; a hit already stored (the same transfer and rule, from a redelivered job) is
-/// not stored twice. Returns the rules of the hits stored now.
-pub async fn insert(pool: &PgPool, hits: &[Hit]) -> Result<Vec<Rule>, sqlx::Error> {
+/// A hit as stored, and whether it opens an incident (see [`store`]).
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub hit: Hit,
+    pub opens_incident: bool,
+}
+
+/// Stores `hits` (in `tx`); a hit already stored (the same transfer and rule) is not stored
+/// twice. Of those stored now, the first of each (rule, ledger, account) opens an incident
+/// unless an earlier hit of the same kind on the account is younger than the rule's incident
+/// window (`incident_secs`): a burst of fifty transfers is one incident, not fifty.
+pub async fn store(
+    tx: &mut PgConnection,
+    hits: &[Hit],
+    incident_secs: impl Fn(&Hit) -> u64,
+) -> Result<Vec<Stored>, sqlx::Error> {
     if hits.is_empty() {
         return Ok(Vec::new());
     }
@@ -21,11 +36,24 @@ pub async fn insert(pool: &PgPool, hits: &[Hit]) -> Result<Vec<Rule>, sqlx::Erro
     let rules: Vec<&str> = hits.iter().map(|h| h.rule.as_str()).collect();
     let severities: Vec<&str> = hits.iter().map(|h| h.rule.severity().as_str()).collect();
     let details: Vec<serde_json::Value> = hits.iter().map(|h| h.detail.clone()).collect();
-    let stored: Vec<(String,)> = sqlx::query_as(
-        "INSERT INTO anomalies (transfer_id, ledger, account_id, rule, severity, detail) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
-           $6::jsonb[]) \
-         ON CONFLICT (transfer_id, rule) DO NOTHING RETURNING rule",
+    let windows: Vec<f64> = hits.iter().map(|h| incident_secs(h) as f64).collect();
+    // The outer query reads the table as it was before this statement: earlier hits only.
+    let rows: Vec<(Uuid, String, bool)> = sqlx::query_as(
+        "WITH input AS ( \
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::jsonb[], $7::float8[]) \
+             AS i(transfer_id, ledger, account_id, rule, severity, detail, window_secs)), \
+         stored AS ( \
+           INSERT INTO anomalies (transfer_id, ledger, account_id, rule, severity, detail) \
+           SELECT transfer_id, ledger, account_id, rule, severity, detail FROM input \
+           ON CONFLICT (transfer_id, rule) DO NOTHING \
+           RETURNING id, transfer_id, ledger, account_id, rule, at) \
+         SELECT s.transfer_id, s.rule, NOT EXISTS ( \
+             SELECT 1 FROM anomalies a \
+             WHERE a.ledger = s.ledger AND a.account_id = s.account_id AND a.rule = s.rule \
+               AND a.at > s.at - make_interval(secs => i.window_secs)) AS quiet_before \
+         FROM stored s JOIN input i ON i.transfer_id = s.transfer_id AND i.rule = s.rule \
+         ORDER BY s.id",
     )
     .bind(&transfer_ids)
     .bind(&ledgers)
@@ -33,12 +61,24 @@ pub async fn insert(pool: &PgPool, hits: &[Hit]) -> Result<Vec<Rule>, sqlx::Erro
     .bind(&rules)
     .bind(&severities)
     .bind(&details)
-    .fetch_all(pool)
+    .bind(&windows)
+    .fetch_all(&mut *tx)
     .await?;
-    stored
+    let mut opened = HashSet::new();
+    Ok(rows
         .into_iter()
-        .map(|(rule,)| Rule::parse_known(&rule).map_err(|e| sqlx::Error::Decode(e.into())))
-        .collect()
+        .filter_map(|(transfer_id, rule, quiet_before)| {
+            let hit = hits
+                .iter()
+                .find(|h| h.transfer_id == transfer_id && h.rule.as_str() == rule)?
+                .clone();
+            let first_now = opened.insert((hit.rule, hit.account.clone()));
+            Some(Stored {
+                opens_incident: quiet_before && first_now,
+                hit,
+            })
+        })
+        .collect())
 }
 
 /// One hit as the API shows it.

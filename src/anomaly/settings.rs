@@ -22,6 +22,9 @@ pub struct AnomalySettings {
     pub enabled: bool,
     #[serde(rename = "redis_timeout_ms", with = "crate::serde_duration::millis")]
     pub redis_timeout: Duration,
+    /// How long the windows may go unchecked (Redis down or slow) before a `medium` alert.
+    #[serde(rename = "skip_alert_after_secs", with = "crate::serde_duration::secs")]
+    pub skip_alert_after: Duration,
     /// The rules of every ledger without an override.
     pub velocity: WindowRule,
     pub large_amount: LargeAmountRule,
@@ -37,6 +40,7 @@ impl Default for AnomalySettings {
         Self {
             enabled: true,
             redis_timeout: Duration::from_millis(REDIS_TIMEOUT_MS_DEFAULT),
+            skip_alert_after: Duration::from_secs(60),
             velocity: rules.velocity,
             large_amount: rules.large_amount,
             failed_streak: rules.failed_streak,

@@ -49,6 +49,36 @@ async fn jobs_done(app: &TestApp) {
     }
 }
 
+/// The (event type, action, severity) of this app's alerts about anomalies, oldest first.
+async fn anomaly_alerts(app: &TestApp) -> Vec<(String, String, String)> {
+    let reply = app.get("/v1/alerts?limit=500").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let mut alerts: Vec<(String, String, String)> = reply.body["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .filter(|a| {
+            a["event_type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("anomaly."))
+        })
+        .map(|a| {
+            let text = |k: &str| a[k].as_str().expect("text").to_owned();
+            (text("event_type"), text("action"), text("severity"))
+        })
+        .collect();
+    alerts.reverse();
+    alerts
+}
+
+fn alert(event_type: &str, action: &str, severity: &str) -> (String, String, String) {
+    (
+        event_type.to_owned(),
+        action.to_owned(),
+        severity.to_owned(),
+    )
+}
+
 fn flags(transfer: &Value) -> Vec<&str> {
     transfer["flags"]
         .as_array()
@@ -121,6 +151,52 @@ async fn the_seeds_demonstration_six_rapid_transfers_flag_velocity_then_duplicat
     assert_eq!(hits[2]["detail"]["amount"], "10.00");
     assert_eq!(hits[0]["ledger"], "default");
     assert_eq!(hits[0]["account_id"], "card");
+    // Two hits of velocity on one account within its window: one incident.
+    assert_eq!(
+        anomaly_alerts(&app).await,
+        [
+            alert("anomaly.velocity", "trigger", "critical"),
+            alert("anomaly.duplicate_amount", "trigger", "medium")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_fifty_transfers_opens_one_incident_per_rule() {
+    let app = spawn_app().await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("shop", "USD", false).await;
+    let items: Vec<Value> = (0..50)
+        .map(|n| {
+            json!({"idempotency_key": format!("burst-{n}"), "from_account": "treasury",
+                   "to_account": "shop", "amount": "9.99", "currency": "USD"})
+        })
+        .collect();
+    let reply = app
+        .post_json("/v1/transfers/batch", &json!({"transfers": items}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    app.run_until_idle(Duration::from_secs(20)).await;
+    jobs_done(&app).await;
+    let listed = app.get("/v1/anomalies?limit=1000").await.body;
+    let count = |rule: &str| {
+        listed["anomalies"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter(|h| h["rule"] == rule)
+            .count()
+    };
+    // The 5th to the 50th are a burst; the 3rd to the 50th repeat an amount (so that rule
+    // trips first).
+    assert_eq!((count("velocity"), count("duplicate_amount")), (46, 48));
+    assert_eq!(
+        anomaly_alerts(&app).await,
+        [
+            alert("anomaly.duplicate_amount", "trigger", "medium"),
+            alert("anomaly.velocity", "trigger", "critical")
+        ]
+    );
 }
 
 #[tokio::test]
@@ -419,7 +495,11 @@ async fn skipped(app: &TestApp, reason: &str) -> f64 {
 async fn with_redis_gone_transfers_still_post_and_the_skips_are_counted() {
     let mut redis = Redis::start_new();
     let url = redis.url();
-    let app = spawn_app_with(move |config| config.redis.url = url).await;
+    let app = spawn_app_with(move |config| {
+        config.redis.url = url;
+        config.anomaly.skip_alert_after = Duration::from_secs(1);
+    })
+    .await;
     app.create_account("treasury", "USD", true).await;
     app.create_account("b", "USD", false).await;
     let large = send(&app, "before", "treasury", "b", "6000.00").await;
@@ -448,5 +528,24 @@ async fn with_redis_gone_transfers_still_post_and_the_skips_are_counted() {
     assert!(
         skipped_after - skipped_before >= 5.0,
         "{skipped_before} → {skipped_after}"
+    );
+    // Unchecked for over a second (this test's setting): alerted once. Redis back: resolved.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    send(&app, "still-down", "treasury", "b", "1.00").await;
+    send(&app, "still-down-2", "treasury", "b", "1.00").await;
+    redis.start();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    send(&app, "after", "treasury", "b", "1.00").await;
+    let skipped_alerts: Vec<_> = anomaly_alerts(&app)
+        .await
+        .into_iter()
+        .filter(|a| a.0 == "anomaly.windows_skipped")
+        .collect();
+    assert_eq!(
+        skipped_alerts,
+        [
+            alert("anomaly.windows_skipped", "trigger", "medium"),
+            alert("anomaly.windows_skipped", "resolve", "medium")
+        ]
     );
 }
