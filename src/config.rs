@@ -445,6 +445,8 @@ mod tests {
             "FERRY_FAILPOINT" => ("crash_after_commit", "\"crash_after_commit\""),
             "FERRY_HTTP_ADDR" => ("127.0.0.1:9", "\"127.0.0.1:9\""),
             "FERRY_RECONCILE_CRON" => ("0 0 * * * *", "\"0 0 * * * *\""),
+            // On by default: the sample turns it off.
+            "FERRY_ANOMALY_ENABLED" => ("false", "false"),
             _ => ("4242", "4242"),
         }
     }

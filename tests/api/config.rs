@@ -231,3 +231,33 @@ fn alert_sinks_share_the_file_and_their_errors_keep_secrets() {
     assert!(err.reason.contains("alerts.sinks[0] (pagerduty)"), "{err}");
     assert!(err.reason.contains("PD_KEY"), "{err}");
 }
+
+#[test]
+fn anomaly_thresholds_come_from_the_file_and_a_bad_one_is_named() {
+    let config = load(
+        Some(
+            "[anomaly.velocity]\ncount = 9\nwindow_secs = 30\n\n\
+             [anomaly.ledgers.shop.failed_streak]\ncount = 2\n",
+        ),
+        &[("FERRY_ANOMALY_ENABLED", "false")],
+    )
+    .expect("valid file");
+    assert!(!config.anomaly.enabled, "the environment wins");
+    let shop = config
+        .anomaly
+        .rules_for(&ferry::domain::LedgerName::parse("shop").expect("name"));
+    assert_eq!((shop.velocity.count, shop.failed_streak.count), (9, 2));
+    let error = load(
+        Some("[anomaly.ledgers.shop.velocity]\ncount = 1\nwindow_secs = 5\n"),
+        &[],
+    )
+    .expect_err("a count of one is refused");
+    assert_eq!(error.variable, "FERRY_CONFIG");
+    assert_eq!(
+        error.reason,
+        "anomaly.ledgers.shop.velocity.count must be at least 2"
+    );
+    let unknown = load(Some("[anomaly.velocity]\ncount = 5\nwindow = 60\n"), &[])
+        .expect_err("an unknown key is refused");
+    assert!(unknown.to_string().contains("window"), "{unknown}");
+}
