@@ -32,8 +32,13 @@ for i = 1, #KEYS / 3 do
   for w = 0, 1 do
     local key, window_ms = KEYS[3 * i - 2 + w], tonumber(ARGV[6 * i - 3 + w])
     redis.call('ZADD', key, at, id)
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', at - window_ms)
-    out[#out + 1] = redis.call('ZRANK', key, id) + 1
+    -- Most transfers are their account's only one in the window: nothing to trim or rank.
+    if redis.call('ZCARD', key) == 1 then
+      out[#out + 1] = 1
+    else
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', at - window_ms)
+      out[#out + 1] = redis.call('ZRANK', key, id) + 1
+    end
     redis.call('PEXPIRE', key, window_ms)
   end
   local streak = KEYS[3 * i]
