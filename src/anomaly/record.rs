@@ -38,17 +38,18 @@ pub async fn store(
     let details: Vec<serde_json::Value> = hits.iter().map(|h| h.detail.clone()).collect();
     let windows: Vec<f64> = hits.iter().map(|h| incident_secs(h) as f64).collect();
     // The outer query reads the table as it was before this statement: earlier hits only.
-    let rows: Vec<(Uuid, String, bool)> = sqlx::query_as(
+    // Rows come back as (index into `hits`, no earlier hit within the window).
+    let rows: Vec<(i64, bool)> = sqlx::query_as(
         "WITH input AS ( \
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::jsonb[], $7::float8[]) \
-             AS i(transfer_id, ledger, account_id, rule, severity, detail, window_secs)), \
+             $6::jsonb[], $7::float8[]) WITH ORDINALITY \
+             AS i(transfer_id, ledger, account_id, rule, severity, detail, window_secs, n)), \
          stored AS ( \
            INSERT INTO anomalies (transfer_id, ledger, account_id, rule, severity, detail) \
            SELECT transfer_id, ledger, account_id, rule, severity, detail FROM input \
            ON CONFLICT (transfer_id, rule) DO NOTHING \
            RETURNING id, transfer_id, ledger, account_id, rule, at) \
-         SELECT s.transfer_id, s.rule, NOT EXISTS ( \
+         SELECT i.n - 1, NOT EXISTS ( \
              SELECT 1 FROM anomalies a \
              WHERE a.ledger = s.ledger AND a.account_id = s.account_id AND a.rule = s.rule \
                AND a.at > s.at - make_interval(secs => i.window_secs)) AS quiet_before \
@@ -67,11 +68,8 @@ pub async fn store(
     let mut opened = HashSet::new();
     Ok(rows
         .into_iter()
-        .filter_map(|(transfer_id, rule, quiet_before)| {
-            let hit = hits
-                .iter()
-                .find(|h| h.transfer_id == transfer_id && h.rule.as_str() == rule)?
-                .clone();
+        .filter_map(|(index, quiet_before)| {
+            let hit = hits.get(usize::try_from(index).ok()?)?.clone();
             let first_now = opened.insert((hit.rule, hit.account.clone()));
             Some(Stored {
                 opens_incident: quiet_before && first_now,

@@ -476,19 +476,8 @@ async fn redis_skips(app: &TestApp) -> f64 {
 
 /// The value of `ferry_anomaly_checks_skipped_total{reason}` in this process.
 async fn skipped(app: &TestApp, reason: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
     let series = format!("ferry_anomaly_checks_skipped_total{{reason=\"{reason}\"}}");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+    app.metric(&series).await.unwrap_or(0.0)
 }
 
 #[tokio::test]

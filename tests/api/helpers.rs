@@ -271,6 +271,27 @@ impl TestApp {
         .await
     }
 
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// The value of the series `series` (name and labels, as exported) in `/metrics`, if any.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|line| line.strip_prefix(series))
+            .map(|value| value.trim().parse().expect("a number"))
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         self.get_as(&self.api_key, path).await
     }

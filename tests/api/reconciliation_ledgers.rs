@@ -605,20 +605,9 @@ async fn runs_name_their_ledger_and_an_unknown_ledger_is_refused_with_nothing_st
 
 /// The value of `ferry_reconciliation_open_findings{kind, ledger}` this process exports.
 async fn open_findings_gauge(app: &TestApp, kind: &str, ledger: &str) -> Option<f64> {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
     let series =
         format!("ferry_reconciliation_open_findings{{kind=\"{kind}\",ledger=\"{ledger}\"}}");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .map(|value| value.trim().parse().expect("a number"))
+    app.metric(&series).await
 }
 
 #[tokio::test]

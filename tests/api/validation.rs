@@ -189,15 +189,7 @@ async fn health_readiness_and_metrics_answer() {
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(ready.body["status"], "ready");
     app.get("/v1/accounts/x").await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics().await;
     assert!(metrics.contains("ferry_http_requests_total"), "{metrics}");
     assert!(
         metrics
