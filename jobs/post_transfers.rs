@@ -4,6 +4,10 @@
 //! side), so a redelivered job, one re-run after a crash between COMMIT and ack, or one the
 //! rescuer took back from a worker that was in fact still running it, is a no-op.
 //!
+//! Once posted, the transfers this run moved are judged by the anomaly rules (README, "Anomaly
+//! detection"): after the commit, so posting never waits on Redis; a run that finds nothing
+//! left to post judges nothing, so no transfer is judged twice by a redelivered job.
+//!
 //! Failures, by retry class (`crate::retry`; README, "Jobs, retries and crashes"), each
 //! handled by executing [`RetryPolicy::POSTING_JOB`]'s decision:
 //! - database unreachable: waited out in-process ([`RetryPolicy::OUTAGE_WAIT`], up to 20 s),

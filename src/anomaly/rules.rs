@@ -8,7 +8,7 @@ use super::settings::RuleSettings;
 use crate::domain::{AccountKey, Currency};
 pub use crate::domain::{AnomalySeverity, Rule};
 
-/// A transfer about to be posted, as the rules see it.
+/// A transfer just posted or failed, as the rules see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
     pub transfer_id: Uuid,
@@ -39,9 +39,9 @@ pub struct Hit {
     pub detail: serde_json::Value,
 }
 
-/// The hits of the rules checked before posting: velocity, large amount, duplicate amount.
-/// Without `counts` (Redis did not answer) only the large-amount rule, which needs no window,
-/// is judged.
+/// The hits of the rules every transfer is judged by: velocity, large amount, duplicate
+/// amount (failed ones also by [`judge_streak`]). Without `counts` (Redis did not answer) only
+/// the large-amount rule, which needs no window, is judged.
 pub fn judge(
     candidate: &Candidate,
     counts: Option<WindowCounts>,
