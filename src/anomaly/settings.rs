@@ -159,6 +159,9 @@ impl AnomalySettings {
         if self.redis_timeout.is_zero() {
             return Err("anomaly.redis_timeout_ms must be at least 1".into());
         }
+        if self.skip_alert_after.is_zero() {
+            return Err("anomaly.skip_alert_after_secs must be at least 1".into());
+        }
         let defaults = RuleSettings {
             velocity: self.velocity,
             large_amount: self.large_amount.clone(),
@@ -267,6 +270,10 @@ mod tests {
             (
                 "redis_timeout_ms = 0",
                 "anomaly.redis_timeout_ms must be at least 1",
+            ),
+            (
+                "skip_alert_after_secs = 0",
+                "anomaly.skip_alert_after_secs must be at least 1",
             ),
             (
                 "[velocity]\ncount = 1\nwindow_secs = 60",
