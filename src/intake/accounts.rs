@@ -49,7 +49,7 @@ impl CreateAccountRequest {
     /// Parse, don't validate: the only way from wire to domain; the account lands in the
     /// caller's ledger.
     fn into_new_account(self, caller: &ApiKeyIdentity) -> Result<NewAccount, ApiError> {
-        let ledger = super::auth::ledger_to_write(caller, self.ledger.as_deref())?;
+        let ledger = super::auth::requested_ledger(caller, self.ledger.as_deref())?;
         let currency = Currency::parse(&self.currency)
             .map_err(|e| ApiError::InvalidCurrency(e.to_string()))?;
         let id = match self.id {

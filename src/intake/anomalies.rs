@@ -6,7 +6,7 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::auth::{Caller, ledger_to_write};
+use super::auth::{Caller, requested_ledger};
 use super::error::{ApiError, Problem};
 use super::paging::{next_cursor, page_len};
 use super::query::QueryParams;
@@ -76,7 +76,7 @@ pub async fn list(
     if query.after.is_some_and(|after| after < 0) {
         return Err(ApiError::InvalidBody("after must not be negative".into()));
     }
-    let ledger = ledger_to_write(caller, query.ledger.as_deref())?;
+    let ledger = requested_ledger(caller, query.ledger.as_deref())?;
     let account = query
         .account
         .as_deref()

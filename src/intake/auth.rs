@@ -34,9 +34,10 @@ impl Caller {
     }
 }
 
-/// The ledger a request body asks to write in (`"ledger"`, optional): a malformed name is
-/// `400 invalid_ledger`, another ledger than a bound key's own `403 ledger_forbidden`.
-pub fn ledger_to_write(
+/// The ledger a request names (`"ledger"` in a body to write in, `?ledger=` for a listing;
+/// optional): a malformed name is `400 invalid_ledger`, another ledger than a bound key's own
+/// `403 ledger_forbidden`.
+pub fn requested_ledger(
     caller: &ApiKeyIdentity,
     named: Option<&str>,
 ) -> Result<LedgerName, ApiError> {

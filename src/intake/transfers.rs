@@ -61,7 +61,7 @@ impl TransferRequest {
         key: IdempotencyKey,
         caller: &ApiKeyIdentity,
     ) -> Result<NewTransfer, ApiError> {
-        let ledger = super::auth::ledger_to_write(caller, self.ledger.as_deref())?;
+        let ledger = super::auth::requested_ledger(caller, self.ledger.as_deref())?;
         let currency = Currency::parse(&self.currency)
             .map_err(|e| ApiError::InvalidCurrency(e.to_string()))?;
         let amount_text = self.amount.as_str().ok_or_else(|| {

@@ -293,7 +293,10 @@ async fn lock_accounts(
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    let (ledgers, ids) = key_columns(keys.into_iter());
+    let (ledgers, ids): (Vec<&str>, Vec<&str>) = keys
+        .into_iter()
+        .map(|k| (k.ledger.as_str(), k.id.as_str()))
+        .unzip();
     // Locked in (ledger, id) order, as every other writer of account rows does.
     let rows: Vec<LockedAccountRow> = sqlx::query_as(
         "SELECT a.ledger, a.id, a.no, a.currency, a.balance, a.allow_overdraft, a.status \
@@ -337,11 +340,6 @@ struct LockedAccountRow {
     status: AccountStatus,
 }
 
-/// Account keys as the two parallel arrays `unnest` takes.
-fn key_columns<'a>(keys: impl Iterator<Item = &'a AccountKey>) -> (Vec<&'a str>, Vec<&'a str>) {
-    keys.map(|k| (k.ledger.as_str(), k.id.as_str())).unzip()
-}
-
 fn parse_currency(code: String) -> Result<Currency, PostingError> {
     Currency::parse(code.trim())
         .map_err(|e| PostingError::Invariant(format!("stored currency is invalid: {e}")))
@@ -359,7 +357,7 @@ async fn insert_entries(
     let account_nos = applied
         .entries
         .iter()
-        .map(|e| account_no(accounts, &e.account))
+        .map(|e| locked(accounts, &e.account).map(|a| a.no))
         .collect::<Result<Vec<i64>, _>>()?;
     let sides: Vec<&str> = applied.entries.iter().map(|e| e.side.as_str()).collect();
     let amounts: Vec<Decimal> = applied.entries.iter().map(|e| e.amount).collect();
@@ -379,15 +377,14 @@ async fn insert_entries(
     expect_rows("entries inserted", inserted, applied.entries.len())
 }
 
-/// The number of a locked account; an entry or delta on an account posting did not lock is an
-/// invariant violation (apply only moves money between locked accounts).
-fn account_no(
-    accounts: &HashMap<AccountKey, LockedAccount>,
+/// A locked account; an entry or delta on an account posting did not lock is an invariant
+/// violation (apply only moves money between locked accounts).
+fn locked<'a>(
+    accounts: &'a HashMap<AccountKey, LockedAccount>,
     key: &AccountKey,
-) -> Result<i64, PostingError> {
+) -> Result<&'a LockedAccount, PostingError> {
     accounts
         .get(key)
-        .map(|a| a.no)
         .ok_or_else(|| PostingError::Invariant(format!("account {key} was not locked")))
 }
 
@@ -403,10 +400,10 @@ async fn update_balances(
     let mut deltas = Vec::with_capacity(applied.balance_deltas.len());
     let mut computed = HashMap::with_capacity(applied.balance_deltas.len());
     for (key, delta) in &applied.balance_deltas {
-        let no = account_no(expected, key)?;
-        nos.push(no);
+        let account = locked(expected, key)?;
+        nos.push(account.no);
         deltas.push(*delta);
-        computed.insert(no, (key, expected.get(key).map(|a| a.balance)));
+        computed.insert(account.no, (key, account.balance));
     }
     let rows: Vec<UpdatedBalance> = sqlx::query_as(
         "UPDATE accounts AS a SET balance = a.balance + d.delta \
@@ -425,9 +422,9 @@ async fn update_balances(
                 row.no
             )));
         };
-        if *computed != Some(row.balance) {
+        if *computed != row.balance {
             return Err(PostingError::Invariant(format!(
-                "account {key}: database balance {} but posting computed {computed:?}",
+                "account {key}: database balance {} but posting computed {computed}",
                 row.balance
             )));
         }

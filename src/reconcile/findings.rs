@@ -168,31 +168,6 @@ pub async fn resolve_unseen(
     .await
 }
 
-/// How many findings `run_id` saw, per kind (every kind, zeros included).
-pub async fn seen_by_kind(
-    conn: &mut PgConnection,
-    run_id: Uuid,
-) -> Result<Vec<(FindingKind, usize)>, sqlx::Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT f.kind, count(*) FROM reconciliation_run_findings r \
-         JOIN reconciliation_findings f ON f.id = r.finding_id \
-         WHERE r.run_id = $1 GROUP BY f.kind",
-    )
-    .bind(run_id)
-    .fetch_all(conn)
-    .await?;
-    Ok(FindingKind::ALL
-        .into_iter()
-        .map(|kind| {
-            let count = rows
-                .iter()
-                .find(|(name, _)| name == kind.as_str())
-                .map_or(0, |(_, n)| usize::try_from(*n).unwrap_or(usize::MAX));
-            (kind, count)
-        })
-        .collect())
-}
-
 /// Open findings per (kind, ledger) as run `run_id` left them: the ones it saw, plus a zero for
 /// each (kind, ledger) whose finding it resolved, so a gauge falls to zero instead of keeping
 /// its last value. `None`: findings of no one ledger.
@@ -216,6 +191,24 @@ pub async fn open_by_ledger(
             let kind =
                 FindingKind::parse_known(&kind).map_err(|e| sqlx::Error::Decode(e.into()))?;
             Ok((kind, ledger, usize::try_from(open).unwrap_or(usize::MAX)))
+        })
+        .collect()
+}
+
+/// How many findings the run saw per kind (every kind, zeros included), from
+/// [`open_by_ledger`]'s rows.
+pub fn per_kind(
+    open_by_ledger: &[(FindingKind, Option<String>, usize)],
+) -> Vec<(FindingKind, usize)> {
+    FindingKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let open = open_by_ledger
+                .iter()
+                .filter(|(k, ..)| *k == kind)
+                .map(|(.., open)| open)
+                .sum();
+            (kind, open)
         })
         .collect()
 }

@@ -238,8 +238,8 @@ async fn check_and_record(
     }
     progress.step("recording findings");
     recorder.resolve(&mut tx).await?;
-    outcome.observed = findings::seen_by_kind(&mut tx, run_id).await?;
     outcome.open_by_ledger = findings::open_by_ledger(&mut tx, run_id).await?;
+    outcome.observed = findings::per_kind(&outcome.open_by_ledger);
     outcome.changes = recorder.changes;
     outcome.changes.open = outcome.observed.iter().map(|(_, n)| n).sum();
     outcome.sample = recorder.sample;

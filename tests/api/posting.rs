@@ -163,9 +163,9 @@ async fn a_serialization_failure_is_retried_and_the_transfer_posts_once() {
     assert_eq!(app.balance("b").await, "2.00");
 }
 
-#[tokio::test]
-async fn a_serialization_failure_that_never_clears_is_tried_ten_times_then_given_up() {
-    // No worker: the test drives the posting engine itself.
+/// An app without workers (the test drives the posting engine itself) and one pending
+/// transfer of 2.00 from `treasury` to `b`.
+async fn one_pending_transfer() -> (TestApp, uuid::Uuid) {
     let app = spawn_intake_only_app().await;
     app.create_account("treasury", "USD", true).await;
     app.create_account("b", "USD", false).await;
@@ -173,6 +173,12 @@ async fn a_serialization_failure_that_never_clears_is_tried_ten_times_then_given
         .post_transfer("k", &transfer("treasury", "b", "2.00"))
         .await;
     let id = uuid::Uuid::parse_str(reply.body["id"].as_str().expect("id")).expect("uuid");
+    (app, id)
+}
+
+#[tokio::test]
+async fn a_serialization_failure_that_never_clears_is_tried_ten_times_then_given_up() {
+    let (app, id) = one_pending_transfer().await;
     // Every posting transaction meets a real 40001; a sequence (not rolled back) counts them.
     sqlx::raw_sql(
         "CREATE SEQUENCE posting_tries; \
@@ -209,14 +215,7 @@ async fn a_serialization_failure_that_never_clears_is_tried_ten_times_then_given
 
 #[tokio::test]
 async fn a_stored_currency_this_version_does_not_know_stops_posting_as_an_invariant() {
-    // No worker: the test drives the posting engine itself.
-    let app = spawn_intake_only_app().await;
-    app.create_account("treasury", "USD", true).await;
-    app.create_account("b", "USD", false).await;
-    let reply = app
-        .post_transfer("k", &transfer("treasury", "b", "2.00"))
-        .await;
-    let id = uuid::Uuid::parse_str(reply.body["id"].as_str().expect("id")).expect("uuid");
+    let (app, id) = one_pending_transfer().await;
     let engine = ferry::ledger::PostingEngine::new(app.pool.clone(), Failpoint::None);
     // Written behind ferry's back: the column is char(3) with no CHECK. Read back, each is
     // refused, never taken for some default currency.

@@ -338,6 +338,20 @@ async fn a_posted_transfer_marked_failed_is_failed_with_entries() {
 
 /// Inserts a transfer that has been pending for 11 minutes (as if intake had committed it
 /// and its job had since vanished).
+/// Queues a posting job for `transfer_ids` due in an hour: their job is alive.
+pub async fn enqueue_posting_in_an_hour(app: &TestApp, transfer_ids: Vec<uuid::Uuid>) {
+    let mut conn = app.pool.acquire().await.expect("conn");
+    let job = ferry::queue::payloads::PostTransfers { transfer_ids };
+    ferry::queue::enqueue(
+        &mut conn,
+        ferry::queue::POST_TRANSFERS_QUEUE,
+        &job,
+        Some(Duration::from_secs(3600)),
+    )
+    .await
+    .expect("enqueue");
+}
+
 async fn insert_aged_pending(app: &TestApp, key: &str) -> uuid::Uuid {
     let id = uuid::Uuid::now_v7();
     sqlx::query(
@@ -383,18 +397,7 @@ async fn a_stuck_transfer_without_a_job_is_reported_and_re_driven_once() {
 async fn a_stuck_transfer_whose_job_is_still_queued_is_not_re_driven() {
     let (app, _) = app_with_posted_transfer().await;
     let id = insert_aged_pending(&app, "aged").await;
-    let mut conn = app.pool.acquire().await.expect("conn");
-    let job = ferry::queue::payloads::PostTransfers {
-        transfer_ids: vec![id],
-    };
-    ferry::queue::enqueue(
-        &mut conn,
-        ferry::queue::POST_TRANSFERS_QUEUE,
-        &job,
-        Some(Duration::from_secs(3600)),
-    )
-    .await
-    .expect("enqueue");
+    enqueue_posting_in_an_hour(&app, vec![id]).await;
     let run = reconcile(&app, false).await;
     assert_eq!(
         findings(&run),
@@ -448,19 +451,7 @@ async fn stuck_transfers_past_one_page_are_all_reported_and_none_resolved_while_
     // Stuck transfers a delayed job still carries: reported, never re-driven, so they stay
     // pending for the whole test.
     let held = insert_aged_pending_many(&app, "held", 50, 11).await;
-    let mut conn = app.pool.acquire().await.expect("conn");
-    let job = ferry::queue::payloads::PostTransfers {
-        transfer_ids: held.clone(),
-    };
-    ferry::queue::enqueue(
-        &mut conn,
-        ferry::queue::POST_TRANSFERS_QUEUE,
-        &job,
-        Some(Duration::from_secs(3600)),
-    )
-    .await
-    .expect("enqueue");
-    drop(conn);
+    enqueue_posting_in_an_hour(&app, held.clone()).await;
     let first = reconcile(&app, false).await;
     assert_eq!(subjects_of(&first, "stuck_pending").len(), held.len());
     assert_eq!(first["transfers_redriven"], 0);

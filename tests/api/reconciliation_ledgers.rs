@@ -13,7 +13,7 @@ use crate::helpers::{
     TestApp, create_account_in, create_ledger, create_ledger_key, findings, findings_in, reconcile,
     reconcile_ledger, spawn_app, transfer,
 };
-use crate::reconciliation::{account_no, finding_in, tamper};
+use crate::reconciliation::{account_no, enqueue_posting_in_an_hour, finding_in, tamper};
 
 /// The second ledger; the first is `default`, reached with the admin key.
 const TWO: &str = "two";
@@ -501,19 +501,7 @@ async fn a_stuck_transfer_is_reported_only_by_runs_over_its_ledger() {
     .execute(&app.pool)
     .await
     .expect("aged transfer");
-    let mut conn = app.pool.acquire().await.expect("conn");
-    let job = ferry::queue::payloads::PostTransfers {
-        transfer_ids: vec![id],
-    };
-    ferry::queue::enqueue(
-        &mut conn,
-        ferry::queue::POST_TRANSFERS_QUEUE,
-        &job,
-        Some(Duration::from_secs(3600)),
-    )
-    .await
-    .expect("enqueue");
-    drop(conn);
+    enqueue_posting_in_an_hour(&app, vec![id]).await;
     let stuck = vec![finding_in(
         TWO,
         "stuck_pending",
