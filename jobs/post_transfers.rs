@@ -6,7 +6,10 @@
 //!
 //! Once posted, the transfers this run moved are judged by the anomaly rules (README, "Anomaly
 //! detection"): after the commit, so posting never waits on Redis; a run that finds nothing
-//! left to post judges nothing, so no transfer is judged twice by a redelivered job.
+//! left to post judges nothing, so no transfer is judged twice by a redelivered job. Where a
+//! ledger sets a rule to `review`, its transfers are judged before posting too, and those a
+//! review rule trips wait in `in_review` (posting passes them by); only that step waits on
+//! Redis, at most its timeout.
 //!
 //! Failures, by retry class (`crate::retry`; README, "Jobs, retries and crashes"), each
 //! handled by executing [`RetryPolicy::POSTING_JOB`]'s decision:
@@ -45,6 +48,9 @@ pub struct PostingJobContext {
 }
 
 pub async fn handle(job: PostTransfers, ctx: Data<PostingJobContext>) -> Result<(), BoxDynError> {
+    ctx.screener
+        .hold_for_review(&ctx.pool, &job.transfer_ids)
+        .await;
     let posted = (|| ctx.poster.post(job.transfer_ids.clone()))
         .retry(RetryPolicy::OUTAGE_WAIT.schedule())
         .sleep(tokio::time::sleep)

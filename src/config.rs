@@ -164,6 +164,7 @@ const ENV: &[(&str, &str, Setter)] = env_table! {
     "FERRY_RATE_LIMIT_BURST" => "rate_limit.burst": set(rate_limit.burst),
     "FERRY_RECONCILE_CRON" => "reconcile.cron": set(reconcile.cron),
     "FERRY_STUCK_PENDING_SECS" => "reconcile.stuck_pending_secs": secs(reconcile.stuck_after),
+    "FERRY_STALE_REVIEW_SECS" => "reconcile.stale_review_secs": secs(reconcile.stale_review_after),
     "FERRY_RECONCILE_FULL_SCAN_EVERY_SECS" => "reconcile.full_scan_every_secs": secs(reconcile.full_scan_every),
     "FERRY_JOB_RETENTION_DONE_SECS" => "reconcile.retention.done_secs": secs(reconcile.retention.done),
     "FERRY_JOB_RETENTION_DEAD_SECS" => "reconcile.retention.dead_secs": secs(reconcile.retention.dead),
@@ -342,6 +343,11 @@ impl Config {
                 self.reconcile.stuck_after < Duration::from_secs(60),
                 "FERRY_STUCK_PENDING_SECS",
                 "must be at least 60",
+            ),
+            (
+                self.reconcile.stale_review_after.is_zero(),
+                "FERRY_STALE_REVIEW_SECS",
+                "must be at least 1",
             ),
             (
                 retention.done.is_zero() || retention.dead.is_zero(),

@@ -7,9 +7,11 @@
 //! - [`settings`]: `[anomaly]` thresholds, per ledger.
 //! - [`windows`]: the Redis scripts (sliding windows, streaks).
 //! - [`screen`]: what the posting job calls before and after posting.
+//! - [`review`]: the transfers a `review` rule holds in `in_review`.
 //! - [`record`]: the `anomalies` rows.
 
 pub mod record;
+pub mod review;
 pub mod rules;
 pub mod screen;
 pub mod settings;

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::rules::{AnomalySeverity, Hit, Rule};
+use super::rules::{AnomalySeverity, Hit, Rule, RuleAction};
 use crate::domain::{AccountId, LedgerName};
 
 /// A hit as stored, and whether it opens an incident (see [`store`]).
@@ -35,6 +35,7 @@ pub async fn store(
     let accounts: Vec<&str> = hits.iter().map(|h| h.account.id.as_str()).collect();
     let rules: Vec<&str> = hits.iter().map(|h| h.rule.as_str()).collect();
     let severities: Vec<&str> = hits.iter().map(|h| h.rule.severity().as_str()).collect();
+    let actions: Vec<&str> = hits.iter().map(|h| h.action.as_str()).collect();
     let details: Vec<serde_json::Value> = hits.iter().map(|h| h.detail.clone()).collect();
     let windows: Vec<f64> = hits.iter().map(|h| incident_secs(h) as f64).collect();
     // The outer query reads the table as it was before this statement: earlier hits only.
@@ -42,11 +43,12 @@ pub async fn store(
     let rows: Vec<(i64, bool)> = sqlx::query_as(
         "WITH input AS ( \
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::jsonb[], $7::float8[]) WITH ORDINALITY \
-             AS i(transfer_id, ledger, account_id, rule, severity, detail, window_secs, n)), \
+             $6::jsonb[], $7::float8[], $8::text[]) WITH ORDINALITY \
+             AS i(transfer_id, ledger, account_id, rule, severity, detail, window_secs, action, \
+               n)), \
          stored AS ( \
-           INSERT INTO anomalies (transfer_id, ledger, account_id, rule, severity, detail) \
-           SELECT transfer_id, ledger, account_id, rule, severity, detail FROM input \
+           INSERT INTO anomalies (transfer_id, ledger, account_id, rule, severity, detail, action) \
+           SELECT transfer_id, ledger, account_id, rule, severity, detail, action FROM input \
            ON CONFLICT (transfer_id, rule) DO NOTHING \
            RETURNING id, transfer_id, ledger, account_id, rule, at) \
          SELECT i.n - 1, NOT EXISTS ( \
@@ -63,6 +65,7 @@ pub async fn store(
     .bind(&severities)
     .bind(&details)
     .bind(&windows)
+    .bind(&actions)
     .fetch_all(&mut *tx)
     .await?;
     let mut opened = HashSet::new();
@@ -89,6 +92,9 @@ pub struct AnomalyView {
     pub rule: Rule,
     #[sqlx(try_from = "String")]
     pub severity: AnomalySeverity,
+    /// `review`: the hit held its transfer for review; `flag`: the transfer proceeded.
+    #[sqlx(try_from = "String")]
+    pub action: RuleAction,
     pub ledger: String,
     /// The source account of the transfer.
     pub account_id: String,
@@ -115,7 +121,8 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<AnomalyView>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, rule, severity, ledger, account_id, transfer_id, detail, at FROM anomalies \
+        "SELECT id, rule, severity, action, ledger, account_id, transfer_id, detail, at \
+         FROM anomalies \
          WHERE ledger = $1 AND ($2::text IS NULL OR account_id = $2) \
            AND ($3::text IS NULL OR rule = $3) AND id > $4 \
          ORDER BY id LIMIT $5",

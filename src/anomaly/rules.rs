@@ -6,9 +6,9 @@ use uuid::Uuid;
 
 use super::settings::RuleSettings;
 use crate::domain::{AccountKey, Currency};
-pub use crate::domain::{AnomalySeverity, Rule};
+pub use crate::domain::{AnomalySeverity, Rule, RuleAction};
 
-/// A transfer just posted or failed, as the rules see it.
+/// A transfer about to be posted, or just posted or failed, as the rules see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
     pub transfer_id: Uuid,
@@ -36,6 +36,8 @@ pub struct Hit {
     pub transfer_id: Uuid,
     pub account: AccountKey,
     pub rule: Rule,
+    /// The rule's action in the transfer's ledger; a transfer already posted was only flagged.
+    pub action: RuleAction,
     pub detail: serde_json::Value,
 }
 
@@ -53,6 +55,7 @@ pub fn judge(
             transfer_id: candidate.transfer_id,
             account: candidate.account.clone(),
             rule,
+            action: rules.action(rule),
             detail,
         });
     };
@@ -94,8 +97,9 @@ pub fn judge(
     hits
 }
 
-/// The failed-streak hit of a failed transfer whose account has now failed `streak` times in a
-/// row, if that reaches the rule's count.
+/// The failed-streak hit of a transfer whose account has failed `streak` times in a row (with
+/// it, for a failed transfer; before it, for one judged for review), if that reaches the
+/// rule's count.
 pub fn judge_streak(
     transfer_id: Uuid,
     account: &AccountKey,
@@ -107,6 +111,7 @@ pub fn judge_streak(
         transfer_id,
         account: account.clone(),
         rule: Rule::FailedStreak,
+        action: rule.action,
         detail: serde_json::json!({"consecutive_failures": streak, "threshold": rule.count}),
     })
 }

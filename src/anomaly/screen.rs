@@ -7,6 +7,11 @@
 //! those, and each skip is counted in `ferry_anomaly_checks_skipped_total{reason}`; windows
 //! unchecked for longer than `skip_alert_after_secs` raise a `medium` alert, resolved once
 //! they are checked again.
+//!
+//! Where a ledger sets a rule to `review`, its transfers are also judged *before* posting
+//! ([`Screener::hold_for_review`]): those a review rule trips move to `in_review` with their
+//! hits, in one transaction, and posting passes them by. That costs the batch one more Redis
+//! round trip, bounded by the same timeout; a skipped check holds nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,11 +20,12 @@ use std::time::Instant;
 use serde_json::json;
 use sqlx::PgPool;
 use tracing::{debug, warn};
+use uuid::Uuid;
 
-use super::record;
-use super::rules::{AnomalySeverity, Candidate, Hit, Rule, judge, judge_streak};
+use super::rules::{AnomalySeverity, Candidate, Hit, Rule, RuleAction, judge, judge_streak};
 use super::settings::{AnomalySettings, RuleSettings};
-use super::windows::{self, SkipReason};
+use super::windows::{self, Counted, SkipReason, StreakStep};
+use super::{record, review};
 use crate::alerts::config::AlertConfig;
 use crate::alerts::outbox::{self, OutboxError};
 use crate::alerts::payload::{Action, AlertEvent};
@@ -65,27 +71,33 @@ impl Screener {
     }
 
     /// Judges transfers just posted (`true`: failed), in posting order, and stores their hits.
+    /// They have proceeded, so every hit is a flag; a transfer judged again (approved after a
+    /// review, or in a redelivered job) keeps the hits stored the first time.
     pub async fn judge(&self, pool: &PgPool, transfers: &[(Candidate, bool)]) {
         if !self.settings.enabled || transfers.is_empty() {
             return;
         }
         let rules = self.rules_of(transfers.iter().map(|(c, _)| &c.account.ledger));
-        let judged: Vec<(&Candidate, bool, &RuleSettings)> = transfers
+        let judged: Vec<(&Candidate, StreakStep, &RuleSettings)> = transfers
             .iter()
-            .map(|(candidate, failed)| (candidate, *failed, &rules[&candidate.account.ledger]))
+            .map(|(candidate, failed)| {
+                let step = if *failed {
+                    StreakStep::Failed
+                } else {
+                    StreakStep::Posted
+                };
+                (candidate, step, &rules[&candidate.account.ledger])
+            })
             .collect();
-        let counted = match self.redis.get().await {
-            Some(mut connection) => {
-                let timeout = self.settings.redis_timeout;
-                windows::count(&mut connection, &self.namespace, &judged, timeout).await
-            }
-            None => Err(SkipReason::Unavailable),
-        };
+        let counted = self.count(&judged).await;
         let mut hits: Vec<Hit> = Vec::new();
-        for (n, (candidate, failed, rules)) in judged.iter().enumerate() {
+        for (n, (candidate, step, rules)) in judged.iter().enumerate() {
             let counted = counted.as_ref().ok().map(|all| all[n]);
             hits.extend(judge(candidate, counted.map(|c| c.windows), rules));
-            if let Some(counted) = counted.filter(|_| *failed) {
+            // A streak set to `review` holds the account's next transfer, judged before posting.
+            let flags_streak = rules.failed_streak.action == RuleAction::Flag;
+            if let Some(counted) = counted.filter(|_| *step == StreakStep::Failed && flags_streak)
+            {
                 let account = &candidate.account;
                 hits.extend(judge_streak(
                     candidate.transfer_id,
@@ -95,26 +107,134 @@ impl Screener {
                 ));
             }
         }
+        for hit in &mut hits {
+            hit.action = RuleAction::Flag;
+        }
         let windows_checked = counted.is_ok();
         if let Err(reason) = counted {
             skipped(reason);
         }
-        if let Err(error) = self.store(pool, &hits, &rules).await {
-            warn!(%error, hits = hits.len(), "anomaly hits could not be stored; skipped");
-            skipped(SkipReason::Database);
+        let stored = async {
+            let mut tx = pool.begin().await?;
+            let stored = self.store(&mut tx, &hits, &rules).await?;
+            tx.commit().await?;
+            Ok::<_, OutboxError>(stored)
+        };
+        match stored.await {
+            Ok(stored) => count_stored(&stored),
+            Err(error) => {
+                warn!(%error, hits = hits.len(), "anomaly hits could not be stored; skipped");
+                skipped(SkipReason::Database);
+            }
         }
         self.watch_skips(pool, windows_checked).await;
     }
 
-    /// Stores `hits` and raises an alert for each that opens an incident, in one transaction.
+    /// Whether any ledger holds transfers for review: if not, [`Self::hold_for_review`] is a
+    /// no-op and posting pays nothing for it.
+    pub fn reviews(&self) -> bool {
+        self.settings.reviews_anywhere()
+    }
+
+    /// Judges, before they are posted, the transfers of `transfer_ids` still pending and never
+    /// reviewed whose ledger sets a rule to `review`, and moves those a review rule trips to
+    /// `in_review` with all their hits. Returns how many it held. Like [`Self::judge`], it
+    /// never fails posting: whatever goes wrong holds nothing and is counted as a skip.
+    pub async fn hold_for_review(&self, pool: &PgPool, transfer_ids: &[Uuid]) -> usize {
+        if !self.reviews() {
+            return 0;
+        }
+        let candidates = match review::unreviewed(pool, transfer_ids).await {
+            Ok(candidates) => candidates,
+            Err(error) => {
+                warn!(%error, "transfers could not be judged for review; none held");
+                skipped(SkipReason::Database);
+                return 0;
+            }
+        };
+        let rules = self.rules_of(candidates.iter().map(|c| &c.account.ledger));
+        let judged: Vec<(&Candidate, StreakStep, &RuleSettings)> = candidates
+            .iter()
+            .map(|c| (c, StreakStep::Read, &rules[&c.account.ledger]))
+            .filter(|(_, _, rules)| rules.reviews())
+            .collect();
+        if judged.is_empty() {
+            return 0;
+        }
+        let counted = self.count(&judged).await;
+        let mut hits: Vec<Hit> = Vec::new();
+        for (n, (candidate, _, rules)) in judged.iter().enumerate() {
+            let counted: Option<Counted> = counted.as_ref().ok().map(|all| all[n]);
+            let mut own = judge(candidate, counted.map(|c| c.windows), rules);
+            let reviews_streak = rules.failed_streak.action == RuleAction::Review;
+            if let Some(counted) = counted.filter(|_| reviews_streak) {
+                let account = &candidate.account;
+                own.extend(judge_streak(
+                    candidate.transfer_id,
+                    account,
+                    counted.streak,
+                    rules,
+                ));
+            }
+            // Flag-only hits of a transfer that proceeds are stored once it has posted.
+            if own.iter().any(|hit| hit.action == RuleAction::Review) {
+                hits.extend(own);
+            }
+        }
+        let windows_checked = counted.is_ok();
+        if let Err(reason) = counted {
+            skipped(reason);
+        }
+        let held = async {
+            let mut tx = pool.begin().await?;
+            let mut held_ids: Vec<Uuid> = hits.iter().map(|h| h.transfer_id).collect();
+            held_ids.dedup();
+            let held = review::hold(&mut tx, &held_ids).await?;
+            hits.retain(|hit| held.contains(&hit.transfer_id));
+            let stored = self.store(&mut tx, &hits, &rules).await?;
+            tx.commit().await?;
+            Ok::<_, OutboxError>((held.len(), stored))
+        };
+        let held = match held.await {
+            Ok((held, stored)) => {
+                count_stored(&stored);
+                held
+            }
+            Err(error) => {
+                warn!(%error, "transfers tripping a review rule could not be held; none held");
+                skipped(SkipReason::Database);
+                0
+            }
+        };
+        metrics::counter!("ferry_reviews_total", "decision" => "requested").increment(held as u64);
+        self.watch_skips(pool, windows_checked).await;
+        held
+    }
+
+    /// Runs the window script over `judged`, bounded by the timeout.
+    async fn count(
+        &self,
+        judged: &[(&Candidate, StreakStep, &RuleSettings)],
+    ) -> Result<Vec<Counted>, SkipReason> {
+        match self.redis.get().await {
+            Some(mut connection) => {
+                let timeout = self.settings.redis_timeout;
+                windows::count(&mut connection, &self.namespace, judged, timeout).await
+            }
+            None => Err(SkipReason::Unavailable),
+        }
+    }
+
+    /// Stores `hits` in `tx` and raises an alert for each that opens an incident; returns the
+    /// rules of the hits stored (not stored before).
     async fn store(
         &self,
-        pool: &PgPool,
+        tx: &mut sqlx::PgConnection,
         hits: &[Hit],
         rules: &HashMap<LedgerName, RuleSettings>,
-    ) -> Result<(), OutboxError> {
+    ) -> Result<Vec<Rule>, OutboxError> {
         if hits.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let incident_secs = |hit: &Hit| {
             let rules = &rules[&hit.account.ledger];
@@ -124,17 +244,11 @@ impl Screener {
                 Rule::LargeAmount | Rule::FailedStreak => INCIDENT_QUIET_SECS,
             }
         };
-        let mut tx = pool.begin().await?;
-        let stored = record::store(&mut tx, hits, incident_secs).await?;
+        let stored = record::store(&mut *tx, hits, incident_secs).await?;
         for stored in stored.iter().filter(|s| s.opens_incident) {
-            outbox::raise(&mut tx, &self.alerts, &hit_event(&stored.hit), None).await?;
+            outbox::raise(&mut *tx, &self.alerts, &hit_event(&stored.hit), None).await?;
         }
-        tx.commit().await?;
-        for stored in &stored {
-            metrics::counter!("ferry_anomalies_total", "rule" => stored.hit.rule.as_str())
-                .increment(1);
-        }
-        Ok(())
+        Ok(stored.iter().map(|s| s.hit.rule).collect())
     }
 
     /// Raises a `medium` alert once the windows have gone unchecked for longer than
@@ -201,14 +315,19 @@ fn hit_event(hit: &Hit) -> AlertEvent {
         AnomalySeverity::Medium => Severity::Medium,
     };
     let (rule, account) = (hit.rule.as_str(), &hit.account);
+    let held = match hit.action {
+        RuleAction::Flag => "",
+        RuleAction::Review => " (transfer held for review)",
+    };
     outbox::event(
         format!("ferry:anomaly:{rule}:{account}:{}", hit.transfer_id),
         Action::Trigger,
         format!("anomaly.{rule}"),
         severity,
-        format!("{rule} on account {account}: {}", hit.detail),
+        format!("{rule} on account {account}: {}{held}", hit.detail),
         json!({
             "rule": rule,
+            "action": hit.action.as_str(),
             "ledger": account.ledger.as_str(),
             "account_id": account.id.as_str(),
             "transfer_id": hit.transfer_id,
@@ -233,6 +352,13 @@ fn skip_event(action: Action, namespace: &str, after_secs: u64) -> AlertEvent {
         summary,
         json!({"after_secs": after_secs}),
     )
+}
+
+/// Counts hits once their transaction has committed.
+fn count_stored(rules: &[Rule]) {
+    for rule in rules {
+        metrics::counter!("ferry_anomalies_total", "rule" => rule.as_str()).increment(1);
+    }
 }
 
 fn skipped(reason: SkipReason) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use crate::domain::{Currency, LedgerName};
+use crate::domain::{Currency, LedgerName, Rule, RuleAction};
 
 /// Longest the Redis part of a batch's check may take before the check is skipped: checks
 /// never hold back posting.
@@ -65,12 +65,17 @@ impl Default for RuleSettings {
             velocity: WindowRule {
                 count: 5,
                 window_secs: 60,
+                action: RuleAction::Flag,
             },
             large_amount: LargeAmountRule::default(),
-            failed_streak: StreakRule { count: 3 },
+            failed_streak: StreakRule {
+                count: 3,
+                action: RuleAction::Flag,
+            },
             duplicate_amount: WindowRule {
                 count: 3,
                 window_secs: 300,
+                action: RuleAction::Flag,
             },
         }
     }
@@ -82,6 +87,8 @@ impl Default for RuleSettings {
 pub struct WindowRule {
     pub count: u64,
     pub window_secs: u64,
+    #[serde(default)]
+    pub action: RuleAction,
 }
 
 impl WindowRule {
@@ -98,6 +105,7 @@ pub struct LargeAmountRule {
     pub threshold: Decimal,
     /// Per currency code, e.g. `{ JPY = "500000" }`.
     pub thresholds: BTreeMap<String, Decimal>,
+    pub action: RuleAction,
 }
 
 impl Default for LargeAmountRule {
@@ -106,6 +114,7 @@ impl Default for LargeAmountRule {
             // 5,000.00 major units.
             threshold: Decimal::new(500_000, 2),
             thresholds: BTreeMap::new(),
+            action: RuleAction::Flag,
         }
     }
 }
@@ -119,11 +128,14 @@ impl LargeAmountRule {
     }
 }
 
-/// Trips when an account's `count`-th consecutive transfer fails.
+/// Trips when an account's `count`-th consecutive transfer fails. Set to `review`, it holds
+/// the account's next transfer instead: the failing one has already failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreakRule {
     pub count: u64,
+    #[serde(default)]
+    pub action: RuleAction,
 }
 
 /// One ledger's overrides; a rule left out keeps the `[anomaly]` setting.
@@ -136,7 +148,46 @@ pub struct LedgerRules {
     pub duplicate_amount: Option<WindowRule>,
 }
 
+impl RuleSettings {
+    /// What a hit of `rule` does to its transfer.
+    pub fn action(&self, rule: Rule) -> RuleAction {
+        match rule {
+            Rule::Velocity => self.velocity.action,
+            Rule::LargeAmount => self.large_amount.action,
+            Rule::FailedStreak => self.failed_streak.action,
+            Rule::DuplicateAmount => self.duplicate_amount.action,
+        }
+    }
+
+    /// Whether any rule holds transfers for review: only then are they judged before posting.
+    pub fn reviews(&self) -> bool {
+        Rule::ALL
+            .into_iter()
+            .any(|rule| self.action(rule) == RuleAction::Review)
+    }
+}
+
 impl AnomalySettings {
+    /// Whether any ledger's rules hold transfers for review.
+    pub fn reviews_anywhere(&self) -> bool {
+        self.enabled
+            && (self.defaults().reviews()
+                || self.ledgers.keys().any(|name| {
+                    self.rules_for(&LedgerName::from_trusted(name.clone()))
+                        .reviews()
+                }))
+    }
+
+    /// The rules of every ledger without an override.
+    fn defaults(&self) -> RuleSettings {
+        RuleSettings {
+            velocity: self.velocity,
+            large_amount: self.large_amount.clone(),
+            failed_streak: self.failed_streak,
+            duplicate_amount: self.duplicate_amount,
+        }
+    }
+
     /// The rules that apply to `ledger`.
     pub fn rules_for(&self, ledger: &LedgerName) -> RuleSettings {
         let own = self.ledgers.get(ledger.as_str());
@@ -162,13 +213,7 @@ impl AnomalySettings {
         if self.skip_alert_after.is_zero() {
             return Err("anomaly.skip_alert_after_secs must be at least 1".into());
         }
-        let defaults = RuleSettings {
-            velocity: self.velocity,
-            large_amount: self.large_amount.clone(),
-            failed_streak: self.failed_streak,
-            duplicate_amount: self.duplicate_amount,
-        };
-        validate_rules("anomaly", &defaults)?;
+        validate_rules("anomaly", &self.defaults())?;
         for (name, own) in &self.ledgers {
             let prefix = format!("anomaly.ledgers.{name}");
             LedgerName::parse(name).map_err(|e| format!("{prefix}: {e}"))?;
@@ -262,6 +307,21 @@ mod tests {
             shop.duplicate_amount,
             RuleSettings::default().duplicate_amount
         );
+    }
+
+    #[test]
+    fn rules_flag_unless_set_to_review_and_review_is_found_per_ledger() {
+        let settings = parse("");
+        assert!(!settings.reviews_anywhere());
+        let settings = parse("[ledgers.shop.large_amount]\nthreshold = \"100\"\naction = \"review\"");
+        assert!(settings.reviews_anywhere());
+        let shop = settings.rules_for(&LedgerName::parse("shop").expect("name"));
+        assert_eq!(shop.action(Rule::LargeAmount), RuleAction::Review);
+        assert_eq!(shop.action(Rule::Velocity), RuleAction::Flag);
+        assert!(!settings.rules_for(&LedgerName::default_ledger()).reviews());
+        let off = parse("enabled = false\n[velocity]\ncount = 5\nwindow_secs = 60\naction = \"review\"");
+        assert!(!off.reviews_anywhere());
+        assert!(toml::from_str::<AnomalySettings>("[velocity]\ncount = 5\nwindow_secs = 60\naction = \"block\"").is_err());
     }
 
     #[test]

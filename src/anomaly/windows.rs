@@ -22,9 +22,10 @@ use super::settings::RuleSettings;
 
 /// Per transfer i, in posting order: KEYS[3i-2] its account's window, KEYS[3i-1] its
 /// (account, amount) window, KEYS[3i] its account's failure streak; ARGV[6i-5..6i]: transfer
-/// id, acceptance time (ms), the two windows (ms), `1` if it failed (`0`: posted, which ends
-/// the streak), the streak's TTL (ms). Returns, per transfer, the two window counts and the
-/// streak after it, flattened.
+/// id, acceptance time (ms), the two windows (ms), the streak step ([`StreakStep`]: `1` it
+/// failed, `0` it posted, which ends the streak, `r` not posted yet: read the streak only),
+/// the streak's TTL (ms). Returns, per transfer, the two window counts and the streak after
+/// it, flattened.
 const JUDGE: &str = r"
 local out = {}
 for i = 1, #KEYS / 3 do
@@ -41,10 +42,12 @@ for i = 1, #KEYS / 3 do
     end
     redis.call('PEXPIRE', key, window_ms)
   end
-  local streak = KEYS[3 * i]
-  if ARGV[6 * i - 1] == '1' then
+  local streak, step = KEYS[3 * i], ARGV[6 * i - 1]
+  if step == '1' then
     redis.call('SADD', streak, id)
     redis.call('PEXPIRE', streak, ARGV[6 * i])
+    out[#out + 1] = redis.call('SCARD', streak)
+  elseif step == 'r' then
     out[#out + 1] = redis.call('SCARD', streak)
   else
     redis.call('DEL', streak)
@@ -110,26 +113,48 @@ fn streak_key(namespace: &str, candidate: &Candidate) -> String {
     )
 }
 
-/// What the windows and the streak say about one posted or failed transfer.
+/// What one transfer does to its account's failure streak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreakStep {
+    /// It failed: the streak grows by it.
+    Failed,
+    /// It posted: the streak ends.
+    Posted,
+    /// It is about to be posted (judged for review): the streak is read, not changed.
+    Read,
+}
+
+impl StreakStep {
+    fn arg(self) -> &'static str {
+        match self {
+            Self::Failed => "1",
+            Self::Posted => "0",
+            Self::Read => "r",
+        }
+    }
+}
+
+/// What the windows and the streak say about one transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counted {
     pub windows: WindowCounts,
-    /// The account's consecutive failures after this transfer (0 after a posted one).
+    /// The account's consecutive failures after this transfer (0 after a posted one; before
+    /// it, for [`StreakStep::Read`]).
     pub streak: u64,
 }
 
-/// Adds each transfer (`true`: it failed) to its windows and its account's streak, in posting
+/// Adds each transfer to its windows and takes its step on its account's streak, in posting
 /// order, and counts them: one round trip bounded by `timeout`. `rules` gives each
 /// transfer's windows (its ledger's).
 pub async fn count(
     connection: &mut ConnectionManager,
     namespace: &str,
-    transfers: &[(&Candidate, bool, &RuleSettings)],
+    transfers: &[(&Candidate, StreakStep, &RuleSettings)],
     timeout: Duration,
 ) -> Result<Vec<Counted>, SkipReason> {
     let mut invocation = JUDGE_SCRIPT.prepare_invoke();
     let ttl_ms = u64::try_from(STREAK_TTL.as_millis()).unwrap_or(u64::MAX);
-    for (candidate, failed, rules) in transfers {
+    for (candidate, step, rules) in transfers {
         invocation
             .key(window_key(namespace, candidate))
             .key(amount_key(namespace, candidate))
@@ -138,7 +163,7 @@ pub async fn count(
             .arg(candidate.accepted_at_ms)
             .arg(rules.velocity.window_ms())
             .arg(rules.duplicate_amount.window_ms())
-            .arg(if *failed { "1" } else { "0" })
+            .arg(step.arg())
             .arg(ttl_ms);
     }
     let counts: Vec<u64> = invoke(invocation, connection, timeout).await?;

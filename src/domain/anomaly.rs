@@ -45,6 +45,31 @@ impl Rule {
 
 super::stored_as_text!(Rule, "anomaly rule", Rule::ALL);
 
+/// What a rule's hit does to its transfer.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    /// The transfer proceeds; the hit is recorded and alerted (the seed's choice: a false
+    /// positive must not stop a payment).
+    #[default]
+    Flag,
+    /// The transfer waits in `in_review` until a reviewer approves or rejects it.
+    Review,
+}
+
+impl RuleAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Flag => "flag",
+            Self::Review => "review",
+        }
+    }
+}
+
+super::stored_as_text!(RuleAction, "anomaly action", [RuleAction::Flag, RuleAction::Review]);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AnomalySeverity {

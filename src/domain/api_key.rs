@@ -11,15 +11,18 @@ use sha2::{Digest, Sha256};
 pub enum Scope {
     TransfersWrite,
     TransfersRead,
+    /// Approve or reject transfers held for review (README, "Anomaly detection").
+    TransfersReview,
     AccountsWrite,
     AccountsRead,
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::TransfersWrite,
         Scope::TransfersRead,
+        Scope::TransfersReview,
         Scope::AccountsWrite,
         Scope::AccountsRead,
         Scope::Admin,
@@ -29,6 +32,7 @@ impl Scope {
         match self {
             Self::TransfersWrite => "transfers:write",
             Self::TransfersRead => "transfers:read",
+            Self::TransfersReview => "transfers:review",
             Self::AccountsWrite => "accounts:write",
             Self::AccountsRead => "accounts:read",
             Self::Admin => "admin",
@@ -44,7 +48,7 @@ impl fmt::Display for Scope {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown scope {0:?}; scopes are transfers:write, transfers:read, accounts:write, accounts:read, admin"
+    "unknown scope {0:?}; scopes are transfers:write, transfers:read, transfers:review, accounts:write, accounts:read, admin"
 )]
 pub struct UnknownScope(pub String);
 

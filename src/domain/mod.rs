@@ -34,10 +34,10 @@ pub mod side;
 pub mod transfer;
 
 pub use account::{AccountId, AccountKey, AccountStatus};
-pub use anomaly::{AnomalySeverity, Rule};
+pub use anomaly::{AnomalySeverity, Rule, RuleAction};
 pub use api_key::{ApiKeyName, KeyLifetime, Scope, Scopes};
 pub use ledger::LedgerName;
 pub use money::{Amount, Currency};
 pub use severity::{Severity, UnknownValue};
 pub use side::Side;
-pub use transfer::{FailureCode, IdempotencyKey, NewTransfer, TransferStatus};
+pub use transfer::{FailureCode, IdempotencyKey, NewTransfer, ReviewDecision, TransferStatus};

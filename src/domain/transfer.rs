@@ -88,6 +88,9 @@ impl NewTransfer {
 #[serde(rename_all = "snake_case")]
 pub enum TransferStatus {
     Pending,
+    /// Held by an anomaly rule set to `review`: not posted, nothing reserved, until approved
+    /// (back to `pending`) or rejected (`failed`, `rejected_in_review`).
+    InReview,
     Posted,
     Failed,
 }
@@ -96,6 +99,7 @@ impl TransferStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
+            Self::InReview => "in_review",
             Self::Posted => "posted",
             Self::Failed => "failed",
         }
@@ -107,6 +111,7 @@ impl FromStr for TransferStatus {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "pending" => Ok(Self::Pending),
+            "in_review" => Ok(Self::InReview),
             "posted" => Ok(Self::Posted),
             "failed" => Ok(Self::Failed),
             other => Err(UnknownCode(other.to_owned())),
@@ -121,6 +126,31 @@ impl TryFrom<String> for TransferStatus {
     }
 }
 
+/// A reviewer's decision on a transfer held for review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewDecision {
+    /// Back to `pending`, then posted as usual.
+    Approved,
+    /// `failed`, `rejected_in_review`.
+    Rejected,
+}
+
+impl ReviewDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+super::stored_as_text!(
+    ReviewDecision,
+    "review decision",
+    [ReviewDecision::Approved, ReviewDecision::Rejected]
+);
+
 /// Why a transfer failed. Business outcomes, seen through `GET /v1/transfers/{id}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -132,6 +162,8 @@ pub enum FailureCode {
     AccountFrozen,
     AccountClosed,
     RetriesExhausted,
+    /// Held for review by an anomaly rule, and rejected by a reviewer.
+    RejectedInReview,
 }
 
 impl FailureCode {
@@ -143,6 +175,7 @@ impl FailureCode {
             Self::AccountFrozen => "account_frozen",
             Self::AccountClosed => "account_closed",
             Self::RetriesExhausted => "retries_exhausted",
+            Self::RejectedInReview => "rejected_in_review",
         }
     }
 }
@@ -157,6 +190,7 @@ impl FromStr for FailureCode {
             "account_frozen" => Ok(Self::AccountFrozen),
             "account_closed" => Ok(Self::AccountClosed),
             "retries_exhausted" => Ok(Self::RetriesExhausted),
+            "rejected_in_review" => Ok(Self::RejectedInReview),
             other => Err(UnknownCode(other.to_owned())),
         }
     }

@@ -11,6 +11,7 @@ use crate::retry::is_unavailable;
 use crate::store::api_keys::{CreateKeyError, RevokeKeyError};
 use crate::store::group_commit::SubmitError;
 use crate::store::ledgers::CreateLedgerError;
+use crate::store::reviews::ReviewError;
 use crate::store::transfers::AcceptError;
 
 /// `Retry-After` on `503 unavailable`: a restarting PostgreSQL is usually back within seconds,
@@ -58,6 +59,8 @@ pub enum ApiError {
     AccountClosed(String),
     #[error("transfer not found")]
     TransferNotFound,
+    #[error("{0}")]
+    TransferNotInReview(String),
     #[error("reconciliation run not found")]
     ReconciliationNotFound,
     #[error("{0}")]
@@ -109,6 +112,7 @@ impl ApiError {
             | Self::AccountClosed(_)
             | Self::LedgerExists(_)
             | Self::KeyRevoked(_)
+            | Self::TransferNotInReview(_)
             | Self::CannotRevokeOwnKey => StatusCode::CONFLICT,
             Self::LedgerNotFound(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::AccountNotFound(_)
@@ -162,6 +166,7 @@ impl ApiError {
             Self::AccountNotEmpty(_) => ErrorCode::AccountNotEmpty,
             Self::AccountClosed(_) => ErrorCode::AccountClosed,
             Self::TransferNotFound => ErrorCode::TransferNotFound,
+            Self::TransferNotInReview(_) => ErrorCode::TransferNotInReview,
             Self::ReconciliationNotFound => ErrorCode::ReconciliationNotFound,
             Self::LedgerExists(_) => ErrorCode::LedgerExists,
             Self::InvalidScope(_) => ErrorCode::InvalidScope,
@@ -220,6 +225,7 @@ pub enum ErrorCode {
     AccountNotEmpty,
     AccountClosed,
     TransferNotFound,
+    TransferNotInReview,
     ReconciliationNotFound,
     LedgerExists,
     InvalidScope,
@@ -235,7 +241,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 35] = [
         Self::Unauthorized,
         Self::Forbidden,
         Self::IdempotencyKeyMissing,
@@ -258,6 +264,7 @@ impl ErrorCode {
         Self::AccountNotEmpty,
         Self::AccountClosed,
         Self::TransferNotFound,
+        Self::TransferNotInReview,
         Self::ReconciliationNotFound,
         Self::LedgerExists,
         Self::InvalidScope,
@@ -296,6 +303,7 @@ impl ErrorCode {
             Self::AccountNotEmpty => "account_not_empty",
             Self::AccountClosed => "account_closed",
             Self::TransferNotFound => "transfer_not_found",
+            Self::TransferNotInReview => "transfer_not_in_review",
             Self::ReconciliationNotFound => "reconciliation_not_found",
             Self::LedgerExists => "ledger_exists",
             Self::InvalidScope => "invalid_scope",
@@ -403,6 +411,17 @@ impl From<SubmitError> for ApiError {
                 }
                 AcceptError::Database(_) => Self::Internal(anyhow::Error::new(e)),
             },
+        }
+    }
+}
+
+impl From<ReviewError> for ApiError {
+    fn from(e: ReviewError) -> Self {
+        match e {
+            ReviewError::NotFound => Self::TransferNotFound,
+            ReviewError::NotInReview(_) => Self::TransferNotInReview(e.to_string()),
+            ReviewError::Database(e) => e.into(),
+            ReviewError::Enqueue(e) => Self::Internal(e.into()),
         }
     }
 }

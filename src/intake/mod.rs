@@ -17,6 +17,7 @@ pub mod query;
 pub mod rate_limit;
 pub mod reconciliations;
 pub mod request_id;
+pub mod reviews;
 pub mod serve;
 pub mod transfers;
 
@@ -114,6 +115,8 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(transfers::create, transfers::get_by_key))
         .routes(routes!(transfers::create_batch))
         .routes(routes!(transfers::get))
+        .routes(routes!(reviews::approve))
+        .routes(routes!(reviews::reject))
         .routes(routes!(reconciliations::start, reconciliations::list))
         .routes(routes!(reconciliations::get))
         .routes(routes!(alerts::list))

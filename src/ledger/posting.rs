@@ -229,10 +229,11 @@ fn summarise(
     report
 }
 
-// The posting statements spell "pending" as `status NOT IN ('posted', 'failed')` (the same
-// thing under the table's CHECK) so the planner cannot match the partial index
+// The posting statements spell "pending" as `status NOT IN ('in_review', 'posted', 'failed')`
+// (the same thing under the table's CHECK) so the planner cannot match the partial index
 // `transfers_pending_by_age`: with stale statistics it scanned every pending transfer per
 // batch (O(backlog), measured 84 ms for 1,200 transfers) instead of probing the primary key.
+// A transfer held for review (`in_review`) is not posted until a reviewer approves it.
 async fn load_pending(
     tx: &mut Transaction<'_, Postgres>,
     transfer_ids: &[Uuid],
@@ -240,7 +241,8 @@ async fn load_pending(
     let rows: Vec<PendingTransferRow> = sqlx::query_as(
         "SELECT id, ledger, from_account, to_account, amount, currency, \
            (extract(epoch FROM created_at) * 1000)::bigint AS accepted_at_ms FROM transfers \
-         WHERE id = ANY($1) AND status NOT IN ('posted', 'failed') ORDER BY created_at, id",
+         WHERE id = ANY($1) AND status NOT IN ('in_review', 'posted', 'failed') \
+         ORDER BY created_at, id",
     )
     .bind(transfer_ids)
     .fetch_all(&mut **tx)
@@ -465,7 +467,7 @@ async fn update_statuses(
            posted_at = CASE WHEN u.status = 'posted' THEN now() END, \
            failed_at = CASE WHEN u.status = 'failed' THEN now() END \
          FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, status, failure_code) \
-         WHERE t.id = u.id AND t.status NOT IN ('posted', 'failed')",
+         WHERE t.id = u.id AND t.status NOT IN ('in_review', 'posted', 'failed')",
     )
     .bind(&ids)
     .bind(&statuses)

@@ -460,7 +460,8 @@ pub struct Page<C> {
     pub next: Option<C>,
 }
 
-/// Where the next page of [`stuck_pending`] starts: after this `(created_at, id)`.
+/// Where the next page of [`stuck_pending`] (or [`stale_reviews`]) starts: after this
+/// `(created_at, id)` (`(updated_at, id)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StuckCursor {
     pub created_at: DateTime<Utc>,
@@ -522,6 +523,59 @@ pub async fn stuck_pending(
             id,
         });
     }
+    Ok(Page {
+        observations,
+        next: next.filter(|_| page_full),
+    })
+}
+
+/// A transfer held for review, since `held_at`.
+#[derive(Clone, sqlx::FromRow)]
+struct HeldRow {
+    id: Uuid,
+    ledger: String,
+    held_at: DateTime<Utc>,
+}
+
+/// One page of transfers of `ledger` (every ledger when `None`) in review since before
+/// `older_than` (a held transfer's `updated_at` is when it was held), oldest first, after
+/// `after` — paged like [`stuck_pending`], on the partial index of transfers in review.
+pub async fn stale_reviews(
+    conn: &mut PgConnection,
+    ledger: Option<&LedgerName>,
+    older_than: DateTime<Utc>,
+    after: Option<StuckCursor>,
+) -> Result<Page<StuckCursor>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, HeldRow>(
+        "SELECT id, ledger, updated_at AS held_at FROM transfers \
+         WHERE status = 'in_review' AND updated_at < $1 AND ($5::text IS NULL OR ledger = $5) \
+           AND (updated_at, id) > (coalesce($2, '-infinity'::timestamptz), \
+                                   coalesce($3, '00000000-0000-0000-0000-000000000000'::uuid)) \
+         ORDER BY updated_at, id LIMIT $4",
+    )
+    .bind(older_than)
+    .bind(after.map(|c| c.created_at))
+    .bind(after.map(|c| c.id))
+    .bind(PAGE_ROWS as i64)
+    .bind(ledger_param(ledger))
+    .fetch_all(&mut *conn)
+    .await?;
+    let page_full = rows.len() == PAGE_ROWS;
+    let next = rows.last().map(|row| StuckCursor {
+        created_at: row.held_at,
+        id: row.id,
+    });
+    let observations = rows
+        .into_iter()
+        .map(|row| {
+            Observation::about_transfer(
+                FindingKind::StaleReview,
+                LedgerName::from_trusted(row.ledger),
+                row.id,
+                format!("in review since {}", row.held_at),
+            )
+        })
+        .collect();
     Ok(Page {
         observations,
         next: next.filter(|_| page_full),

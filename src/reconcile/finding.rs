@@ -23,12 +23,15 @@ pub enum FindingKind {
     OrphanEntry,
     /// Pending for longer than the threshold.
     StuckPending,
+    /// Held for review (`in_review`) for longer than the threshold: not stuck, but waiting on
+    /// a person who may not know.
+    StaleReview,
     /// A job apalis gave up on (exhausted or killed).
     JobDead,
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 8] = [
+    pub const ALL: [FindingKind; 9] = [
         Self::PostedWithoutEntries,
         Self::FailedWithEntries,
         Self::DoublePosted,
@@ -36,6 +39,7 @@ impl FindingKind {
         Self::LedgerUnbalanced,
         Self::OrphanEntry,
         Self::StuckPending,
+        Self::StaleReview,
         Self::JobDead,
     ];
 
@@ -48,6 +52,7 @@ impl FindingKind {
             Self::LedgerUnbalanced => "ledger_unbalanced",
             Self::OrphanEntry => "orphan_entry",
             Self::StuckPending => "stuck_pending",
+            Self::StaleReview => "stale_review",
             Self::JobDead => "job_dead",
         }
     }
@@ -58,7 +63,7 @@ impl FindingKind {
 
     pub fn severity(self) -> Severity {
         match self {
-            Self::StuckPending | Self::JobDead => Severity::Medium,
+            Self::StuckPending | Self::StaleReview | Self::JobDead => Severity::Medium,
             _ => Severity::Critical,
         }
     }
@@ -125,6 +130,7 @@ mod tests {
         }
         assert_eq!(FindingKind::StuckPending.severity(), Severity::Medium);
         assert_eq!(FindingKind::JobDead.severity(), Severity::Medium);
+        assert_eq!(FindingKind::StaleReview.severity(), Severity::Medium);
         assert_eq!(FindingKind::BalanceDrift.severity(), Severity::Critical);
         assert_eq!(FindingKind::OrphanEntry.severity(), Severity::Critical);
     }

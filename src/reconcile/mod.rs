@@ -44,6 +44,9 @@ pub struct ReconcileSettings {
     /// A pending transfer older than this is `stuck_pending`.
     #[serde(rename = "stuck_pending_secs", with = "crate::serde_duration::secs")]
     pub stuck_after: Duration,
+    /// A transfer held for review longer than this is `stale_review`.
+    #[serde(rename = "stale_review_secs", with = "crate::serde_duration::secs")]
+    pub stale_review_after: Duration,
     /// A posting job locked longer than this is not live: the rescuer takes it back, and
     /// re-drive does not wait for it. Not a setting of its own: the configuration copies the
     /// queue's `rescue_after`, so the rescuer and re-drive agree.
@@ -61,6 +64,8 @@ impl Default for ReconcileSettings {
             cron: schedule::RECONCILE_CRON_DEFAULT.to_owned(),
             // README, "Reconciliation": 10 min.
             stuck_after: Duration::from_secs(600),
+            // README, "Anomaly detection": reviews older than a day.
+            stale_review_after: Duration::from_secs(86_400),
             job_rescue_after: crate::queue::rescue::RESCUE_AFTER_DEFAULT,
             full_scan_every: Duration::from_secs(24 * 3_600),
             retention: Retention::default(),
@@ -352,7 +357,8 @@ async fn check_ledger(
 }
 
 /// Every transfer of the run's ledger (or of every ledger) pending past the threshold, page by
-/// page, re-driving those no live job carries. Returns how many were re-driven.
+/// page, re-driving those no live job carries; then every one in review past its threshold
+/// (nothing to re-drive: it waits for a reviewer). Returns how many were re-driven.
 async fn check_stuck(
     tx: &mut sqlx::PgConnection,
     recorder: &mut Recorder<'_>,
@@ -376,7 +382,18 @@ async fn check_stuck(
             None => break,
         }
     }
-    recorder.checked(&[FindingKind::StuckPending]);
+    let held_before =
+        Utc::now() - chrono::Duration::from_std(settings.stale_review_after).unwrap_or_default();
+    let mut after = None;
+    loop {
+        let page = checks::stale_reviews(tx, recorder.ledger.as_ref(), held_before, after).await?;
+        recorder.record(tx, page.observations).await?;
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    recorder.checked(&[FindingKind::StuckPending, FindingKind::StaleReview]);
     Ok(redriven)
 }
 

@@ -28,10 +28,14 @@ pub enum AuditAction {
     AccountClosed,
     #[serde(rename = "reconciliation.started")]
     ReconciliationStarted,
+    #[serde(rename = "transfer.approved")]
+    TransferApproved,
+    #[serde(rename = "transfer.rejected")]
+    TransferRejected,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 8] = [
+    pub const ALL: [AuditAction; 10] = [
         Self::ApiKeyCreated,
         Self::ApiKeyRevoked,
         Self::LedgerCreated,
@@ -40,6 +44,8 @@ impl AuditAction {
         Self::AccountUnfrozen,
         Self::AccountClosed,
         Self::ReconciliationStarted,
+        Self::TransferApproved,
+        Self::TransferRejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +58,8 @@ impl AuditAction {
             Self::AccountUnfrozen => "account.unfrozen",
             Self::AccountClosed => "account.closed",
             Self::ReconciliationStarted => "reconciliation.started",
+            Self::TransferApproved => "transfer.approved",
+            Self::TransferRejected => "transfer.rejected",
         }
     }
 }
@@ -79,6 +87,10 @@ pub mod target {
 
     pub fn reconciliation(id: Uuid) -> String {
         format!("reconciliation:{id}")
+    }
+
+    pub fn transfer(id: Uuid) -> String {
+        format!("transfer:{id}")
     }
 }
 

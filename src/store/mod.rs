@@ -1,9 +1,10 @@
-//! Intake-side persistence: API keys, ledgers, the audit trail, accounts, and transfer rows
-//! with their jobs.
+//! Intake-side persistence: API keys, ledgers, the audit trail, accounts, transfer rows with
+//! their jobs, and reviewers' decisions.
 
 pub mod accounts;
 pub mod api_keys;
 pub mod audit;
 pub mod group_commit;
 pub mod ledgers;
+pub mod reviews;
 pub mod transfers;

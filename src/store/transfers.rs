@@ -12,7 +12,9 @@ use uuid::Uuid;
 
 use super::accounts::format_amount;
 use crate::domain::transfer::UnknownCode;
-use crate::domain::{FailureCode, IdempotencyKey, NewTransfer, Rule, TransferStatus};
+use crate::domain::{
+    FailureCode, IdempotencyKey, LedgerName, NewTransfer, ReviewDecision, Rule, TransferStatus,
+};
 use crate::queue::payloads::PostTransfers;
 use crate::queue::{self, POST_TRANSFERS_QUEUE};
 use crate::retry::{RetryClass, RetryPolicy, classify};
@@ -51,6 +53,9 @@ pub struct TransferView {
     /// The anomaly rules this transfer tripped (README, "Anomaly detection"); empty until
     /// posting judged it, and for most transfers.
     pub flags: Vec<Rule>,
+    /// A reviewer's decision, for a transfer that was held for review (`in_review`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review: Option<Review>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,6 +64,13 @@ pub struct TransferView {
     pub failed_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     fingerprint: Vec<u8>,
+}
+
+/// A reviewer's decision on a transfer, and when it was made.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Review {
+    pub decision: ReviewDecision,
+    pub at: DateTime<Utc>,
 }
 
 /// What happened to one submitted transfer.
@@ -87,8 +99,8 @@ impl AcceptError {
 }
 
 const TRANSFER_COLUMNS: &str = "id, ledger, idempotency_key, request_fingerprint, status, from_account, \
-    to_account, amount, currency, reference, metadata, failure_code, attempts, created_at, \
-    updated_at, posted_at, failed_at";
+    to_account, amount, currency, reference, metadata, failure_code, attempts, review, \
+    reviewed_at, created_at, updated_at, posted_at, failed_at";
 
 /// A transfer submitted under an API key.
 #[derive(Debug, Clone)]
@@ -297,6 +309,26 @@ pub async fn get(
     Ok(view)
 }
 
+/// A transfer by id in `ledger` (in any ledger when `None`): what a reviewer, who did not
+/// create it, may see of the transfers of its ledger.
+pub async fn get_in_ledger(
+    pool: &PgPool,
+    id: Uuid,
+    ledger: Option<&LedgerName>,
+) -> Result<Option<TransferView>, sqlx::Error> {
+    let row = sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE id = $1 \
+           AND ($2::text IS NULL OR ledger = $2)"
+    )))
+    .bind(id)
+    .bind(ledger.map(LedgerName::as_str))
+    .fetch_optional(pool)
+    .await?;
+    let mut view = row.map(TransferView::from);
+    attach_flags(pool, view.iter_mut()).await?;
+    Ok(view)
+}
+
 /// The transfer an API key created under `key`.
 pub async fn get_by_key(
     pool: &PgPool,
@@ -327,6 +359,9 @@ struct TransferRow {
     #[sqlx(try_from = "Option<String>")]
     failure_code: StoredFailureCode,
     attempts: i32,
+    #[sqlx(try_from = "Option<String>")]
+    review: StoredReview,
+    reviewed_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     posted_at: Option<DateTime<Utc>>,
@@ -351,6 +386,16 @@ impl TryFrom<Option<String>> for StoredFailureCode {
     }
 }
 
+/// The nullable `review` column, decoded strictly when present.
+struct StoredReview(Option<ReviewDecision>);
+
+impl TryFrom<Option<String>> for StoredReview {
+    type Error = crate::domain::UnknownValue;
+    fn try_from(decision: Option<String>) -> Result<Self, Self::Error> {
+        decision.map(ReviewDecision::try_from).transpose().map(Self)
+    }
+}
+
 impl From<TransferRow> for TransferView {
     fn from(row: TransferRow) -> Self {
         Self {
@@ -367,6 +412,11 @@ impl From<TransferRow> for TransferView {
             failure_code: row.failure_code.0,
             attempts: row.attempts,
             flags: Vec::new(),
+            review: row
+                .review
+                .0
+                .zip(row.reviewed_at)
+                .map(|(decision, at)| Review { decision, at }),
             created_at: row.created_at,
             updated_at: row.updated_at,
             posted_at: row.posted_at,
