@@ -25,7 +25,10 @@ struct UnreviewedRow {
 /// The transfers of `transfer_ids` still pending that no reviewer has decided on: an approved
 /// transfer is not held again. "Pending" is spelled as posting spells it (see
 /// `crate::ledger::posting`), so the lookup probes the primary key.
-pub async fn unreviewed(pool: &PgPool, transfer_ids: &[Uuid]) -> Result<Vec<Candidate>, sqlx::Error> {
+pub async fn unreviewed(
+    pool: &PgPool,
+    transfer_ids: &[Uuid],
+) -> Result<Vec<Candidate>, sqlx::Error> {
     let rows: Vec<UnreviewedRow> = sqlx::query_as(
         "SELECT id, ledger, from_account, amount, currency, \
            (extract(epoch FROM created_at) * 1000)::bigint AS accepted_at_ms FROM transfers \
@@ -57,7 +60,10 @@ pub async fn unreviewed(pool: &PgPool, transfer_ids: &[Uuid]) -> Result<Vec<Cand
 /// Moves the transfers of `transfer_ids` still pending and never reviewed to `in_review`;
 /// returns those it moved. Posting, which locks the same rows, either ran first (the transfer
 /// is posted and not held) or finds it in review and passes it by.
-pub async fn hold(tx: &mut PgConnection, transfer_ids: &[Uuid]) -> Result<HashSet<Uuid>, sqlx::Error> {
+pub async fn hold(
+    tx: &mut PgConnection,
+    transfer_ids: &[Uuid],
+) -> Result<HashSet<Uuid>, sqlx::Error> {
     if transfer_ids.is_empty() {
         return Ok(HashSet::new());
     }

@@ -96,8 +96,7 @@ impl Screener {
             hits.extend(judge(candidate, counted.map(|c| c.windows), rules));
             // A streak set to `review` holds the account's next transfer, judged before posting.
             let flags_streak = rules.failed_streak.action == RuleAction::Flag;
-            if let Some(counted) = counted.filter(|_| *step == StreakStep::Failed && flags_streak)
-            {
+            if let Some(counted) = counted.filter(|_| *step == StreakStep::Failed && flags_streak) {
                 let account = &candidate.account;
                 hits.extend(judge_streak(
                     candidate.transfer_id,

@@ -313,15 +313,22 @@ mod tests {
     fn rules_flag_unless_set_to_review_and_review_is_found_per_ledger() {
         let settings = parse("");
         assert!(!settings.reviews_anywhere());
-        let settings = parse("[ledgers.shop.large_amount]\nthreshold = \"100\"\naction = \"review\"");
+        let settings =
+            parse("[ledgers.shop.large_amount]\nthreshold = \"100\"\naction = \"review\"");
         assert!(settings.reviews_anywhere());
         let shop = settings.rules_for(&LedgerName::parse("shop").expect("name"));
         assert_eq!(shop.action(Rule::LargeAmount), RuleAction::Review);
         assert_eq!(shop.action(Rule::Velocity), RuleAction::Flag);
         assert!(!settings.rules_for(&LedgerName::default_ledger()).reviews());
-        let off = parse("enabled = false\n[velocity]\ncount = 5\nwindow_secs = 60\naction = \"review\"");
+        let off =
+            parse("enabled = false\n[velocity]\ncount = 5\nwindow_secs = 60\naction = \"review\"");
         assert!(!off.reviews_anywhere());
-        assert!(toml::from_str::<AnomalySettings>("[velocity]\ncount = 5\nwindow_secs = 60\naction = \"block\"").is_err());
+        assert!(
+            toml::from_str::<AnomalySettings>(
+                "[velocity]\ncount = 5\nwindow_secs = 60\naction = \"block\""
+            )
+            .is_err()
+        );
     }
 
     #[test]

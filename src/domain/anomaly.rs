@@ -68,7 +68,11 @@ impl RuleAction {
     }
 }
 
-super::stored_as_text!(RuleAction, "anomaly action", [RuleAction::Flag, RuleAction::Review]);
+super::stored_as_text!(
+    RuleAction,
+    "anomaly action",
+    [RuleAction::Flag, RuleAction::Review]
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -488,6 +488,7 @@ mod tests {
                 | ErrorCode::AccountNotEmpty
                 | ErrorCode::AccountClosed
                 | ErrorCode::TransferNotFound
+                | ErrorCode::TransferNotInReview
                 | ErrorCode::ReconciliationNotFound
                 | ErrorCode::LedgerExists
                 | ErrorCode::InvalidScope

@@ -46,8 +46,7 @@ pub async fn decide(
     .fetch_optional(&mut *tx)
     .await?;
     let (transfer_ledger, status, review) = current.ok_or(ReviewError::NotFound)?;
-    let status =
-        TransferStatus::try_from(status).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    let status = TransferStatus::try_from(status).map_err(|e| sqlx::Error::Decode(e.into()))?;
     if review.as_deref() == Some(decision.as_str()) {
         tx.rollback().await?;
         return view(pool, id, ledger).await;

@@ -15,12 +15,12 @@ use crate::helpers::{
 };
 use ferry::anomaly::rules::Candidate;
 use ferry::anomaly::settings::{LedgerRules, RuleSettings, WindowRule};
-use ferry::anomaly::windows::{self, Counted};
-use ferry::domain::{AccountId, AccountKey, Currency, LedgerName};
+use ferry::anomaly::windows::{self, Counted, StreakStep};
+use ferry::domain::{AccountId, AccountKey, Currency, LedgerName, RuleAction};
 
 /// Posts `amount` from `from` to `to` under `key` and waits for it to end; returns the
 /// transfer as `GET /v1/transfers/{id}` shows it once its flags have settled.
-async fn send(app: &TestApp, key: &str, from: &str, to: &str, amount: &str) -> Value {
+pub async fn send(app: &TestApp, key: &str, from: &str, to: &str, amount: &str) -> Value {
     let reply = app.post_transfer(key, &transfer(from, to, amount)).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
     let id = reply.body["id"].as_str().expect("id").to_owned();
@@ -32,7 +32,7 @@ async fn send(app: &TestApp, key: &str, from: &str, to: &str, amount: &str) -> V
 }
 
 /// Waits until no job is waiting or running.
-async fn jobs_done(app: &TestApp) {
+pub async fn jobs_done(app: &TestApp) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let busy: i64 = sqlx::query_scalar(
@@ -79,7 +79,7 @@ fn alert(event_type: &str, action: &str, severity: &str) -> (String, String, Str
     )
 }
 
-fn flags(transfer: &Value) -> Vec<&str> {
+pub fn flags(transfer: &Value) -> Vec<&str> {
     transfer["flags"]
         .as_array()
         .expect("flags")
@@ -259,6 +259,7 @@ async fn a_transfer_after_the_window_is_not_counted() {
     let window = WindowRule {
         count: 3,
         window_secs: 4,
+        action: RuleAction::Flag,
     };
     let app = spawn_app_with(|config| {
         config.anomaly.velocity = window;
@@ -320,7 +321,10 @@ async fn a_batch_counted_again_counts_as_it_did_the_first_time() {
             accepted_at_ms: 1_700_000_000_000,
         })
         .collect();
-    let judged: Vec<_> = candidates.iter().map(|c| (c, true, &rules)).collect();
+    let judged: Vec<_> = candidates
+        .iter()
+        .map(|c| (c, StreakStep::Failed, &rules))
+        .collect();
     let timeout = Duration::from_secs(1);
     let first = windows::count(&mut connection, &namespace, &judged, timeout)
         .await
@@ -356,6 +360,7 @@ async fn each_ledger_has_its_thresholds_and_sees_only_its_anomalies() {
             velocity: Some(WindowRule {
                 count: 2,
                 window_secs: 60,
+                action: RuleAction::Flag,
             }),
             ..LedgerRules::default()
         };

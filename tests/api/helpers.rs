@@ -76,6 +76,7 @@ pub fn test_config(database_url: &str, roles: Roles) -> Config {
         reconcile: ReconcileSettings {
             cron: "0 */5 * * * *".into(),
             stuck_after: Duration::from_secs(600),
+            stale_review_after: Duration::from_secs(86_400),
             job_rescue_after: Duration::from_secs(60),
             full_scan_every: Duration::from_secs(24 * 3600),
             retention: Retention {

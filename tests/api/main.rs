@@ -25,4 +25,5 @@ mod posting;
 mod rate_limit;
 mod reconciliation;
 mod reconciliation_ledgers;
+mod reviews;
 mod validation;

@@ -336,8 +336,6 @@ async fn a_posted_transfer_marked_failed_is_failed_with_entries() {
     assert_eq!(resolved_kinds(&repaired), ["failed_with_entries"]);
 }
 
-/// Inserts a transfer that has been pending for 11 minutes (as if intake had committed it
-/// and its job had since vanished).
 /// Queues a posting job for `transfer_ids` due in an hour: their job is alive.
 pub async fn enqueue_posting_in_an_hour(app: &TestApp, transfer_ids: Vec<uuid::Uuid>) {
     let mut conn = app.pool.acquire().await.expect("conn");
@@ -352,6 +350,8 @@ pub async fn enqueue_posting_in_an_hour(app: &TestApp, transfer_ids: Vec<uuid::U
     .expect("enqueue");
 }
 
+/// Inserts a transfer that has been pending for 11 minutes (as if intake had committed it
+/// and its job had since vanished).
 async fn insert_aged_pending(app: &TestApp, key: &str) -> uuid::Uuid {
     let id = uuid::Uuid::now_v7();
     sqlx::query(
