@@ -1,6 +1,6 @@
 //! The transfers a `review` rule may hold (README, "Anomaly detection"): read before posting,
 //! and moved to `in_review` when a review rule trips. A reviewer's decision is the intake's
-//! (`crate::store::reviews`).
+//! (the store's `reviews` module).
 
 use std::collections::HashSet;
 
@@ -23,8 +23,9 @@ struct UnreviewedRow {
 }
 
 /// The transfers of `transfer_ids` still pending that no reviewer has decided on: an approved
-/// transfer is not held again. "Pending" is spelled as posting spells it (see
-/// `crate::ledger::posting`), so the lookup probes the primary key.
+/// transfer is not held again. "Pending" is spelled as the posting engine spells it (as
+/// `NOT IN` the other statuses, which no partial index matches), so the lookup probes the
+/// primary key.
 pub async fn unreviewed(
     pool: &PgPool,
     transfer_ids: &[Uuid],

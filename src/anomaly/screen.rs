@@ -44,6 +44,8 @@ pub struct Screener {
     /// one Redis never count each other's transfers.
     namespace: Arc<str>,
     alerts: Arc<AlertConfig>,
+    /// Whether any ledger sets a rule to `review` (decided once: settings do not change).
+    reviews: bool,
     /// Since when this process's checks have skipped the windows, and whether that was alerted.
     skipping: Arc<Mutex<Skipping>>,
 }
@@ -62,6 +64,7 @@ impl Screener {
         alerts: Arc<AlertConfig>,
     ) -> Self {
         Self {
+            reviews: settings.reviews_anywhere(),
             settings,
             redis,
             namespace: namespace.into(),
@@ -132,7 +135,7 @@ impl Screener {
     /// Whether any ledger holds transfers for review: if not, [`Self::hold_for_review`] is a
     /// no-op and posting pays nothing for it.
     pub fn reviews(&self) -> bool {
-        self.settings.reviews_anywhere()
+        self.reviews
     }
 
     /// Judges, before they are posted, the transfers of `transfer_ids` still pending and never

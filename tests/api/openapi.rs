@@ -43,6 +43,8 @@ const ROUTES: &[&str] = &[
     "POST /v1/reconciliations",
     "POST /v1/transfers",
     "POST /v1/transfers/batch",
+    "POST /v1/transfers/{id}/approve",
+    "POST /v1/transfers/{id}/reject",
 ];
 
 const METHODS: [&str; 8] = [
