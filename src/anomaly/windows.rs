@@ -21,31 +21,67 @@ use super::rules::{Candidate, WindowCounts};
 use super::settings::RuleSettings;
 
 /// Per transfer i, in posting order: KEYS[3i-2] its account's window, KEYS[3i-1] its
-/// (account, amount) window, KEYS[3i] its account's failure streak; ARGV[6i-5..6i]: transfer
-/// id, acceptance time (ms), the two windows (ms), the streak step ([`StreakStep`]: `1` it
-/// failed, `0` it posted, which ends the streak, `r` not posted yet: read the streak only),
-/// the streak's TTL (ms). Returns, per transfer, the two window counts and the streak after
-/// it, flattened.
+/// (account, amount) window, KEYS[3i] its account's failure streak; ARGV[9i-8..9i]: transfer
+/// id, acceptance time (ms), the velocity and duplicate windows (ms), the streak step
+/// ([`StreakStep`]: `1` it failed, `0` it posted, which ends the streak, `r` not posted yet:
+/// read the streak only), the streak's TTL (ms), the amount, and the prefix and suffix that
+/// make an amount's window key. Returns, per transfer, the two window counts and the streak
+/// after it, flattened.
+///
+/// The account's window keeps the longest of the two windows; its members are
+/// `<transfer id>|<amount>` (ids have one length, so members sort by id). Most transfers are
+/// their account's only one in it: then both counts are 1, and the amount window is not
+/// touched at all (three calls in all). An amount window is kept only for accounts with two
+/// transfers or more in the longest window: when the second arrives, the first is copied into
+/// its amount's window, so every transfer that shares a window with another is in both.
 const JUDGE: &str = r"
 local out = {}
 for i = 1, #KEYS / 3 do
-  local id, at = ARGV[6 * i - 5], tonumber(ARGV[6 * i - 4])
-  for w = 0, 1 do
-    local key, window_ms = KEYS[3 * i - 2 + w], tonumber(ARGV[6 * i - 3 + w])
-    redis.call('ZADD', key, at, id)
-    -- Most transfers are their account's only one in the window: nothing to trim or rank.
-    if redis.call('ZCARD', key) == 1 then
+  local account, amounts, streak = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local a = 9 * (i - 1)
+  local id, at = ARGV[a + 1], tonumber(ARGV[a + 2])
+  local velocity_ms, duplicate_ms = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local amount, amount_prefix, amount_suffix = ARGV[a + 7], ARGV[a + 8], ARGV[a + 9]
+  local longest_ms = math.max(velocity_ms, duplicate_ms)
+  local member = id .. '|' .. amount
+  redis.call('ZADD', account, at, member)
+  redis.call('PEXPIRE', account, longest_ms)
+  local card = redis.call('ZCARD', account)
+  if card > 1 then
+    card = card - redis.call('ZREMRANGEBYSCORE', account, '-inf', at - longest_ms)
+  end
+  if card == 1 then
+    out[#out + 1] = 1
+    out[#out + 1] = 1
+  else
+    if card == 2 then
+      -- The second transfer of the window: the first joins its amount's window.
+      local held = redis.call('ZRANGE', account, 0, 1, 'WITHSCORES')
+      for m = 1, 3, 2 do
+        if held[m] ~= member then
+          local bar = string.find(held[m], '|', 1, true)
+          local other = amount_prefix .. string.sub(held[m], bar + 1) .. amount_suffix
+          redis.call('ZADD', other, held[m + 1], held[m])
+          redis.call('PEXPIRE', other, duplicate_ms)
+        end
+      end
+    end
+    local rank = redis.call('ZRANK', account, member)
+    local older = redis.call('ZCOUNT', account, '-inf', at - velocity_ms)
+    out[#out + 1] = rank + 1 - older
+    redis.call('ZADD', amounts, at, member)
+    redis.call('PEXPIRE', amounts, duplicate_ms)
+    if redis.call('ZCARD', amounts) == 1 then
       out[#out + 1] = 1
     else
-      redis.call('ZREMRANGEBYSCORE', key, '-inf', at - window_ms)
-      out[#out + 1] = redis.call('ZRANK', key, id) + 1
+      redis.call('ZREMRANGEBYSCORE', amounts, '-inf', at - duplicate_ms)
+      out[#out + 1] = redis.call('ZRANK', amounts, member) + 1
     end
-    redis.call('PEXPIRE', key, window_ms)
   end
-  local streak, step = KEYS[3 * i], ARGV[6 * i - 1]
+  local step = ARGV[a + 5]
   if step == '1' then
     redis.call('SADD', streak, id)
-    redis.call('PEXPIRE', streak, ARGV[6 * i])
+    redis.call('PEXPIRE', streak, ARGV[a + 6])
     out[#out + 1] = redis.call('SCARD', streak)
   elseif step == 'r' then
     out[#out + 1] = redis.call('SCARD', streak)
@@ -96,13 +132,16 @@ fn window_key(namespace: &str, candidate: &Candidate) -> String {
     )
 }
 
-fn amount_key(namespace: &str, candidate: &Candidate) -> String {
-    format!(
-        "ferry:{namespace}:anomaly:amounts:{}:{}:{}:{}",
-        candidate.account.ledger,
-        candidate.currency.code(),
-        candidate.amount.normalize(),
-        candidate.account.id
+/// The key of an amount's window is `prefix + amount + suffix`: the script builds the key of
+/// an earlier transfer's amount from its member.
+fn amount_key_parts(namespace: &str, candidate: &Candidate) -> (String, String) {
+    (
+        format!(
+            "ferry:{namespace}:anomaly:amounts:{}:{}:",
+            candidate.account.ledger,
+            candidate.currency.code(),
+        ),
+        format!(":{}", candidate.account.id),
     )
 }
 
@@ -155,16 +194,21 @@ pub async fn count(
     let mut invocation = JUDGE_SCRIPT.prepare_invoke();
     let ttl_ms = u64::try_from(STREAK_TTL.as_millis()).unwrap_or(u64::MAX);
     for (candidate, step, rules) in transfers {
+        let amount = candidate.amount.normalize().to_string();
+        let (amount_prefix, amount_suffix) = amount_key_parts(namespace, candidate);
         invocation
             .key(window_key(namespace, candidate))
-            .key(amount_key(namespace, candidate))
+            .key(format!("{amount_prefix}{amount}{amount_suffix}"))
             .key(streak_key(namespace, candidate))
             .arg(candidate.transfer_id.to_string())
             .arg(candidate.accepted_at_ms)
             .arg(rules.velocity.window_ms())
             .arg(rules.duplicate_amount.window_ms())
             .arg(step.arg())
-            .arg(ttl_ms);
+            .arg(ttl_ms)
+            .arg(amount)
+            .arg(amount_prefix)
+            .arg(amount_suffix);
     }
     let counts: Vec<u64> = invoke(invocation, connection, timeout).await?;
     if counts.len() != transfers.len() * 3 {

@@ -381,9 +381,14 @@ async fn each_ledger_has_its_thresholds_and_sees_only_its_anomalies() {
         let strict = app.post_transfer_as(&strict_key, &key, &body).await;
         app.wait_until_terminal(default.body["id"].as_str().expect("id"))
             .await;
+        let strict_id = strict.body["id"].as_str().expect("id");
+        app.wait_until_terminal_as(&strict_key, strict_id).await;
+        // Flags are stored just after posting, before the job completes.
+        jobs_done(&app).await;
         let done = app
-            .wait_until_terminal_as(&strict_key, strict.body["id"].as_str().expect("id"))
-            .await;
+            .get_as(&strict_key, &format!("/v1/transfers/{strict_id}"))
+            .await
+            .body;
         assert_eq!(flags(&done), if n == 0 { vec![] } else { vec!["velocity"] });
     }
     let own = app.get_as(&strict_key, "/v1/anomalies").await;
