@@ -353,6 +353,62 @@ async fn a_batch_counted_again_counts_as_it_did_the_first_time() {
     );
 }
 
+/// Counts `(at_secs, amount)` transfers out of one account, one script call each, under a
+/// 10 s velocity window and a 100 s duplicate window; returns (transfers, same amount) each.
+async fn count_one_by_one(transfers: &[(i64, &str)]) -> Vec<(u64, u64)> {
+    let client = redis::Client::open("redis://127.0.0.1:6379").expect("url");
+    let mut connection = redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("Redis");
+    let namespace = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let window = |window_secs| WindowRule {
+        count: 2,
+        window_secs,
+        action: RuleAction::Flag,
+    };
+    let rules = RuleSettings {
+        velocity: window(10),
+        duplicate_amount: window(100),
+        ..RuleSettings::default()
+    };
+    let mut seen = Vec::new();
+    for (at_secs, amount) in transfers {
+        let candidate = Candidate {
+            transfer_id: uuid::Uuid::now_v7(),
+            account: AccountKey::new(
+                LedgerName::default_ledger(),
+                AccountId::parse("card").expect("id"),
+            ),
+            amount: amount.parse().expect("amount"),
+            currency: Currency::parse("USD").expect("USD"),
+            accepted_at_ms: 1_700_000_000_000 + at_secs * 1000,
+        };
+        let judged = [(&candidate, StreakStep::Posted, &rules)];
+        let counted = windows::count(&mut connection, &namespace, &judged, Duration::from_secs(1))
+            .await
+            .expect("counted");
+        seen.push((counted[0].windows.transfers, counted[0].windows.same_amount));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn each_window_slides_on_its_own_and_a_lone_transfers_amount_still_counts_later() {
+    let seen = count_one_by_one(&[
+        (0, "10.00"),
+        // Past the velocity window, inside the duplicate one: the first counts only there
+        // (it was alone in its account's window, so it is copied into its amount's now).
+        (20, "10"),
+        (25, "5.00"),
+        // Exactly one velocity window after the third: out of it; the two tens are in.
+        (35, "10.0"),
+        // 100 s after the first: it is out of the duplicate window; the others are in.
+        (100, "10.00"),
+    ])
+    .await;
+    assert_eq!(seen, [(1, 1), (1, 2), (2, 1), (1, 3), (1, 3)]);
+}
+
 #[tokio::test]
 async fn each_ledger_has_its_thresholds_and_sees_only_its_anomalies() {
     let app = spawn_app_with(|config| {
