@@ -404,9 +404,15 @@ async fn each_window_slides_on_its_own_and_a_lone_transfers_amount_still_counts_
         (35, "10.0"),
         // 100 s after the first: it is out of the duplicate window; the others are in.
         (100, "10.00"),
+        // Every earlier one is out of both windows: alone again, and still counted by the next.
+        (300, "7"),
+        (310, "7"),
     ])
     .await;
-    assert_eq!(seen, [(1, 1), (1, 2), (2, 1), (1, 3), (1, 3)]);
+    assert_eq!(
+        seen,
+        [(1, 1), (1, 2), (2, 1), (1, 3), (1, 3), (1, 1), (2, 2)]
+    );
 }
 
 #[tokio::test]
