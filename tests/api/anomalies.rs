@@ -406,7 +406,7 @@ async fn each_window_slides_on_its_own_and_a_lone_transfers_amount_still_counts_
         (100, "10.00"),
         // Every earlier one is out of both windows: alone again, and still counted by the next.
         (300, "7"),
-        (310, "7"),
+        (305, "7"),
     ])
     .await;
     assert_eq!(
