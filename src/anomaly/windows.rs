@@ -20,77 +20,32 @@ use redis::aio::ConnectionManager;
 use super::rules::{Candidate, WindowCounts};
 use super::settings::RuleSettings;
 
-/// Per transfer i, in posting order: KEYS[4i-3] its account's latest transfer, KEYS[4i-2] its
-/// account's window, KEYS[4i-1] its (account, amount) window, KEYS[4i] its account's failure
-/// streak; ARGV[9i-8..9i]: transfer id, acceptance time (ms), the velocity and duplicate
-/// windows (ms), the streak step ([`StreakStep`]: `1` it failed, `0` it posted, which ends the
-/// streak, `r` not posted yet: read the streak only), the streak's TTL (ms), the amount, and
-/// the prefix and suffix that make an amount's window key. Returns, per transfer, the two
-/// window counts and the streak after it, flattened.
-///
-/// Most transfers are their account's only one within the longest window. So each account
-/// keeps its latest transfer (`<accepted ms>|<id>|<amount>`) in a plain key that lives one
-/// longest window: a transfer that finds none is alone — both counts are 1, one call. Only
-/// when there is one do the sorted sets come in: the account's window (longest of the two,
-/// members `<id>|<amount>`: ids have one length, so members sort by id) and the amount's. A
-/// transfer is in its account's window exactly when it is in its amount's: one that was alone
-/// joins both when the next one arrives.
+/// Per transfer i, in posting order: KEYS[3i-2] its account's window, KEYS[3i-1] its
+/// (account, amount) window, KEYS[3i] its account's failure streak; ARGV[6i-5..6i]: transfer
+/// id, acceptance time (ms), the two windows (ms), the streak step ([`StreakStep`]: `1` it
+/// failed, `0` it posted, which ends the streak, `r` not posted yet: read the streak only),
+/// the streak's TTL (ms). Returns, per transfer, the two window counts and the streak after
+/// it, flattened.
 const JUDGE: &str = r"
 local out = {}
-for i = 1, #KEYS / 4 do
-  local latest, account, amounts, streak = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1],
-    KEYS[4 * i]
-  local a = 9 * (i - 1)
-  local id, at = ARGV[a + 1], tonumber(ARGV[a + 2])
-  local velocity_ms, duplicate_ms = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  local amount, amount_prefix, amount_suffix = ARGV[a + 7], ARGV[a + 8], ARGV[a + 9]
-  local longest_ms = math.max(velocity_ms, duplicate_ms)
-  local member = id .. '|' .. amount
-  local earlier = redis.call('SET', latest, at .. '|' .. member, 'PX', longest_ms, 'GET')
-  if not earlier then
-    out[#out + 1] = 1
-    out[#out + 1] = 1
-  else
-    local bar = string.find(earlier, '|', 1, true)
-    local earlier_at, earlier_member = tonumber(string.sub(earlier, 1, bar - 1)),
-      string.sub(earlier, bar + 1)
-    if earlier_member ~= member and earlier_at > at - longest_ms
-        and redis.call('ZADD', account, earlier_at, earlier_member) == 1 then
-      -- It was alone: it joins its amount's window too.
-      local other = amount_prefix .. string.sub(earlier_member, string.find(earlier_member, '|',
-        1, true) + 1) .. amount_suffix
-      redis.call('ZADD', other, earlier_at, earlier_member)
-      redis.call('PEXPIRE', other, duplicate_ms)
-    end
-    redis.call('ZADD', account, at, member)
-    redis.call('PEXPIRE', account, longest_ms)
-    local card = redis.call('ZCARD', account)
-    if card > 1 then
-      card = card - redis.call('ZREMRANGEBYSCORE', account, '-inf', at - longest_ms)
-    end
-    if card == 1 then
-      -- Alone after all: out again, so that the next transfer brings it in with its amount.
-      redis.call('ZREM', account, member)
-      out[#out + 1] = 1
+for i = 1, #KEYS / 3 do
+  local id, at = ARGV[6 * i - 5], tonumber(ARGV[6 * i - 4])
+  for w = 0, 1 do
+    local key, window_ms = KEYS[3 * i - 2 + w], tonumber(ARGV[6 * i - 3 + w])
+    redis.call('ZADD', key, at, id)
+    -- Most transfers are their account's only one in the window: nothing to trim or rank.
+    if redis.call('ZCARD', key) == 1 then
       out[#out + 1] = 1
     else
-      local rank = redis.call('ZRANK', account, member)
-      local older = redis.call('ZCOUNT', account, '-inf', at - velocity_ms)
-      out[#out + 1] = rank + 1 - older
-      redis.call('ZADD', amounts, at, member)
-      redis.call('PEXPIRE', amounts, duplicate_ms)
-      if redis.call('ZCARD', amounts) == 1 then
-        out[#out + 1] = 1
-      else
-        redis.call('ZREMRANGEBYSCORE', amounts, '-inf', at - duplicate_ms)
-        out[#out + 1] = redis.call('ZRANK', amounts, member) + 1
-      end
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', at - window_ms)
+      out[#out + 1] = redis.call('ZRANK', key, id) + 1
     end
+    redis.call('PEXPIRE', key, window_ms)
   end
-  local step = ARGV[a + 5]
+  local streak, step = KEYS[3 * i], ARGV[6 * i - 1]
   if step == '1' then
     redis.call('SADD', streak, id)
-    redis.call('PEXPIRE', streak, ARGV[a + 6])
+    redis.call('PEXPIRE', streak, ARGV[6 * i])
     out[#out + 1] = redis.call('SCARD', streak)
   elseif step == 'r' then
     out[#out + 1] = redis.call('SCARD', streak)
@@ -134,13 +89,6 @@ impl SkipReason {
 // Keys start with the namespace (the database's name: ferry deployments sharing a Redis keep
 // apart) and end with the account id; ledger names cannot contain ':', so the ledger and the
 // account cannot be read two ways.
-fn latest_key(namespace: &str, candidate: &Candidate) -> String {
-    format!(
-        "ferry:{namespace}:anomaly:latest:{}:{}",
-        candidate.account.ledger, candidate.account.id
-    )
-}
-
 fn window_key(namespace: &str, candidate: &Candidate) -> String {
     format!(
         "ferry:{namespace}:anomaly:transfers:{}:{}",
@@ -148,16 +96,13 @@ fn window_key(namespace: &str, candidate: &Candidate) -> String {
     )
 }
 
-/// The key of an amount's window is `prefix + amount + suffix`: the script builds the key of
-/// an earlier transfer's amount from its member.
-fn amount_key_parts(namespace: &str, candidate: &Candidate) -> (String, String) {
-    (
-        format!(
-            "ferry:{namespace}:anomaly:amounts:{}:{}:",
-            candidate.account.ledger,
-            candidate.currency.code(),
-        ),
-        format!(":{}", candidate.account.id),
+fn amount_key(namespace: &str, candidate: &Candidate) -> String {
+    format!(
+        "ferry:{namespace}:anomaly:amounts:{}:{}:{}:{}",
+        candidate.account.ledger,
+        candidate.currency.code(),
+        candidate.amount.normalize(),
+        candidate.account.id
     )
 }
 
@@ -210,22 +155,16 @@ pub async fn count(
     let mut invocation = JUDGE_SCRIPT.prepare_invoke();
     let ttl_ms = u64::try_from(STREAK_TTL.as_millis()).unwrap_or(u64::MAX);
     for (candidate, step, rules) in transfers {
-        let amount = candidate.amount.normalize().to_string();
-        let (amount_prefix, amount_suffix) = amount_key_parts(namespace, candidate);
         invocation
-            .key(latest_key(namespace, candidate))
             .key(window_key(namespace, candidate))
-            .key(format!("{amount_prefix}{amount}{amount_suffix}"))
+            .key(amount_key(namespace, candidate))
             .key(streak_key(namespace, candidate))
             .arg(candidate.transfer_id.to_string())
             .arg(candidate.accepted_at_ms)
             .arg(rules.velocity.window_ms())
             .arg(rules.duplicate_amount.window_ms())
             .arg(step.arg())
-            .arg(ttl_ms)
-            .arg(amount)
-            .arg(amount_prefix)
-            .arg(amount_suffix);
+            .arg(ttl_ms);
     }
     let counts: Vec<u64> = invoke(invocation, connection, timeout).await?;
     if counts.len() != transfers.len() * 3 {
