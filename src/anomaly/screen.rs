@@ -74,8 +74,9 @@ impl Screener {
     }
 
     /// Judges transfers just posted (`true`: failed), in posting order, and stores their hits.
-    /// They have proceeded, so every hit is a flag; a transfer judged again (approved after a
-    /// review, or in a redelivered job) keeps the hits stored the first time.
+    /// They have proceeded, so every hit is a flag; a transfer judged again (in a redelivered
+    /// job) keeps the hits stored the first time. Transfers of ledgers with a review rule were
+    /// judged before posting ([`Self::hold_for_review`]): only their streak is left to judge.
     pub async fn judge(&self, pool: &PgPool, transfers: &[(Candidate, bool)]) {
         if !self.settings.enabled || transfers.is_empty() {
             return;
@@ -92,11 +93,17 @@ impl Screener {
                 (candidate, step, &rules[&candidate.account.ledger])
             })
             .collect();
-        let counted = self.count(&judged).await;
+        let windows_of: Vec<(&Candidate, StreakStep, Option<&RuleSettings>)> = judged
+            .iter()
+            .map(|(c, step, rules)| (*c, *step, (!rules.reviews()).then_some(*rules)))
+            .collect();
+        let counted = self.count(&windows_of).await;
         let mut hits: Vec<Hit> = Vec::new();
         for (n, (candidate, step, rules)) in judged.iter().enumerate() {
             let counted = counted.as_ref().ok().map(|all| all[n]);
-            hits.extend(judge(candidate, counted.map(|c| c.windows), rules));
+            if !rules.reviews() {
+                hits.extend(judge(candidate, counted.map(|c| c.windows), rules));
+            }
             // A streak set to `review` holds the account's next transfer, judged before posting.
             let flags_streak = rules.failed_streak.action == RuleAction::Flag;
             if let Some(counted) = counted.filter(|_| *step == StreakStep::Failed && flags_streak) {
@@ -139,8 +146,9 @@ impl Screener {
     }
 
     /// Judges, before they are posted, the transfers of `transfer_ids` still pending and never
-    /// reviewed whose ledger sets a rule to `review`, and moves those a review rule trips to
-    /// `in_review` with all their hits. Returns how many it held. Like [`Self::judge`], it
+    /// reviewed whose ledger sets a rule to `review`, stores their hits, and moves those a
+    /// review rule trips to `in_review`, in one transaction. Returns how many it held. (Their
+    /// windows are counted here, once: after posting only their streak is.) Like [`Self::judge`], it
     /// never fails posting: whatever goes wrong holds nothing and is counted as a skip.
     pub async fn hold_for_review(&self, pool: &PgPool, transfer_ids: &[Uuid]) -> usize {
         if !self.reviews() {
@@ -155,17 +163,22 @@ impl Screener {
             }
         };
         let rules = self.rules_of(candidates.iter().map(|c| &c.account.ledger));
-        let judged: Vec<(&Candidate, StreakStep, &RuleSettings)> = candidates
+        let judged: Vec<(&Candidate, &RuleSettings)> = candidates
             .iter()
-            .map(|c| (c, StreakStep::Read, &rules[&c.account.ledger]))
-            .filter(|(_, _, rules)| rules.reviews())
+            .map(|c| (c, &rules[&c.account.ledger]))
+            .filter(|(_, rules)| rules.reviews())
             .collect();
         if judged.is_empty() {
             return 0;
         }
-        let counted = self.count(&judged).await;
+        let windows_of: Vec<(&Candidate, StreakStep, Option<&RuleSettings>)> = judged
+            .iter()
+            .map(|(c, rules)| (*c, StreakStep::Read, Some(*rules)))
+            .collect();
+        let counted = self.count(&windows_of).await;
         let mut hits: Vec<Hit> = Vec::new();
-        for (n, (candidate, _, rules)) in judged.iter().enumerate() {
+        let mut held_ids: Vec<Uuid> = Vec::new();
+        for (n, (candidate, rules)) in judged.iter().enumerate() {
             let counted: Option<Counted> = counted.as_ref().ok().map(|all| all[n]);
             let mut own = judge(candidate, counted.map(|c| c.windows), rules);
             let reviews_streak = rules.failed_streak.action == RuleAction::Review;
@@ -178,21 +191,27 @@ impl Screener {
                     rules,
                 ));
             }
-            // Flag-only hits of a transfer that proceeds are stored once it has posted.
             if own.iter().any(|hit| hit.action == RuleAction::Review) {
-                hits.extend(own);
+                held_ids.push(candidate.transfer_id);
             }
+            hits.extend(own);
         }
         let windows_checked = counted.is_ok();
         if let Err(reason) = counted {
             skipped(reason);
         }
         let held = async {
+            if hits.is_empty() {
+                return Ok((0, Vec::new()));
+            }
             let mut tx = pool.begin().await?;
-            let mut held_ids: Vec<Uuid> = hits.iter().map(|h| h.transfer_id).collect();
-            held_ids.dedup();
             let held = review::hold(&mut tx, &held_ids).await?;
-            hits.retain(|hit| held.contains(&hit.transfer_id));
+            // A transfer that proceeds (or was posted meanwhile) was only flagged.
+            for hit in &mut hits {
+                if !held.contains(&hit.transfer_id) {
+                    hit.action = RuleAction::Flag;
+                }
+            }
             let stored = self.store(&mut tx, &hits, &rules).await?;
             tx.commit().await?;
             Ok::<_, OutboxError>((held.len(), stored))
@@ -216,7 +235,7 @@ impl Screener {
     /// Runs the window script over `judged`, bounded by the timeout.
     async fn count(
         &self,
-        judged: &[(&Candidate, StreakStep, &RuleSettings)],
+        judged: &[(&Candidate, StreakStep, Option<&RuleSettings>)],
     ) -> Result<Vec<Counted>, SkipReason> {
         match self.redis.get().await {
             Some(mut connection) => {

@@ -24,23 +24,27 @@ use super::settings::RuleSettings;
 /// (account, amount) window, KEYS[3i] its account's failure streak; ARGV[6i-5..6i]: transfer
 /// id, acceptance time (ms), the two windows (ms), the streak step ([`StreakStep`]: `1` it
 /// failed, `0` it posted, which ends the streak, `r` not posted yet: read the streak only),
-/// the streak's TTL (ms). Returns, per transfer, the two window counts and the streak after
-/// it, flattened.
+/// the streak's TTL (ms). A window of 0 ms is not counted (0): the transfer was counted before
+/// posting. Returns, per transfer, the two window counts and the streak after it, flattened.
 const JUDGE: &str = r"
 local out = {}
 for i = 1, #KEYS / 3 do
   local id, at = ARGV[6 * i - 5], tonumber(ARGV[6 * i - 4])
   for w = 0, 1 do
     local key, window_ms = KEYS[3 * i - 2 + w], tonumber(ARGV[6 * i - 3 + w])
-    redis.call('ZADD', key, at, id)
-    -- Most transfers are their account's only one in the window: nothing to trim or rank.
-    if redis.call('ZCARD', key) == 1 then
-      out[#out + 1] = 1
+    if window_ms == 0 then
+      out[#out + 1] = 0
     else
-      redis.call('ZREMRANGEBYSCORE', key, '-inf', at - window_ms)
-      out[#out + 1] = redis.call('ZRANK', key, id) + 1
+      redis.call('ZADD', key, at, id)
+      -- Most transfers are their account's only one in the window: nothing to trim or rank.
+      if redis.call('ZCARD', key) == 1 then
+        out[#out + 1] = 1
+      else
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', at - window_ms)
+        out[#out + 1] = redis.call('ZRANK', key, id) + 1
+      end
+      redis.call('PEXPIRE', key, window_ms)
     end
-    redis.call('PEXPIRE', key, window_ms)
   end
   local streak, step = KEYS[3 * i], ARGV[6 * i - 1]
   if step == '1' then
@@ -145,11 +149,12 @@ pub struct Counted {
 
 /// Adds each transfer to its windows and takes its step on its account's streak, in posting
 /// order, and counts them: one round trip bounded by `timeout`. `rules` gives each
-/// transfer's windows (its ledger's).
+/// transfer's windows (its ledger's); `None`: its windows were counted before posting, only
+/// its streak step is taken (its window counts are 0).
 pub async fn count(
     connection: &mut ConnectionManager,
     namespace: &str,
-    transfers: &[(&Candidate, StreakStep, &RuleSettings)],
+    transfers: &[(&Candidate, StreakStep, Option<&RuleSettings>)],
     timeout: Duration,
 ) -> Result<Vec<Counted>, SkipReason> {
     let mut invocation = JUDGE_SCRIPT.prepare_invoke();
@@ -161,8 +166,8 @@ pub async fn count(
             .key(streak_key(namespace, candidate))
             .arg(candidate.transfer_id.to_string())
             .arg(candidate.accepted_at_ms)
-            .arg(rules.velocity.window_ms())
-            .arg(rules.duplicate_amount.window_ms())
+            .arg(rules.map_or(0, |r| r.velocity.window_ms()))
+            .arg(rules.map_or(0, |r| r.duplicate_amount.window_ms()))
             .arg(step.arg())
             .arg(ttl_ms);
     }

@@ -54,11 +54,13 @@ pub async fn finish(scratch: ScratchDatabase, pool: PgPool) {
 
 /// Every scenario, in the order `all` runs them (`soak`, which runs for minutes, only by name).
 /// A scenario ending in [`ANOMALY_OFF`] is the same run with anomaly detection off, for its
-/// cost (README, "Anomaly detection").
-pub const SCENARIOS: [&str; 9] = [
+/// cost (README, "Anomaly detection"); one ending in [`REVIEW`], with every rule set to
+/// `review`, for the cost of judging before posting.
+pub const SCENARIOS: [&str; 10] = [
     "baseline-uniform",
     "uniform",
     "uniform-anomaly-off",
+    "uniform-review",
     "baseline-hot",
     "hot",
     "intake",
@@ -69,6 +71,8 @@ pub const SCENARIOS: [&str; 9] = [
 
 /// The suffix of the scenarios run with anomaly detection off.
 pub const ANOMALY_OFF: &str = "-anomaly-off";
+/// The suffix of the scenarios run with every anomaly rule set to `review`.
+pub const REVIEW: &str = "-review";
 
 /// Runs `scenario` (or all) with `transfers` transfers, each in a database of its own.
 pub async fn run(
@@ -109,13 +113,20 @@ async fn run_transfer_scenario(
 ) -> anyhow::Result<Row> {
     use workload::{Shape, plan, seed_accounts};
     let scenario = name;
-    let (name, config) = match name.strip_suffix(ANOMALY_OFF) {
-        Some(base) => {
-            let mut config = config.clone();
-            config.anomaly.enabled = false;
-            (base, config)
-        }
-        None => (name, config.clone()),
+    let mut config = config.clone();
+    let name = if let Some(base) = name.strip_suffix(ANOMALY_OFF) {
+        config.anomaly.enabled = false;
+        base
+    } else if let Some(base) = name.strip_suffix(REVIEW) {
+        let review = ferry::domain::RuleAction::Review;
+        let anomaly = &mut config.anomaly;
+        anomaly.velocity.action = review;
+        anomaly.large_amount.action = review;
+        anomaly.failed_streak.action = review;
+        anomaly.duplicate_amount.action = review;
+        base
+    } else {
+        name
     };
     let config = &config;
     let shape = if name.ends_with("hot") {

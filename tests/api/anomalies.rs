@@ -323,7 +323,7 @@ async fn a_batch_counted_again_counts_as_it_did_the_first_time() {
         .collect();
     let judged: Vec<_> = candidates
         .iter()
-        .map(|c| (c, StreakStep::Failed, &rules))
+        .map(|c| (c, StreakStep::Failed, Some(&rules)))
         .collect();
     let timeout = Duration::from_secs(1);
     let first = windows::count(&mut connection, &namespace, &judged, timeout)
@@ -383,7 +383,7 @@ async fn count_one_by_one(transfers: &[(i64, &str)]) -> Vec<(u64, u64)> {
             currency: Currency::parse("USD").expect("USD"),
             accepted_at_ms: 1_700_000_000_000 + at_secs * 1000,
         };
-        let judged = [(&candidate, StreakStep::Posted, &rules)];
+        let judged = [(&candidate, StreakStep::Posted, Some(&rules))];
         let counted = windows::count(&mut connection, &namespace, &judged, Duration::from_secs(1))
             .await
             .expect("counted");

@@ -74,6 +74,7 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
             "baseline-uniform",
             "uniform",
             "uniform-anomaly-off",
+            "uniform-review",
             "baseline-hot",
             "hot",
             "intake",
