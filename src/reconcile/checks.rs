@@ -447,7 +447,7 @@ async fn unbalanced_currencies(
         .collect())
 }
 
-/// Rows the listing checks ([`stuck_pending`], [`dead_jobs`]) read per query. They page with
+/// Rows the listing checks ([`waiting`], [`dead_jobs`]) read per query. They page with
 /// a keyset through every matching row instead of stopping at a limit: a truncated list would
 /// leave real problems unreported, and `findings` would resolve the ones it no longer saw.
 /// The run records and alerts each page before reading the next, so memory stays bounded by
@@ -460,120 +460,97 @@ pub struct Page<C> {
     pub next: Option<C>,
 }
 
-/// Where the next page of [`stuck_pending`] (or [`stale_reviews`]) starts: after this
-/// `(created_at, id)` (`(updated_at, id)`).
+/// Transfers a listing check finds waiting too long: pending (`stuck_pending`, since
+/// accepted) or held for review (`stale_review`, since held: a held transfer's `updated_at`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StuckCursor {
-    pub created_at: DateTime<Utc>,
+pub enum Waiting {
+    Pending,
+    InReview,
+}
+
+impl Waiting {
+    fn status(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::InReview => "in_review",
+        }
+    }
+
+    /// The column that says since when; each status has a partial index on it.
+    fn since_column(self) -> &'static str {
+        match self {
+            Self::Pending => "created_at",
+            Self::InReview => "updated_at",
+        }
+    }
+}
+
+/// Where the next page of [`waiting`] starts: after this `(since, id)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitingCursor {
+    pub since: DateTime<Utc>,
     pub id: Uuid,
 }
 
-/// A transfer still pending.
+/// A transfer still waiting.
 #[derive(Clone, sqlx::FromRow)]
-struct StuckRow {
+struct WaitingRow {
     id: Uuid,
     ledger: String,
-    created_at: DateTime<Utc>,
+    since: DateTime<Utc>,
     attempts: i32,
 }
 
-/// One page of transfers of `ledger` (every ledger when `None`) pending since before
-/// `older_than`, oldest first, after `after`. `created_at >= cursor` repeats the row
-/// comparison in a form the partial pending index can start from, so each page costs
-/// O(page), not a rescan of the pages before it.
-pub async fn stuck_pending(
+/// One page of transfers of `ledger` (every ledger when `None`) waiting (`which`) since before
+/// `older_than`, oldest first, after `after`. `since >= cursor` repeats the row comparison in
+/// a form the status's partial index can start from, so each page costs O(page), not a
+/// rescan of the pages before it.
+pub async fn waiting(
     conn: &mut PgConnection,
+    which: Waiting,
     ledger: Option<&LedgerName>,
     older_than: DateTime<Utc>,
-    after: Option<StuckCursor>,
-) -> Result<Page<StuckCursor>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, StuckRow>(
-        "SELECT id, ledger, created_at, attempts FROM transfers \
-         WHERE status = 'pending' AND created_at < $1 AND ($5::text IS NULL OR ledger = $5) \
-           AND created_at >= coalesce($2, '-infinity'::timestamptz) \
-           AND (created_at, id) > (coalesce($2, '-infinity'::timestamptz), \
-                                   coalesce($3, '00000000-0000-0000-0000-000000000000'::uuid)) \
-         ORDER BY created_at, id LIMIT $4",
-    )
+    after: Option<WaitingCursor>,
+) -> Result<Page<WaitingCursor>, sqlx::Error> {
+    let since = which.since_column();
+    let rows = sqlx::query_as::<_, WaitingRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT id, ledger, {since} AS since, attempts FROM transfers \
+         WHERE status = $6 AND {since} < $1 AND ($5::text IS NULL OR ledger = $5) \
+           AND {since} >= coalesce($2, '-infinity'::timestamptz) \
+           AND ({since}, id) > (coalesce($2, '-infinity'::timestamptz), \
+                                coalesce($3, '00000000-0000-0000-0000-000000000000'::uuid)) \
+         ORDER BY {since}, id LIMIT $4"
+    )))
     .bind(older_than)
-    .bind(after.map(|c| c.created_at))
+    .bind(after.map(|c| c.since))
     .bind(after.map(|c| c.id))
     .bind(PAGE_ROWS as i64)
     .bind(ledger_param(ledger))
+    .bind(which.status())
     .fetch_all(&mut *conn)
     .await?;
     let page_full = rows.len() == PAGE_ROWS;
-    let mut next = None;
-    let mut observations = Vec::with_capacity(rows.len());
-    for row in rows {
-        let StuckRow {
-            id,
-            ledger,
-            created_at: created,
-            attempts,
-        } = row;
-        observations.push(Observation::about_transfer(
-            FindingKind::StuckPending,
-            LedgerName::from_trusted(ledger),
-            id,
-            format!("pending since {created} after {attempts} attempts"),
-        ));
-        next = Some(StuckCursor {
-            created_at: created,
-            id,
-        });
-    }
-    Ok(Page {
-        observations,
-        next: next.filter(|_| page_full),
-    })
-}
-
-/// A transfer held for review, since `held_at`.
-#[derive(Clone, sqlx::FromRow)]
-struct HeldRow {
-    id: Uuid,
-    ledger: String,
-    held_at: DateTime<Utc>,
-}
-
-/// One page of transfers of `ledger` (every ledger when `None`) in review since before
-/// `older_than` (a held transfer's `updated_at` is when it was held), oldest first, after
-/// `after` — paged like [`stuck_pending`], on the partial index of transfers in review.
-pub async fn stale_reviews(
-    conn: &mut PgConnection,
-    ledger: Option<&LedgerName>,
-    older_than: DateTime<Utc>,
-    after: Option<StuckCursor>,
-) -> Result<Page<StuckCursor>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, HeldRow>(
-        "SELECT id, ledger, updated_at AS held_at FROM transfers \
-         WHERE status = 'in_review' AND updated_at < $1 AND ($5::text IS NULL OR ledger = $5) \
-           AND (updated_at, id) > (coalesce($2, '-infinity'::timestamptz), \
-                                   coalesce($3, '00000000-0000-0000-0000-000000000000'::uuid)) \
-         ORDER BY updated_at, id LIMIT $4",
-    )
-    .bind(older_than)
-    .bind(after.map(|c| c.created_at))
-    .bind(after.map(|c| c.id))
-    .bind(PAGE_ROWS as i64)
-    .bind(ledger_param(ledger))
-    .fetch_all(&mut *conn)
-    .await?;
-    let page_full = rows.len() == PAGE_ROWS;
-    let next = rows.last().map(|row| StuckCursor {
-        created_at: row.held_at,
+    let next = rows.last().map(|row| WaitingCursor {
+        since: row.since,
         id: row.id,
     });
     let observations = rows
         .into_iter()
         .map(|row| {
-            Observation::about_transfer(
-                FindingKind::StaleReview,
-                LedgerName::from_trusted(row.ledger),
-                row.id,
-                format!("in review since {}", row.held_at),
-            )
+            let (kind, detail) = match which {
+                Waiting::Pending => (
+                    FindingKind::StuckPending,
+                    format!(
+                        "pending since {} after {} attempts",
+                        row.since, row.attempts
+                    ),
+                ),
+                Waiting::InReview => (
+                    FindingKind::StaleReview,
+                    format!("in review since {}", row.since),
+                ),
+            };
+            Observation::about_transfer(kind, LedgerName::from_trusted(row.ledger), row.id, detail)
         })
         .collect();
     Ok(Page {

@@ -25,6 +25,7 @@ use crate::alerts::payload::Action;
 use crate::alerts::{Alerting, finding_event, outbox};
 use crate::domain::LedgerName;
 use crate::queue::table::{self, Retention};
+use checks::Waiting;
 use finding::{FindingKind, Observation, Severity};
 use findings::FindingChanges;
 
@@ -364,33 +365,30 @@ async fn check_stuck(
     recorder: &mut Recorder<'_>,
     settings: &ReconcileSettings,
 ) -> Result<usize, ReconcileError> {
-    let stuck_before =
-        Utc::now() - chrono::Duration::from_std(settings.stuck_after).unwrap_or_default();
     let mut redriven = 0;
-    let mut after = None;
-    loop {
-        let page = checks::stuck_pending(tx, recorder.ledger.as_ref(), stuck_before, after).await?;
-        let stuck_ids: Vec<Uuid> = page
-            .observations
-            .iter()
-            .filter_map(|o| o.transfer_id)
-            .collect();
-        redriven += repair::redrive(tx, &stuck_ids, settings.job_rescue_after).await?;
-        recorder.record(tx, page.observations).await?;
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
-        }
-    }
-    let held_before =
-        Utc::now() - chrono::Duration::from_std(settings.stale_review_after).unwrap_or_default();
-    let mut after = None;
-    loop {
-        let page = checks::stale_reviews(tx, recorder.ledger.as_ref(), held_before, after).await?;
-        recorder.record(tx, page.observations).await?;
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
+    for (which, threshold) in [
+        (Waiting::Pending, settings.stuck_after),
+        (Waiting::InReview, settings.stale_review_after),
+    ] {
+        let older_than = Utc::now() - chrono::Duration::from_std(threshold).unwrap_or_default();
+        let mut after = None;
+        loop {
+            let ledger = recorder.ledger.as_ref();
+            let page = checks::waiting(tx, which, ledger, older_than, after).await?;
+            // A transfer in review waits for a person: nothing to re-drive.
+            if which == Waiting::Pending {
+                let stuck_ids: Vec<Uuid> = page
+                    .observations
+                    .iter()
+                    .filter_map(|o| o.transfer_id)
+                    .collect();
+                redriven += repair::redrive(tx, &stuck_ids, settings.job_rescue_after).await?;
+            }
+            recorder.record(tx, page.observations).await?;
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
         }
     }
     recorder.checked(&[FindingKind::StuckPending, FindingKind::StaleReview]);

@@ -415,15 +415,12 @@ async fn each_window_slides_on_its_own_and_a_lone_transfers_amount_still_counts_
     );
 }
 
-#[tokio::test]
-async fn each_ledger_has_its_thresholds_and_sees_only_its_anomalies() {
+/// An app whose ledger `strict` has its own velocity rule, with `treasury` (overdraft allowed)
+/// and `b` in both `default` and `strict`; returns it and a `strict` key that writes and reads.
+pub async fn app_with_strict_velocity(velocity: WindowRule) -> (TestApp, String) {
     let app = spawn_app_with(|config| {
         let strict = LedgerRules {
-            velocity: Some(WindowRule {
-                count: 2,
-                window_secs: 60,
-                action: RuleAction::Flag,
-            }),
+            velocity: Some(velocity),
             ..LedgerRules::default()
         };
         config.anomaly.ledgers = BTreeMap::from([("strict".to_owned(), strict)]);
@@ -435,6 +432,17 @@ async fn each_ledger_has_its_thresholds_and_sees_only_its_anomalies() {
         create_account_in(&app.pool, ledger, "treasury", "USD", true).await;
         create_account_in(&app.pool, ledger, "b", "USD", false).await;
     }
+    (app, strict_key)
+}
+
+#[tokio::test]
+async fn each_ledger_has_its_thresholds_and_sees_only_its_anomalies() {
+    let (app, strict_key) = app_with_strict_velocity(WindowRule {
+        count: 2,
+        window_secs: 60,
+        action: RuleAction::Flag,
+    })
+    .await;
     // Two transfers in each ledger: only `strict`'s second is a burst.
     for n in 0..2 {
         let body = transfer("treasury", "b", &format!("{}.00", n + 1));

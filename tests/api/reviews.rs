@@ -4,20 +4,19 @@
 //! the other was decided, both scoped and ledger-bound; reconciliation does not call a held
 //! transfer stuck, but reports one held longer than its threshold.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use crate::anomalies::{flags, jobs_done, send};
+use crate::anomalies::{app_with_strict_velocity, flags, jobs_done, send};
 use crate::helpers::{
     TestApp, balance_in, create_account_in, create_api_key, create_ledger, create_ledger_key,
     findings, reconcile, spawn_app_with, transfer,
 };
 use crate::reconciliation::finding_in;
-use ferry::anomaly::settings::{LargeAmountRule, LedgerRules, StreakRule, WindowRule};
+use ferry::anomaly::settings::{LargeAmountRule, StreakRule, WindowRule};
 use ferry::domain::RuleAction;
 
 /// Large amounts (above 100.00) are held for review in every ledger.
@@ -248,24 +247,12 @@ async fn review_needs_its_scope_and_the_transfers_ledger() {
 
 #[tokio::test]
 async fn velocity_set_to_review_in_one_ledger_holds_the_fifth_of_a_burst_there_only() {
-    let app = spawn_app_with(|config| {
-        let strict = LedgerRules {
-            velocity: Some(WindowRule {
-                count: 5,
-                window_secs: 60,
-                action: RuleAction::Review,
-            }),
-            ..LedgerRules::default()
-        };
-        config.anomaly.ledgers = BTreeMap::from([("strict".to_owned(), strict)]);
+    let (app, strict_key) = app_with_strict_velocity(WindowRule {
+        count: 5,
+        window_secs: 60,
+        action: RuleAction::Review,
     })
     .await;
-    create_ledger(&app.pool, "strict").await;
-    let strict_key = create_ledger_key(&app.pool, "strict", "transfers:write,transfers:read").await;
-    for ledger in ["default", "strict"] {
-        create_account_in(&app.pool, ledger, "treasury", "USD", true).await;
-        create_account_in(&app.pool, ledger, "b", "USD", false).await;
-    }
     let mut statuses = Vec::new();
     for n in 0..6 {
         let body = transfer("treasury", "b", &format!("{}.00", n + 1));
