@@ -115,6 +115,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(transfers::create, transfers::get_by_key))
         .routes(routes!(transfers::create_batch))
         .routes(routes!(transfers::get))
+        .routes(routes!(reviews::queue))
         .routes(routes!(reviews::approve))
         .routes(routes!(reviews::reject))
         .routes(routes!(reconciliations::start, reconciliations::list))

@@ -1,16 +1,86 @@
-//! `POST /v1/transfers/{id}/approve` and `/reject`: a reviewer's decision on a transfer held
-//! for review by an anomaly rule set to `review` (README, "Anomaly detection").
+//! The review queue (`GET /v1/reviews`) and a reviewer's decision on a transfer held for
+//! review by an anomaly rule set to `review` (`POST /v1/transfers/{id}/approve` and `/reject`;
+//! README, "Anomaly detection").
 
 use axum::Json;
 use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::Caller;
+use super::auth::{Caller, requested_ledger};
 use super::error::{ApiError, Problem};
+use super::paging::{next_cursor, page_len};
+use super::query::QueryParams;
 use crate::domain::{ReviewDecision, Scope};
 use crate::store::reviews;
-use crate::store::transfers::TransferView;
+use crate::store::transfers::{self, TransferView};
+
+pub const REVIEW_PAGE_LEN_DEFAULT: i64 = 100;
+pub const REVIEW_PAGE_LEN_MAX: i64 = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewQueueQuery {
+    ledger: Option<String>,
+    cursor: Option<Uuid>,
+    limit: Option<i64>,
+}
+
+/// A page of the review queue.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReviewQueuePage {
+    /// Transfers in `in_review`, longest held first, each with its `flags`.
+    transfers: Vec<TransferView>,
+    /// Pass as `cursor` for the next page; absent when this page is the last one so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<Uuid>,
+}
+
+/// Lists the transfers waiting for review, longest held first.
+#[utoipa::path(
+    get,
+    path = "/reviews",
+    tag = "transfers",
+    operation_id = "listReviews",
+    description = "Scope: `transfers:review` (or `admin`). The caller's ledger's transfers in \
+        `in_review` (an `admin` key names one with `ledger`, default `default`), whoever \
+        created them. A transfer decided on leaves the queue.",
+    params(
+        ("ledger" = Option<String>, Query, pattern = "^[a-z0-9_-]{1,64}$",
+            description = "For `admin` keys: the ledger to list; a ledger-bound key may name \
+                only its own."),
+        ("cursor" = Option<Uuid>, Query,
+            description = "`next_cursor` of the previous page."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000,
+            description = "Transfers per page; default 100."),
+    ),
+    responses(
+        (status = 200, description = "A page of the review queue.", body = ReviewQueuePage),
+        (status = 400, description = "`invalid_body`: a bad `cursor` or `limit`; \
+            `invalid_ledger`: a malformed `ledger`.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`ledger_forbidden`: a ledger-bound key named another \
+            ledger.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = ["transfers:review"])),
+)]
+pub async fn queue(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<ReviewQueueQuery>,
+) -> Result<Json<ReviewQueuePage>, ApiError> {
+    let caller = caller.require(Scope::TransfersReview)?;
+    let limit = page_len(query.limit, REVIEW_PAGE_LEN_DEFAULT, REVIEW_PAGE_LEN_MAX)?;
+    let ledger = requested_ledger(caller, query.ledger.as_deref())?;
+    let held = transfers::in_review(&state.pool, &ledger, query.cursor, limit);
+    let transfers = state.db(held).await?;
+    let next_cursor = next_cursor(&transfers, limit, |t| t.id);
+    Ok(Json(ReviewQueuePage {
+        transfers,
+        next_cursor,
+    }))
+}
 
 /// Approves a transfer held for review: it is posted as usual.
 #[utoipa::path(

@@ -329,6 +329,32 @@ pub async fn get_in_ledger(
     Ok(view)
 }
 
+/// A page of `ledger`'s transfers held for review, longest held first (they hold since
+/// `updated_at`), after the transfer `after`: the review queue. Reads the partial index of
+/// transfers in review.
+pub async fn in_review(
+    pool: &PgPool,
+    ledger: &LedgerName,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<TransferView>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {TRANSFER_COLUMNS} FROM transfers \
+         WHERE status = 'in_review' AND ledger = $1 \
+           AND ($2::uuid IS NULL OR (updated_at, id) > \
+             (SELECT updated_at, id FROM transfers WHERE id = $2)) \
+         ORDER BY updated_at, id LIMIT $3"
+    )))
+    .bind(ledger.as_str())
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut views: Vec<TransferView> = rows.into_iter().map(TransferView::from).collect();
+    attach_flags(pool, views.iter_mut()).await?;
+    Ok(views)
+}
+
 /// The transfer an API key created under `key`.
 pub async fn get_by_key(
     pool: &PgPool,

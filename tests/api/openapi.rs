@@ -32,6 +32,7 @@ const ROUTES: &[&str] = &[
     "GET /v1/ledgers",
     "GET /v1/reconciliations",
     "GET /v1/reconciliations/{id}",
+    "GET /v1/reviews",
     "GET /v1/transfers",
     "GET /v1/transfers/{id}",
     "POST /v1/accounts",

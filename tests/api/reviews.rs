@@ -223,6 +223,13 @@ async fn review_needs_its_scope_and_the_transfers_ledger() {
         StatusCode::NOT_FOUND,
         "another ledger's transfer: {body}"
     );
+    // Each reviewer's queue is its own ledger's.
+    let own_queue = app.get_as(&own_reviewer, "/v1/reviews").await;
+    assert_eq!(own_queue.body["transfers"][0]["id"], json!(id));
+    let foreign_queue = app.get_as(&foreign_reviewer, "/v1/reviews").await;
+    assert_eq!(foreign_queue.body["transfers"], json!([]));
+    let foreign = app.get_as(&own_reviewer, "/v1/reviews?ledger=other").await;
+    assert_eq!(foreign.status, StatusCode::FORBIDDEN, "{}", foreign.body);
     for missing in ["not-a-uuid", "0190e4a5-0000-7000-8000-000000000000"] {
         let (status, body) = decide(&app, &own_reviewer, missing, "reject").await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
@@ -376,4 +383,59 @@ async fn reconciliation_does_not_call_a_held_transfer_stuck_but_reports_a_stale_
     assert_eq!(status, StatusCode::OK);
     let run = reconcile(&app, false).await;
     assert_eq!(findings(&run), []);
+}
+
+#[tokio::test]
+async fn the_review_queue_lists_held_transfers_longest_held_first_page_by_page() {
+    let app = app_holding_large_amounts().await;
+    let reviewer = create_api_key(&app.pool, "transfers:review").await;
+    let mut held_ids = Vec::new();
+    for (n, amount) in ["150.00", "160.00", "170.00"].iter().enumerate() {
+        let transfer = held(&app, &format!("large-{n}"), amount).await;
+        held_ids.push(transfer["id"].as_str().expect("id").to_owned());
+    }
+    let ids = |page: &Value| -> Vec<String> {
+        page["transfers"]
+            .as_array()
+            .expect("transfers")
+            .iter()
+            .map(|t| t["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    let first = app.get_as(&reviewer, "/v1/reviews?limit=2").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_eq!(ids(&first.body), held_ids[..2]);
+    assert_eq!(first.body["transfers"][0]["flags"], json!(["large_amount"]));
+    let cursor = first.body["next_cursor"]
+        .as_str()
+        .expect("a full page has a cursor");
+    let second = app
+        .get_as(&reviewer, &format!("/v1/reviews?limit=2&cursor={cursor}"))
+        .await;
+    assert_eq!(ids(&second.body), held_ids[2..]);
+    assert!(second.body.get("next_cursor").is_none(), "{}", second.body);
+
+    let (status, _) = decide(&app, &reviewer, &held_ids[1], "reject").await;
+    assert_eq!(status, StatusCode::OK);
+    let after = app.get_as(&reviewer, "/v1/reviews").await;
+    assert_eq!(ids(&after.body), [held_ids[0].clone(), held_ids[2].clone()]);
+
+    let reader = create_api_key(&app.pool, "transfers:read").await;
+    let refused = app.get_as(&reader, "/v1/reviews").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    for bad in [
+        "?limit=0",
+        "?limit=1001",
+        "?cursor=nope",
+        "?ledger=Bad!",
+        "?color=red",
+    ] {
+        let reply = app.get_as(&reviewer, &format!("/v1/reviews{bad}")).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}: {}",
+            reply.body
+        );
+    }
 }
