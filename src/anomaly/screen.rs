@@ -84,6 +84,7 @@ impl Screener {
         let rules = self.rules_of(transfers.iter().map(|(c, _)| &c.account.ledger));
         let judged: Vec<(&Candidate, StreakStep, &RuleSettings)> = transfers
             .iter()
+            .filter(|(c, _)| rules[&c.account.ledger].judges(&c.account.id))
             .map(|(candidate, failed)| {
                 let step = if *failed {
                     StreakStep::Failed
@@ -166,7 +167,7 @@ impl Screener {
         let judged: Vec<(&Candidate, &RuleSettings)> = candidates
             .iter()
             .map(|c| (c, &rules[&c.account.ledger]))
-            .filter(|(_, rules)| rules.reviews())
+            .filter(|(c, rules)| rules.reviews() && rules.judges(&c.account.id))
             .collect();
         if judged.is_empty() {
             return 0;

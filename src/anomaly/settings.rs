@@ -1,13 +1,13 @@
 //! `[anomaly]` in `FERRY_CONFIG`: the rules' thresholds for every ledger, and per-ledger
 //! overrides (README, "Anomaly detection"). Defaults are the seed's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use crate::domain::{Currency, LedgerName, Rule, RuleAction};
+use crate::domain::{AccountId, Currency, LedgerName, Rule, RuleAction};
 
 /// Longest the Redis part of a batch's check may take before the check is skipped: checks
 /// never hold back posting.
@@ -57,6 +57,9 @@ pub struct RuleSettings {
     pub large_amount: LargeAmountRule,
     pub failed_streak: StreakRule,
     pub duplicate_amount: WindowRule,
+    /// Accounts of the ledger no rule judges (a treasury or settlement account that sends in
+    /// bursts by design): no window, no hit, no Redis call.
+    pub exempt_accounts: BTreeSet<String>,
 }
 
 impl Default for RuleSettings {
@@ -77,6 +80,7 @@ impl Default for RuleSettings {
                 window_secs: 300,
                 action: RuleAction::Flag,
             },
+            exempt_accounts: BTreeSet::new(),
         }
     }
 }
@@ -146,6 +150,8 @@ pub struct LedgerRules {
     pub large_amount: Option<LargeAmountRule>,
     pub failed_streak: Option<StreakRule>,
     pub duplicate_amount: Option<WindowRule>,
+    /// Account ids of this ledger that no rule judges.
+    pub exempt_accounts: Vec<String>,
 }
 
 impl RuleSettings {
@@ -157,6 +163,11 @@ impl RuleSettings {
             Rule::FailedStreak => self.failed_streak.action,
             Rule::DuplicateAmount => self.duplicate_amount.action,
         }
+    }
+
+    /// Whether transfers out of `account` are judged at all.
+    pub fn judges(&self, account: &AccountId) -> bool {
+        !self.exempt_accounts.contains(account.as_str())
     }
 
     /// Whether any rule holds transfers for review: only then are they judged before posting.
@@ -185,6 +196,7 @@ impl AnomalySettings {
             large_amount: self.large_amount.clone(),
             failed_streak: self.failed_streak,
             duplicate_amount: self.duplicate_amount,
+            exempt_accounts: BTreeSet::new(),
         }
     }
 
@@ -202,6 +214,9 @@ impl AnomalySettings {
             duplicate_amount: own
                 .and_then(|o| o.duplicate_amount)
                 .unwrap_or(self.duplicate_amount),
+            exempt_accounts: own
+                .map(|o| o.exempt_accounts.iter().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -220,6 +235,10 @@ impl AnomalySettings {
             let rules = self.rules_for(&LedgerName::from_trusted(name.clone()));
             if own == &LedgerRules::default() {
                 return Err(format!("{prefix} overrides no rule"));
+            }
+            for account in &own.exempt_accounts {
+                AccountId::parse(account)
+                    .map_err(|e| format!("{prefix}.exempt_accounts: {account:?}: {e}"))?;
             }
             validate_rules(&prefix, &rules)?;
         }
@@ -371,6 +390,10 @@ mod tests {
                 "anomaly.ledgers.Shop",
             ),
             ("[ledgers.shop]", "anomaly.ledgers.shop overrides no rule"),
+            (
+                "[ledgers.shop]\nexempt_accounts = [\"has space\"]",
+                "anomaly.ledgers.shop.exempt_accounts: \"has space\"",
+            ),
         ] {
             let error = parse(text).validate().expect_err(text);
             assert!(error.starts_with(message), "{text}: {error}");

@@ -618,3 +618,41 @@ async fn with_redis_gone_transfers_still_post_and_the_skips_are_counted() {
         ]
     );
 }
+
+#[tokio::test]
+async fn an_exempt_account_is_never_judged_and_the_others_still_are() {
+    let app = spawn_app_with(|config| {
+        let house = LedgerRules {
+            exempt_accounts: vec!["treasury".to_owned()],
+            ..LedgerRules::default()
+        };
+        config.anomaly.ledgers = BTreeMap::from([("default".to_owned(), house)]);
+    })
+    .await;
+    funded(&app, &["card"]).await;
+    app.create_account("shop", "USD", false).await;
+    // The funding and five more large, repeated transfers out of the treasury: nothing.
+    for n in 0..5 {
+        let done = send(&app, &format!("house-{n}"), "treasury", "shop", "9000.00").await;
+        assert_eq!(flags(&done), Vec::<&str>::new(), "{done}");
+    }
+    let mut seen = Vec::new();
+    for n in 0..5 {
+        let done = send(&app, &format!("card-{n}"), "card", "shop", "1.00").await;
+        seen.push(flags(&done).join("+"));
+    }
+    assert_eq!(
+        seen,
+        [
+            "",
+            "",
+            "duplicate_amount",
+            "duplicate_amount",
+            "velocity+duplicate_amount"
+        ]
+    );
+    let hits_on_treasury = app
+        .count("SELECT count(*) FROM anomalies WHERE account_id = 'treasury'")
+        .await;
+    assert_eq!(hits_on_treasury, 0);
+}
