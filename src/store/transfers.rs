@@ -249,6 +249,16 @@ async fn find_by_keys(
     Ok(found)
 }
 
+/// Transfer rows read back, as the API shows them: with their `flags`.
+async fn with_flags(
+    pool: &PgPool,
+    rows: impl IntoIterator<Item = TransferRow>,
+) -> Result<Vec<TransferView>, sqlx::Error> {
+    let mut views: Vec<TransferView> = rows.into_iter().map(TransferView::from).collect();
+    attach_flags(pool, views.iter_mut()).await?;
+    Ok(views)
+}
+
 /// Fills in the `flags` of transfers read back (new ones have none yet).
 async fn attach_flags<'a>(
     pool: &PgPool,
@@ -304,9 +314,7 @@ pub async fn get(
     .bind(api_key_id)
     .fetch_optional(pool)
     .await?;
-    let mut view = row.map(TransferView::from);
-    attach_flags(pool, view.iter_mut()).await?;
-    Ok(view)
+    Ok(with_flags(pool, row).await?.pop())
 }
 
 /// A transfer by id in `ledger` (in any ledger when `None`): what a reviewer, who did not
@@ -324,9 +332,7 @@ pub async fn get_in_ledger(
     .bind(ledger.map(LedgerName::as_str))
     .fetch_optional(pool)
     .await?;
-    let mut view = row.map(TransferView::from);
-    attach_flags(pool, view.iter_mut()).await?;
-    Ok(view)
+    Ok(with_flags(pool, row).await?.pop())
 }
 
 /// A page of `ledger`'s transfers held for review, longest held first (they hold since
@@ -350,9 +356,7 @@ pub async fn in_review(
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    let mut views: Vec<TransferView> = rows.into_iter().map(TransferView::from).collect();
-    attach_flags(pool, views.iter_mut()).await?;
-    Ok(views)
+    with_flags(pool, rows).await
 }
 
 /// The transfer an API key created under `key`.
