@@ -546,7 +546,7 @@ async fn the_listing_filters_pages_and_refuses_bad_parameters() {
 }
 
 /// `ferry_anomaly_checks_skipped_total` in this process, every reason Redis can give.
-async fn redis_skips(app: &TestApp) -> f64 {
+pub async fn redis_skips(app: &TestApp) -> f64 {
     let mut total = 0.0;
     for reason in ["unavailable", "timeout", "error"] {
         total += skipped(app, reason).await;

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use crate::anomalies::{app_with_strict_velocity, flags, jobs_done, send};
+use crate::anomalies::{app_with_strict_velocity, flags, jobs_done, redis_skips, send};
 use crate::helpers::{
     TestApp, balance_in, create_account_in, create_api_key, create_ledger, create_ledger_key,
     findings, reconcile, spawn_app_with, transfer,
@@ -438,4 +438,36 @@ async fn the_review_queue_lists_held_transfers_longest_held_first_page_by_page()
             reply.body
         );
     }
+}
+
+#[tokio::test]
+async fn with_redis_gone_nothing_is_held_but_large_amounts() {
+    let mut redis = crate::faults::deps::Redis::start_new();
+    let url = redis.url();
+    let app = spawn_app_with(move |config| {
+        config.redis.url = url;
+        review_large_amounts(config);
+        config.anomaly.velocity.action = RuleAction::Review;
+    })
+    .await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("shop", "USD", false).await;
+    redis.kill();
+    let skipped_before = redis_skips(&app).await;
+    let started = std::time::Instant::now();
+    // A burst that velocity would hold: its windows are not checked, so all of it posts.
+    for n in 0..6 {
+        let done = send(&app, &format!("burst-{n}"), "treasury", "shop", "1.00").await;
+        assert_eq!(done["status"], "posted", "{done}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "posting was held back: {:?}",
+        started.elapsed()
+    );
+    // A large amount needs no window: still held.
+    let large = send(&app, "large", "treasury", "shop", "500.00").await;
+    assert_eq!(large["status"], "in_review", "{large}");
+    let skipped = redis_skips(&app).await - skipped_before;
+    assert!(skipped >= 7.0, "one skip per job at least: {skipped}");
 }
