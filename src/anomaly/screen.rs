@@ -100,9 +100,11 @@ impl Screener {
             .collect();
         let counted = self.count(&windows_of).await;
         let mut hits: Vec<Hit> = Vec::new();
-        for (n, (candidate, step, rules)) in judged.iter().enumerate() {
+        for (n, ((candidate, step, rules), (_, _, windows))) in
+            judged.iter().zip(&windows_of).enumerate()
+        {
             let counted = counted.as_ref().ok().map(|all| all[n]);
-            if !rules.reviews() {
+            if windows.is_some() {
                 hits.extend(judge(candidate, counted.map(|c| c.windows), rules));
             }
             // A streak set to `review` holds the account's next transfer, judged before posting.
@@ -117,26 +119,11 @@ impl Screener {
                 ));
             }
         }
-        for hit in &mut hits {
-            hit.action = RuleAction::Flag;
-        }
         let windows_checked = counted.is_ok();
         if let Err(reason) = counted {
             skipped(reason);
         }
-        let stored = async {
-            let mut tx = pool.begin().await?;
-            let stored = self.store(&mut tx, &hits, &rules).await?;
-            tx.commit().await?;
-            Ok::<_, OutboxError>(stored)
-        };
-        match stored.await {
-            Ok(stored) => count_stored(&stored),
-            Err(error) => {
-                warn!(%error, hits = hits.len(), "anomaly hits could not be stored; skipped");
-                skipped(SkipReason::Database);
-            }
-        }
+        self.record(pool, hits, &[], &rules).await;
         self.watch_skips(pool, windows_checked).await;
     }
 
@@ -148,19 +135,19 @@ impl Screener {
 
     /// Judges, before they are posted, the transfers of `transfer_ids` still pending and never
     /// reviewed whose ledger sets a rule to `review`, stores their hits, and moves those a
-    /// review rule trips to `in_review`, in one transaction. Returns how many it held. (Their
-    /// windows are counted here, once: after posting only their streak is.) Like [`Self::judge`], it
-    /// never fails posting: whatever goes wrong holds nothing and is counted as a skip.
-    pub async fn hold_for_review(&self, pool: &PgPool, transfer_ids: &[Uuid]) -> usize {
+    /// review rule trips to `in_review`, in one transaction. (Their windows are counted here,
+    /// once: after posting only their streak is.) Like [`Self::judge`], it never fails
+    /// posting: whatever goes wrong holds nothing and is counted as a skip.
+    pub async fn hold_for_review(&self, pool: &PgPool, transfer_ids: &[Uuid]) {
         if !self.reviews() {
-            return 0;
+            return;
         }
         let candidates = match review::unreviewed(pool, transfer_ids).await {
             Ok(candidates) => candidates,
             Err(error) => {
                 warn!(%error, "transfers could not be judged for review; none held");
                 skipped(SkipReason::Database);
-                return 0;
+                return;
             }
         };
         let rules = self.rules_of(candidates.iter().map(|c| &c.account.ledger));
@@ -170,7 +157,7 @@ impl Screener {
             .filter(|(c, rules)| rules.reviews() && rules.judges(&c.account.id))
             .collect();
         if judged.is_empty() {
-            return 0;
+            return;
         }
         let windows_of: Vec<(&Candidate, StreakStep, Option<&RuleSettings>)> = judged
             .iter()
@@ -201,36 +188,52 @@ impl Screener {
         if let Err(reason) = counted {
             skipped(reason);
         }
-        let held = async {
-            if hits.is_empty() {
-                return Ok((0, Vec::new()));
-            }
+        let held = self.record(pool, hits, &held_ids, &rules).await;
+        metrics::counter!("ferry_reviews_total", "decision" => "requested").increment(held as u64);
+        self.watch_skips(pool, windows_checked).await;
+    }
+
+    /// Moves the transfers of `held_ids` still pending to `in_review` and stores `hits`, raising
+    /// an alert for each hit that opens an incident, all in one transaction; a hit whose
+    /// transfer was not held (it proceeds, or was posted meanwhile) is a flag. Returns how many
+    /// were held. A database that cannot do it holds nothing and stores nothing: counted as a
+    /// skip.
+    async fn record(
+        &self,
+        pool: &PgPool,
+        mut hits: Vec<Hit>,
+        held_ids: &[Uuid],
+        rules: &HashMap<LedgerName, RuleSettings>,
+    ) -> usize {
+        if hits.is_empty() {
+            return 0;
+        }
+        let recorded = async {
             let mut tx = pool.begin().await?;
-            let held = review::hold(&mut tx, &held_ids).await?;
-            // A transfer that proceeds (or was posted meanwhile) was only flagged.
+            let held = review::hold(&mut tx, held_ids).await?;
             for hit in &mut hits {
                 if !held.contains(&hit.transfer_id) {
                     hit.action = RuleAction::Flag;
                 }
             }
-            let stored = self.store(&mut tx, &hits, &rules).await?;
+            let stored = self.store(&mut tx, &hits, rules).await?;
             tx.commit().await?;
             Ok::<_, OutboxError>((held.len(), stored))
         };
-        let held = match held.await {
+        match recorded.await {
             Ok((held, stored)) => {
-                count_stored(&stored);
+                for rule in stored {
+                    metrics::counter!("ferry_anomalies_total", "rule" => rule.as_str())
+                        .increment(1);
+                }
                 held
             }
             Err(error) => {
-                warn!(%error, "transfers tripping a review rule could not be held; none held");
+                warn!(%error, hits = hits.len(), "anomaly hits could not be stored; skipped");
                 skipped(SkipReason::Database);
                 0
             }
-        };
-        metrics::counter!("ferry_reviews_total", "decision" => "requested").increment(held as u64);
-        self.watch_skips(pool, windows_checked).await;
-        held
+        }
     }
 
     /// Runs the window script over `judged`, bounded by the timeout.
@@ -374,13 +377,6 @@ fn skip_event(action: Action, namespace: &str, after_secs: u64) -> AlertEvent {
         summary,
         json!({"after_secs": after_secs}),
     )
-}
-
-/// Counts hits once their transaction has committed.
-fn count_stored(rules: &[Rule]) {
-    for rule in rules {
-        metrics::counter!("ferry_anomalies_total", "rule" => rule.as_str()).increment(1);
-    }
 }
 
 fn skipped(reason: SkipReason) {

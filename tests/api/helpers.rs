@@ -298,6 +298,20 @@ impl TestApp {
     }
 
     /// `get` with another API key.
+    /// Asserts that each `(query, code)` on `path` is refused `400` with that code.
+    pub async fn assert_bad_queries(&self, path: &str, cases: &[(&str, &str)]) {
+        for (bad, code) in cases {
+            let reply = self.get(&format!("{path}{bad}")).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::BAD_REQUEST,
+                "{bad}: {}",
+                reply.body
+            );
+            assert_eq!(reply.body["code"], *code, "{bad}");
+        }
+    }
+
     pub async fn get_as(&self, api_key: &str, path: &str) -> Reply {
         self.send(self.client.get(self.url(path)).bearer_auth(api_key))
             .await
