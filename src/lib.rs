@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod events;
 pub mod failpoint;
 pub mod harness;
 pub mod intake;

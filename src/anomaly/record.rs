@@ -9,11 +9,14 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::rules::{AnomalySeverity, Hit, Rule, RuleAction};
-use crate::domain::{AccountId, LedgerName};
+use crate::domain::{AccountId, EventType, LedgerName};
+use crate::events::{NewEvent, subject};
 
 /// A hit as stored, and whether it opens an incident (see [`store`]).
 #[derive(Debug, Clone)]
 pub struct Stored {
+    /// The `anomalies` row's id.
+    pub id: i64,
     pub hit: Hit,
     pub opens_incident: bool,
 }
@@ -40,7 +43,7 @@ pub async fn store(
     let windows: Vec<f64> = hits.iter().map(|h| incident_secs(h) as f64).collect();
     // The outer query reads the table as it was before this statement: earlier hits only.
     // Rows come back as (index into `hits`, no earlier hit within the window).
-    let rows: Vec<(i64, bool)> = sqlx::query_as(
+    let rows: Vec<(i64, bool, i64)> = sqlx::query_as(
         "WITH input AS ( \
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
              $6::jsonb[], $7::float8[], $8::text[]) WITH ORDINALITY \
@@ -54,7 +57,7 @@ pub async fn store(
          SELECT i.n - 1, NOT EXISTS ( \
              SELECT 1 FROM anomalies a \
              WHERE a.ledger = s.ledger AND a.account_id = s.account_id AND a.rule = s.rule \
-               AND a.at > s.at - make_interval(secs => i.window_secs)) AS quiet_before \
+               AND a.at > s.at - make_interval(secs => i.window_secs)) AS quiet_before, s.id \
          FROM stored s JOIN input i ON i.transfer_id = s.transfer_id AND i.rule = s.rule \
          ORDER BY s.id",
     )
@@ -71,10 +74,11 @@ pub async fn store(
     let mut opened = HashSet::new();
     Ok(rows
         .into_iter()
-        .filter_map(|(index, quiet_before)| {
+        .filter_map(|(index, quiet_before, id)| {
             let hit = hits.get(usize::try_from(index).ok()?)?.clone();
             let first_now = opened.insert((hit.rule, hit.account.clone()));
             Some(Stored {
+                id,
                 opens_incident: quiet_before && first_now,
                 hit,
             })
@@ -106,6 +110,37 @@ pub struct AnomalyView {
     pub at: DateTime<Utc>,
 }
 
+const ANOMALY_COLUMNS: &str =
+    "id, rule, severity, action, ledger, account_id, transfer_id, detail, at";
+
+/// Writes, in the caller's transaction, an `anomaly.flagged` event for each of the hits `ids`
+/// just stored, carrying the hit as `GET /v1/anomalies` shows it. The caller took the event
+/// lock before storing them (README, "Events and webhooks").
+pub async fn record_events(tx: &mut PgConnection, ids: &[i64]) -> Result<usize, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let views: Vec<AnomalyView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ANOMALY_COLUMNS} FROM anomalies WHERE id = ANY($1) ORDER BY id"
+    )))
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let events = views
+        .iter()
+        .map(|view| {
+            Ok(NewEvent {
+                ledger: view.ledger.clone(),
+                event_type: EventType::AnomalyFlagged,
+                subject: subject::anomaly(view.id),
+                payload: serde_json::to_value(view)?,
+            })
+        })
+        .collect::<Result<Vec<_>, serde_json::Error>>()
+        .map_err(|e| sqlx::Error::Encode(e.into()))?;
+    crate::events::append(tx, &events).await
+}
+
 /// Which hits to list: one ledger's, optionally of one account and one rule, after an id.
 pub struct AnomalyFilter<'a> {
     pub ledger: &'a LedgerName,
@@ -120,13 +155,12 @@ pub async fn list(
     filter: &AnomalyFilter<'_>,
     limit: i64,
 ) -> Result<Vec<AnomalyView>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, rule, severity, action, ledger, account_id, transfer_id, detail, at \
-         FROM anomalies \
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ANOMALY_COLUMNS} FROM anomalies \
          WHERE ledger = $1 AND ($2::text IS NULL OR account_id = $2) \
            AND ($3::text IS NULL OR rule = $3) AND id > $4 \
-         ORDER BY id LIMIT $5",
-    )
+         ORDER BY id LIMIT $5"
+    )))
     .bind(filter.ledger.as_str())
     .bind(filter.account.map(AccountId::as_str))
     .bind(filter.rule.map(Rule::as_str))

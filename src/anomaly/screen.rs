@@ -210,6 +210,9 @@ impl Screener {
         }
         let recorded = async {
             let mut tx = pool.begin().await?;
+            // Holds and hits are announced as events; the event lock comes before the
+            // transfers' row locks (README, "Events and webhooks").
+            crate::events::lock_sequence(&mut tx).await?;
             let held = review::hold(&mut tx, held_ids).await?;
             for hit in &mut hits {
                 if !held.contains(&hit.transfer_id) {
@@ -217,6 +220,8 @@ impl Screener {
                 }
             }
             let stored = self.store(&mut tx, &hits, rules).await?;
+            let held_now: Vec<Uuid> = held.iter().copied().collect();
+            crate::events::transfer::record_changes(&mut tx, &held_now).await?;
             tx.commit().await?;
             Ok::<_, OutboxError>((held.len(), stored))
         };
@@ -273,6 +278,8 @@ impl Screener {
         for stored in stored.iter().filter(|s| s.opens_incident) {
             outbox::raise(&mut *tx, &self.alerts, &hit_event(&stored.hit), None).await?;
         }
+        let ids: Vec<i64> = stored.iter().map(|s| s.id).collect();
+        record::record_events(&mut *tx, &ids).await?;
         Ok(stored.iter().map(|s| s.hit.rule).collect())
     }
 

@@ -39,6 +39,9 @@ pub async fn record_failed_attempt(
     policy: &RetryPolicy,
     failure: Failure,
 ) -> Result<StillPending, sqlx::Error> {
+    // A transfer failed here gets its `transfer.failed` event in this transaction; the event
+    // lock comes before the rows' (README, "Events and webhooks").
+    crate::events::lock_sequence(conn).await?;
     let rows: Vec<CountedAttempt> = sqlx::query_as(
         "UPDATE transfers SET attempts = attempts + 1, last_error = $2, updated_at = now() \
          WHERE id = ANY($1) AND status = 'pending' RETURNING id, attempts",
@@ -70,6 +73,7 @@ pub async fn record_failed_attempt(
         .bind(&still.exhausted)
         .execute(&mut *conn)
         .await?;
+        crate::events::transfer::record_changes(conn, &still.exhausted).await?;
         metrics::counter!("ferry_transfers_failed_total", "code" => "retries_exhausted")
             .increment(still.exhausted.len() as u64);
     }

@@ -11,7 +11,8 @@
 //!    ferry);
 //! 3. apply the transfers in memory one by one ([`super::apply`]);
 //! 4. write entries, balances and statuses in three set-based statements, checking that the
-//!    database agrees with the in-memory result before COMMIT.
+//!    database agrees with the in-memory result before COMMIT;
+//! 5. write each transfer's `transfer.posted` / `transfer.failed` event (one statement).
 //!
 //! A serialization failure re-runs the whole transaction (backon, full jitter, 10 tries).
 
@@ -157,6 +158,10 @@ impl PostingEngine {
         steps.lap("balances");
         update_statuses(&mut tx, &applied).await?;
         steps.lap("statuses");
+        // The gate taken above is the event sequence lock too (README, "Events and webhooks").
+        let changed: Vec<Uuid> = applied.outcomes.iter().map(|(id, _)| *id).collect();
+        crate::events::transfer::record_changes(&mut tx, &changed).await?;
+        steps.lap("events");
         self.failpoint.hit(Failpoint::CrashBeforeCommit);
         tx.commit().await?;
         steps.lap("commit");

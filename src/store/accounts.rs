@@ -1,12 +1,14 @@
 //! Accounts and their ledger entries, as the API reads and creates them.
 
+use crate::events::transfer::format_amount;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::PgPool;
 
 use super::audit::{self, Actor, AuditAction};
-use crate::domain::{AccountKey, AccountStatus, Currency, Side};
+use crate::domain::{AccountKey, AccountStatus, Currency, EventType, Side};
+use crate::events::NewEvent;
 
 /// A new account as accepted by the API.
 #[derive(Debug, Clone)]
@@ -142,6 +144,15 @@ impl StatusChange {
         }
     }
 
+    /// The producer event the change announces (an unfreeze announces none).
+    fn event_type(self) -> Option<EventType> {
+        match self {
+            Self::Freeze => Some(EventType::AccountFrozen),
+            Self::Unfreeze => None,
+            Self::Close => Some(EventType::AccountClosed),
+        }
+    }
+
     /// The status the change leads to.
     pub fn target(self) -> AccountStatus {
         match self {
@@ -194,6 +205,9 @@ pub async fn change_status(
     actor: &Actor,
 ) -> Result<StatusChanged, StatusChangeError> {
     let mut tx = pool.begin().await?;
+    // A freeze or close writes its event; the event lock comes before the account's row lock,
+    // as in posting (README, "Events and webhooks").
+    crate::events::lock_sequence(&mut tx).await?;
     let current = sqlx::query_as::<_, AccountRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE ledger = $1 AND id = $2 FOR UPDATE"
     )))
@@ -225,9 +239,19 @@ pub async fn change_status(
         serde_json::json!({"from": current.status.as_str(), "to": change.target().as_str()}),
     );
     audit::record(&mut *tx, &event).await?;
+    let account = AccountView::from(updated);
+    if let Some(event_type) = change.event_type() {
+        let event = NewEvent {
+            ledger: key.ledger.as_str().to_owned(),
+            event_type,
+            subject: crate::events::subject::account(key.id.as_str()),
+            payload: serde_json::to_value(&account).map_err(|e| sqlx::Error::Encode(e.into()))?,
+        };
+        crate::events::append(&mut tx, &[event]).await?;
+    }
     tx.commit().await?;
     Ok(StatusChanged {
-        account: updated.into(),
+        account,
         changed: true,
     })
 }
@@ -305,13 +329,5 @@ impl From<EntryRow> for EntryView {
             currency: row.currency,
             created_at: row.created_at,
         }
-    }
-}
-
-/// Shows a stored amount with its currency's decimal places (`"0.00"` for USD).
-pub fn format_amount(currency: &str, value: Decimal) -> String {
-    match Currency::parse(currency.trim()) {
-        Ok(c) => c.format(value),
-        Err(_) => value.to_string(),
     }
 }

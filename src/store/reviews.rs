@@ -36,6 +36,8 @@ pub async fn decide(
     actor: &Actor,
 ) -> Result<TransferView, ReviewError> {
     let mut tx = pool.begin().await?;
+    // A rejection writes its `transfer.failed` event; the event lock comes before the row's.
+    crate::events::lock_sequence(&mut tx).await?;
     // The row lock orders two reviewers, and a reviewer and the posting step that holds it.
     let current: Option<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT ledger, status, review FROM transfers \
@@ -72,11 +74,16 @@ pub async fn decide(
         .bind(actor.key_id)
         .execute(&mut *tx)
         .await?;
-    if decision == ReviewDecision::Approved {
-        let job = PostTransfers {
-            transfer_ids: vec![id],
-        };
-        queue::enqueue(&mut tx, POST_TRANSFERS_QUEUE, &job, None).await?;
+    match decision {
+        ReviewDecision::Approved => {
+            let job = PostTransfers {
+                transfer_ids: vec![id],
+            };
+            queue::enqueue(&mut tx, POST_TRANSFERS_QUEUE, &job, None).await?;
+        }
+        ReviewDecision::Rejected => {
+            crate::events::transfer::record_changes(&mut tx, &[id]).await?;
+        }
     }
     let ledger_name = LedgerName::from_trusted(transfer_ledger);
     let event = actor.event(

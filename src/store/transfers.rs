@@ -4,74 +4,16 @@
 use std::collections::HashMap;
 
 use backon::Retryable;
-use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::accounts::format_amount;
-use crate::domain::transfer::UnknownCode;
-use crate::domain::{
-    FailureCode, IdempotencyKey, LedgerName, NewTransfer, ReviewDecision, Rule, TransferStatus,
-};
+use crate::domain::{IdempotencyKey, LedgerName, NewTransfer};
+pub use crate::events::transfer::{Review, TransferView};
+use crate::events::transfer::{TRANSFER_COLUMNS, TransferRow, attach_flags};
 use crate::queue::payloads::PostTransfers;
 use crate::queue::{self, POST_TRANSFERS_QUEUE};
 use crate::retry::{RetryClass, RetryPolicy, classify};
-
-/// A transfer as the API shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(as = Transfer)]
-pub struct TransferView {
-    pub id: Uuid,
-    /// The ledger both accounts belong to.
-    #[schema(pattern = "^[a-z0-9_-]{1,64}$", example = "default")]
-    pub ledger: String,
-    #[schema(pattern = "^[!-~]{1,255}$")]
-    pub idempotency_key: String,
-    pub status: TransferStatus,
-    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
-    pub from_account: String,
-    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
-    pub to_account: String,
-    /// A decimal string with the currency's decimal places, never a JSON number.
-    #[schema(pattern = r"^[0-9]+(\.[0-9]+)?$", example = "12.30")]
-    pub amount: String,
-    #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
-    pub currency: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 255)]
-    pub reference: Option<String>,
-    #[schema(value_type = Object)]
-    pub metadata: serde_json::Value,
-    /// Present when `status` is `failed`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure_code: Option<FailureCode>,
-    /// Posting attempts that failed for a transient reason (outages are not counted).
-    #[schema(minimum = 0)]
-    pub attempts: i32,
-    /// The anomaly rules this transfer tripped (README, "Anomaly detection"); empty until
-    /// posting judged it, and for most transfers.
-    pub flags: Vec<Rule>,
-    /// A reviewer's decision, for a transfer that was held for review (`in_review`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub review: Option<Review>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub posted_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failed_at: Option<DateTime<Utc>>,
-    #[serde(skip)]
-    fingerprint: Vec<u8>,
-}
-
-/// A reviewer's decision on a transfer, and when it was made.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Review {
-    pub decision: ReviewDecision,
-    pub at: DateTime<Utc>,
-}
 
 /// What happened to one submitted transfer.
 #[derive(Debug, Clone)]
@@ -97,10 +39,6 @@ impl AcceptError {
         }
     }
 }
-
-const TRANSFER_COLUMNS: &str = "id, ledger, idempotency_key, request_fingerprint, status, from_account, \
-    to_account, amount, currency, reference, metadata, failure_code, attempts, review, \
-    reviewed_at, created_at, updated_at, posted_at, failed_at";
 
 /// A transfer submitted under an API key.
 #[derive(Debug, Clone)]
@@ -259,31 +197,6 @@ async fn with_flags(
     Ok(views)
 }
 
-/// Fills in the `flags` of transfers read back (new ones have none yet).
-async fn attach_flags<'a>(
-    pool: &PgPool,
-    views: impl Iterator<Item = &'a mut TransferView>,
-) -> Result<(), sqlx::Error> {
-    let mut views: Vec<&mut TransferView> = views.collect();
-    if views.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = views.iter().map(|v| v.id).collect();
-    let rows: Vec<(Uuid, String)> = sqlx::query_as(
-        "SELECT transfer_id, rule FROM anomalies WHERE transfer_id = ANY($1) ORDER BY id",
-    )
-    .bind(&ids)
-    .fetch_all(pool)
-    .await?;
-    for (transfer_id, rule) in rows {
-        let rule = Rule::parse_known(&rule).map_err(|e| sqlx::Error::Decode(e.into()))?;
-        if let Some(view) = views.iter_mut().find(|v| v.id == transfer_id) {
-            view.flags.push(rule);
-        }
-    }
-    Ok(())
-}
-
 fn by_identity(rows: Vec<KeyedTransferRow>) -> ByIdentity {
     rows.into_iter()
         .map(|row| {
@@ -370,107 +283,10 @@ pub async fn get_by_key(
         .remove(&(api_key_id, key.as_str().to_owned())))
 }
 
-/// A `transfers` row with the columns of `TRANSFER_COLUMNS`; status and failure code read
-/// back strictly: a value this version does not know is an error, never a default.
-#[derive(sqlx::FromRow)]
-struct TransferRow {
-    id: Uuid,
-    ledger: String,
-    idempotency_key: String,
-    request_fingerprint: Vec<u8>,
-    #[sqlx(try_from = "String")]
-    status: TransferStatus,
-    from_account: String,
-    to_account: String,
-    amount: Decimal,
-    currency: String,
-    reference: Option<String>,
-    metadata: serde_json::Value,
-    #[sqlx(try_from = "Option<String>")]
-    failure_code: StoredFailureCode,
-    attempts: i32,
-    #[sqlx(try_from = "Option<String>")]
-    review: StoredReview,
-    reviewed_at: Option<DateTime<Utc>>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    posted_at: Option<DateTime<Utc>>,
-    failed_at: Option<DateTime<Utc>>,
-}
-
 /// A transfer row with the API key it belongs to: its identity is (API key, idempotency key).
 #[derive(sqlx::FromRow)]
 struct KeyedTransferRow {
     api_key_id: Uuid,
     #[sqlx(flatten)]
     transfer: TransferRow,
-}
-
-/// The nullable `failure_code` column, decoded strictly when present.
-struct StoredFailureCode(Option<FailureCode>);
-
-impl TryFrom<Option<String>> for StoredFailureCode {
-    type Error = UnknownCode;
-    fn try_from(code: Option<String>) -> Result<Self, Self::Error> {
-        code.map(FailureCode::try_from).transpose().map(Self)
-    }
-}
-
-/// The nullable `review` column, decoded strictly when present.
-struct StoredReview(Option<ReviewDecision>);
-
-impl TryFrom<Option<String>> for StoredReview {
-    type Error = crate::domain::UnknownValue;
-    fn try_from(decision: Option<String>) -> Result<Self, Self::Error> {
-        decision.map(ReviewDecision::try_from).transpose().map(Self)
-    }
-}
-
-impl From<TransferRow> for TransferView {
-    fn from(row: TransferRow) -> Self {
-        Self {
-            id: row.id,
-            ledger: row.ledger,
-            idempotency_key: row.idempotency_key,
-            status: row.status,
-            from_account: row.from_account,
-            to_account: row.to_account,
-            amount: format_amount(&row.currency, row.amount),
-            currency: row.currency.trim().to_owned(),
-            reference: row.reference,
-            metadata: row.metadata,
-            failure_code: row.failure_code.0,
-            attempts: row.attempts,
-            flags: Vec::new(),
-            review: row
-                .review
-                .0
-                .zip(row.reviewed_at)
-                .map(|(decision, at)| Review { decision, at }),
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            posted_at: row.posted_at,
-            failed_at: row.failed_at,
-            fingerprint: row.request_fingerprint,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_unknown_stored_failure_code_is_an_error_not_a_default() {
-        assert_eq!(StoredFailureCode::try_from(None).map(|c| c.0), Ok(None));
-        assert_eq!(
-            StoredFailureCode::try_from(Some("account_not_found".to_owned())).map(|c| c.0),
-            Ok(Some(FailureCode::AccountNotFound))
-        );
-        assert_eq!(
-            StoredFailureCode::try_from(Some("cosmic_rays".to_owned())).map(|c| c.0),
-            Err(UnknownCode("cosmic_rays".to_owned()))
-        );
-        assert!(TransferStatus::try_from("archived".to_owned()).is_err());
-    }
 }

@@ -1,0 +1,219 @@
+//! Producer events (README, "Events and webhooks"): every change a producer cares about is an
+//! `events` row written in the transaction that makes the change — no change without its
+//! event, no event without its change — numbered per ledger with no gaps.
+//!
+//! **Why a reader never skips an event.** A writer takes its numbers from its ledger's
+//! `event_counters` row, which it holds locked until it commits; the next writer waits on that
+//! lock. So numbers are handed out in commit order: when `seq = N` is visible, every smaller
+//! `seq` of the ledger is already committed, and a cursor `after = N` never misses an event
+//! that commits later with a smaller number. Every writer first takes the posting gate
+//! ([`lock_sequence`]) — posting does anyway — so that a SERIALIZABLE posting transaction
+//! never finds the counter updated after its snapshot (which would fail it with 40001), and so
+//! that no writer holds a row posting needs while it waits for the gate.
+
+pub mod transfer;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{EventType, LedgerName};
+
+/// An event about to be written.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub ledger: String,
+    pub event_type: EventType,
+    /// What it is about, as `<kind>:<id>`.
+    pub subject: String,
+    /// The resource as the API shows it.
+    pub payload: serde_json::Value,
+}
+
+impl NewEvent {
+    pub fn about_transfer(
+        event_type: EventType,
+        view: &transfer::TransferView,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            ledger: view.ledger.clone(),
+            event_type,
+            subject: subject::transfer(view.id),
+            payload: serde_json::to_value(view)?,
+        })
+    }
+}
+
+/// `events.subject` values.
+pub mod subject {
+    pub fn transfer(id: uuid::Uuid) -> String {
+        format!("transfer:{id}")
+    }
+
+    pub fn account(id: &str) -> String {
+        format!("account:{id}")
+    }
+
+    pub fn anomaly(id: i64) -> String {
+        format!("anomaly:{id}")
+    }
+}
+
+/// An event as the feed and webhooks show it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = Event)]
+pub struct EventView {
+    /// Unique and stable: a webhook's `webhook-id`, the same on every retry and replay.
+    pub id: Uuid,
+    #[schema(example = "default")]
+    pub ledger: String,
+    /// The event's number in its ledger: 1, 2, 3, … without gaps, in commit order.
+    #[schema(minimum = 1)]
+    pub seq: i64,
+    #[sqlx(rename = "type", try_from = "String")]
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// When the change committed (to within its transaction's duration).
+    pub created_at: DateTime<Utc>,
+    /// The resource as the API showed it then: a transfer, an account, or an anomaly hit.
+    #[sqlx(rename = "payload")]
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+const EVENT_COLUMNS: &str = "id, ledger, seq, type, created_at, payload";
+
+/// Takes the lock every event writer holds until it commits (the posting gate; see the module
+/// comment). Must come before the transaction locks any row.
+pub async fn lock_sequence(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("LOCK TABLE ledger_posting_gate IN EXCLUSIVE MODE")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Appends `events` in the caller's transaction, numbering them per ledger in the order given.
+/// One statement, whatever the number of events and ledgers.
+pub async fn append(conn: &mut PgConnection, events: &[NewEvent]) -> Result<usize, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+    let ledgers: Vec<&str> = events.iter().map(|e| e.ledger.as_str()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let subjects: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
+    let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
+    // The counter rows are updated in ledger order, as every writer does, so two writers of
+    // several ledgers cannot deadlock.
+    let inserted = sqlx::query(
+        "WITH batch AS ( \
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) \
+             WITH ORDINALITY AS b(id, ledger, type, subject, payload, ord) \
+         ), counts AS ( \
+           SELECT ledger, count(*) AS n FROM batch GROUP BY ledger ORDER BY ledger \
+         ), bumped AS ( \
+           INSERT INTO event_counters AS c (ledger, last_seq) SELECT ledger, n FROM counts \
+           ON CONFLICT (ledger) DO UPDATE SET last_seq = c.last_seq + EXCLUDED.last_seq \
+           RETURNING ledger, last_seq \
+         ) \
+         INSERT INTO events (id, ledger, seq, type, subject, payload) \
+         SELECT b.id, b.ledger, \
+           bumped.last_seq - counts.n + row_number() OVER (PARTITION BY b.ledger ORDER BY b.ord), \
+           b.type, b.subject, b.payload \
+         FROM batch b JOIN counts USING (ledger) JOIN bumped USING (ledger)",
+    )
+    .bind(&ids)
+    .bind(&ledgers)
+    .bind(&types)
+    .bind(&subjects)
+    .bind(&payloads)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    if inserted != events.len() as u64 {
+        return Err(sqlx::Error::Protocol(format!(
+            "{inserted} events written, {} expected",
+            events.len()
+        )));
+    }
+    for event in events {
+        metrics::counter!("ferry_events_total", "type" => event.event_type.as_str()).increment(1);
+    }
+    Ok(events.len())
+}
+
+/// The last `seq` a ledger has handed out (0 before its first event), as the caller's
+/// transaction sees it.
+pub async fn last_seq(
+    db: impl sqlx::PgExecutor<'_>,
+    ledger: &LedgerName,
+) -> Result<i64, sqlx::Error> {
+    let seq: Option<i64> =
+        sqlx::query_scalar("SELECT last_seq FROM event_counters WHERE ledger = $1")
+            .bind(ledger.as_str())
+            .fetch_optional(db)
+            .await?;
+    Ok(seq.unwrap_or(0))
+}
+
+/// A page of `ledger`'s events after `after`, in `seq` order, of the given types (all when
+/// `None`).
+pub async fn page(
+    pool: &PgPool,
+    ledger: &LedgerName,
+    after: i64,
+    types: Option<&[EventType]>,
+    limit: i64,
+) -> Result<Vec<EventView>, sqlx::Error> {
+    let types: Option<Vec<&str>> = types.map(|t| t.iter().map(|t| t.as_str()).collect());
+    sqlx::query_as::<_, EventView>(sqlx::AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE ledger = $1 AND seq > $2 AND ($3::text[] IS NULL OR type = ANY($3)) \
+         ORDER BY seq LIMIT $4"
+    )))
+    .bind(ledger.as_str())
+    .bind(after)
+    .bind(types)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The events about one subject (`transfer:<id>`), oldest first.
+pub async fn about(pool: &PgPool, subject: &str) -> Result<Vec<EventView>, sqlx::Error> {
+    sqlx::query_as::<_, EventView>(sqlx::AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE subject = $1 ORDER BY ledger, seq"
+    )))
+    .bind(subject)
+    .fetch_all(pool)
+    .await
+}
+
+/// How many events `purge` deletes per statement: short transactions, no long lock on the
+/// table's index pages.
+const PURGE_CHUNK: i64 = 10_000;
+
+/// Deletes events older than `retention` (and, with them, their webhook deliveries and
+/// attempts). The counters stay, so numbering never restarts.
+pub async fn purge(conn: &mut PgConnection, retention: Duration) -> Result<u64, sqlx::Error> {
+    let mut purged = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM events WHERE id IN ( \
+               SELECT id FROM events WHERE created_at < now() - make_interval(secs => $1) \
+               LIMIT $2)",
+        )
+        .bind(retention.as_secs_f64())
+        .bind(PURGE_CHUNK)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        purged += deleted;
+        if deleted < PURGE_CHUNK as u64 {
+            return Ok(purged);
+        }
+    }
+}

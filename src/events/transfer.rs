@@ -1,0 +1,248 @@
+//! Transfers as the API shows them — the one rendering that both the HTTP answers and the
+//! events about transfers use, so a webhook carries exactly what `GET /v1/transfers/{id}`
+//! would have shown when the change committed.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::NewEvent;
+use crate::domain::transfer::UnknownCode;
+use crate::domain::{Currency, EventType, FailureCode, ReviewDecision, Rule, TransferStatus};
+
+/// A transfer as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Transfer)]
+pub struct TransferView {
+    pub id: Uuid,
+    /// The ledger both accounts belong to.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$", example = "default")]
+    pub ledger: String,
+    #[schema(pattern = "^[!-~]{1,255}$")]
+    pub idempotency_key: String,
+    pub status: TransferStatus,
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    pub from_account: String,
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    pub to_account: String,
+    /// A decimal string with the currency's decimal places, never a JSON number.
+    #[schema(pattern = r"^[0-9]+(\.[0-9]+)?$", example = "12.30")]
+    pub amount: String,
+    #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
+    pub currency: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 255)]
+    pub reference: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    /// Present when `status` is `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_code: Option<FailureCode>,
+    /// Posting attempts that failed for a transient reason (outages are not counted).
+    #[schema(minimum = 0)]
+    pub attempts: i32,
+    /// The anomaly rules this transfer tripped (README, "Anomaly detection"); empty until
+    /// posting judged it, and for most transfers.
+    pub flags: Vec<Rule>,
+    /// A reviewer's decision, for a transfer that was held for review (`in_review`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review: Option<Review>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub posted_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub(crate) fingerprint: Vec<u8>,
+}
+
+/// A reviewer's decision on a transfer, and when it was made.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Review {
+    pub decision: ReviewDecision,
+    pub at: DateTime<Utc>,
+}
+
+pub const TRANSFER_COLUMNS: &str = "id, ledger, idempotency_key, request_fingerprint, status, from_account, \
+    to_account, amount, currency, reference, metadata, failure_code, attempts, review, \
+    reviewed_at, created_at, updated_at, posted_at, failed_at";
+
+/// Fills in the `flags` of transfers read back (new ones have none yet).
+pub async fn attach_flags<'a, 'c>(
+    db: impl sqlx::PgExecutor<'c>,
+    views: impl Iterator<Item = &'a mut TransferView>,
+) -> Result<(), sqlx::Error> {
+    let mut views: Vec<&mut TransferView> = views.collect();
+    if views.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = views.iter().map(|v| v.id).collect();
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT transfer_id, rule FROM anomalies WHERE transfer_id = ANY($1) ORDER BY id",
+    )
+    .bind(&ids)
+    .fetch_all(db)
+    .await?;
+    let by_id: std::collections::HashMap<Uuid, usize> =
+        views.iter().enumerate().map(|(i, v)| (v.id, i)).collect();
+    for (transfer_id, rule) in rows {
+        let rule = Rule::parse_known(&rule).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        if let Some(i) = by_id.get(&transfer_id) {
+            views[*i].flags.push(rule);
+        }
+    }
+    Ok(())
+}
+
+/// A `transfers` row with the columns of `TRANSFER_COLUMNS`; status and failure code read
+/// back strictly: a value this version does not know is an error, never a default.
+#[derive(sqlx::FromRow)]
+pub struct TransferRow {
+    id: Uuid,
+    ledger: String,
+    idempotency_key: String,
+    request_fingerprint: Vec<u8>,
+    #[sqlx(try_from = "String")]
+    status: TransferStatus,
+    from_account: String,
+    to_account: String,
+    amount: Decimal,
+    currency: String,
+    reference: Option<String>,
+    metadata: serde_json::Value,
+    #[sqlx(try_from = "Option<String>")]
+    failure_code: StoredFailureCode,
+    attempts: i32,
+    #[sqlx(try_from = "Option<String>")]
+    review: StoredReview,
+    reviewed_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    posted_at: Option<DateTime<Utc>>,
+    failed_at: Option<DateTime<Utc>>,
+}
+
+/// The nullable `failure_code` column, decoded strictly when present.
+struct StoredFailureCode(Option<FailureCode>);
+
+impl TryFrom<Option<String>> for StoredFailureCode {
+    type Error = UnknownCode;
+    fn try_from(code: Option<String>) -> Result<Self, Self::Error> {
+        code.map(FailureCode::try_from).transpose().map(Self)
+    }
+}
+
+/// The nullable `review` column, decoded strictly when present.
+struct StoredReview(Option<ReviewDecision>);
+
+impl TryFrom<Option<String>> for StoredReview {
+    type Error = crate::domain::UnknownValue;
+    fn try_from(decision: Option<String>) -> Result<Self, Self::Error> {
+        decision.map(ReviewDecision::try_from).transpose().map(Self)
+    }
+}
+
+impl From<TransferRow> for TransferView {
+    fn from(row: TransferRow) -> Self {
+        Self {
+            id: row.id,
+            ledger: row.ledger,
+            idempotency_key: row.idempotency_key,
+            status: row.status,
+            from_account: row.from_account,
+            to_account: row.to_account,
+            amount: format_amount(&row.currency, row.amount),
+            currency: row.currency.trim().to_owned(),
+            reference: row.reference,
+            metadata: row.metadata,
+            failure_code: row.failure_code.0,
+            attempts: row.attempts,
+            flags: Vec::new(),
+            review: row
+                .review
+                .0
+                .zip(row.reviewed_at)
+                .map(|(decision, at)| Review { decision, at }),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            posted_at: row.posted_at,
+            failed_at: row.failed_at,
+            fingerprint: row.request_fingerprint,
+        }
+    }
+}
+
+/// The transfers `ids` as they are now in the caller's transaction, with their flags: what
+/// the events about a change just made carry.
+pub async fn read_in_transaction(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<TransferView>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE id = ANY($1) ORDER BY created_at, id"
+    )))
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut views: Vec<TransferView> = rows.into_iter().map(TransferView::from).collect();
+    attach_flags(&mut *conn, views.iter_mut()).await?;
+    Ok(views)
+}
+
+/// The event a transfer's status announces; `None` for `pending` (nothing to announce).
+pub fn event_type(status: TransferStatus) -> Option<EventType> {
+    match status {
+        TransferStatus::Pending => None,
+        TransferStatus::InReview => Some(EventType::TransferInReview),
+        TransferStatus::Posted => Some(EventType::TransferPosted),
+        TransferStatus::Failed => Some(EventType::TransferFailed),
+    }
+}
+
+/// Writes, in the caller's transaction, one event per transfer of `ids` announcing the status
+/// it now has (the caller has just changed it). Call [`super::lock_sequence`] first.
+pub async fn record_changes(conn: &mut PgConnection, ids: &[Uuid]) -> Result<usize, sqlx::Error> {
+    let views = read_in_transaction(conn, ids).await?;
+    let events: Vec<NewEvent> = views
+        .iter()
+        .filter_map(|view| {
+            let event_type = event_type(view.status)?;
+            Some(NewEvent::about_transfer(event_type, view))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e: serde_json::Error| sqlx::Error::Encode(e.into()))?;
+    super::append(conn, &events).await
+}
+
+/// An amount as the API shows it: a decimal string with its currency's decimal places.
+pub fn format_amount(currency: &str, value: Decimal) -> String {
+    match Currency::parse(currency.trim()) {
+        Ok(c) => c.format(value),
+        Err(_) => value.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_stored_failure_code_is_an_error_not_a_default() {
+        assert_eq!(StoredFailureCode::try_from(None).map(|c| c.0), Ok(None));
+        assert_eq!(
+            StoredFailureCode::try_from(Some("account_not_found".to_owned())).map(|c| c.0),
+            Ok(Some(FailureCode::AccountNotFound))
+        );
+        assert_eq!(
+            StoredFailureCode::try_from(Some("cosmic_rays".to_owned())).map(|c| c.0),
+            Err(UnknownCode("cosmic_rays".to_owned()))
+        );
+        assert!(TransferStatus::try_from("archived".to_owned()).is_err());
+    }
+}
