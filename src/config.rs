@@ -168,6 +168,7 @@ const ENV: &[(&str, &str, Setter)] = env_table! {
     "FERRY_RECONCILE_FULL_SCAN_EVERY_SECS" => "reconcile.full_scan_every_secs": secs(reconcile.full_scan_every),
     "FERRY_JOB_RETENTION_DONE_SECS" => "reconcile.retention.done_secs": secs(reconcile.retention.done),
     "FERRY_JOB_RETENTION_DEAD_SECS" => "reconcile.retention.dead_secs": secs(reconcile.retention.dead),
+    "FERRY_EVENTS_RETENTION_SECS" => "reconcile.retention.events_secs": secs(reconcile.retention.events),
     "FERRY_ANOMALY_ENABLED" => "anomaly.enabled": set(anomaly.enabled),
 };
 

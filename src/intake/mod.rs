@@ -8,6 +8,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod json;
 pub mod ledgers;
@@ -125,7 +126,8 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(api_keys::create, api_keys::list))
         .routes(routes!(api_keys::revoke))
         .routes(routes!(audit::list))
-        .routes(routes!(anomalies::list));
+        .routes(routes!(anomalies::list))
+        .routes(routes!(events::list));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/v1", v1)
         .routes(routes!(health::healthz))

@@ -52,6 +52,7 @@ const REQUEST_ID_HEADER: &str = "X-Request-Id";
         (name = "api-keys", description = "API keys: create, list, revoke (`admin`)."),
         (name = "audit", description = "The append-only audit trail (`admin`)."),
         (name = "anomalies", description = "Hits of the anomaly rules on transfers."),
+        (name = "events", description = "Changes producers care about, numbered per ledger."),
         (name = "operations", description = "Health, readiness, metrics and this document."),
     ),
     components(schemas(Problem, ErrorCode)),

@@ -74,7 +74,7 @@ pub async fn dead_jobs(
     .await
 }
 
-/// `[reconcile.retention]`: how long finished jobs are kept.
+/// `[reconcile.retention]`: how long finished jobs, and producer events, are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Retention {
@@ -84,6 +84,9 @@ pub struct Retention {
     /// Dead jobs, kept longer as the dead-letter record `job_dead` findings point to.
     #[serde(rename = "dead_secs", with = "crate::serde_duration::secs")]
     pub dead: Duration,
+    /// Producer events (and with them their webhook deliveries and attempts).
+    #[serde(rename = "events_secs", with = "crate::serde_duration::secs")]
+    pub events: Duration,
     /// Worker registrations not seen for this long; not a setting.
     #[serde(skip)]
     pub workers: Duration,
@@ -97,6 +100,9 @@ impl Default for Retention {
             done: Duration::from_secs(3_600),
             // The dead-letter record; kept a week.
             dead: Duration::from_secs(7 * 24 * 3_600),
+            // 30 days: a producer that was down for weeks can still catch up from its cursor;
+            // webhook retries end after a day, so nothing undelivered is purged.
+            events: Duration::from_secs(30 * 24 * 3_600),
             // Registrations not seen for a day are removed.
             workers: Duration::from_secs(24 * 3_600),
         }

@@ -114,6 +114,8 @@ pub struct RunOutcome {
     pub sample: Vec<Observation>,
     pub transfers_redriven: usize,
     pub jobs_purged: u64,
+    /// Producer events past their retention, deleted by this run.
+    pub events_purged: u64,
     pub elapsed: Duration,
 }
 
@@ -255,6 +257,7 @@ async fn check_and_record(
     if ledger.is_none() {
         let mut conn = pool.acquire().await?;
         outcome.jobs_purged = table::purge_finished(&mut conn, settings.retention).await?;
+        outcome.events_purged = crate::events::purge(&mut conn, settings.retention.events).await?;
     }
     outcome.elapsed = started.elapsed();
     metrics::histogram!("ferry_reconciliation_seconds").record(outcome.elapsed.as_secs_f64());

@@ -56,7 +56,11 @@ fn write_summary(out: &mut String, run: &RunView, outcome: &RunOutcome) {
             outcome.transfers_redriven
         );
     }
-    let _ = writeln!(out, "  purged      {} finished jobs", outcome.jobs_purged);
+    let _ = writeln!(
+        out,
+        "  purged      {} finished jobs, {} expired events",
+        outcome.jobs_purged, outcome.events_purged
+    );
 }
 
 /// The sampled findings, most severe first, and a pointer to the rest (`total` were seen).
