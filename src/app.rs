@@ -28,7 +28,12 @@ use crate::reconcile::schedule::parse_schedule;
 use crate::redis_slot::RedisSlot;
 use crate::store::api_keys::ApiKeyCache;
 use crate::store::group_commit::GroupCommitter;
+use crate::webhooks::Dispatcher;
 use crate::{db, telemetry};
+
+/// Longest a circuit-breaker read or write waits on Redis before the process uses its own
+/// state for the call.
+const WEBHOOK_REDIS_TIMEOUT_MS: u64 = 100;
 
 /// How often histogram buffers are folded so memory stays flat between scrapes.
 const METRICS_UPKEEP_INTERVAL_MS: u64 = 5_000;
@@ -59,6 +64,8 @@ pub struct Application {
     rate_limiter: RateLimiter,
     /// The posting workers' Redis for anomaly windows (unconnected when detection is off).
     anomaly_redis: RedisSlot,
+    /// The webhook dispatcher's Redis for endpoint circuits (worker role).
+    webhook_redis: RedisSlot,
     schedule: cron::Schedule,
     /// Every background task of the process (group committers, the poster, the rescuer, the
     /// Redis connector, metrics upkeep), awaited at shutdown.
@@ -109,6 +116,19 @@ impl Application {
         } else {
             RedisSlot::default()
         };
+        let webhook_redis = if config.roles.worker {
+            RedisSlot::connect(
+                &config.redis.url,
+                WEBHOOK_REDIS_TIMEOUT_MS,
+                "webhook circuits",
+                &tasks,
+                &stopping,
+            )
+            .await
+            .context("REDIS_URL is not a valid Redis URL")?
+        } else {
+            RedisSlot::default()
+        };
         let schedule = parse_schedule(&config.reconcile.cron)
             .map_err(|e| anyhow::anyhow!("FERRY_RECONCILE_CRON: {e}"))?;
         Ok(Self {
@@ -117,6 +137,7 @@ impl Application {
             listener,
             rate_limiter,
             anomaly_redis,
+            webhook_redis,
             schedule,
             tasks,
             stopping,
@@ -149,6 +170,17 @@ impl Application {
                 self.config.workers.queue.rescue_after,
                 self.stopping.clone(),
             ));
+        }
+        if self.config.roles.worker {
+            let dispatcher = Dispatcher::new(
+                self.pool.clone(),
+                self.config.webhooks.clone(),
+                self.webhook_redis.clone(),
+                &db::database_name(&self.config.database.url),
+                self.config.alerts.clone(),
+            );
+            self.tasks
+                .spawn(dispatcher.run(self.tasks.clone(), self.stopping.clone()));
         }
         let mut workers = self.start_workers();
         let (outcome, finished) = tokio::select! {
@@ -191,6 +223,7 @@ impl Application {
             rate_limiter: self.rate_limiter.clone(),
             api_keys: ApiKeyCache::default(),
             db_timeout: self.config.intake.db_timeout,
+            webhook_urls: Arc::new(self.config.webhooks.url_policy()),
         };
         let http = self.config.http;
         let router = intake::router(state, http.request_timeout);

@@ -79,8 +79,8 @@ pub enum ApiKeyCommand {
     Create {
         #[arg(long)]
         name: String,
-        /// Comma-separated: transfers:write, transfers:read, transfers:review, accounts:write,
-        /// accounts:read, admin.
+        /// Comma-separated: transfers:write, transfers:read, transfers:review, webhooks:write,
+        /// accounts:write, accounts:read, admin.
         #[arg(long)]
         scopes: String,
         /// The ledger the key is bound to, created if missing (default: `default`). Admin

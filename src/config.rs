@@ -3,6 +3,7 @@
 //! wins), and validated once at start-up with messages that name the variable and file key at
 //! fault (README, "Configuration").
 
+use crate::webhooks::WebhookSettings;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,6 +101,7 @@ pub struct Config {
     /// Alert sinks, checked, their `${VAR}`s expanded (none without a file).
     pub alerts: Arc<AlertConfig>,
     pub anomaly: AnomalySettings,
+    pub webhooks: WebhookSettings,
     pub failpoint: Failpoint,
 }
 
@@ -121,6 +123,7 @@ struct File {
     shutdown: ShutdownSettings,
     alerts: AlertSettings,
     anomaly: AnomalySettings,
+    webhooks: WebhookSettings,
 }
 
 /// Sets one setting from a variable's text.
@@ -170,6 +173,12 @@ const ENV: &[(&str, &str, Setter)] = env_table! {
     "FERRY_JOB_RETENTION_DEAD_SECS" => "reconcile.retention.dead_secs": secs(reconcile.retention.dead),
     "FERRY_EVENTS_RETENTION_SECS" => "reconcile.retention.events_secs": secs(reconcile.retention.events),
     "FERRY_ANOMALY_ENABLED" => "anomaly.enabled": set(anomaly.enabled),
+    "FERRY_WEBHOOKS_ALLOW_INSECURE" => "webhooks.allow_insecure": flag(webhooks.allow_insecure),
+    "FERRY_WEBHOOKS_ALLOWED_NETWORKS" => "webhooks.allowed_networks": networks(webhooks.allowed_networks),
+    "FERRY_WEBHOOKS_POLL_INTERVAL_MS" => "webhooks.poll_interval_ms": millis(webhooks.poll_interval),
+    "FERRY_WEBHOOKS_RETRY_BASE_MS" => "webhooks.retry_base_ms": millis(webhooks.retry_base),
+    "FERRY_WEBHOOKS_DISABLE_AFTER_SECS" => "webhooks.disable_after_secs": secs(webhooks.disable_after),
+    "FERRY_WEBHOOKS_BREAKER_OPEN_MS" => "webhooks.breaker.open_ms": millis(webhooks.breaker.open),
 };
 
 /// Where settings come from; [`Config::load`] takes them from the process.
@@ -255,6 +264,7 @@ impl Config {
             shutdown: file.shutdown,
             alerts: Arc::new(alerts),
             anomaly: file.anomaly,
+            webhooks: file.webhooks,
             failpoint: file.failpoint,
         };
         for (variable, _, set) in ENV {
@@ -356,6 +366,36 @@ impl Config {
                 "retention must be above zero",
             ),
             (
+                retention.events < Duration::from_secs(3_600),
+                "FERRY_EVENTS_RETENTION_SECS",
+                "must be at least 3600 (producers catch up from their cursor)",
+            ),
+            (
+                self.webhooks.poll_interval < ms(10),
+                "FERRY_WEBHOOKS_POLL_INTERVAL_MS",
+                "must be at least 10",
+            ),
+            (
+                self.webhooks.retry_base.is_zero()
+                    || self.webhooks.retry_cap < self.webhooks.retry_base,
+                "FERRY_WEBHOOKS_RETRY_BASE_MS",
+                "must be above zero and at most webhooks.retry_cap_secs",
+            ),
+            (
+                self.webhooks.concurrency == 0
+                    || self.webhooks.timeout.is_zero()
+                    || self.webhooks.breaker.failures_to_open == 0
+                    || self.webhooks.breaker.successes_to_close == 0,
+                "FERRY_CONFIG",
+                "webhooks.concurrency, timeout_ms, breaker.failures_to_open and \
+                 breaker.successes_to_close must be at least 1",
+            ),
+            (
+                self.webhooks.disable_after.is_zero() || self.webhooks.give_up_after.is_zero(),
+                "FERRY_WEBHOOKS_DISABLE_AFTER_SECS",
+                "webhooks.disable_after_secs and give_up_after_secs must be above zero",
+            ),
+            (
                 queue.fetch_batch == 0,
                 "FERRY_JOB_FETCH_BATCH",
                 "must be at least 1",
@@ -409,6 +449,26 @@ where
         .trim()
         .parse()
         .map_err(|e: T::Err| format!("{text:?}: {e}"))?;
+    Ok(())
+}
+
+/// `1`/`0` as well as `true`/`false`.
+fn flag(slot: &mut bool, text: &str) -> Result<(), String> {
+    *slot = match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => true,
+        "0" | "false" | "no" => false,
+        _ => return Err(format!("{text:?}: expected 1 or 0 (true or false)")),
+    };
+    Ok(())
+}
+
+/// Comma-separated CIDRs.
+fn networks(slot: &mut Vec<ipnet::IpNet>, text: &str) -> Result<(), String> {
+    *slot = text
+        .split(',')
+        .filter(|t| !t.trim().is_empty())
+        .map(crate::webhooks::parse_network)
+        .collect::<Result<_, _>>()?;
     Ok(())
 }
 

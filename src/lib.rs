@@ -37,3 +37,4 @@ pub mod retry;
 pub mod serde_duration;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;

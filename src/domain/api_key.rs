@@ -13,16 +13,19 @@ pub enum Scope {
     TransfersRead,
     /// Approve or reject transfers held for review (README, "Anomaly detection").
     TransfersReview,
+    /// Register, list, delete and replay webhook endpoints (README, "Events and webhooks").
+    WebhooksWrite,
     AccountsWrite,
     AccountsRead,
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::TransfersWrite,
         Scope::TransfersRead,
         Scope::TransfersReview,
+        Scope::WebhooksWrite,
         Scope::AccountsWrite,
         Scope::AccountsRead,
         Scope::Admin,
@@ -33,6 +36,7 @@ impl Scope {
             Self::TransfersWrite => "transfers:write",
             Self::TransfersRead => "transfers:read",
             Self::TransfersReview => "transfers:review",
+            Self::WebhooksWrite => "webhooks:write",
             Self::AccountsWrite => "accounts:write",
             Self::AccountsRead => "accounts:read",
             Self::Admin => "admin",
@@ -48,7 +52,7 @@ impl fmt::Display for Scope {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown scope {0:?}; scopes are transfers:write, transfers:read, transfers:review, accounts:write, accounts:read, admin"
+    "unknown scope {0:?}; scopes are transfers:write, transfers:read, transfers:review, webhooks:write, accounts:write, accounts:read, admin"
 )]
 pub struct UnknownScope(pub String);
 

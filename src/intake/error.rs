@@ -13,6 +13,7 @@ use crate::store::group_commit::SubmitError;
 use crate::store::ledgers::CreateLedgerError;
 use crate::store::reviews::ReviewError;
 use crate::store::transfers::AcceptError;
+use crate::store::webhook_endpoints::EndpointError;
 
 /// `Retry-After` on `503 unavailable`: a restarting PostgreSQL is usually back within seconds,
 /// and an exhausted pool frees up sooner; clients retry with the same Idempotency-Key.
@@ -63,6 +64,11 @@ pub enum ApiError {
     TransferNotInReview(String),
     #[error("reconciliation run not found")]
     ReconciliationNotFound,
+    /// A webhook URL ferry must not send to (README, "Events and webhooks": SSRF).
+    #[error("url refused: {0}")]
+    WebhookUrlRefused(String),
+    #[error("webhook endpoint not found")]
+    WebhookEndpointNotFound,
     #[error("{0}")]
     InvalidLedger(String),
     #[error("ledger {0} already exists")]
@@ -118,6 +124,7 @@ impl ApiError {
             Self::AccountNotFound(_)
             | Self::TransferNotFound
             | Self::ReconciliationNotFound
+            | Self::WebhookEndpointNotFound
             | Self::KeyNotFound
             | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -132,6 +139,7 @@ impl ApiError {
             | Self::InvalidKeyName(_)
             | Self::InvalidExpiry(_)
             | Self::AdminKeyWithLedger
+            | Self::WebhookUrlRefused(_)
             | Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -168,6 +176,8 @@ impl ApiError {
             Self::TransferNotFound => ErrorCode::TransferNotFound,
             Self::TransferNotInReview(_) => ErrorCode::TransferNotInReview,
             Self::ReconciliationNotFound => ErrorCode::ReconciliationNotFound,
+            Self::WebhookUrlRefused(_) => ErrorCode::WebhookUrlRefused,
+            Self::WebhookEndpointNotFound => ErrorCode::WebhookEndpointNotFound,
             Self::LedgerExists(_) => ErrorCode::LedgerExists,
             Self::InvalidScope(_) => ErrorCode::InvalidScope,
             Self::InvalidKeyName(_) => ErrorCode::InvalidKeyName,
@@ -227,6 +237,8 @@ pub enum ErrorCode {
     TransferNotFound,
     TransferNotInReview,
     ReconciliationNotFound,
+    WebhookUrlRefused,
+    WebhookEndpointNotFound,
     LedgerExists,
     InvalidScope,
     InvalidKeyName,
@@ -241,7 +253,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 35] = [
+    pub const ALL: [ErrorCode; 37] = [
         Self::Unauthorized,
         Self::Forbidden,
         Self::IdempotencyKeyMissing,
@@ -266,6 +278,8 @@ impl ErrorCode {
         Self::TransferNotFound,
         Self::TransferNotInReview,
         Self::ReconciliationNotFound,
+        Self::WebhookUrlRefused,
+        Self::WebhookEndpointNotFound,
         Self::LedgerExists,
         Self::InvalidScope,
         Self::InvalidKeyName,
@@ -305,6 +319,8 @@ impl ErrorCode {
             Self::TransferNotFound => "transfer_not_found",
             Self::TransferNotInReview => "transfer_not_in_review",
             Self::ReconciliationNotFound => "reconciliation_not_found",
+            Self::WebhookUrlRefused => "webhook_url_refused",
+            Self::WebhookEndpointNotFound => "webhook_endpoint_not_found",
             Self::LedgerExists => "ledger_exists",
             Self::InvalidScope => "invalid_scope",
             Self::InvalidKeyName => "invalid_key_name",
@@ -426,6 +442,16 @@ impl From<ReviewError> for ApiError {
     }
 }
 
+impl From<EndpointError> for ApiError {
+    fn from(e: EndpointError) -> Self {
+        match e {
+            EndpointError::NotFound => Self::WebhookEndpointNotFound,
+            EndpointError::LedgerNotFound(name) => Self::LedgerNotFound(name.to_string()),
+            EndpointError::Database(e) => e.into(),
+        }
+    }
+}
+
 impl From<CreateLedgerError> for ApiError {
     fn from(e: CreateLedgerError) -> Self {
         match e {
@@ -490,6 +516,8 @@ mod tests {
                 | ErrorCode::TransferNotFound
                 | ErrorCode::TransferNotInReview
                 | ErrorCode::ReconciliationNotFound
+                | ErrorCode::WebhookUrlRefused
+                | ErrorCode::WebhookEndpointNotFound
                 | ErrorCode::LedgerExists
                 | ErrorCode::InvalidScope
                 | ErrorCode::InvalidKeyName

@@ -21,6 +21,7 @@ pub mod request_id;
 pub mod reviews;
 pub mod serve;
 pub mod transfers;
+pub mod webhooks;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -78,6 +79,8 @@ pub struct AppState {
     pub api_keys: ApiKeyCache,
     /// Longest a request waits on PostgreSQL, connection included (`FERRY_INTAKE_DB_TIMEOUT_MS`).
     pub db_timeout: Duration,
+    /// Where webhook endpoints may point (`[webhooks]`).
+    pub webhook_urls: std::sync::Arc<crate::webhooks::ssrf::UrlPolicy>,
 }
 
 impl AppState {
@@ -127,7 +130,11 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(api_keys::revoke))
         .routes(routes!(audit::list))
         .routes(routes!(anomalies::list))
-        .routes(routes!(events::list));
+        .routes(routes!(events::list))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::get, webhooks::delete))
+        .routes(routes!(webhooks::replay))
+        .routes(routes!(webhooks::attempts));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/v1", v1)
         .routes(routes!(health::healthz))

@@ -53,6 +53,7 @@ const REQUEST_ID_HEADER: &str = "X-Request-Id";
         (name = "audit", description = "The append-only audit trail (`admin`)."),
         (name = "anomalies", description = "Hits of the anomaly rules on transfers."),
         (name = "events", description = "Changes producers care about, numbered per ledger."),
+        (name = "webhooks", description = "Endpoints that receive events, signed and retried."),
         (name = "operations", description = "Health, readiness, metrics and this document."),
     ),
     components(schemas(Problem, ErrorCode)),

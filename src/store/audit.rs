@@ -32,10 +32,16 @@ pub enum AuditAction {
     TransferApproved,
     #[serde(rename = "transfer.rejected")]
     TransferRejected,
+    #[serde(rename = "webhook_endpoint.created")]
+    WebhookEndpointCreated,
+    #[serde(rename = "webhook_endpoint.deleted")]
+    WebhookEndpointDeleted,
+    #[serde(rename = "webhook_endpoint.replayed")]
+    WebhookEndpointReplayed,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 10] = [
+    pub const ALL: [AuditAction; 13] = [
         Self::ApiKeyCreated,
         Self::ApiKeyRevoked,
         Self::LedgerCreated,
@@ -46,6 +52,9 @@ impl AuditAction {
         Self::ReconciliationStarted,
         Self::TransferApproved,
         Self::TransferRejected,
+        Self::WebhookEndpointCreated,
+        Self::WebhookEndpointDeleted,
+        Self::WebhookEndpointReplayed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +69,9 @@ impl AuditAction {
             Self::ReconciliationStarted => "reconciliation.started",
             Self::TransferApproved => "transfer.approved",
             Self::TransferRejected => "transfer.rejected",
+            Self::WebhookEndpointCreated => "webhook_endpoint.created",
+            Self::WebhookEndpointDeleted => "webhook_endpoint.deleted",
+            Self::WebhookEndpointReplayed => "webhook_endpoint.replayed",
         }
     }
 }
@@ -91,6 +103,10 @@ pub mod target {
 
     pub fn transfer(id: Uuid) -> String {
         format!("transfer:{id}")
+    }
+
+    pub fn webhook_endpoint(id: Uuid) -> String {
+        format!("webhook_endpoint:{id}")
     }
 }
 

@@ -8,3 +8,4 @@ pub mod group_commit;
 pub mod ledgers;
 pub mod reviews;
 pub mod transfers;
+pub mod webhook_endpoints;
