@@ -42,6 +42,11 @@ impl Default for BreakerSettings {
     }
 }
 
+/// Deliveries sent at once to an endpoint whose circuit has seen no failure: enough to keep a
+/// healthy receiver busy, few enough that a receiver that just went down takes at most this
+/// many failures before its circuit opens.
+pub const HEALTHY_BUDGET: usize = 16;
+
 /// How long a probe may be out before another process may probe instead (a process that died
 /// mid-probe must not wedge the circuit half-open).
 const PROBE_LEASE_MS: i64 = 30_000;
@@ -64,8 +69,10 @@ impl Default for BreakerState {
 /// What a caller may do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permit {
-    /// Closed: send everything due.
-    Allowed,
+    /// Closed: send up to `budget` deliveries at once, then ask again. A circuit that has
+    /// seen failures lets through only as many as could fail before it opens, so an endpoint
+    /// that goes down takes few more than the 5 failures that open it.
+    Allowed { budget: usize },
     /// Half-open: send one delivery; it decides.
     Probe,
     /// Open (or a probe is out): send nothing before `retry_in`.
@@ -90,9 +97,20 @@ impl BreakerState {
     }
 
     /// May a call be made at `now_ms`? Returns the permit and the state after handing it out.
-    pub fn permit(self, now_ms: i64) -> (Permit, Self) {
+    pub fn permit(self, now_ms: i64, settings: &BreakerSettings) -> (Permit, Self) {
         match self {
-            Self::Closed { .. } => (Permit::Allowed, self),
+            Self::Closed { failures: 0 } => (
+                Permit::Allowed {
+                    budget: HEALTHY_BUDGET,
+                },
+                self,
+            ),
+            Self::Closed { failures } => (
+                Permit::Allowed {
+                    budget: settings.failures_to_open.saturating_sub(failures).max(1) as usize,
+                },
+                self,
+            ),
             Self::Open { until_ms } if now_ms < until_ms => (
                 Permit::Rejected {
                     retry_in: millis(until_ms - now_ms),
@@ -214,8 +232,9 @@ impl Breakers {
 
     /// Asks for a permit for `endpoint` at `now_ms`.
     pub async fn permit(&self, endpoint: Uuid, now_ms: i64) -> Permit {
+        let settings = self.settings;
         self.update(endpoint, |state| {
-            let (permit, next) = state.permit(now_ms);
+            let (permit, next) = state.permit(now_ms, &settings);
             (next, permit)
         })
         .await
@@ -320,6 +339,11 @@ mod tests {
         assert_eq!((state, t), (BreakerState::Closed { failures: 4 }, None));
         let (state, t) = state.record(&[true, false, false, false, false], 0, &SETTINGS);
         assert_eq!((state, t), (BreakerState::Closed { failures: 4 }, None));
+        assert_eq!(
+            state.permit(0, &SETTINGS).0,
+            Permit::Allowed { budget: 1 },
+            "one more failure opens it: one call at a time"
+        );
         let (state, t) = state.record(&[false], 1_000, &SETTINGS);
         assert_eq!(t, Some(Transition::Opened));
         assert_eq!(state, BreakerState::Open { until_ms: 31_000 });
@@ -329,40 +353,45 @@ mod tests {
     fn open_waits_thirty_seconds_then_lets_one_probe_through_and_two_successes_close() {
         let open = BreakerState::Open { until_ms: 31_000 };
         assert_eq!(
-            open.permit(30_999).0,
+            open.permit(30_999, &SETTINGS).0,
             Permit::Rejected {
                 retry_in: Duration::from_millis(1)
             }
         );
-        let (permit, half) = open.permit(31_000);
+        let (permit, half) = open.permit(31_000, &SETTINGS);
         assert_eq!(permit, Permit::Probe);
         assert!(
-            matches!(half.permit(31_001).0, Permit::Rejected { .. }),
+            matches!(half.permit(31_001, &SETTINGS).0, Permit::Rejected { .. }),
             "one probe at a time"
         );
         let (half, t) = half.record(&[true], 31_100, &SETTINGS);
         assert_eq!(t, None);
-        let (permit, half) = half.permit(31_200);
+        let (permit, half) = half.permit(31_200, &SETTINGS);
         assert_eq!(permit, Permit::Probe);
         let (closed, t) = half.record(&[true], 31_300, &SETTINGS);
         assert_eq!(
             (closed, t),
             (BreakerState::default(), Some(Transition::Closed))
         );
-        assert_eq!(closed.permit(31_400).0, Permit::Allowed);
+        assert_eq!(
+            closed.permit(31_400, &SETTINGS).0,
+            Permit::Allowed {
+                budget: HEALTHY_BUDGET
+            }
+        );
     }
 
     #[test]
     fn a_failed_probe_reopens_and_a_lost_probe_is_retaken_after_its_lease() {
-        let (_, half) = BreakerState::Open { until_ms: 0 }.permit(0);
+        let (_, half) = BreakerState::Open { until_ms: 0 }.permit(0, &SETTINGS);
         let (reopened, t) = half.record(&[false], 10, &SETTINGS);
         assert_eq!(t, None);
         assert_eq!(reopened, BreakerState::Open { until_ms: 30_010 });
-        let (_, half) = BreakerState::Open { until_ms: 0 }.permit(0);
+        let (_, half) = BreakerState::Open { until_ms: 0 }.permit(0, &SETTINGS);
         assert!(matches!(
-            half.permit(PROBE_LEASE_MS - 1).0,
+            half.permit(PROBE_LEASE_MS - 1, &SETTINGS).0,
             Permit::Rejected { .. }
         ));
-        assert_eq!(half.permit(PROBE_LEASE_MS).0, Permit::Probe);
+        assert_eq!(half.permit(PROBE_LEASE_MS, &SETTINGS).0, Permit::Probe);
     }
 }

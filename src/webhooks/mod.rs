@@ -129,7 +129,7 @@ impl WebhookSettings {
 
     /// How long a claimed delivery is this process's: longer than any attempt can take.
     fn lease(&self) -> Duration {
-        self.timeout * 2 + Duration::from_secs(30)
+        (self.timeout * 3).max(Duration::from_secs(5))
     }
 }
 
@@ -250,24 +250,31 @@ impl Dispatcher {
         full
     }
 
-    /// Delivers one endpoint's claimed deliveries as its circuit allows, and records it all.
+    /// Delivers one endpoint's claimed deliveries as its circuit allows — a permit per chunk,
+    /// each chunk's outcomes fed back before the next — and records it all.
     async fn deliver_batch(&self, endpoint_id: Uuid, mut batch: Vec<Claimed>) {
-        batch.sort_by_key(|d| d.seq);
-        let now_ms = Utc::now().timestamp_millis();
-        let permit = self.breakers.permit(endpoint_id, now_ms).await;
-        let send_count = match permit {
-            Permit::Allowed => batch.len(),
-            Permit::Probe => 1,
-            Permit::Rejected { .. } => 0,
-        };
-        let waiting = batch.split_off(send_count.min(batch.len()));
-        let mut settled = self.attempt_all(batch).await;
+        batch.sort_by_key(|d| std::cmp::Reverse(d.seq));
+        let mut settled = Vec::with_capacity(batch.len());
+        let mut wait = Duration::ZERO;
+        let started = std::time::Instant::now();
+        // Chunks run one after another; a slow endpoint must not outlive the claim's lease.
+        while !batch.is_empty() && started.elapsed() < self.settings.lease() / 2 {
+            let permit = self.breakers.permit(endpoint_id, now_ms()).await;
+            let chunk_len = match permit {
+                Permit::Allowed { budget } => budget,
+                Permit::Probe => 1,
+                Permit::Rejected { retry_in } => {
+                    wait = retry_in;
+                    break;
+                }
+            };
+            let chunk = batch.split_off(batch.len().saturating_sub(chunk_len));
+            let attempted = self.attempt_all(chunk).await;
+            self.feed_breaker(endpoint_id, &attempted).await;
+            settled.extend(attempted);
+        }
         // Deliveries the circuit holds back wait — counted nothing, dropped nothing.
-        let wait = match permit {
-            Permit::Rejected { retry_in } => retry_in,
-            _ => Duration::from_millis(200),
-        };
-        for delivery in waiting {
+        for delivery in batch {
             let jitter = Duration::from_millis(rand::random_range(0..=250));
             settled.push(Settled {
                 id: delivery.id,
@@ -384,48 +391,46 @@ impl Dispatcher {
         (DeliveryStatus::Pending, Some(next), "retry")
     }
 
-    /// Feeds the attempts to the endpoint's circuit (alerting on a change), notes the
-    /// endpoint's health, and disables it if it is gone or has failed for too long.
+    /// Feeds a chunk's attempts to the endpoint's circuit, alerting on a change.
+    async fn feed_breaker(&self, endpoint_id: Uuid, settled: &[Settled]) {
+        let breaker_outcomes: Vec<bool> =
+            settled.iter().filter_map(|s| s.breaker_outcome).collect();
+        if breaker_outcomes.is_empty() {
+            return;
+        }
+        let (transition, state) = self
+            .breakers
+            .record(endpoint_id, &breaker_outcomes, now_ms())
+            .await;
+        metrics::gauge!("ferry_webhook_breaker_state", "endpoint" => endpoint_id.to_string())
+            .set(state.gauge());
+        let Some(transition) = transition else {
+            return;
+        };
+        let last_error = settled
+            .iter()
+            .rev()
+            .find_map(|s| s.attempt.as_ref()?.error.as_deref())
+            .unwrap_or("");
+        let (action, label) = match transition {
+            Transition::Opened => (Action::Trigger, "opened"),
+            Transition::Closed => (Action::Resolve, "closed"),
+        };
+        warn!(%endpoint_id, transition = label, "webhook endpoint circuit changed");
+        metrics::counter!("ferry_webhook_breaker_transitions_total", "transition" => label)
+            .increment(1);
+        let alerted =
+            deliveries::circuit_alert(&self.pool, &self.alerts, endpoint_id, action, last_error);
+        if let Err(error) = alerted.await {
+            warn!(%error, "the alert about a webhook circuit could not be raised");
+        }
+    }
+
+    /// Notes the endpoint's health, and disables it if it is gone or has failed for too long.
     async fn after_attempts(&self, endpoint_id: Uuid, settled: &[Settled]) {
         let tried: Vec<&Attempt> = settled.iter().filter_map(|s| s.attempt.as_ref()).collect();
         if tried.is_empty() {
             return;
-        }
-        let breaker_outcomes: Vec<bool> =
-            settled.iter().filter_map(|s| s.breaker_outcome).collect();
-        if !breaker_outcomes.is_empty() {
-            let now_ms = Utc::now().timestamp_millis();
-            let (transition, state) = self
-                .breakers
-                .record(endpoint_id, &breaker_outcomes, now_ms)
-                .await;
-            metrics::gauge!("ferry_webhook_breaker_state", "endpoint" => endpoint_id.to_string())
-                .set(state.gauge());
-            if let Some(transition) = transition {
-                let last_error = tried
-                    .iter()
-                    .rev()
-                    .find_map(|a| a.error.as_deref())
-                    .unwrap_or("");
-                let (action, label) = match transition {
-                    Transition::Opened => (Action::Trigger, "opened"),
-                    Transition::Closed => (Action::Resolve, "closed"),
-                };
-                warn!(%endpoint_id, transition = label, "webhook endpoint circuit changed");
-                metrics::counter!("ferry_webhook_breaker_transitions_total", "transition" => label)
-                    .increment(1);
-                if let Err(error) = deliveries::circuit_alert(
-                    &self.pool,
-                    &self.alerts,
-                    endpoint_id,
-                    action,
-                    last_error,
-                )
-                .await
-                {
-                    warn!(%error, "the alert about a webhook circuit could not be raised");
-                }
-            }
         }
         let gone = tried.iter().any(|a| a.outcome == "gone");
         let succeeded = tried.iter().any(|a| a.outcome == "delivered");
@@ -456,6 +461,10 @@ impl Dispatcher {
             }
         }
     }
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
 }
 
 fn after(wait: Duration) -> DateTime<Utc> {

@@ -167,8 +167,10 @@ async fn a_worker_killed_after_commit_before_ack_posts_nothing_twice() {
 }
 
 /// What must already hold while some transfers are still pending: no entry outside its
-/// transfer's ledger, and each ledger's balances sum to zero.
+/// transfer's ledger, each ledger's balances sum to zero, and exactly the committed changes
+/// have their events.
 async fn assert_ledger_invariants_so_far(app: &TestApp) {
+    crate::events::assert_events_match_transfers(&app.pool).await;
     assert_eq!(
         app.count(
             "SELECT count(*) FROM ledger_entries e JOIN transfers t ON t.id = e.transfer_id \
@@ -200,6 +202,11 @@ async fn a_worker_killed_mid_transaction_loses_nothing_and_the_job_reruns() {
         );
     }
     assert_eq!(app.count("SELECT count(*) FROM entries").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM events").await,
+        0,
+        "no event without its change"
+    );
     // The recovering worker runs with the production heartbeat (5 s × 4 missed = 20 s), to
     // show an orphaned job is picked up again in under 30 s with the defaults.
     let _worker = spawn_worker(app.database.url(), |c| {

@@ -82,12 +82,21 @@ pub fn test_config(database_url: &str, roles: Roles) -> Config {
             retention: Retention {
                 done: Duration::from_secs(3600),
                 dead: Duration::from_secs(7 * 24 * 3600),
+                events: Duration::from_secs(30 * 24 * 3600),
                 workers: Duration::from_secs(24 * 3600),
             },
         },
         alerts: std::sync::Arc::new(ferry::alerts::config::AlertConfig::default()),
         // On, as in production; its Redis keys are namespaced by the test's database.
         anomaly: ferry::anomaly::settings::AnomalySettings::default(),
+        // Local receivers on loopback; quick polling and retries so tests run in seconds.
+        webhooks: ferry::webhooks::WebhookSettings {
+            allow_insecure: true,
+            poll_interval: Duration::from_millis(50),
+            retry_base: Duration::from_millis(200),
+            timeout: Duration::from_secs(2),
+            ..ferry::webhooks::WebhookSettings::default()
+        },
         failpoint: Failpoint::None,
     }
 }

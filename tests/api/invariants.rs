@@ -13,6 +13,9 @@ async fn violations(pool: &PgPool, what: &str, sql: &'static str) {
 /// Asserts invariants 3–6 over every ledger, each on its own: an account id is unique only
 /// within its ledger, so every join matches the ledger too, and money never crosses ledgers.
 pub async fn assert_ledger_invariants(pool: &PgPool) {
+    // Every change a producer cares about has exactly its event (README, "Events and
+    // webhooks").
+    crate::events::assert_events_match_transfers(pool).await;
     violations(
         pool,
         "invariant 3: every acknowledged transfer is terminal",

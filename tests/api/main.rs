@@ -14,6 +14,7 @@ mod bench;
 mod config;
 mod crash;
 mod database;
+mod events;
 mod faults;
 mod http;
 mod idempotency;
