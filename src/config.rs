@@ -177,6 +177,7 @@ const ENV: &[(&str, &str, Setter)] = env_table! {
     "FERRY_WEBHOOKS_ALLOWED_NETWORKS" => "webhooks.allowed_networks": networks(webhooks.allowed_networks),
     "FERRY_WEBHOOKS_POLL_INTERVAL_MS" => "webhooks.poll_interval_ms": millis(webhooks.poll_interval),
     "FERRY_WEBHOOKS_RETRY_BASE_MS" => "webhooks.retry_base_ms": millis(webhooks.retry_base),
+    "FERRY_WEBHOOKS_TIMEOUT_MS" => "webhooks.timeout_ms": millis(webhooks.timeout),
     "FERRY_WEBHOOKS_DISABLE_AFTER_SECS" => "webhooks.disable_after_secs": secs(webhooks.disable_after),
     "FERRY_WEBHOOKS_BREAKER_OPEN_MS" => "webhooks.breaker.open_ms": millis(webhooks.breaker.open),
 };

@@ -28,3 +28,4 @@ mod reconciliation;
 mod reconciliation_ledgers;
 mod reviews;
 mod validation;
+mod webhooks;
