@@ -239,9 +239,10 @@ pub async fn disable(
     let Some((ledger, _url)) = disabled else {
         return Ok(false);
     };
-    // Parked at the end of the due index, so the claim never scans past them.
+    // Parked at the end of the due index, so the claim never scans past them (not `infinity`:
+    // chrono cannot hold it).
     sqlx::query(
-        "UPDATE webhook_deliveries SET next_attempt_at = 'infinity' \
+        "UPDATE webhook_deliveries SET next_attempt_at = now() + interval '100 years' \
          WHERE endpoint_id = $1 AND status = 'pending'",
     )
     .bind(endpoint_id)
