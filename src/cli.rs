@@ -1,5 +1,5 @@
 //! The command line: `serve`, `migrate`, `api-key create|list|revoke`, `ledger create|list`,
-//! `reconcile`, `bench`, `alerts test`.
+//! `reconcile`, `bench`, `alerts test`, `events tail`.
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +40,44 @@ pub enum Command {
     /// Alert sinks (configured in the file named by FERRY_CONFIG).
     #[command(subcommand)]
     Alerts(AlertsCommand),
+    /// Producer events (README, "Events and webhooks").
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Follow a ledger's event feed through the HTTP API and print one line per event
+    /// (`seq`, type, time, the resource's id), or the events as JSON lines. Runs until stopped.
+    Tail(TailArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TailArgs {
+    /// ferry's HTTP address.
+    #[arg(long, env = "FERRY_API_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// An API key with `transfers:read`.
+    #[arg(long, env = "FERRY_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+    /// Start after this `seq` (0: from the oldest event kept).
+    #[arg(long, default_value_t = 0)]
+    pub after: i64,
+    /// Comma-separated event types (default: all).
+    #[arg(long)]
+    pub types: Option<String>,
+    /// For an admin key: the ledger to follow (default `default`).
+    #[arg(long)]
+    pub ledger: Option<String>,
+    /// How long to wait before asking again when there is nothing new.
+    #[arg(long, default_value_t = 500)]
+    pub poll_ms: u64,
+    /// Print each event as one line of JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop once caught up instead of following.
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,7 +93,7 @@ pub const BENCH_ACCOUNTS_DEFAULT: u32 = 100_000;
 /// Arguments of `ferry bench` (the scenarios live beside `main.rs`, in `src/bin_bench/`).
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Scenario: baseline-uniform, uniform, baseline-hot, hot, intake, intake-while-posting, reconcile, soak, or all
+    /// Scenario: baseline-uniform, uniform, uniform-webhook, webhook-lag, baseline-hot, hot, intake, intake-while-posting, reconcile, soak, or all
     /// (all but soak).
     #[arg(long, default_value = "all")]
     pub scenario: String,

@@ -515,6 +515,9 @@ mod tests {
             "FERRY_RECONCILE_CRON" => ("0 0 * * * *", "\"0 0 * * * *\""),
             // On by default: the sample turns it off.
             "FERRY_ANOMALY_ENABLED" => ("false", "false"),
+            // Off by default: the sample turns it on.
+            "FERRY_WEBHOOKS_ALLOW_INSECURE" => ("1", "true"),
+            "FERRY_WEBHOOKS_ALLOWED_NETWORKS" => ("10.0.0.0/8", "[\"10.0.0.0/8\"]"),
             _ => ("4242", "4242"),
         }
     }

@@ -10,8 +10,8 @@ use anyhow::Context;
 use clap::Parser;
 use ferry::app::{Application, shutdown_signal};
 use ferry::cli::{
-    AlertsCommand, ApiKeyCommand, BarProgress, BenchArgs, Cli, Command, LedgerCommand,
-    ReconcileArgs,
+    AlertsCommand, ApiKeyCommand, BarProgress, BenchArgs, Cli, Command, EventsCommand,
+    LedgerCommand, ReconcileArgs, TailArgs,
 };
 use ferry::config::Config;
 use ferry::domain::{ApiKeyName, KeyLifetime, LedgerName, Scopes};
@@ -57,6 +57,62 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alerts(AlertsCommand::Test) => alerts_test(&config).await,
         Command::ApiKey(command) => api_key(&config, command).await,
         Command::Ledger(command) => ledger(&config, command).await,
+        Command::Events(EventsCommand::Tail(args)) => events_tail(args).await,
+    }
+}
+
+/// `ferry events tail`: a follower of `GET /v1/events`, as a producer would write one. Reading
+/// on from `next_after` never skips an event (README, "Events and webhooks").
+async fn events_tail(args: TailArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    let mut after = args.after;
+    let base = args.url.trim_end_matches('/');
+    loop {
+        let mut url = reqwest::Url::parse(&format!("{base}/v1/events"))
+            .context("FERRY_API_URL is not a URL")?;
+        url.query_pairs_mut()
+            .append_pair("after", &after.to_string())
+            .append_pair("limit", "1000");
+        if let Some(types) = &args.types {
+            url.query_pairs_mut().append_pair("types", types);
+        }
+        if let Some(ledger) = &args.ledger {
+            url.query_pairs_mut().append_pair("ledger", ledger);
+        }
+        let response = client
+            .get(url)
+            .bearer_auth(&args.api_key)
+            .send()
+            .await
+            .context("reading the event feed")?;
+        let status = response.status();
+        let page: serde_json::Value = response.json().await.context("reading the event feed")?;
+        if !status.is_success() {
+            anyhow::bail!("the event feed answered {status}: {}", page["detail"]);
+        }
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        for event in &events {
+            if args.json {
+                println!("{event}");
+            } else {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    event["seq"],
+                    event["type"].as_str().unwrap_or("?"),
+                    event["created_at"].as_str().unwrap_or("?"),
+                    event["data"]["id"]
+                );
+            }
+        }
+        after = page["next_after"].as_i64().unwrap_or(after);
+        if events.is_empty() {
+            if args.once {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(args.poll_ms)).await;
+        }
     }
 }
 

@@ -5,9 +5,10 @@
 //! Scratch databases and ferry run in-process come from `ferry::harness`, which the
 //! integration tests use too.
 
-pub mod baseline;
+mod baseline;
 pub mod pipeline;
 pub mod reconcile;
+mod webhooks;
 pub mod workload;
 
 use std::time::Duration;
@@ -56,11 +57,13 @@ pub async fn finish(scratch: ScratchDatabase, pool: PgPool) {
 /// A scenario ending in [`ANOMALY_OFF`] is the same run with anomaly detection off, for its
 /// cost (README, "Anomaly detection"); one ending in [`REVIEW`], with every rule set to
 /// `review`, for the cost of judging before posting.
-pub const SCENARIOS: [&str; 10] = [
+pub const SCENARIOS: [&str; 12] = [
     "baseline-uniform",
     "uniform",
     "uniform-anomaly-off",
     "uniform-review",
+    "uniform-webhook",
+    "webhook-lag",
     "baseline-hot",
     "hot",
     "intake",
@@ -128,6 +131,10 @@ async fn run_transfer_scenario(
     } else {
         name
     };
+    if name.contains("webhook") {
+        // The receiver is on loopback, in this process.
+        config.webhooks.allow_insecure = true;
+    }
     let config = &config;
     let shape = if name.ends_with("hot") {
         Shape::Hot
@@ -167,6 +174,10 @@ async fn run_transfer_scenario(
             let ferry = pipeline::BenchedFerry::start(config, scratch.url(), posting).await?;
             let row = if name.starts_with("intake") {
                 pipeline::intake(name, &ferry, &planned).await
+            } else if name == "uniform-webhook" {
+                webhooks::uniform(name, &ferry, &planned).await
+            } else if name == "webhook-lag" {
+                webhooks::lag(name, &ferry, &planned).await
             } else if name == "soak" {
                 pipeline::soak(&ferry, &planned, Duration::from_secs(soak_secs)).await
             } else {

@@ -115,7 +115,7 @@ impl BenchedFerry {
     }
 }
 
-fn item(t: &PlannedTransfer) -> serde_json::Value {
+pub fn item(t: &PlannedTransfer) -> serde_json::Value {
     json!({"idempotency_key": t.key, "from_account": t.from, "to_account": t.to,
            "amount": t.amount(), "currency": "USD"})
 }

@@ -168,6 +168,7 @@ mod tests {
             ],
             transfers_redriven: 1,
             jobs_purged: 5,
+            events_purged: 7,
             elapsed: std::time::Duration::from_millis(1500),
         }
     }
@@ -178,7 +179,7 @@ mod tests {
         \x20 checked     10 transfers, 4 accounts (full scan) in 1.50s\n\
         \x20 findings    3 open (2 new), 1 resolved\n\
         \x20 re-driven   1 stuck transfers whose job was gone\n\
-        \x20 purged      5 finished jobs\n";
+        \x20 purged      5 finished jobs, 7 expired events\n";
 
     #[test]
     fn a_report_lists_sampled_findings_most_severe_first_and_points_to_the_rest() {

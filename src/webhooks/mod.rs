@@ -142,7 +142,14 @@ pub struct Dispatcher {
     breakers: Breakers,
     alerts: Arc<AlertConfig>,
     in_flight: Arc<Semaphore>,
+    /// Batches writing their results at once: however many endpoints are being delivered to,
+    /// the dispatcher holds few of the pool's connections, and posting keeps the rest.
+    writing: Semaphore,
 }
+
+/// Connections the dispatcher's result writes may hold at once (fan-out and claiming hold one
+/// each besides).
+const WRITERS_MAX: usize = 2;
 
 impl Dispatcher {
     /// `namespace` keeps the breakers of databases sharing one Redis apart.
@@ -158,6 +165,7 @@ impl Dispatcher {
         Arc::new(Self {
             breakers: Breakers::new(settings.breaker, redis, namespace),
             in_flight: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            writing: Semaphore::new(WRITERS_MAX),
             pool,
             policy,
             client,
@@ -287,6 +295,9 @@ impl Dispatcher {
                 breaker_outcome: None,
             });
         }
+        let Ok(_writer) = self.writing.acquire().await else {
+            return;
+        };
         if let Err(error) = deliveries::settle(&self.pool, &settled).await {
             warn!(%error, %endpoint_id, "webhook delivery results not recorded; they will be retried");
         }

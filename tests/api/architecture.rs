@@ -19,6 +19,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "app",
             "config",
             "retry",
+            "webhooks",
         ],
     ),
     (
@@ -33,6 +34,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "jobs",
             "app",
             "config",
+            "webhooks",
         ],
     ),
     (
@@ -46,6 +48,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "jobs",
             "app",
             "config",
+            "webhooks",
         ],
     ),
     (
@@ -58,6 +61,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "jobs",
             "app",
             "config",
+            "webhooks",
         ],
     ),
     (
@@ -70,6 +74,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "jobs",
             "app",
             "config",
+            "webhooks",
         ],
     ),
     (
@@ -82,17 +87,61 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "jobs",
             "app",
             "config",
+            "webhooks",
         ],
     ),
     (
         "src/anomaly",
-        &["ledger", "reconcile", "intake", "jobs", "app", "config"],
+        &[
+            "ledger",
+            "reconcile",
+            "intake",
+            "jobs",
+            "app",
+            "config",
+            "webhooks",
+        ],
     ),
     (
         "src/reconcile",
-        &["store", "ledger", "intake", "jobs", "app", "config"],
+        &[
+            "store", "ledger", "intake", "jobs", "app", "config", "webhooks",
+        ],
     ),
     ("src/intake", &["ledger", "jobs", "app", "config"]),
+    // The event log sits just above the domain: every writer of a change writes its event.
+    (
+        "src/events",
+        &[
+            "retry",
+            "store",
+            "ledger",
+            "queue",
+            "reconcile",
+            "alerts",
+            "anomaly",
+            "intake",
+            "jobs",
+            "app",
+            "config",
+            "webhooks",
+        ],
+    ),
+    // Webhooks read the event log and raise alerts; nothing below them knows they exist.
+    (
+        "src/webhooks",
+        &[
+            "store",
+            "ledger",
+            "queue",
+            "reconcile",
+            "anomaly",
+            "intake",
+            "jobs",
+            "app",
+            "config",
+        ],
+    ),
     ("jobs", &["intake", "store", "app", "config"]),
     // Read by every settings section; a leaf.
     (

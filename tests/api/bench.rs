@@ -75,6 +75,8 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
             "uniform",
             "uniform-anomaly-off",
             "uniform-review",
+            "uniform-webhook",
+            "webhook-lag",
             "baseline-hot",
             "hot",
             "intake",
@@ -94,7 +96,10 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
     for row in rows.iter().filter(|r| !scenario(r).starts_with("baseline")) {
         assert_eq!(row["failed_contention"], 0, "{row}");
     }
-    for intake in rows.iter().filter(|r| scenario(r).starts_with("intake")) {
+    for intake in rows
+        .iter()
+        .filter(|r| scenario(r).starts_with("intake") || scenario(r).contains("webhook"))
+    {
         let (p50, p99) = (intake["p50_ms"].as_f64(), intake["p99_ms"].as_f64());
         assert!(p50.is_some() && p99 >= p50, "{intake}");
     }

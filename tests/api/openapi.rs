@@ -19,6 +19,7 @@ const REGENERATE: &str = "FERRY_WRITE_OPENAPI=1 cargo test --test api openapi";
 /// so adding or removing an operation is a visible change here too.
 const ROUTES: &[&str] = &[
     "DELETE /v1/api-keys/{id}",
+    "DELETE /v1/webhook-endpoints/{id}",
     "GET /healthz",
     "GET /metrics",
     "GET /openapi.json",
@@ -29,12 +30,16 @@ const ROUTES: &[&str] = &[
     "GET /v1/api-keys",
     "GET /v1/audit-events",
     "GET /v1/anomalies",
+    "GET /v1/events",
     "GET /v1/ledgers",
     "GET /v1/reconciliations",
     "GET /v1/reconciliations/{id}",
     "GET /v1/reviews",
     "GET /v1/transfers",
     "GET /v1/transfers/{id}",
+    "GET /v1/webhook-endpoints",
+    "GET /v1/webhook-endpoints/{id}",
+    "GET /v1/webhook-endpoints/{id}/attempts",
     "POST /v1/accounts",
     "POST /v1/accounts/{id}/close",
     "POST /v1/accounts/{id}/freeze",
@@ -46,6 +51,8 @@ const ROUTES: &[&str] = &[
     "POST /v1/transfers/batch",
     "POST /v1/transfers/{id}/approve",
     "POST /v1/transfers/{id}/reject",
+    "POST /v1/webhook-endpoints",
+    "POST /v1/webhook-endpoints/{id}/replay",
 ];
 
 const METHODS: [&str; 8] = [
