@@ -133,7 +133,7 @@ pub async fn record_events(tx: &mut PgConnection, ids: &[i64]) -> Result<usize, 
                 ledger: view.ledger.clone(),
                 event_type: EventType::AnomalyFlagged,
                 subject: subject::anomaly(view.id),
-                payload: serde_json::to_value(view)?,
+                payload: serde_json::to_string(view)?,
             })
         })
         .collect::<Result<Vec<_>, serde_json::Error>>()

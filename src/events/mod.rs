@@ -29,8 +29,9 @@ pub struct NewEvent {
     pub event_type: EventType,
     /// What it is about, as `<kind>:<id>`.
     pub subject: String,
-    /// The resource as the API shows it.
-    pub payload: serde_json::Value,
+    /// The resource as the API shows it, as JSON text (serialized once, straight from the
+    /// view; PostgreSQL parses it into `jsonb`).
+    pub payload: String,
 }
 
 impl NewEvent {
@@ -42,7 +43,7 @@ impl NewEvent {
             ledger: view.ledger.clone(),
             event_type,
             subject: subject::transfer(view.id),
-            payload: serde_json::to_value(view)?,
+            payload: serde_json::to_string(view)?,
         })
     }
 }
@@ -105,12 +106,12 @@ pub async fn append(conn: &mut PgConnection, events: &[NewEvent]) -> Result<usiz
     let ledgers: Vec<&str> = events.iter().map(|e| e.ledger.as_str()).collect();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let subjects: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
-    let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
+    let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
     // The counter rows are updated in ledger order, as every writer does, so two writers of
     // several ledgers cannot deadlock.
     let inserted = sqlx::query(
         "WITH batch AS ( \
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) \
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) \
              WITH ORDINALITY AS b(id, ledger, type, subject, payload, ord) \
          ), counts AS ( \
            SELECT ledger, count(*) AS n FROM batch GROUP BY ledger ORDER BY ledger \
@@ -122,7 +123,7 @@ pub async fn append(conn: &mut PgConnection, events: &[NewEvent]) -> Result<usiz
          INSERT INTO events (id, ledger, seq, type, subject, payload) \
          SELECT b.id, b.ledger, \
            bumped.last_seq - counts.n + row_number() OVER (PARTITION BY b.ledger ORDER BY b.ord), \
-           b.type, b.subject, b.payload \
+           b.type, b.subject, b.payload::json \
          FROM batch b JOIN counts USING (ledger) JOIN bumped USING (ledger)",
     )
     .bind(&ids)
@@ -182,14 +183,30 @@ pub async fn page(
     .await
 }
 
-/// The events about one subject (`transfer:<id>`), oldest first.
-pub async fn about(pool: &PgPool, subject: &str) -> Result<Vec<EventView>, sqlx::Error> {
-    sqlx::query_as::<_, EventView>(sqlx::AssertSqlSafe(format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE subject = $1 ORDER BY ledger, seq"
-    )))
-    .bind(subject)
-    .fetch_all(pool)
-    .await
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Timestamp;
+
+    /// The purge's cutoff id sorts below every UUIDv7 made at or after its millisecond and
+    /// above every one made before.
+    #[test]
+    fn uuid_v7_ids_sort_by_time_as_the_purge_assumes() {
+        let ms: u64 = 1_764_500_000_123;
+        let cutoff = Uuid::from_u64_pair(ms << 16 | 0x7000, 0x8000_0000_0000_0000);
+        let at = |ms: u64| {
+            Uuid::new_v7(Timestamp::from_unix(
+                uuid::NoContext,
+                ms / 1000,
+                u32::try_from(ms % 1000).unwrap_or(0) * 1_000_000,
+            ))
+        };
+        for _ in 0..100 {
+            assert!(at(ms - 1) < cutoff);
+            assert!(at(ms) >= cutoff);
+            assert!(at(ms + 1) > cutoff);
+        }
+    }
 }
 
 /// How many events `purge` deletes per statement: short transactions, no long lock on the
@@ -197,16 +214,22 @@ pub async fn about(pool: &PgPool, subject: &str) -> Result<Vec<EventView>, sqlx:
 const PURGE_CHUNK: i64 = 10_000;
 
 /// Deletes events older than `retention` (and, with them, their webhook deliveries and
-/// attempts). The counters stay, so numbering never restarts.
+/// attempts). The counters stay, so numbering never restarts. Event ids are UUIDv7, whose
+/// leading bits are their creation time in milliseconds, so "older than" is a range of the
+/// primary key: no index on `created_at` to maintain at every posting.
 pub async fn purge(conn: &mut PgConnection, retention: Duration) -> Result<u64, sqlx::Error> {
+    let cutoff =
+        chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let cutoff_ms = u64::try_from(cutoff.timestamp_millis()).unwrap_or(0);
+    // The smallest UUIDv7 of that millisecond: every id below it is older.
+    let cutoff_id = Uuid::from_u64_pair(cutoff_ms << 16 | 0x7000, 0x8000_0000_0000_0000);
     let mut purged = 0;
     loop {
         let deleted = sqlx::query(
             "DELETE FROM events WHERE id IN ( \
-               SELECT id FROM events WHERE created_at < now() - make_interval(secs => $1) \
-               LIMIT $2)",
+               SELECT id FROM events WHERE id < $1 ORDER BY id LIMIT $2)",
         )
-        .bind(retention.as_secs_f64())
+        .bind(cutoff_id)
         .bind(PURGE_CHUNK)
         .execute(&mut *conn)
         .await?

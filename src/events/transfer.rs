@@ -66,6 +66,15 @@ pub struct Review {
     pub at: DateTime<Utc>,
 }
 
+/// [`TRANSFER_COLUMNS`] of the table aliased `alias` (for statements that join).
+pub fn qualified_columns(alias: &str) -> String {
+    TRANSFER_COLUMNS
+        .split(',')
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub const TRANSFER_COLUMNS: &str = "id, ledger, idempotency_key, request_fingerprint, status, from_account, \
     to_account, amount, currency, reference, metadata, failure_code, attempts, review, \
     reviewed_at, created_at, updated_at, posted_at, failed_at";
@@ -209,6 +218,23 @@ pub fn event_type(status: TransferStatus) -> Option<EventType> {
 /// it now has (the caller has just changed it). Call [`super::lock_sequence`] first.
 pub async fn record_changes(conn: &mut PgConnection, ids: &[Uuid]) -> Result<usize, sqlx::Error> {
     let views = read_in_transaction(conn, ids).await?;
+    record_views(conn, &views).await
+}
+
+/// [`record_changes`] for rows the caller already has (posting's status update returns them).
+pub async fn record_rows(
+    conn: &mut PgConnection,
+    rows: Vec<TransferRow>,
+) -> Result<usize, sqlx::Error> {
+    let mut views: Vec<TransferView> = rows.into_iter().map(TransferView::from).collect();
+    attach_flags(&mut *conn, views.iter_mut()).await?;
+    record_views(conn, &views).await
+}
+
+async fn record_views(
+    conn: &mut PgConnection,
+    views: &[TransferView],
+) -> Result<usize, sqlx::Error> {
     let events: Vec<NewEvent> = views
         .iter()
         .filter_map(|view| {

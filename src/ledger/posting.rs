@@ -29,6 +29,7 @@ use super::apply::{
     Applied, LockedAccount, Outcome, PendingTransfer, apply_batch, entries_balance,
 };
 use crate::domain::{AccountId, AccountKey, AccountStatus, Amount, Currency, LedgerName};
+use crate::events::{self, transfer::TransferRow};
 use crate::failpoint::Failpoint;
 use crate::retry::{RetryClass, RetryPolicy, classify};
 
@@ -156,11 +157,10 @@ impl PostingEngine {
         steps.lap("entries");
         update_balances(&mut tx, &applied, &accounts).await?;
         steps.lap("balances");
-        update_statuses(&mut tx, &applied).await?;
+        let changed = update_statuses(&mut tx, &applied).await?;
         steps.lap("statuses");
         // The gate taken above is the event sequence lock too (README, "Events and webhooks").
-        let changed: Vec<Uuid> = applied.outcomes.iter().map(|(id, _)| *id).collect();
-        crate::events::transfer::record_changes(&mut tx, &changed).await?;
+        events::transfer::record_rows(&mut tx, changed).await?;
         steps.lap("events");
         self.failpoint.hit(Failpoint::CrashBeforeCommit);
         tx.commit().await?;
@@ -446,10 +446,12 @@ struct UpdatedBalance {
     balance: Decimal,
 }
 
+/// Moves the batch's transfers to their outcomes; returns them as they now are, for their
+/// events.
 async fn update_statuses(
     tx: &mut Transaction<'_, Postgres>,
     applied: &Applied,
-) -> Result<(), PostingError> {
+) -> Result<Vec<TransferRow>, PostingError> {
     let mut ids = Vec::with_capacity(applied.outcomes.len());
     let mut statuses = Vec::with_capacity(applied.outcomes.len());
     let mut codes: Vec<Option<&str>> = Vec::with_capacity(applied.outcomes.len());
@@ -466,21 +468,23 @@ async fn update_statuses(
             }
         }
     }
-    let updated = sqlx::query(
+    let updated: Vec<TransferRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE transfers AS t SET status = u.status, failure_code = u.failure_code, \
            attempts = t.attempts + 1, updated_at = now(), last_error = NULL, \
            posted_at = CASE WHEN u.status = 'posted' THEN now() END, \
            failed_at = CASE WHEN u.status = 'failed' THEN now() END \
          FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, status, failure_code) \
-         WHERE t.id = u.id AND t.status NOT IN ('in_review', 'posted', 'failed')",
-    )
+         WHERE t.id = u.id AND t.status NOT IN ('in_review', 'posted', 'failed') \
+         RETURNING {}",
+        events::transfer::qualified_columns("t")
+    )))
     .bind(&ids)
     .bind(&statuses)
     .bind(&codes)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    expect_rows("transfer statuses updated", updated, ids.len())
+    .fetch_all(&mut **tx)
+    .await?;
+    expect_rows("transfer statuses updated", updated.len() as u64, ids.len())?;
+    Ok(updated)
 }
 
 fn expect_rows(what: &str, actual: u64, expected: usize) -> Result<(), PostingError> {

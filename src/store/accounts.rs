@@ -245,7 +245,7 @@ pub async fn change_status(
             ledger: key.ledger.as_str().to_owned(),
             event_type,
             subject: crate::events::subject::account(key.id.as_str()),
-            payload: serde_json::to_value(&account).map_err(|e| sqlx::Error::Encode(e.into()))?,
+            payload: serde_json::to_string(&account).map_err(|e| sqlx::Error::Encode(e.into()))?,
         };
         crate::events::append(&mut tx, &[event]).await?;
     }

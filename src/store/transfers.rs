@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::domain::{IdempotencyKey, LedgerName, NewTransfer};
 pub use crate::events::transfer::{Review, TransferView};
-use crate::events::transfer::{TRANSFER_COLUMNS, TransferRow, attach_flags};
+use crate::events::transfer::{TRANSFER_COLUMNS, TransferRow, attach_flags, qualified_columns};
 use crate::queue::payloads::PostTransfers;
 use crate::queue::{self, POST_TRANSFERS_QUEUE};
 use crate::retry::{RetryClass, RetryPolicy, classify};
@@ -204,14 +204,6 @@ fn by_identity(rows: Vec<KeyedTransferRow>) -> ByIdentity {
             ((row.api_key_id, view.idempotency_key.clone()), view)
         })
         .collect()
-}
-
-fn qualified_columns(alias: &str) -> String {
-    TRANSFER_COLUMNS
-        .split(',')
-        .map(|c| format!("{alias}.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// A transfer by id, visible only to the API key that created it.

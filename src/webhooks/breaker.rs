@@ -394,4 +394,32 @@ mod tests {
         ));
         assert_eq!(half.permit(PROBE_LEASE_MS, &SETTINGS).0, Permit::Probe);
     }
+
+    /// Without Redis (never connected here) each process keeps its own circuits, with the
+    /// same machine: five failures open it, and it stays open.
+    #[tokio::test]
+    async fn without_redis_the_process_keeps_its_own_circuit() {
+        let breakers = Breakers::new(SETTINGS, RedisSlot::default(), "test");
+        let endpoint = Uuid::now_v7();
+        assert_eq!(
+            breakers.permit(endpoint, 0).await,
+            Permit::Allowed {
+                budget: HEALTHY_BUDGET
+            }
+        );
+        let (transition, state) = breakers.record(endpoint, &[false; 5], 0).await;
+        assert_eq!(transition, Some(Transition::Opened));
+        assert_eq!(state, BreakerState::Open { until_ms: 30_000 });
+        assert_eq!(
+            breakers.permit(endpoint, 10_000).await,
+            Permit::Rejected {
+                retry_in: Duration::from_secs(20)
+            }
+        );
+        let other = Uuid::now_v7();
+        assert!(matches!(
+            breakers.permit(other, 10_000).await,
+            Permit::Allowed { .. }
+        ));
+    }
 }

@@ -268,3 +268,57 @@ pub async fn assert_events_match_transfers(pool: &sqlx::PgPool) {
     .expect("numbering");
     assert!(gaps.is_empty(), "gaps in a ledger's numbering: {gaps:?}");
 }
+
+/// `ferry events tail` follows the feed through the HTTP API: one line per event, in `seq`
+/// order, from the cursor given.
+#[tokio::test]
+async fn ferry_events_tail_prints_the_feed_from_a_cursor() {
+    let app = spawn_app_with(|c| c.anomaly.enabled = false).await;
+    app.create_account("alice", "USD", true).await;
+    app.create_account("bob", "USD", false).await;
+    for i in 0..3 {
+        app.post_transfer(&format!("t-{i}"), &transfer("alice", "bob", "1.00"))
+            .await;
+    }
+    app.run_until_idle(Duration::from_secs(20)).await;
+    let run = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+        command
+            .args(["events", "tail", "--once"])
+            .args(args)
+            .env("FERRY_API_URL", &app.address)
+            .env("FERRY_API_KEY", &app.api_key)
+            .env("DATABASE_URL", app.database.url())
+            .env("RUST_LOG", "warn");
+        command.output()
+    };
+    let output = run(&["--after", "1"])
+        .await
+        .expect("ferry events tail runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("2\ttransfer.posted\t"), "{text}");
+    assert!(lines[1].starts_with("3\ttransfer.posted\t"), "{text}");
+    let json = run(&["--json"]).await.expect("ferry events tail runs");
+    let events: Vec<Value> = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(seqs(&events), vec![1, 2, 3]);
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["events", "tail", "--once"])
+        .env("FERRY_API_URL", &app.address)
+        .env("FERRY_API_KEY", "not-a-key")
+        .env("DATABASE_URL", app.database.url())
+        .output()
+        .await
+        .expect("runs");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+}
