@@ -210,9 +210,14 @@ impl Screener {
         }
         let recorded = async {
             let mut tx = pool.begin().await?;
-            // Holds and hits are announced as events; the event lock comes before the
-            // transfers' row locks (README, "Events and webhooks").
-            crate::events::lock_sequence(&mut tx).await?;
+            // Holds and hits are announced as events. Holding locks transfer rows that posting
+            // also locks, so then the event lock comes first, as in posting; hits alone lock
+            // no row posting takes, so the event lock waits until the events are written and
+            // is held only for that and the commit (README, "Events and webhooks").
+            let holds = !held_ids.is_empty();
+            if holds {
+                crate::events::lock_sequence(&mut tx).await?;
+            }
             let held = review::hold(&mut tx, held_ids).await?;
             for hit in &mut hits {
                 if !held.contains(&hit.transfer_id) {
@@ -220,6 +225,11 @@ impl Screener {
                 }
             }
             let stored = self.store(&mut tx, &hits, rules).await?;
+            if !holds {
+                crate::events::lock_sequence(&mut tx).await?;
+            }
+            let ids: Vec<i64> = stored.iter().map(|(id, _)| *id).collect();
+            record::record_events(&mut tx, &ids).await?;
             let held_now: Vec<Uuid> = held.iter().copied().collect();
             crate::events::transfer::record_changes(&mut tx, &held_now).await?;
             tx.commit().await?;
@@ -227,7 +237,7 @@ impl Screener {
         };
         match recorded.await {
             Ok((held, stored)) => {
-                for rule in stored {
+                for (_, rule) in stored {
                     metrics::counter!("ferry_anomalies_total", "rule" => rule.as_str())
                         .increment(1);
                 }
@@ -256,13 +266,13 @@ impl Screener {
     }
 
     /// Stores `hits` in `tx` and raises an alert for each that opens an incident; returns the
-    /// rules of the hits stored (not stored before).
+    /// ids and rules of the hits stored (not stored before).
     async fn store(
         &self,
         tx: &mut sqlx::PgConnection,
         hits: &[Hit],
         rules: &HashMap<LedgerName, RuleSettings>,
-    ) -> Result<Vec<Rule>, OutboxError> {
+    ) -> Result<Vec<(i64, Rule)>, OutboxError> {
         if hits.is_empty() {
             return Ok(Vec::new());
         }
@@ -278,9 +288,7 @@ impl Screener {
         for stored in stored.iter().filter(|s| s.opens_incident) {
             outbox::raise(&mut *tx, &self.alerts, &hit_event(&stored.hit), None).await?;
         }
-        let ids: Vec<i64> = stored.iter().map(|s| s.id).collect();
-        record::record_events(&mut *tx, &ids).await?;
-        Ok(stored.iter().map(|s| s.hit.rule).collect())
+        Ok(stored.iter().map(|s| (s.id, s.hit.rule)).collect())
     }
 
     /// Raises a `medium` alert once the windows have gone unchecked for longer than

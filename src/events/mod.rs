@@ -140,8 +140,12 @@ pub async fn append(conn: &mut PgConnection, events: &[NewEvent]) -> Result<usiz
             events.len()
         )));
     }
-    for event in events {
-        metrics::counter!("ferry_events_total", "type" => event.event_type.as_str()).increment(1);
+    for event_type in EventType::ALL {
+        let n = events.iter().filter(|e| e.event_type == event_type).count();
+        if n > 0 {
+            metrics::counter!("ferry_events_total", "type" => event_type.as_str())
+                .increment(n as u64);
+        }
     }
     Ok(events.len())
 }

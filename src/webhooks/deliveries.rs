@@ -15,6 +15,7 @@ use crate::alerts::config::AlertConfig;
 use crate::alerts::outbox::{self, OutboxError};
 use crate::alerts::payload::Action;
 use crate::domain::{EventType, Severity};
+#[cfg(doc)]
 use crate::events::EventView;
 
 /// A claimed delivery with what sending it needs.
@@ -35,20 +36,25 @@ pub struct Claimed {
     #[sqlx(rename = "type", try_from = "String")]
     pub event_type: EventType,
     pub event_created_at: DateTime<Utc>,
-    pub payload: serde_json::Value,
+    /// The resource as stored: JSON text, sent as it is.
+    pub payload: String,
 }
 
 impl Claimed {
-    /// The body sent: the event as `GET /v1/events` shows it.
-    pub fn event(&self) -> EventView {
-        EventView {
-            id: self.event_id,
-            ledger: self.ledger.clone(),
-            seq: self.seq,
-            event_type: self.event_type,
-            created_at: self.event_created_at,
-            data: self.payload.clone(),
-        }
+    /// The body sent: the event as `GET /v1/events` shows it ([`EventView`]'s fields, in its
+    /// order and formats), with the stored payload spliced in as text rather than parsed and
+    /// written again for every delivery.
+    pub fn body(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let text = format!(
+            "{{\"id\":{},\"ledger\":{},\"seq\":{},\"type\":{},\"created_at\":{},\"data\":{}}}",
+            serde_json::to_string(&self.event_id)?,
+            serde_json::to_string(&self.ledger)?,
+            self.seq,
+            serde_json::to_string(&self.event_type)?,
+            serde_json::to_string(&self.event_created_at)?,
+            self.payload,
+        );
+        Ok(text.into_bytes())
     }
 }
 
@@ -71,7 +77,7 @@ pub async fn claim(
          ) \
          SELECT c.id, c.endpoint_id, c.attempts, c.created_at AS delivery_created_at, \
            c.next_attempt_at AS lease, w.url, w.secret, e.id AS event_id, e.ledger, e.seq, \
-           e.type, e.created_at AS event_created_at, e.payload \
+           e.type, e.created_at AS event_created_at, e.payload::text AS payload \
          FROM claimed c JOIN webhook_endpoints w ON w.id = c.endpoint_id \
            JOIN events e ON e.id = c.event_id \
          WHERE w.status = 'enabled'",
@@ -201,7 +207,8 @@ pub async fn settle(pool: &PgPool, settled: &[Settled]) -> Result<(), sqlx::Erro
 }
 
 /// Notes whether an endpoint's attempts just succeeded: a success clears `failing_since`, a
-/// batch of failures starts it (if not started). Returns when it has been failing since.
+/// batch of failures starts it (if not started). Returns when it has been failing since. A
+/// healthy endpoint's row is not written at all (fan-out locks that row every tick).
 pub async fn note_health(
     pool: &PgPool,
     endpoint_id: Uuid,
@@ -210,7 +217,7 @@ pub async fn note_health(
     sqlx::query_scalar(
         "UPDATE webhook_endpoints SET failing_since = \
            CASE WHEN $2 THEN NULL ELSE coalesce(failing_since, now()) END \
-         WHERE id = $1 RETURNING failing_since",
+         WHERE id = $1 AND (failing_since IS NOT NULL OR NOT $2) RETURNING failing_since",
     )
     .bind(endpoint_id)
     .bind(succeeded)

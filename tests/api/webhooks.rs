@@ -276,6 +276,16 @@ async fn a_thousand_transfers_reach_the_receiver_signed_and_match_the_pull_feed(
         .map(|e| e["seq"].as_i64().expect("seq"))
         .collect();
     assert_eq!(seqs, (1..=1_000).collect::<Vec<i64>>());
+    // Each webhook body is the event exactly as the feed shows it.
+    let by_id: HashMap<&str, &Value> = feed
+        .iter()
+        .map(|e| (e["id"].as_str().expect("id"), e))
+        .collect();
+    for request in &received {
+        let sent = request.json();
+        let id = sent["id"].as_str().expect("id");
+        assert_eq!(Some(&&sent), by_id.get(id), "webhook body vs feed");
+    }
 }
 
 #[tokio::test]
