@@ -64,6 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// `ferry events tail`: a follower of `GET /v1/events`, as a producer would write one. Reading
 /// on from `next_after` never skips an event (README, "Events and webhooks").
 async fn events_tail(args: TailArgs) -> anyhow::Result<()> {
+    ferry::alerts::deliver::install_crypto_provider();
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .build()?;
