@@ -187,32 +187,6 @@ pub async fn page(
     .await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use uuid::Timestamp;
-
-    /// The purge's cutoff id sorts below every UUIDv7 made at or after its millisecond and
-    /// above every one made before.
-    #[test]
-    fn uuid_v7_ids_sort_by_time_as_the_purge_assumes() {
-        let ms: u64 = 1_764_500_000_123;
-        let cutoff = Uuid::from_u64_pair(ms << 16 | 0x7000, 0x8000_0000_0000_0000);
-        let at = |ms: u64| {
-            Uuid::new_v7(Timestamp::from_unix(
-                uuid::NoContext,
-                ms / 1000,
-                u32::try_from(ms % 1000).unwrap_or(0) * 1_000_000,
-            ))
-        };
-        for _ in 0..100 {
-            assert!(at(ms - 1) < cutoff);
-            assert!(at(ms) >= cutoff);
-            assert!(at(ms + 1) > cutoff);
-        }
-    }
-}
-
 /// How many events `purge` deletes per statement: short transactions, no long lock on the
 /// table's index pages.
 const PURGE_CHUNK: i64 = 10_000;
@@ -241,6 +215,32 @@ pub async fn purge(conn: &mut PgConnection, retention: Duration) -> Result<u64, 
         purged += deleted;
         if deleted < PURGE_CHUNK as u64 {
             return Ok(purged);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Timestamp;
+
+    /// The purge's cutoff id sorts below every UUIDv7 made at or after its millisecond and
+    /// above every one made before.
+    #[test]
+    fn uuid_v7_ids_sort_by_time_as_the_purge_assumes() {
+        let ms: u64 = 1_764_500_000_123;
+        let cutoff = Uuid::from_u64_pair(ms << 16 | 0x7000, 0x8000_0000_0000_0000);
+        let at = |ms: u64| {
+            Uuid::new_v7(Timestamp::from_unix(
+                uuid::NoContext,
+                ms / 1000,
+                u32::try_from(ms % 1000).unwrap_or(0) * 1_000_000,
+            ))
+        };
+        for _ in 0..100 {
+            assert!(at(ms - 1) < cutoff);
+            assert!(at(ms) >= cutoff);
+            assert!(at(ms + 1) > cutoff);
         }
     }
 }
