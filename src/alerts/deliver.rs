@@ -111,7 +111,7 @@ pub async fn send(
         Err(e) => AttemptOutcome::Retry {
             status: None,
             after: None,
-            error: transport_error(&e),
+            error: transport_error(&e, "<sink url>"),
             trips_breaker: true,
         },
     };
@@ -120,12 +120,7 @@ pub async fn send(
 
 async fn classify(response: reqwest::Response) -> AttemptOutcome {
     let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let retry_after = retry_after(response.headers());
     if (200..300).contains(&status) {
         return AttemptOutcome::Delivered { status };
     }
@@ -154,14 +149,31 @@ async fn classify(response: reqwest::Response) -> AttemptOutcome {
     }
 }
 
-/// Describes a transport failure without the URL (which may be a credential).
-fn transport_error(e: &reqwest::Error) -> String {
+/// A `Retry-After` in seconds (the HTTP-date form is not honoured: receivers send seconds).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// Describes a transport failure, with its causes, without the URL (which may be a
+/// credential): it reads `url_stands_for` instead. Webhook deliveries describe theirs the same
+/// way.
+pub fn transport_error(e: &reqwest::Error, url_stands_for: &str) -> String {
     if e.is_timeout() {
         return "timed out".into();
     }
     let mut text = e.to_string();
     if let Some(url) = e.url() {
-        text = text.replace(url.as_str(), "<sink url>");
+        text = text.replace(url.as_str(), url_stands_for);
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
     }
     if e.is_connect() {
         format!("connection failed: {text}")

@@ -6,10 +6,11 @@
 //! `event_counters` row, which it holds locked until it commits; the next writer waits on that
 //! lock. So numbers are handed out in commit order: when `seq = N` is visible, every smaller
 //! `seq` of the ledger is already committed, and a cursor `after = N` never misses an event
-//! that commits later with a smaller number. Every writer first takes the posting gate
-//! ([`lock_sequence`]) — posting does anyway — so that a SERIALIZABLE posting transaction
-//! never finds the counter updated after its snapshot (which would fail it with 40001), and so
-//! that no writer holds a row posting needs while it waits for the gate.
+//! that commits later with a smaller number. Every writer takes the posting gate
+//! ([`lock_sequence`]) before writing its events — posting holds it anyway — so that a
+//! SERIALIZABLE posting transaction never finds the counter updated after its snapshot (which
+//! would fail it with 40001); a writer that locks rows posting also locks takes it before
+//! them, so none holds such a row while it waits for the gate.
 
 pub mod transfer;
 
@@ -88,7 +89,7 @@ pub struct EventView {
 const EVENT_COLUMNS: &str = "id, ledger, seq, type, created_at, payload";
 
 /// Takes the lock every event writer holds until it commits (the posting gate; see the module
-/// comment). Must come before the transaction locks any row.
+/// comment). Before any row posting also locks (transfers, accounts), or the two can deadlock.
 pub async fn lock_sequence(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("LOCK TABLE ledger_posting_gate IN EXCLUSIVE MODE")
         .execute(conn)

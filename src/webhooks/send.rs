@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::ssrf::{GuardedResolver, UrlPolicy, host_ip};
+use crate::alerts::deliver::{retry_after, transport_error};
 use crate::alerts::payload::sign;
 
 /// Bytes of a failed answer's body kept for the attempt's record; the rest is not read.
@@ -116,7 +117,7 @@ pub async fn send(
         Err(e) => Outcome::Retry {
             status: None,
             retry_after: None,
-            error: transport_error(&e),
+            error: transport_error(&e, "<endpoint url>"),
             trips_breaker: true,
         },
     };
@@ -140,12 +141,7 @@ async fn classify(mut response: reqwest::Response) -> Outcome {
     if status == 410 {
         return Outcome::Gone { status };
     }
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let retry_after = retry_after(response.headers());
     let mut body = Vec::new();
     while body.len() < ERROR_BODY_BYTES_MAX {
         match response.chunk().await {
@@ -160,27 +156,5 @@ async fn classify(mut response: reqwest::Response) -> Outcome {
         retry_after,
         error: format!("HTTP {status}: {}", text.trim()),
         trips_breaker: matches!(status, 408 | 429 | 500..=599),
-    }
-}
-
-/// Describes a transport failure without the URL (it may carry a token in its path).
-fn transport_error(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        return "timed out".into();
-    }
-    let mut text = e.to_string();
-    if let Some(url) = e.url() {
-        text = text.replace(url.as_str(), "<endpoint url>");
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    if e.is_connect() {
-        format!("connection failed: {text}")
-    } else {
-        format!("request failed: {text}")
     }
 }
