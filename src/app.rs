@@ -102,33 +102,32 @@ impl Application {
             RateLimiter::start(&config.redis.url, config.rate_limit, &tasks, &stopping)
                 .await
                 .context("REDIS_URL is not a valid Redis URL")?;
+        let redis = |needed: bool, timeout_ms: u64, user: &'static str| {
+            let (url, tasks, stopping) = (&config.redis.url, &tasks, &stopping);
+            async move {
+                if !needed {
+                    return Ok(RedisSlot::default());
+                }
+                RedisSlot::connect(url, timeout_ms, user, tasks, stopping)
+                    .await
+                    .context("REDIS_URL is not a valid Redis URL")
+            }
+        };
         // Only posting workers judge transfers, and only when detection is on.
-        let anomaly_redis = if config.roles.worker && config.anomaly.enabled {
-            RedisSlot::connect(
-                &config.redis.url,
-                u64::try_from(config.anomaly.redis_timeout.as_millis()).unwrap_or(u64::MAX),
-                "anomaly detection",
-                &tasks,
-                &stopping,
-            )
-            .await
-            .context("REDIS_URL is not a valid Redis URL")?
-        } else {
-            RedisSlot::default()
-        };
-        let webhook_redis = if config.roles.worker {
-            RedisSlot::connect(
-                &config.redis.url,
-                WEBHOOK_REDIS_TIMEOUT_MS,
-                "webhook circuits",
-                &tasks,
-                &stopping,
-            )
-            .await
-            .context("REDIS_URL is not a valid Redis URL")?
-        } else {
-            RedisSlot::default()
-        };
+        let anomaly_timeout_ms =
+            u64::try_from(config.anomaly.redis_timeout.as_millis()).unwrap_or(u64::MAX);
+        let anomaly_redis = redis(
+            config.roles.worker && config.anomaly.enabled,
+            anomaly_timeout_ms,
+            "anomaly detection",
+        )
+        .await?;
+        let webhook_redis = redis(
+            config.roles.worker,
+            WEBHOOK_REDIS_TIMEOUT_MS,
+            "webhook circuits",
+        )
+        .await?;
         let schedule = parse_schedule(&config.reconcile.cron)
             .map_err(|e| anyhow::anyhow!("FERRY_RECONCILE_CRON: {e}"))?;
         Ok(Self {

@@ -94,16 +94,17 @@ pub struct PendingDelivery {
     pub event: AlertEvent,
 }
 
-/// Where a delivery is: `pending` until `delivered` or `failed`.
+/// Where a delivery is: `pending` until `delivered` or `failed` (given up). Alert deliveries
+/// and webhook deliveries store it the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DeliveryStatus {
+pub enum DeliveryStatus {
     Pending,
     Delivered,
     Failed,
 }
 
 impl DeliveryStatus {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Delivered => "delivered",

@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::alerts::config::AlertConfig;
+pub use crate::alerts::outbox::DeliveryStatus;
 use crate::alerts::outbox::{self, OutboxError};
 use crate::alerts::payload::Action;
 use crate::domain::{EventType, Severity};
@@ -102,24 +103,6 @@ pub struct Settled {
     pub attempt: Option<Attempt>,
     /// What the endpoint's circuit makes of the attempt (see `send::Outcome`).
     pub breaker_outcome: Option<bool>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryStatus {
-    Pending,
-    Delivered,
-    /// Retried for the whole retry period without success.
-    Failed,
-}
-
-impl DeliveryStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Delivered => "delivered",
-            Self::Failed => "failed",
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
