@@ -31,6 +31,13 @@ struct Receiver {
 }
 
 impl Receiver {
+    /// A receiver, started, with one endpoint of `ferry` subscribed to every transfer event.
+    async fn subscribed(ferry: &BenchedFerry) -> anyhow::Result<Self> {
+        let receiver = Self::default();
+        subscribe(ferry, &receiver.start().await?).await?;
+        Ok(receiver)
+    }
+
     async fn start(&self) -> anyhow::Result<String> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -115,8 +122,7 @@ pub async fn uniform(
     ferry: &BenchedFerry,
     transfers: &[PlannedTransfer],
 ) -> anyhow::Result<Row> {
-    let receiver = Receiver::default();
-    subscribe(ferry, &receiver.start().await?).await?;
+    let receiver = Receiver::subscribed(ferry).await?;
     let started = Instant::now();
     let mut row = batched(scenario, ferry, transfers).await?;
     let delivered_when_posted = receiver.delivered();
@@ -141,8 +147,7 @@ pub async fn lag(
     ferry: &BenchedFerry,
     transfers: &[PlannedTransfer],
 ) -> anyhow::Result<Row> {
-    let receiver = Receiver::default();
-    subscribe(ferry, &receiver.start().await?).await?;
+    let receiver = Receiver::subscribed(ferry).await?;
     let url = format!("{}/v1/transfers/batch", ferry.base_url);
     let client = reqwest::Client::new();
     let interval = Duration::from_secs(1) * LAG_BATCH_LEN as u32 / LAG_RATE_PER_SEC as u32;

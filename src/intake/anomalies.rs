@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::auth::{Caller, requested_ledger};
 use super::error::{ApiError, Problem};
-use super::paging::{next_cursor, page_len};
+use super::paging::{after_cursor, next_cursor, page_len};
 use super::query::QueryParams;
 use crate::anomaly::record::{self, AnomalyFilter, AnomalyView};
 use crate::anomaly::rules::Rule;
@@ -73,9 +73,7 @@ pub async fn list(
 ) -> Result<Json<AnomaliesPage>, ApiError> {
     let caller = caller.require(Scope::TransfersRead)?;
     let limit = page_len(query.limit, ANOMALY_PAGE_LEN_DEFAULT, ANOMALY_PAGE_LEN_MAX)?;
-    if query.after.is_some_and(|after| after < 0) {
-        return Err(ApiError::InvalidBody("after must not be negative".into()));
-    }
+    after_cursor(query.after)?;
     let ledger = requested_ledger(caller, query.ledger.as_deref())?;
     let account = query
         .account

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, Problem};
-use super::paging::{next_cursor, page_len};
+use super::paging::{after_cursor, next_cursor, page_len};
 use super::query::QueryParams;
 use crate::domain::{LedgerName, Scope};
 use crate::store::audit::{self, AuditAction, AuditEventView, AuditFilter};
@@ -68,9 +68,7 @@ pub async fn list(
 ) -> Result<Json<AuditEventsPage>, ApiError> {
     caller.require(Scope::Admin)?;
     let limit = page_len(query.limit, AUDIT_PAGE_LEN_DEFAULT, AUDIT_PAGE_LEN_MAX)?;
-    if query.after.is_some_and(|after| after < 0) {
-        return Err(ApiError::InvalidBody("after must not be negative".into()));
-    }
+    after_cursor(query.after)?;
     let filter = AuditFilter {
         after: query.after,
         ledger: query

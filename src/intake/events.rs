@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::auth::{Caller, requested_ledger};
 use super::error::{ApiError, Problem};
-use super::paging::page_len;
+use super::paging::{after_cursor, page_len};
 use super::query::QueryParams;
 use crate::domain::{EventType, Scope};
 use crate::events::{self, EventView};
@@ -73,10 +73,7 @@ pub async fn list(
 ) -> Result<Json<EventsPage>, ApiError> {
     let caller = caller.require(Scope::TransfersRead)?;
     let limit = page_len(query.limit, EVENT_PAGE_LEN_DEFAULT, EVENT_PAGE_LEN_MAX)?;
-    let after = query.after.unwrap_or(0);
-    if after < 0 {
-        return Err(ApiError::InvalidBody("after must not be negative".into()));
-    }
+    let after = after_cursor(query.after)?.unwrap_or(0);
     let types = query
         .types
         .as_deref()

@@ -24,6 +24,14 @@ pub fn page_len(requested: Option<i64>, default: i64, max: i64) -> Result<i64, A
     Ok(len)
 }
 
+/// An `after` cursor (an id or a `seq`) as given: absent, or not negative.
+pub fn after_cursor(after: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match after {
+        Some(after) if after < 0 => Err(ApiError::InvalidBody("after must not be negative".into())),
+        after => Ok(after),
+    }
+}
+
 /// The cursor of the next page: the last item's, when the page came back full.
 pub fn next_cursor<T, C>(items: &[T], len: i64, cursor: impl Fn(&T) -> C) -> Option<C> {
     (items.len() as i64 == len)

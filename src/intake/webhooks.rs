@@ -15,7 +15,7 @@ use super::auth::{Caller, requested_ledger};
 use super::error::{ApiError, Problem};
 use super::events::known_types;
 use super::json::JsonBody;
-use super::paging::{next_cursor, page_len};
+use super::paging::{after_cursor, next_cursor, page_len};
 use super::query::QueryParams;
 use crate::domain::{EventType, LedgerName, Scope};
 use crate::store::webhook_endpoints::{self, AttemptView, EndpointView, NewEndpoint};
@@ -298,9 +298,7 @@ pub async fn replay(
     let actor = caller.actor();
     let caller = caller.require(Scope::WebhooksWrite)?;
     let id = endpoint_id(&id)?;
-    if body.after < 0 {
-        return Err(ApiError::InvalidBody("after must not be negative".into()));
-    }
+    after_cursor(Some(body.after))?;
     let ledger: Option<&LedgerName> = caller.ledger.as_ref();
     let scheduled = state
         .db(webhook_endpoints::replay(
