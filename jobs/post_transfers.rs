@@ -28,7 +28,7 @@ use tracing::{error, warn};
 use crate::alerts::{Alerting, outbox, retries_exhausted_event};
 use crate::anomaly::rules::Candidate;
 use crate::anomaly::screen::Screener;
-use crate::ledger::apply::Outcome;
+use crate::ledger::apply::{Instruction, Outcome};
 use crate::ledger::attempts::record_failed_attempt;
 use crate::ledger::combiner::PostingCombiner;
 use crate::ledger::{PostedTransfer, PostingError};
@@ -59,7 +59,17 @@ pub async fn handle(job: PostTransfers, ctx: Data<PostingJobContext>) -> Result<
         .await;
     match posted {
         Ok(outcomes) => {
-            let judged: Vec<(Candidate, bool)> = outcomes.iter().map(candidate).collect();
+            // Captures and voids settle a hold that was judged when it was placed.
+            let judged: Vec<(Candidate, bool)> = outcomes
+                .iter()
+                .filter(|posted| {
+                    matches!(
+                        posted.transfer.instruction,
+                        Instruction::Transfer | Instruction::Hold
+                    )
+                })
+                .map(candidate)
+                .collect();
             ctx.screener.judge(&ctx.pool, &judged).await;
             Ok(())
         }

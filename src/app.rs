@@ -28,6 +28,7 @@ use crate::reconcile::schedule::parse_schedule;
 use crate::redis_slot::RedisSlot;
 use crate::store::api_keys::ApiKeyCache;
 use crate::store::group_commit::GroupCommitter;
+use crate::store::holds;
 use crate::webhooks::Dispatcher;
 use crate::{db, telemetry};
 
@@ -171,6 +172,10 @@ impl Application {
             ));
         }
         if self.config.roles.worker {
+            self.tasks.spawn(crate::ledger::expiry::run(
+                self.pool.clone(),
+                self.stopping.clone(),
+            ));
             let dispatcher = Dispatcher::new(
                 self.pool.clone(),
                 self.config.webhooks.clone(),
@@ -213,11 +218,18 @@ impl Application {
         let state = AppState {
             pool: self.pool.clone(),
             metrics,
-            intake: GroupCommitter::start(
+            intake: GroupCommitter::for_transfers(
                 self.pool.clone(),
                 self.config.intake.committers,
                 self.config.intake.db_timeout,
                 &self.tasks,
+            ),
+            settlements: GroupCommitter::start(
+                self.pool.clone(),
+                self.config.intake.committers,
+                self.config.intake.db_timeout,
+                &self.tasks,
+                |pool, requests| Box::pin(async move { holds::settle(&pool, &requests).await }),
             ),
             rate_limiter: self.rate_limiter.clone(),
             api_keys: ApiKeyCache::default(),

@@ -33,7 +33,7 @@ pub async fn unreviewed(
     let rows: Vec<UnreviewedRow> = sqlx::query_as(
         "SELECT id, ledger, from_account, amount, currency, \
            (extract(epoch FROM created_at) * 1000)::bigint AS accepted_at_ms FROM transfers \
-         WHERE id = ANY($1) AND status NOT IN ('in_review', 'posted', 'failed') \
+         WHERE id = ANY($1) AND status NOT IN ('in_review', 'held', 'posted', 'failed', 'voided') \
            AND review IS NULL \
          ORDER BY created_at, id",
     )
@@ -70,7 +70,7 @@ pub async fn hold(
     }
     let held: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE transfers SET status = 'in_review', updated_at = now() \
-         WHERE id = ANY($1) AND status NOT IN ('in_review', 'posted', 'failed') \
+         WHERE id = ANY($1) AND status NOT IN ('in_review', 'held', 'posted', 'failed', 'voided') \
            AND review IS NULL RETURNING id",
     )
     .bind(transfer_ids)

@@ -28,6 +28,15 @@ pub enum EventType {
     /// A `review` anomaly rule held a transfer until a reviewer decides.
     #[serde(rename = "transfer.in_review")]
     TransferInReview,
+    /// A hold was placed: its amount is reserved on the source account.
+    #[serde(rename = "transfer.held")]
+    TransferHeld,
+    /// A hold was released without moving money (on request, or on expiry).
+    #[serde(rename = "transfer.voided")]
+    TransferVoided,
+    /// A reversal posted: its payload is the reversal, `reverses` names the original.
+    #[serde(rename = "transfer.reversed")]
+    TransferReversed,
     /// An anomaly rule flagged a transfer.
     #[serde(rename = "anomaly.flagged")]
     AnomalyFlagged,
@@ -38,10 +47,13 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 9] = [
         Self::TransferPosted,
         Self::TransferFailed,
         Self::TransferInReview,
+        Self::TransferHeld,
+        Self::TransferVoided,
+        Self::TransferReversed,
         Self::AnomalyFlagged,
         Self::AccountFrozen,
         Self::AccountClosed,
@@ -52,6 +64,9 @@ impl EventType {
             Self::TransferPosted => "transfer.posted",
             Self::TransferFailed => "transfer.failed",
             Self::TransferInReview => "transfer.in_review",
+            Self::TransferHeld => "transfer.held",
+            Self::TransferVoided => "transfer.voided",
+            Self::TransferReversed => "transfer.reversed",
             Self::AnomalyFlagged => "anomaly.flagged",
             Self::AccountFrozen => "account.frozen",
             Self::AccountClosed => "account.closed",

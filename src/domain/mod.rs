@@ -42,4 +42,7 @@ pub use ledger::LedgerName;
 pub use money::{Amount, Currency};
 pub use severity::{Severity, UnknownValue};
 pub use side::Side;
-pub use transfer::{FailureCode, IdempotencyKey, NewTransfer, ReviewDecision, TransferStatus};
+pub use transfer::{
+    FailureCode, HoldExpiry, IdempotencyKey, NewTransfer, ReviewDecision, TransferMode,
+    TransferStatus,
+};

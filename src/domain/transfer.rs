@@ -14,6 +14,11 @@ use super::money::Amount;
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 /// Longest free-text reference accepted on a transfer.
 pub const REFERENCE_LEN_MAX: usize = 255;
+/// How long a hold lasts when the request does not say (README, "Holds, reversals and balance
+/// history"): 7 days.
+pub const HOLD_EXPIRES_IN_SECS_DEFAULT: u32 = 7 * 86_400;
+/// The longest a hold may last: 30 days.
+pub const HOLD_EXPIRES_IN_SECS_MAX: u32 = 30 * 86_400;
 
 /// The producer's name for one transfer; with the API key it is the transfer's identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -59,6 +64,54 @@ pub struct NewTransfer {
     pub amount: Amount,
     pub reference: Option<String>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub mode: TransferMode,
+}
+
+/// What posting a transfer does: move the money now, or reserve it until captured or voided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferMode {
+    Transfer,
+    /// Reserve the amount on the source account for `expires_in_secs` after it is placed.
+    Hold { expires_in_secs: HoldExpiry },
+}
+
+impl TransferMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transfer => "transfer",
+            Self::Hold { .. } => "hold",
+        }
+    }
+
+    pub fn hold_expires_in_secs(self) -> Option<u32> {
+        match self {
+            Self::Transfer => None,
+            Self::Hold { expires_in_secs } => Some(expires_in_secs.secs()),
+        }
+    }
+}
+
+/// How long a hold lasts: 1 second to [`HOLD_EXPIRES_IN_SECS_MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldExpiry(u32);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("hold_expires_in_secs must be 1 to {HOLD_EXPIRES_IN_SECS_MAX} (30 days)")]
+pub struct HoldExpiryError;
+
+impl HoldExpiry {
+    pub const DEFAULT: Self = Self(HOLD_EXPIRES_IN_SECS_DEFAULT);
+
+    pub fn parse(secs: u64) -> Result<Self, HoldExpiryError> {
+        match u32::try_from(secs) {
+            Ok(secs) if (1..=HOLD_EXPIRES_IN_SECS_MAX).contains(&secs) => Ok(Self(secs)),
+            _ => Err(HoldExpiryError),
+        }
+    }
+
+    pub fn secs(self) -> u32 {
+        self.0
+    }
 }
 
 impl NewTransfer {
@@ -79,11 +132,16 @@ impl NewTransfer {
         if self.ledger.as_str() != LedgerName::DEFAULT {
             canonical["ledger"] = serde_json::Value::from(self.ledger.as_str());
         }
+        // Likewise only for holds, so plain transfers fingerprinted before holds still replay.
+        if let Some(secs) = self.mode.hold_expires_in_secs() {
+            canonical["mode"] = serde_json::Value::from("hold");
+            canonical["hold_expires_in_secs"] = serde_json::Value::from(secs);
+        }
         Sha256::digest(canonical.to_string().as_bytes()).to_vec()
     }
 }
 
-/// Where a transfer is in its life. `posted` and `failed` are terminal.
+/// Where a transfer is in its life. `posted`, `failed` and `voided` are terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TransferStatus {
@@ -91,17 +149,33 @@ pub enum TransferStatus {
     /// Held by an anomaly rule set to `review`: not posted, nothing reserved, until approved
     /// (back to `pending`) or rejected (`failed`, `rejected_in_review`).
     InReview,
+    /// A hold, placed: its amount is reserved on the source account until it is captured
+    /// (`posted`), voided or expires (`voided`).
+    Held,
     Posted,
     Failed,
+    /// A hold released without moving money: voided on request or on expiry.
+    Voided,
 }
 
 impl TransferStatus {
+    pub const ALL: [TransferStatus; 6] = [
+        Self::Pending,
+        Self::InReview,
+        Self::Held,
+        Self::Posted,
+        Self::Failed,
+        Self::Voided,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::InReview => "in_review",
+            Self::Held => "held",
             Self::Posted => "posted",
             Self::Failed => "failed",
+            Self::Voided => "voided",
         }
     }
 }
@@ -109,13 +183,10 @@ impl TransferStatus {
 impl FromStr for TransferStatus {
     type Err = UnknownCode;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "pending" => Ok(Self::Pending),
-            "in_review" => Ok(Self::InReview),
-            "posted" => Ok(Self::Posted),
-            "failed" => Ok(Self::Failed),
-            other => Err(UnknownCode(other.to_owned())),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownCode(s.to_owned()))
     }
 }
 
@@ -235,6 +306,25 @@ mod tests {
             amount: Amount::parse(amount, usd).expect("amount"),
             reference: None,
             metadata: serde_json::Map::new(),
+            mode: TransferMode::Transfer,
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_of_a_plain_transfer_ignores_holds_and_a_hold_counts_its_expiry() {
+        let plain = transfer("1.00");
+        let mut hold = transfer("1.00");
+        hold.mode = TransferMode::Hold {
+            expires_in_secs: HoldExpiry::DEFAULT,
+        };
+        assert_ne!(plain.fingerprint(), hold.fingerprint());
+        let mut shorter = hold.clone();
+        shorter.mode = TransferMode::Hold {
+            expires_in_secs: HoldExpiry::parse(60).expect("60 s"),
+        };
+        assert_ne!(hold.fingerprint(), shorter.fingerprint());
+        for bad in [0, u64::from(HOLD_EXPIRES_IN_SECS_MAX) + 1, u64::MAX] {
+            assert_eq!(HoldExpiry::parse(bad), Err(HoldExpiryError), "{bad}");
         }
     }
 
@@ -259,11 +349,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip_through_their_names() {
-        for status in [
-            TransferStatus::Pending,
-            TransferStatus::Posted,
-            TransferStatus::Failed,
-        ] {
+        for status in TransferStatus::ALL {
             assert_eq!(status.as_str().parse::<TransferStatus>(), Ok(status));
         }
         for code in [

@@ -49,6 +49,20 @@ pub struct TransferView {
     /// A reviewer's decision, for a transfer that was held for review (`in_review`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub review: Option<Review>,
+    /// `transfer` moves the money when posted; `hold` reserves it (status `held`) until it is
+    /// captured, voided or expires.
+    #[schema(value_type = String, pattern = "^(transfer|hold)$", example = "transfer")]
+    pub mode: &'static str,
+    /// A hold's life, for `mode: hold`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldView>,
+    /// The transfer this one reverses (`POST /v1/transfers/{id}/reverse`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reverses: Option<Uuid>,
+    /// How much of this transfer its reversals (those not failed) take back; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[0-9]+(\.[0-9]+)?$")]
+    pub reversed_amount: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,6 +71,33 @@ pub struct TransferView {
     pub failed_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub(crate) fingerprint: Vec<u8>,
+}
+
+/// A hold's life: when it was placed and expires, the settlement claimed on it, and what a
+/// capture moved.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct HoldView {
+    /// As requested: the hold expires this long after it is placed.
+    pub expires_in_secs: i32,
+    /// When posting placed the hold (status `held`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The settlement claimed on it (`capture`, `void`, or `expire`), carried out by posting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, pattern = "^(capture|void|expire)$")]
+    pub settlement: Option<String>,
+    /// The amount a capture asked for (absent: all of it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[0-9]+(\.[0-9]+)?$")]
+    pub capture_amount: Option<String>,
+    /// What the capture moved: the amount of the transfer's two entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[0-9]+(\.[0-9]+)?$")]
+    pub captured_amount: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voided_at: Option<DateTime<Utc>>,
 }
 
 /// A reviewer's decision on a transfer, and when it was made.
@@ -77,7 +118,9 @@ pub fn qualified_columns(alias: &str) -> String {
 
 pub const TRANSFER_COLUMNS: &str = "id, ledger, idempotency_key, request_fingerprint, status, from_account, \
     to_account, amount, currency, reference, metadata, failure_code, attempts, review, \
-    reviewed_at, created_at, updated_at, posted_at, failed_at";
+    reviewed_at, created_at, updated_at, posted_at, failed_at, mode, hold_expires_in_secs, \
+    held_at, hold_expires_at, hold_action, capture_amount, captured_amount, voided_at, reverses, \
+    reversed_amount";
 
 /// Fills in the `flags` of transfers read back (new ones have none yet).
 pub async fn attach_flags<'a, 'c>(
@@ -132,6 +175,22 @@ pub struct TransferRow {
     updated_at: DateTime<Utc>,
     posted_at: Option<DateTime<Utc>>,
     failed_at: Option<DateTime<Utc>>,
+    mode: String,
+    hold_expires_in_secs: Option<i32>,
+    held_at: Option<DateTime<Utc>>,
+    hold_expires_at: Option<DateTime<Utc>>,
+    hold_action: Option<String>,
+    capture_amount: Option<Decimal>,
+    captured_amount: Option<Decimal>,
+    voided_at: Option<DateTime<Utc>>,
+    reverses: Option<Uuid>,
+    reversed_amount: Decimal,
+}
+
+impl TransferRow {
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
 }
 
 /// The nullable `failure_code` column, decoded strictly when present.
@@ -156,6 +215,19 @@ impl TryFrom<Option<String>> for StoredReview {
 
 impl From<TransferRow> for TransferView {
     fn from(row: TransferRow) -> Self {
+        let amount = |value: Decimal| format_amount(&row.currency, value);
+        let hold = row.hold_expires_in_secs.map(|expires_in_secs| HoldView {
+            expires_in_secs,
+            held_at: row.held_at,
+            expires_at: row.hold_expires_at,
+            settlement: row.hold_action.clone(),
+            capture_amount: row.capture_amount.map(amount),
+            captured_amount: row.captured_amount.map(amount),
+            voided_at: row.voided_at,
+        });
+        let reversed_amount = (!row.reversed_amount.is_zero()).then(|| amount(row.reversed_amount));
+        // Only two modes exist (the table's CHECK); anything else reads as a plain transfer.
+        let mode = if row.mode == "hold" { "hold" } else { "transfer" };
         Self {
             id: row.id,
             ledger: row.ledger,
@@ -175,6 +247,10 @@ impl From<TransferRow> for TransferView {
                 .0
                 .zip(row.reviewed_at)
                 .map(|(decision, at)| Review { decision, at }),
+            mode,
+            hold,
+            reverses: row.reverses,
+            reversed_amount,
             created_at: row.created_at,
             updated_at: row.updated_at,
             posted_at: row.posted_at,
@@ -204,13 +280,17 @@ pub async fn read_in_transaction(
     Ok(views)
 }
 
-/// The event a transfer's status announces; `None` for `pending` (nothing to announce).
-pub fn event_type(status: TransferStatus) -> Option<EventType> {
-    match status {
+/// The event a transfer's status announces; `None` for `pending` (nothing to announce). A
+/// reversal's posting is `transfer.reversed`.
+pub fn event_type(view: &TransferView) -> Option<EventType> {
+    match view.status {
         TransferStatus::Pending => None,
         TransferStatus::InReview => Some(EventType::TransferInReview),
+        TransferStatus::Held => Some(EventType::TransferHeld),
+        TransferStatus::Posted if view.reverses.is_some() => Some(EventType::TransferReversed),
         TransferStatus::Posted => Some(EventType::TransferPosted),
         TransferStatus::Failed => Some(EventType::TransferFailed),
+        TransferStatus::Voided => Some(EventType::TransferVoided),
     }
 }
 
@@ -238,7 +318,7 @@ async fn record_views(
     let events: Vec<NewEvent> = views
         .iter()
         .filter_map(|view| {
-            let event_type = event_type(view.status)?;
+            let event_type = event_type(view)?;
             Some(NewEvent::about_transfer(event_type, view))
         })
         .collect::<Result<_, _>>()

@@ -13,7 +13,8 @@ use super::paging::{next_cursor, page_len};
 use super::query::QueryParams;
 use crate::domain::{AccountId, AccountKey, Currency, LedgerName, Scope};
 use crate::store::accounts::{
-    self, AccountView, CreateAccountError, EntryView, NewAccount, StatusChange, StatusChangeError,
+    self, AccountView, BalanceView, CreateAccountError, EntryView, NewAccount, StatusChange,
+    StatusChangeError,
 };
 use crate::store::api_keys::ApiKeyIdentity;
 
@@ -177,6 +178,63 @@ pub async fn get(
     let key = addressed_account(caller, query.ledger.as_deref(), &id)?;
     state
         .db(accounts::get(&state.pool, &key))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::AccountNotFound(key.id.to_string()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceQuery {
+    ledger: Option<String>,
+    at: Option<String>,
+}
+
+/// An account's balance, reservations and available balance as of an instant.
+#[utoipa::path(
+    get,
+    path = "/accounts/{id}/balance",
+    tag = "accounts",
+    operation_id = "getAccountBalance",
+    description = "Scope: `accounts:read` (or `admin`). The balance after every entry written \
+        at or before `at`, and what holds reserved then (`pending_debits`) and announced \
+        (`pending_credits`), with `available = balance − pending_debits`. Each entry and each \
+        hold line stores the account's sums after it, so this is one index probe whatever the \
+        length of the history. Before the account's first entry everything is zero.",
+    params(
+        ("id" = String, Path, description = "The account id."),
+        ("ledger" = Option<String>, Query, pattern = "^[a-z0-9_-]{1,64}$",
+            description = "The account's ledger, as for `getAccount`."),
+        ("at" = Option<String>, Query, format = DateTime,
+            description = "An RFC 3339 instant (`2026-11-30T12:00:00Z`); now when absent."),
+    ),
+    responses(
+        (status = 200, description = "The balance at `at`.", body = BalanceView),
+        (status = 400, description = "`invalid_body`: `at` is not an RFC 3339 instant.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`account_not_found`.", body = Problem,
+            content_type = "application/problem+json"),
+    ),
+    security(("api_key" = ["accounts:read"])),
+)]
+pub async fn balance(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    QueryParams(query): QueryParams<BalanceQuery>,
+) -> Result<Json<BalanceView>, ApiError> {
+    let caller = caller.require(Scope::AccountsRead)?;
+    let at = match query.at.as_deref() {
+        None => chrono::Utc::now(),
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map_err(|e| {
+                ApiError::InvalidBody(format!("at must be an RFC 3339 instant ({e}): {text:?}"))
+            })?
+            .with_timezone(&chrono::Utc),
+    };
+    let key = addressed_account(caller, query.ledger.as_deref(), &id)?;
+    state
+        .db(accounts::balance_at(&state.pool, &key, at))
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::AccountNotFound(key.id.to_string()))
@@ -367,7 +425,14 @@ async fn change_status(
                 .map_err(|e| match e {
                     StatusChangeError::NotFound => ApiError::AccountNotFound(key.id.to_string()),
                     StatusChangeError::Closed => ApiError::AccountClosed(key.id.to_string()),
-                    StatusChangeError::NotEmpty(_) => ApiError::AccountNotEmpty(key.id.to_string()),
+                    StatusChangeError::NotEmpty(_) => ApiError::AccountNotEmpty(
+                        key.id.to_string(),
+                        "its balance is not zero",
+                    ),
+                    StatusChangeError::HoldsOpen => ApiError::AccountNotEmpty(
+                        key.id.to_string(),
+                        "holds on it are still open (capture or void them first)",
+                    ),
                     StatusChangeError::Database(e) => e.into(),
                 })
         })

@@ -54,14 +54,24 @@ pub enum ApiError {
     /// A ledger-bound key named another ledger where it asked to create something there.
     #[error("this API key is bound to another ledger than {0:?}")]
     LedgerForbidden(String),
-    #[error("account {0} cannot be closed: its balance is not zero")]
-    AccountNotEmpty(String),
+    #[error("account {0} cannot be closed: {1}")]
+    AccountNotEmpty(String, &'static str),
     #[error("account {0} is closed")]
     AccountClosed(String),
     #[error("transfer not found")]
     TransferNotFound,
     #[error("{0}")]
     TransferNotInReview(String),
+    /// A capture or void of a transfer that is not an open hold (never one, already settled,
+    /// being settled, or expired).
+    #[error("{0}")]
+    TransferNotHeld(String),
+    #[error("{0}")]
+    CaptureExceedsHold(String),
+    /// A reversal of a transfer that did not move money (not posted), or of more than its
+    /// reversals have left.
+    #[error("{0}")]
+    TransferNotReversible(String),
     #[error("reconciliation run not found")]
     ReconciliationNotFound,
     /// A webhook URL ferry must not send to (README, "Events and webhooks": SSRF).
@@ -114,11 +124,13 @@ impl ApiError {
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::AccountExists(_)
-            | Self::AccountNotEmpty(_)
+            | Self::AccountNotEmpty(..)
             | Self::AccountClosed(_)
             | Self::LedgerExists(_)
             | Self::KeyRevoked(_)
             | Self::TransferNotInReview(_)
+            | Self::TransferNotHeld(_)
+            | Self::TransferNotReversible(_)
             | Self::CannotRevokeOwnKey => StatusCode::CONFLICT,
             Self::LedgerNotFound(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::AccountNotFound(_)
@@ -140,6 +152,7 @@ impl ApiError {
             | Self::InvalidExpiry(_)
             | Self::AdminKeyWithLedger
             | Self::WebhookUrlRefused(_)
+            | Self::CaptureExceedsHold(_)
             | Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -171,10 +184,13 @@ impl ApiError {
             Self::InvalidLedger(_) => ErrorCode::InvalidLedger,
             Self::LedgerForbidden(_) => ErrorCode::LedgerForbidden,
             Self::LedgerNotFound(_) => ErrorCode::LedgerNotFound,
-            Self::AccountNotEmpty(_) => ErrorCode::AccountNotEmpty,
+            Self::AccountNotEmpty(..) => ErrorCode::AccountNotEmpty,
             Self::AccountClosed(_) => ErrorCode::AccountClosed,
             Self::TransferNotFound => ErrorCode::TransferNotFound,
             Self::TransferNotInReview(_) => ErrorCode::TransferNotInReview,
+            Self::TransferNotHeld(_) => ErrorCode::TransferNotHeld,
+            Self::CaptureExceedsHold(_) => ErrorCode::CaptureExceedsHold,
+            Self::TransferNotReversible(_) => ErrorCode::TransferNotReversible,
             Self::ReconciliationNotFound => ErrorCode::ReconciliationNotFound,
             Self::WebhookUrlRefused(_) => ErrorCode::WebhookUrlRefused,
             Self::WebhookEndpointNotFound => ErrorCode::WebhookEndpointNotFound,
@@ -236,6 +252,9 @@ pub enum ErrorCode {
     AccountClosed,
     TransferNotFound,
     TransferNotInReview,
+    TransferNotHeld,
+    CaptureExceedsHold,
+    TransferNotReversible,
     ReconciliationNotFound,
     WebhookUrlRefused,
     WebhookEndpointNotFound,
@@ -253,7 +272,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 37] = [
+    pub const ALL: [ErrorCode; 40] = [
         Self::Unauthorized,
         Self::Forbidden,
         Self::IdempotencyKeyMissing,
@@ -277,6 +296,9 @@ impl ErrorCode {
         Self::AccountClosed,
         Self::TransferNotFound,
         Self::TransferNotInReview,
+        Self::TransferNotHeld,
+        Self::CaptureExceedsHold,
+        Self::TransferNotReversible,
         Self::ReconciliationNotFound,
         Self::WebhookUrlRefused,
         Self::WebhookEndpointNotFound,
@@ -318,6 +340,9 @@ impl ErrorCode {
             Self::AccountClosed => "account_closed",
             Self::TransferNotFound => "transfer_not_found",
             Self::TransferNotInReview => "transfer_not_in_review",
+            Self::TransferNotHeld => "transfer_not_held",
+            Self::CaptureExceedsHold => "capture_exceeds_hold",
+            Self::TransferNotReversible => "transfer_not_reversible",
             Self::ReconciliationNotFound => "reconciliation_not_found",
             Self::WebhookUrlRefused => "webhook_url_refused",
             Self::WebhookEndpointNotFound => "webhook_endpoint_not_found",

@@ -21,18 +21,45 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         require_json(req.headers())?;
-        let bytes =
-            Bytes::from_request(req, state)
-                .await
-                .map_err(|rejection: BytesRejection| {
-                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        ApiError::PayloadTooLarge(BODY_BYTES_MAX)
-                    } else {
-                        ApiError::InvalidBody(rejection.body_text())
-                    }
-                })?;
+        let bytes = read_body(req, state).await?;
         parse(&bytes).map(JsonBody)
     }
+}
+
+/// A JSON body that may be left out, for actions whose every field is optional (`POST
+/// …/void`): no body at all reads as `T::default()`; a body that is sent is held to
+/// [`JsonBody`]'s rules.
+pub struct OptionalJsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let typed = req.headers().contains_key(header::CONTENT_TYPE);
+        if typed {
+            require_json(req.headers())?;
+        }
+        let bytes = read_body(req, state).await?;
+        if bytes.is_empty() {
+            return Ok(Self(T::default()));
+        }
+        if !typed {
+            require_json(&HeaderMap::new())?;
+        }
+        parse(&bytes).map(OptionalJsonBody)
+    }
+}
+
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state)
+        .await
+        .map_err(|rejection: BytesRejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(BODY_BYTES_MAX)
+            } else {
+                ApiError::InvalidBody(rejection.body_text())
+            }
+        })
 }
 
 /// Accepts exactly one `Content-Type` naming JSON: `application/json` or `application/*+json`

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod holds;
 pub mod json;
 pub mod ledgers;
 pub mod openapi;
@@ -39,6 +40,7 @@ use utoipa_axum::routes;
 
 use crate::store::api_keys::ApiKeyCache;
 use crate::store::group_commit::GroupCommitter;
+use crate::store::holds::{SettleOutcome, SettleRequest};
 
 use error::{ApiError, DATABASE_UNAVAILABLE};
 
@@ -75,6 +77,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Groups concurrent single-transfer requests into shared commits.
     pub intake: GroupCommitter,
+    /// Groups concurrent captures and voids of holds into shared commits.
+    pub settlements: GroupCommitter<SettleRequest, SettleOutcome>,
     pub rate_limiter: rate_limit::RateLimiter,
     pub api_keys: ApiKeyCache,
     /// Longest a request waits on PostgreSQL, connection included (`FERRY_INTAKE_DB_TIMEOUT_MS`).
@@ -113,12 +117,16 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(accounts::create))
         .routes(routes!(accounts::get))
         .routes(routes!(accounts::entries))
+        .routes(routes!(accounts::balance))
         .routes(routes!(accounts::freeze))
         .routes(routes!(accounts::unfreeze))
         .routes(routes!(accounts::close))
         .routes(routes!(transfers::create, transfers::get_by_key))
         .routes(routes!(transfers::create_batch))
         .routes(routes!(transfers::get))
+        .routes(routes!(holds::capture))
+        .routes(routes!(holds::void))
+        .routes(routes!(holds::reverse))
         .routes(routes!(reviews::queue))
         .routes(routes!(reviews::approve))
         .routes(routes!(reviews::reject))

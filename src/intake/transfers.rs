@@ -12,7 +12,9 @@ use super::auth::Caller;
 use super::error::{ApiError, Problem};
 use super::json::{JsonBody, from_value, reject_nul};
 use super::query::QueryParams;
-use crate::domain::{AccountId, Amount, Currency, IdempotencyKey, NewTransfer, Scope};
+use crate::domain::{
+    AccountId, Amount, Currency, HoldExpiry, IdempotencyKey, NewTransfer, Scope, TransferMode,
+};
 use crate::queue::payloads::TRANSFERS_PER_JOB_MAX;
 use crate::store::api_keys::ApiKeyIdentity;
 use crate::store::transfers::{self, Acceptance, Submission, TransferView};
@@ -52,6 +54,15 @@ pub struct TransferRequest {
     /// exists only in another ledger ends the transfer `failed` `account_not_found`.
     #[schema(pattern = "^[a-z0-9_-]{1,64}$", example = "default")]
     ledger: Option<String>,
+    /// `transfer` (the default) moves the money when posted. `hold` reserves it on the source
+    /// account instead (status `held`; `available` drops, `balance` does not) until it is
+    /// captured (`POST /v1/transfers/{id}/capture`), voided, or expires.
+    #[schema(pattern = "^(transfer|hold)$", example = "transfer")]
+    mode: Option<String>,
+    /// For `mode: hold` only: how long the hold lasts once placed, 1 to 2,592,000 (30 days);
+    /// 604,800 (7 days) when absent. Expired holds are voided within 60 s.
+    #[schema(minimum = 1, maximum = 2592000)]
+    hold_expires_in_secs: Option<u64>,
 }
 
 impl TransferRequest {
@@ -90,6 +101,26 @@ impl TransferRequest {
             reject_nul("reference", &serde_json::Value::String(reference.clone()))?;
         }
         reject_nul("metadata", &serde_json::Value::Object(metadata.clone()))?;
+        let mode = match (self.mode.as_deref(), self.hold_expires_in_secs) {
+            (None | Some("transfer"), None) => TransferMode::Transfer,
+            (None | Some("transfer"), Some(_)) => {
+                return Err(ApiError::InvalidBody(
+                    "hold_expires_in_secs is for mode \"hold\" only".into(),
+                ));
+            }
+            (Some("hold"), secs) => TransferMode::Hold {
+                expires_in_secs: match secs {
+                    None => HoldExpiry::DEFAULT,
+                    Some(secs) => HoldExpiry::parse(secs)
+                        .map_err(|e| ApiError::InvalidBody(e.to_string()))?,
+                },
+            },
+            (Some(other), _) => {
+                return Err(ApiError::InvalidBody(format!(
+                    "mode must be \"transfer\" or \"hold\", not {other:?}"
+                )));
+            }
+        };
         Ok(NewTransfer {
             idempotency_key: key,
             ledger,
@@ -98,11 +129,12 @@ impl TransferRequest {
             amount,
             reference: self.reference,
             metadata,
+            mode,
         })
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY_HEADER).iter();
     let value = values.next().ok_or(ApiError::IdempotencyKeyMissing)?;
     if values.next().is_some() {

@@ -18,26 +18,58 @@ pub struct LockedAccount {
     pub no: i64,
     pub currency: Currency,
     pub balance: Decimal,
+    /// Reserved by holds on this account as their source.
+    pub pending_debits: Decimal,
+    /// Announced by holds on this account as their destination.
+    pub pending_credits: Decimal,
     pub allow_overdraft: bool,
     pub status: AccountStatus,
 }
 
-/// A pending transfer as read by the posting transaction. Both accounts are in the transfer's
-/// ledger: an id that exists only in another ledger is simply not found.
+impl LockedAccount {
+    /// What the account can still pay: its balance less what holds reserve.
+    pub fn available(&self) -> Decimal {
+        self.balance - self.pending_debits
+    }
+}
+
+/// What posting is to do with a transfer it read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instruction {
+    /// A pending transfer: move its amount.
+    Transfer,
+    /// A pending hold: reserve its amount on the source account.
+    Hold,
+    /// A held hold claimed for capture: release the reservation and move `amount` (at most the
+    /// held amount).
+    Capture { amount: Decimal },
+    /// A held hold claimed for a void (requested, or on expiry): release the reservation.
+    Void,
+}
+
+/// A transfer as read by the posting transaction, with what to do with it. Both accounts are
+/// in the transfer's ledger: an id that exists only in another ledger is simply not found.
 #[derive(Debug, Clone)]
 pub struct PendingTransfer {
     pub id: Uuid,
     pub from_account: AccountKey,
     pub to_account: AccountKey,
+    /// The transfer's amount (for a hold, the amount held).
     pub amount: Amount,
     /// When intake accepted it (ms since the epoch), for what reads the outcome afterwards.
     pub accepted_at_ms: i64,
+    pub instruction: Instruction,
 }
 
 /// The fate of one transfer in this batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// Money moved: a transfer, or a captured hold.
     Posted,
+    /// A hold placed: the amount is reserved.
+    Held,
+    /// A hold released without moving money.
+    Voided,
     Failed(FailureCode),
 }
 
@@ -49,34 +81,96 @@ pub struct EntryLine {
     pub side: Side,
     pub amount: Decimal,
     pub currency: Currency,
+    /// The account's balance after this entry (balance history).
+    pub balance_after: Decimal,
 }
 
 pub use crate::domain::Side;
+
+/// Whether a hold line places a reservation or releases one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldLineKind {
+    Reserve,
+    Release,
+}
+
+impl HoldLineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserve => "reserve",
+            Self::Release => "release",
+        }
+    }
+}
+
+/// One line of reservation history: an account's pending sums after a hold was placed or
+/// released.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldLine {
+    pub transfer_id: Uuid,
+    pub account: AccountKey,
+    pub kind: HoldLineKind,
+    pub pending_debits_after: Decimal,
+    pub pending_credits_after: Decimal,
+}
+
+/// The net change a batch makes to one account.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct AccountDelta {
+    pub balance: Decimal,
+    pub pending_debits: Decimal,
+    pub pending_credits: Decimal,
+}
 
 /// What a batch does to the ledger.
 #[derive(Debug, Default)]
 pub struct Applied {
     pub outcomes: Vec<(Uuid, Outcome)>,
     pub entries: Vec<EntryLine>,
-    /// Net change per account touched by a posted transfer.
-    pub balance_deltas: HashMap<AccountKey, Decimal>,
+    pub hold_lines: Vec<HoldLine>,
+    /// Net change per account touched by a posted transfer or a hold.
+    pub deltas: HashMap<AccountKey, AccountDelta>,
 }
 
-/// Applies `transfers` in order against `accounts`, mutating their balances. A transfer that
-/// cannot post fails alone with its code; the ones after it still see the balances as left by
-/// the ones before.
+/// Applies `transfers` in order against `accounts`, mutating their balances and reservations.
+/// A transfer that cannot post fails alone with its code; the ones after it still see the
+/// accounts as left by the ones before.
 pub fn apply_batch(
     accounts: &mut HashMap<AccountKey, LockedAccount>,
     transfers: &[PendingTransfer],
 ) -> Applied {
     let mut applied = Applied::default();
     for transfer in transfers {
-        let outcome = match apply_one(accounts, transfer) {
-            Ok(()) => {
-                record_entries(&mut applied, transfer);
-                Outcome::Posted
+        let outcome = match transfer.instruction {
+            Instruction::Transfer => match check_payment(accounts, transfer, transfer.amount.value()) {
+                Ok(()) => {
+                    move_money(accounts, &mut applied, transfer, transfer.amount.value());
+                    Outcome::Posted
+                }
+                Err(code) => Outcome::Failed(code),
+            },
+            Instruction::Hold => match check_payment(accounts, transfer, transfer.amount.value()) {
+                Ok(()) => {
+                    reserve(accounts, &mut applied, transfer, HoldLineKind::Reserve);
+                    Outcome::Held
+                }
+                Err(code) => Outcome::Failed(code),
+            },
+            Instruction::Capture { amount } => {
+                // The reservation goes whatever happens: the capture uses it or the hold ends.
+                reserve(accounts, &mut applied, transfer, HoldLineKind::Release);
+                match check_payment(accounts, transfer, amount) {
+                    Ok(()) => {
+                        move_money(accounts, &mut applied, transfer, amount);
+                        Outcome::Posted
+                    }
+                    Err(code) => Outcome::Failed(code),
+                }
             }
-            Err(code) => Outcome::Failed(code),
+            Instruction::Void => {
+                reserve(accounts, &mut applied, transfer, HoldLineKind::Release);
+                Outcome::Voided
+            }
         };
         applied.outcomes.push((transfer.id, outcome));
     }
@@ -84,11 +178,13 @@ pub fn apply_batch(
     applied
 }
 
-fn apply_one(
-    accounts: &mut HashMap<AccountKey, LockedAccount>,
+/// Whether `transfer` may move `amount` now: both accounts exist, are open and in its
+/// currency, and the source can pay it from what holds leave available (or may overdraw).
+fn check_payment(
+    accounts: &HashMap<AccountKey, LockedAccount>,
     transfer: &PendingTransfer,
+    amount: Decimal,
 ) -> Result<(), FailureCode> {
-    let amount = transfer.amount.value();
     let currency = transfer.amount.currency();
     let from = accounts
         .get(&transfer.from_account)
@@ -107,45 +203,80 @@ fn apply_one(
     if from.currency != currency || to.currency != currency {
         return Err(FailureCode::CurrencyMismatch);
     }
-    let from_after = from
-        .balance
+    let available_after = from
+        .available()
         .checked_sub(amount)
         .ok_or(FailureCode::InsufficientFunds)?;
-    if from_after < Decimal::ZERO && !from.allow_overdraft {
+    if available_after < Decimal::ZERO && !from.allow_overdraft {
         return Err(FailureCode::InsufficientFunds);
     }
     // Overflow needs ~10^13 maximal transfers into one account; refuse rather than wrap.
-    let to_after = to
-        .balance
+    to.balance
         .checked_add(amount)
+        .and_then(|_| to.pending_credits.checked_add(amount))
         .ok_or(FailureCode::InsufficientFunds)?;
-    if let Some(from) = accounts.get_mut(&transfer.from_account) {
-        from.balance = from_after;
-    }
-    if let Some(to) = accounts.get_mut(&transfer.to_account) {
-        to.balance = to_after;
-    }
     Ok(())
 }
 
-fn record_entries(applied: &mut Applied, transfer: &PendingTransfer) {
-    let amount = transfer.amount.value();
+/// Moves `amount` (checked by [`check_payment`]) and records its two entries.
+fn move_money(
+    accounts: &mut HashMap<AccountKey, LockedAccount>,
+    applied: &mut Applied,
+    transfer: &PendingTransfer,
+    amount: Decimal,
+) {
     let currency = transfer.amount.currency();
     for (account, side, signed) in [
         (&transfer.from_account, Side::Debit, -amount),
         (&transfer.to_account, Side::Credit, amount),
     ] {
+        let Some(locked) = accounts.get_mut(account) else {
+            continue;
+        };
+        locked.balance += signed;
         applied.entries.push(EntryLine {
             transfer_id: transfer.id,
             account: account.clone(),
             side,
             amount: signed,
             currency,
+            balance_after: locked.balance,
         });
-        *applied
-            .balance_deltas
-            .entry(account.clone())
-            .or_insert(Decimal::ZERO) += signed;
+        applied.deltas.entry(account.clone()).or_default().balance += signed;
+    }
+}
+
+/// Places (or releases) the transfer's reservation: its amount on the source's
+/// `pending_debits` and the destination's `pending_credits`.
+fn reserve(
+    accounts: &mut HashMap<AccountKey, LockedAccount>,
+    applied: &mut Applied,
+    transfer: &PendingTransfer,
+    kind: HoldLineKind,
+) {
+    let signed = match kind {
+        HoldLineKind::Reserve => transfer.amount.value(),
+        HoldLineKind::Release => -transfer.amount.value(),
+    };
+    for (account, is_source) in [(&transfer.from_account, true), (&transfer.to_account, false)] {
+        let Some(locked) = accounts.get_mut(account) else {
+            continue;
+        };
+        let delta = applied.deltas.entry(account.clone()).or_default();
+        if is_source {
+            locked.pending_debits += signed;
+            delta.pending_debits += signed;
+        } else {
+            locked.pending_credits += signed;
+            delta.pending_credits += signed;
+        }
+        applied.hold_lines.push(HoldLine {
+            transfer_id: transfer.id,
+            account: account.clone(),
+            kind,
+            pending_debits_after: locked.pending_debits,
+            pending_credits_after: locked.pending_credits,
+        });
     }
 }
 
@@ -172,6 +303,8 @@ mod tests {
             no: 0,
             currency: usd(),
             balance: balance.parse().expect("decimal"),
+            pending_debits: Decimal::ZERO,
+            pending_credits: Decimal::ZERO,
             allow_overdraft,
             status: AccountStatus::Active,
         }
@@ -191,7 +324,26 @@ mod tests {
             to_account: id(to),
             amount: Amount::parse(amount, usd()).expect("amount"),
             accepted_at_ms: 0,
+            instruction: Instruction::Transfer,
         }
+    }
+
+    fn hold(from: &str, to: &str, amount: &str) -> PendingTransfer {
+        PendingTransfer {
+            instruction: Instruction::Hold,
+            ..transfer(from, to, amount)
+        }
+    }
+
+    fn settle(held: &PendingTransfer, instruction: Instruction) -> PendingTransfer {
+        PendingTransfer {
+            instruction,
+            ..held.clone()
+        }
+    }
+
+    fn dec(text: &str) -> Decimal {
+        text.parse().expect("decimal")
     }
 
     fn book() -> HashMap<AccountKey, LockedAccount> {
@@ -226,7 +378,9 @@ mod tests {
         assert_eq!(accounts[&id("bob")].balance.to_string(), "10.00");
         assert_eq!(applied.entries.len(), 4);
         assert!(entries_balance(&applied.entries));
-        assert_eq!(applied.balance_deltas[&id("bob")].to_string(), "10.00");
+        assert_eq!(applied.deltas[&id("bob")].balance.to_string(), "10.00");
+        let after: Vec<String> = applied.entries.iter().map(|e| e.balance_after.to_string()).collect();
+        assert_eq!(after, ["4.00", "6.00", "0.00", "10.00"]);
     }
 
     #[test]
@@ -257,6 +411,8 @@ mod tests {
                 no: 0,
                 currency: eur,
                 balance: Decimal::ZERO,
+                pending_debits: Decimal::ZERO,
+                pending_credits: Decimal::ZERO,
                 allow_overdraft: false,
                 status: AccountStatus::Active,
             },
@@ -267,7 +423,7 @@ mod tests {
             Outcome::Failed(FailureCode::CurrencyMismatch)
         );
         assert!(applied.entries.is_empty());
-        assert!(applied.balance_deltas.is_empty());
+        assert!(applied.deltas.is_empty());
     }
 
     #[test]
@@ -319,6 +475,84 @@ mod tests {
     }
 
     #[test]
+    fn a_hold_reserves_without_moving_money_and_blocks_what_it_reserves() {
+        let mut accounts = book();
+        let held = hold("alice", "bob", "7.00");
+        let applied = apply_batch(
+            &mut accounts,
+            &[
+                held.clone(),
+                transfer("alice", "bob", "3.01"), // 3.00 available
+                hold("alice", "bob", "3.01"),
+                transfer("alice", "bob", "3.00"),
+            ],
+        );
+        let outcomes: Vec<_> = applied.outcomes.iter().map(|(_, o)| *o).collect();
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Held,
+                Outcome::Failed(FailureCode::InsufficientFunds),
+                Outcome::Failed(FailureCode::InsufficientFunds),
+                Outcome::Posted,
+            ]
+        );
+        let alice = &accounts[&id("alice")];
+        assert_eq!((alice.balance, alice.pending_debits), (dec("7.00"), dec("7.00")));
+        assert_eq!(alice.available(), Decimal::ZERO);
+        assert_eq!(accounts[&id("bob")].pending_credits, dec("7.00"));
+        assert_eq!(applied.entries.len(), 2, "only the plain transfer wrote entries");
+        assert_eq!(applied.hold_lines.len(), 2);
+        assert_eq!(applied.deltas[&id("alice")].pending_debits, dec("7.00"));
+    }
+
+    #[test]
+    fn a_partial_capture_moves_what_it_captures_and_releases_the_rest() {
+        let mut accounts = book();
+        let held = hold("alice", "bob", "7.00");
+        apply_batch(&mut accounts, &[held.clone()]);
+        let applied = apply_batch(
+            &mut accounts,
+            &[settle(&held, Instruction::Capture { amount: dec("5.00") })],
+        );
+        assert_eq!(applied.outcomes[0].1, Outcome::Posted);
+        let (alice, bob) = (&accounts[&id("alice")], &accounts[&id("bob")]);
+        assert_eq!((alice.balance, alice.pending_debits), (dec("5.00"), dec("0.00")));
+        assert_eq!((bob.balance, bob.pending_credits), (dec("5.00"), dec("0.00")));
+        let amounts: Vec<Decimal> = applied.entries.iter().map(|e| e.amount).collect();
+        assert_eq!(amounts, [dec("-5.00"), dec("5.00")]);
+        assert!(applied.hold_lines.iter().all(|l| l.kind == HoldLineKind::Release));
+    }
+
+    #[test]
+    fn a_void_releases_and_a_capture_on_a_frozen_account_fails_releasing_too() {
+        let mut accounts = book();
+        let first = hold("alice", "bob", "4.00");
+        let second = hold("alice", "bob", "6.00");
+        apply_batch(&mut accounts, &[first.clone(), second.clone()]);
+        assert_eq!(accounts[&id("alice")].available(), Decimal::ZERO);
+        if let Some(bob) = accounts.get_mut(&id("bob")) {
+            bob.status = AccountStatus::Frozen;
+        }
+        let applied = apply_batch(
+            &mut accounts,
+            &[
+                settle(&first, Instruction::Void),
+                settle(&second, Instruction::Capture { amount: dec("6.00") }),
+            ],
+        );
+        let outcomes: Vec<_> = applied.outcomes.iter().map(|(_, o)| *o).collect();
+        assert_eq!(
+            outcomes,
+            [Outcome::Voided, Outcome::Failed(FailureCode::AccountFrozen)]
+        );
+        let alice = &accounts[&id("alice")];
+        assert_eq!((alice.balance, alice.pending_debits), (dec("10.00"), dec("0.00")));
+        assert_eq!(accounts[&id("bob")].pending_credits, dec("0.00"));
+        assert!(applied.entries.is_empty());
+    }
+
+    #[test]
     fn random_batches_conserve_money_and_never_overdraw() {
         let names = ["treasury", "alice", "bob", "carol", "dave"];
         let mut accounts = book();
@@ -338,7 +572,12 @@ mod tests {
                 if to == from {
                     to = if from == "alice" { "bob" } else { "alice" };
                 }
-                transfer(from, to, &format!("{}.{:02}", next() % 50, 1 + next() % 99))
+                let amount = format!("{}.{:02}", next() % 50, 1 + next() % 99);
+                if next() % 4 == 0 {
+                    hold(from, to, &amount)
+                } else {
+                    transfer(from, to, &amount)
+                }
             })
             .collect();
         let applied = apply_batch(&mut accounts, &batch);
@@ -346,10 +585,19 @@ mod tests {
         assert_eq!(total.to_string(), "10.00");
         for (name, acc) in &accounts {
             assert!(
-                acc.allow_overdraft || acc.balance >= Decimal::ZERO,
+                acc.allow_overdraft || acc.available() >= Decimal::ZERO,
                 "{name}"
             );
         }
+        let held: Decimal = batch
+            .iter()
+            .zip(&applied.outcomes)
+            .filter(|(_, (_, o))| *o == Outcome::Held)
+            .map(|(t, _)| t.amount.value())
+            .sum();
+        let pending: Decimal = accounts.values().map(|a| a.pending_debits).sum();
+        assert_eq!(pending, held);
+        assert!(held > Decimal::ZERO);
         let posted = applied
             .outcomes
             .iter()

@@ -24,6 +24,7 @@ struct CountedAttempt {
     id: Uuid,
     #[sqlx(try_from = "i32")]
     attempts: u32,
+    settling: bool,
 }
 
 /// Records that a posting run for `transfer_ids` failed with `failure`, a counted one
@@ -42,9 +43,14 @@ pub async fn record_failed_attempt(
     // A transfer failed here gets its `transfer.failed` event in this transaction; the event
     // lock comes before the rows' (README, "Events and webhooks").
     crate::events::lock_sequence(conn).await?;
+    // A held hold claimed for a capture or void is counted too, but never given up on: it
+    // cannot fail for want of attempts (the capture or void was promised), so it is tried
+    // again at the policy's longest wait.
     let rows: Vec<CountedAttempt> = sqlx::query_as(
         "UPDATE transfers SET attempts = attempts + 1, last_error = $2, updated_at = now() \
-         WHERE id = ANY($1) AND status = 'pending' RETURNING id, attempts",
+         WHERE id = ANY($1) \
+           AND (status = 'pending' OR (status = 'held' AND hold_action IS NOT NULL)) \
+         RETURNING id, attempts, status = 'held' AS settling",
     )
     .bind(transfer_ids)
     .bind(error.chars().take(500).collect::<String>())
@@ -52,8 +58,20 @@ pub async fn record_failed_attempt(
     .await?;
     let mut still = StillPending::default();
     let mut most_tried = 0;
-    for CountedAttempt { id, attempts } in rows {
-        match policy.decide(failure, attempts) {
+    for CountedAttempt {
+        id,
+        attempts,
+        settling,
+    } in rows
+    {
+        let decision = match policy.decide(failure, attempts) {
+            Decision::GiveUp if settling => Decision::Retry {
+                wait: Wait::jittered(policy.cap, None),
+                counted: true,
+            },
+            decision => decision,
+        };
+        match decision {
             Decision::Retry { wait, .. } => {
                 still.transfer_ids.push(id);
                 if attempts >= most_tried {

@@ -6,13 +6,16 @@
 //!    reading a snapshot that a competitor makes stale (which would end in 40001 under
 //!    contention and turn a hot account into a retry storm). Throughput comes from batch size,
 //!    not from concurrent posters, which on shared accounts can only fail each other.
-//! 2. read the batch's still-`pending` transfers (the status guard that makes a redelivered job
-//!    a no-op), lock their accounts in id order (`FOR UPDATE`, also fencing writers outside
-//!    ferry);
-//! 3. apply the transfers in memory one by one ([`super::apply`]);
-//! 4. write entries, balances and statuses in three set-based statements, checking that the
-//!    database agrees with the in-memory result before COMMIT;
-//! 5. write each transfer's `transfer.posted` / `transfer.failed` event (one statement).
+//! 2. read the batch's still-`pending` transfers and its `held` holds claimed for a capture or
+//!    void (the status guard that makes a redelivered job a no-op), lock their accounts in id
+//!    order (`FOR UPDATE`, also fencing writers outside ferry);
+//! 3. apply them in memory one by one ([`super::apply`]): move money, place a hold, capture or
+//!    void one;
+//! 4. write entries (with each account's balance after them), hold lines, balances and
+//!    reservations, and statuses in set-based statements, checking that the database agrees
+//!    with the in-memory result before COMMIT;
+//! 5. write each transfer's event (`transfer.posted`, `.failed`, `.held`, `.voided`,
+//!    `.reversed`; one statement).
 //!
 //! A serialization failure re-runs the whole transaction (backon, full jitter, 10 tries).
 
@@ -26,7 +29,8 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::apply::{
-    Applied, LockedAccount, Outcome, PendingTransfer, apply_batch, entries_balance,
+    AccountDelta, Applied, Instruction, LockedAccount, Outcome, PendingTransfer, apply_batch,
+    entries_balance,
 };
 use crate::domain::{AccountId, AccountKey, AccountStatus, Amount, Currency, LedgerName};
 use crate::events::{self, transfer::TransferRow};
@@ -75,6 +79,8 @@ impl PostingError {
 pub struct PostingReport {
     pub posted: usize,
     pub failed: usize,
+    pub held: usize,
+    pub voided: usize,
     /// Already terminal (a redelivered job) or not found.
     pub skipped: usize,
     pub serialization_retries: usize,
@@ -119,9 +125,13 @@ impl PostingEngine {
         metrics::histogram!("ferry_posting_batch_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("ferry_posting_batch_size").record(transfer_ids.len() as f64);
         metrics::counter!("ferry_transfers_posted_total").increment(report.posted as u64);
+        metrics::counter!("ferry_transfers_held_total").increment(report.held as u64);
+        metrics::counter!("ferry_transfers_voided_total").increment(report.voided as u64);
         info!(
             posted = report.posted,
             failed = report.failed,
+            held = report.held,
+            voided = report.voided,
             skipped = report.skipped,
             "posted batch"
         );
@@ -155,9 +165,10 @@ impl PostingEngine {
         }
         insert_entries(&mut tx, &applied, &accounts).await?;
         steps.lap("entries");
+        insert_hold_lines(&mut tx, &applied, &accounts).await?;
         update_balances(&mut tx, &applied, &accounts).await?;
         steps.lap("balances");
-        let changed = update_statuses(&mut tx, &applied).await?;
+        let changed = update_statuses(&mut tx, &applied, &transfers).await?;
         steps.lap("statuses");
         // The gate taken above is the event sequence lock too (README, "Events and webhooks").
         events::transfer::record_rows(&mut tx, changed).await?;
@@ -224,6 +235,8 @@ fn summarise(
     for (_, outcome) in &applied.outcomes {
         match outcome {
             Outcome::Posted => report.posted += 1,
+            Outcome::Held => report.held += 1,
+            Outcome::Voided => report.voided += 1,
             Outcome::Failed(code) => {
                 report.failed += 1;
                 metrics::counter!("ferry_transfers_failed_total", "code" => code.as_str())
@@ -234,28 +247,38 @@ fn summarise(
     report
 }
 
-// The posting statements spell "pending" as `status NOT IN ('in_review', 'posted', 'failed')`
-// (the same thing under the table's CHECK) so the planner cannot match the partial index
-// `transfers_pending_by_age`: with stale statistics it scanned every pending transfer per
-// batch (O(backlog), measured 84 ms for 1,200 transfers) instead of probing the primary key.
-// A transfer held for review (`in_review`) is not posted until a reviewer approves it.
+// The posting statements spell "pending" as `status NOT IN ('in_review', 'held', 'posted',
+// 'failed', 'voided')` (the same thing under the table's CHECK) so the planner cannot match the
+// partial index `transfers_pending_by_age`: with stale statistics it scanned every pending
+// transfer per batch (O(backlog), measured 84 ms for 1,200 transfers) instead of probing the
+// primary key. A transfer held for review (`in_review`) is not posted until a reviewer
+// approves it; a `held` hold is taken only once a capture or void is claimed on it.
+fn postable(alias: &str) -> String {
+    format!(
+        "({alias}.status NOT IN ('in_review', 'held', 'posted', 'failed', 'voided') \
+         OR ({alias}.status = 'held' AND {alias}.hold_action IS NOT NULL))"
+    )
+}
+
 async fn load_pending(
     tx: &mut Transaction<'_, Postgres>,
     transfer_ids: &[Uuid],
 ) -> Result<Vec<PendingTransfer>, PostingError> {
-    let rows: Vec<PendingTransferRow> = sqlx::query_as(
-        "SELECT id, ledger, from_account, to_account, amount, currency, \
-           (extract(epoch FROM created_at) * 1000)::bigint AS accepted_at_ms FROM transfers \
-         WHERE id = ANY($1) AND status NOT IN ('in_review', 'posted', 'failed') \
+    let rows: Vec<PendingTransferRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, ledger, from_account, to_account, amount, currency, status, mode, \
+           hold_action, capture_amount, \
+           (extract(epoch FROM created_at) * 1000)::bigint AS accepted_at_ms FROM transfers t \
+         WHERE id = ANY($1) AND {} \
          ORDER BY created_at, id",
-    )
+        postable("t")
+    )))
     .bind(transfer_ids)
     .fetch_all(&mut **tx)
     .await?;
     rows.into_iter().map(PendingTransfer::try_from).collect()
 }
 
-/// A pending `transfers` row as posting reads it. The currency is parsed after decoding, so a
+/// A postable `transfers` row as posting reads it. The currency is parsed after decoding, so a
 /// stored currency this version does not know is [`PostingError::Invariant`] (which the
 /// combiner answers by posting each job's transfers on their own), not a decode error.
 #[derive(sqlx::FromRow)]
@@ -266,12 +289,38 @@ struct PendingTransferRow {
     to_account: String,
     amount: Decimal,
     currency: String,
+    status: String,
+    mode: String,
+    hold_action: Option<String>,
+    capture_amount: Option<Decimal>,
     accepted_at_ms: i64,
+}
+
+impl PendingTransferRow {
+    fn instruction(&self) -> Result<Instruction, PostingError> {
+        let id = self.id;
+        match (
+            self.status.as_str(),
+            self.mode.as_str(),
+            self.hold_action.as_deref(),
+        ) {
+            ("pending", "transfer", _) => Ok(Instruction::Transfer),
+            ("pending", "hold", _) => Ok(Instruction::Hold),
+            ("held", "hold", Some("capture")) => Ok(Instruction::Capture {
+                amount: self.capture_amount.unwrap_or(self.amount),
+            }),
+            ("held", "hold", Some("void" | "expire")) => Ok(Instruction::Void),
+            (status, mode, action) => Err(PostingError::Invariant(format!(
+                "transfer {id} is {status} ({mode}, settlement {action:?}): nothing to post"
+            ))),
+        }
+    }
 }
 
 impl TryFrom<PendingTransferRow> for PendingTransfer {
     type Error = PostingError;
     fn try_from(row: PendingTransferRow) -> Result<Self, Self::Error> {
+        let instruction = row.instruction()?;
         let currency = parse_currency(row.currency)?;
         let id = row.id;
         // Both accounts are looked up in the transfer's own ledger: an id that exists only in
@@ -286,6 +335,7 @@ impl TryFrom<PendingTransferRow> for PendingTransfer {
                 PostingError::Invariant(format!("transfer {id} holds a bad amount: {e}"))
             })?,
             accepted_at_ms: row.accepted_at_ms,
+            instruction,
         })
     }
 }
@@ -306,7 +356,8 @@ async fn lock_accounts(
         .unzip();
     // Locked in (ledger, id) order, as every other writer of account rows does.
     let rows: Vec<LockedAccountRow> = sqlx::query_as(
-        "SELECT a.ledger, a.id, a.no, a.currency, a.balance, a.allow_overdraft, a.status \
+        "SELECT a.ledger, a.id, a.no, a.currency, a.balance, a.pending_debits, \
+           a.pending_credits, a.allow_overdraft, a.status \
          FROM accounts a JOIN unnest($1::text[], $2::text[]) AS k(ledger, id) \
            ON a.ledger = k.ledger AND a.id = k.id \
          ORDER BY a.ledger, a.id FOR UPDATE OF a",
@@ -325,6 +376,8 @@ async fn lock_accounts(
                 no: row.no,
                 currency: parse_currency(row.currency)?,
                 balance: row.balance,
+                pending_debits: row.pending_debits,
+                pending_credits: row.pending_credits,
                 allow_overdraft: row.allow_overdraft,
                 status: row.status,
             };
@@ -342,6 +395,8 @@ struct LockedAccountRow {
     no: i64,
     currency: String,
     balance: Decimal,
+    pending_debits: Decimal,
+    pending_credits: Decimal,
     allow_overdraft: bool,
     #[sqlx(try_from = "String")]
     status: AccountStatus,
@@ -369,15 +424,22 @@ async fn insert_entries(
     let sides: Vec<&str> = applied.entries.iter().map(|e| e.side.as_str()).collect();
     let amounts: Vec<Decimal> = applied.entries.iter().map(|e| e.amount).collect();
     let currencies: Vec<&str> = applied.entries.iter().map(|e| e.currency.code()).collect();
+    let balances_after: Vec<Decimal> = applied.entries.iter().map(|e| e.balance_after).collect();
+    // `statement_timestamp()`, not the transaction's start: this statement runs under the
+    // gate, after the previous holder committed, so within an account `created_at` grows
+    // with `id` — what balance-at-an-instant reads rely on.
     let inserted = sqlx::query(
-        "INSERT INTO entries (transfer_id, account_no, side, amount, currency) \
-         SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::numeric[], $5::text[])",
+        "INSERT INTO entries (transfer_id, account_no, side, amount, currency, balance_after, \
+           created_at) \
+         SELECT t.*, statement_timestamp() FROM unnest($1::uuid[], $2::int8[], $3::text[], \
+           $4::numeric[], $5::text[], $6::numeric[]) AS t",
     )
     .bind(&transfer_ids)
     .bind(&account_nos)
     .bind(&sides)
     .bind(&amounts)
     .bind(&currencies)
+    .bind(&balances_after)
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -395,30 +457,82 @@ fn locked<'a>(
         .ok_or_else(|| PostingError::Invariant(format!("account {key} was not locked")))
 }
 
+/// Reservation history: one line per account for each hold placed or released.
+async fn insert_hold_lines(
+    tx: &mut Transaction<'_, Postgres>,
+    applied: &Applied,
+    accounts: &HashMap<AccountKey, LockedAccount>,
+) -> Result<(), PostingError> {
+    if applied.hold_lines.is_empty() {
+        return Ok(());
+    }
+    let lines = &applied.hold_lines;
+    let transfer_ids: Vec<Uuid> = lines.iter().map(|l| l.transfer_id).collect();
+    let account_nos = lines
+        .iter()
+        .map(|l| locked(accounts, &l.account).map(|a| a.no))
+        .collect::<Result<Vec<i64>, _>>()?;
+    let kinds: Vec<&str> = lines.iter().map(|l| l.kind.as_str()).collect();
+    let debits: Vec<Decimal> = lines.iter().map(|l| l.pending_debits_after).collect();
+    let credits: Vec<Decimal> = lines.iter().map(|l| l.pending_credits_after).collect();
+    let inserted = sqlx::query(
+        "INSERT INTO hold_lines (transfer_id, account_no, kind, pending_debits_after, \
+           pending_credits_after, created_at) \
+         SELECT t.*, statement_timestamp() FROM unnest($1::uuid[], $2::int8[], $3::text[], \
+           $4::numeric[], $5::numeric[]) AS t",
+    )
+    .bind(&transfer_ids)
+    .bind(&account_nos)
+    .bind(&kinds)
+    .bind(&debits)
+    .bind(&credits)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    expect_rows("hold lines inserted", inserted, lines.len())
+}
+
 async fn update_balances(
     tx: &mut Transaction<'_, Postgres>,
     applied: &Applied,
-    expected: &HashMap<AccountKey, LockedAccount>,
+    before: &HashMap<AccountKey, LockedAccount>,
 ) -> Result<(), PostingError> {
-    if applied.balance_deltas.is_empty() {
+    if applied.deltas.is_empty() {
         return Ok(());
     }
-    let mut nos = Vec::with_capacity(applied.balance_deltas.len());
-    let mut deltas = Vec::with_capacity(applied.balance_deltas.len());
-    let mut computed = HashMap::with_capacity(applied.balance_deltas.len());
-    for (key, delta) in &applied.balance_deltas {
-        let account = locked(expected, key)?;
+    let len = applied.deltas.len();
+    let (mut nos, mut balances, mut debits, mut credits) = (
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+    );
+    let mut computed = HashMap::with_capacity(len);
+    for (key, delta) in &applied.deltas {
+        let account = locked(before, key)?;
         nos.push(account.no);
-        deltas.push(*delta);
-        computed.insert(account.no, (key, account.balance));
+        balances.push(delta.balance);
+        debits.push(delta.pending_debits);
+        credits.push(delta.pending_credits);
+        let after = AccountDelta {
+            balance: account.balance + delta.balance,
+            pending_debits: account.pending_debits + delta.pending_debits,
+            pending_credits: account.pending_credits + delta.pending_credits,
+        };
+        computed.insert(account.no, (key, after));
     }
     let rows: Vec<UpdatedBalance> = sqlx::query_as(
-        "UPDATE accounts AS a SET balance = a.balance + d.delta \
-         FROM unnest($1::int8[], $2::numeric[]) AS d(no, delta) \
-         WHERE a.no = d.no RETURNING a.no, a.balance",
+        "UPDATE accounts AS a SET balance = a.balance + d.balance, \
+           pending_debits = a.pending_debits + d.pending_debits, \
+           pending_credits = a.pending_credits + d.pending_credits \
+         FROM unnest($1::int8[], $2::numeric[], $3::numeric[], $4::numeric[]) \
+           AS d(no, balance, pending_debits, pending_credits) \
+         WHERE a.no = d.no RETURNING a.no, a.balance, a.pending_debits, a.pending_credits",
     )
     .bind(&nos)
-    .bind(&deltas)
+    .bind(&balances)
+    .bind(&debits)
+    .bind(&credits)
     .fetch_all(&mut **tx)
     .await?;
     expect_rows("balances updated", rows.len() as u64, nos.len())?;
@@ -429,58 +543,88 @@ async fn update_balances(
                 row.no
             )));
         };
-        if *computed != row.balance {
+        let stored = AccountDelta {
+            balance: row.balance,
+            pending_debits: row.pending_debits,
+            pending_credits: row.pending_credits,
+        };
+        if *computed != stored {
             return Err(PostingError::Invariant(format!(
-                "account {key}: database balance {} but posting computed {computed}",
-                row.balance
+                "account {key}: database has {stored:?} but posting computed {computed:?}"
             )));
         }
     }
     Ok(())
 }
 
-/// An account's balance as the balance UPDATE returns it.
+/// An account's balance and reservations as the balance UPDATE returns them.
 #[derive(sqlx::FromRow)]
 struct UpdatedBalance {
     no: i64,
     balance: Decimal,
+    pending_debits: Decimal,
+    pending_credits: Decimal,
 }
 
 /// Moves the batch's transfers to their outcomes; returns them as they now are, for their
-/// events.
+/// events. A placed hold starts its expiry clock here; a capture records what it moved.
 async fn update_statuses(
     tx: &mut Transaction<'_, Postgres>,
     applied: &Applied,
+    transfers: &[PendingTransfer],
 ) -> Result<Vec<TransferRow>, PostingError> {
-    let mut ids = Vec::with_capacity(applied.outcomes.len());
-    let mut statuses = Vec::with_capacity(applied.outcomes.len());
-    let mut codes: Vec<Option<&str>> = Vec::with_capacity(applied.outcomes.len());
+    let captures: HashMap<Uuid, Decimal> = transfers
+        .iter()
+        .filter_map(|t| match t.instruction {
+            Instruction::Capture { amount } => Some((t.id, amount)),
+            _ => None,
+        })
+        .collect();
+    let len = applied.outcomes.len();
+    let mut ids = Vec::with_capacity(len);
+    let mut statuses = Vec::with_capacity(len);
+    let mut codes: Vec<Option<&str>> = Vec::with_capacity(len);
+    let mut captured: Vec<Option<Decimal>> = Vec::with_capacity(len);
     for (id, outcome) in &applied.outcomes {
         ids.push(*id);
-        match outcome {
-            Outcome::Posted => {
-                statuses.push("posted");
-                codes.push(None);
-            }
-            Outcome::Failed(code) => {
-                statuses.push("failed");
-                codes.push(Some(code.as_str()));
-            }
-        }
+        let (status, code) = match outcome {
+            Outcome::Posted => ("posted", None),
+            Outcome::Held => ("held", None),
+            Outcome::Voided => ("voided", None),
+            Outcome::Failed(code) => ("failed", Some(code.as_str())),
+        };
+        statuses.push(status);
+        codes.push(code);
+        captured.push(
+            captures
+                .get(id)
+                .copied()
+                .filter(|_| *outcome == Outcome::Posted),
+        );
     }
     let updated: Vec<TransferRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE transfers AS t SET status = u.status, failure_code = u.failure_code, \
-           attempts = t.attempts + 1, updated_at = now(), last_error = NULL, \
+           attempts = CASE WHEN t.status = 'pending' THEN t.attempts + 1 ELSE t.attempts END, \
+           updated_at = now(), last_error = NULL, \
            posted_at = CASE WHEN u.status = 'posted' THEN now() END, \
-           failed_at = CASE WHEN u.status = 'failed' THEN now() END \
-         FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, status, failure_code) \
-         WHERE t.id = u.id AND t.status NOT IN ('in_review', 'posted', 'failed') \
+           failed_at = CASE WHEN u.status = 'failed' THEN now() END, \
+           held_at = CASE WHEN u.status = 'held' THEN now() ELSE t.held_at END, \
+           hold_expires_at = CASE WHEN u.status = 'held' \
+             THEN now() + t.hold_expires_in_secs * interval '1 second' \
+             ELSE t.hold_expires_at END, \
+           voided_at = CASE WHEN u.status = 'voided' THEN now() END, \
+           captured_amount = u.captured \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[]) \
+           AS u(id, status, failure_code, captured) \
+         WHERE t.id = u.id AND {} \
          RETURNING {}",
+        postable("t"),
         events::transfer::qualified_columns("t")
     )))
     .bind(&ids)
     .bind(&statuses)
     .bind(&codes)
+    .bind(&captured)
     .fetch_all(&mut **tx)
     .await?;
     expect_rows("transfer statuses updated", updated.len() as u64, ids.len())?;

@@ -76,7 +76,8 @@ pub async fn transfers(
 ) -> Result<(Vec<Observation>, i64), sqlx::Error> {
     let rows = sqlx::query_as::<_, TransferCheckRow>(
         "WITH scope AS MATERIALIZED ( \
-           SELECT id, ledger, status, amount, currency, from_account, to_account FROM transfers \
+           SELECT id, ledger, status, coalesce(captured_amount, amount) AS amount, currency, \
+             from_account, to_account FROM transfers \
            WHERE ((updated_at >= $1 AND updated_at < $2) OR id = ANY($3)) \
              AND ($4::text IS NULL OR ledger = $4)), \
          checked AS ( \
@@ -461,11 +462,13 @@ pub struct Page<C> {
 }
 
 /// Transfers a listing check finds waiting too long: pending (`stuck_pending`, since
-/// accepted) or held for review (`stale_review`, since held: a held transfer's `updated_at`).
+/// accepted), held for review (`stale_review`, since held: a held transfer's `updated_at`), or
+/// a hold still held past its expiry (`expired_hold`, since it expired).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Waiting {
     Pending,
     InReview,
+    ExpiredHold,
 }
 
 impl Waiting {
@@ -473,6 +476,7 @@ impl Waiting {
         match self {
             Self::Pending => "pending",
             Self::InReview => "in_review",
+            Self::ExpiredHold => "held",
         }
     }
 
@@ -481,6 +485,7 @@ impl Waiting {
         match self {
             Self::Pending => "created_at",
             Self::InReview => "updated_at",
+            Self::ExpiredHold => "hold_expires_at",
         }
     }
 }
@@ -548,6 +553,10 @@ pub async fn waiting(
                 Waiting::InReview => (
                     FindingKind::StaleReview,
                     format!("in review since {}", row.since),
+                ),
+                Waiting::ExpiredHold => (
+                    FindingKind::ExpiredHold,
+                    format!("held past its expiry at {}", row.since),
                 ),
             };
             Observation::about_transfer(kind, LedgerName::from_trusted(row.ledger), row.id, detail)

@@ -11,7 +11,7 @@ use crate::domain::{LedgerName, stored_as_text};
 pub enum FindingKind {
     /// Posted, but its entries are missing or do not match it.
     PostedWithoutEntries,
-    /// Failed or pending, yet entries exist.
+    /// Failed, pending, held or voided, yet entries exist.
     FailedWithEntries,
     /// More than one debit or credit for one transfer.
     DoublePosted,
@@ -28,10 +28,17 @@ pub enum FindingKind {
     StaleReview,
     /// A job apalis gave up on (exhausted or killed).
     JobDead,
+    /// An account's `pending_debits` or `pending_credits` differ from its open holds.
+    HoldDrift,
+    /// A hold still `held` more than 5 minutes past its expiry.
+    ExpiredHold,
+    /// A transfer's reversals (not failed) take back more than it moved, or disagree with its
+    /// `reversed_amount`.
+    OverReversed,
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 9] = [
+    pub const ALL: [FindingKind; 12] = [
         Self::PostedWithoutEntries,
         Self::FailedWithEntries,
         Self::DoublePosted,
@@ -41,6 +48,9 @@ impl FindingKind {
         Self::StuckPending,
         Self::StaleReview,
         Self::JobDead,
+        Self::HoldDrift,
+        Self::ExpiredHold,
+        Self::OverReversed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +64,9 @@ impl FindingKind {
             Self::StuckPending => "stuck_pending",
             Self::StaleReview => "stale_review",
             Self::JobDead => "job_dead",
+            Self::HoldDrift => "hold_drift",
+            Self::ExpiredHold => "expired_hold",
+            Self::OverReversed => "over_reversed",
         }
     }
 
@@ -63,7 +76,9 @@ impl FindingKind {
 
     pub fn severity(self) -> Severity {
         match self {
-            Self::StuckPending | Self::StaleReview | Self::JobDead => Severity::Medium,
+            Self::StuckPending | Self::StaleReview | Self::JobDead | Self::ExpiredHold => {
+                Severity::Medium
+            }
             _ => Severity::Critical,
         }
     }

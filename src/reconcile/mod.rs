@@ -6,6 +6,7 @@
 pub mod checks;
 pub mod finding;
 pub mod findings;
+pub mod holds;
 pub mod repair;
 pub mod report;
 pub mod runs;
@@ -346,6 +347,13 @@ async fn check_ledger(
     recorder.record(tx, balances.observations).await?;
     recorder.checked(&[FindingKind::BalanceDrift, FindingKind::LedgerUnbalanced]);
     outcome.accounts_checked = balances.accounts_checked;
+    progress.step("holds and reversals");
+    let found = holds::hold_drift(tx, ledger).await?;
+    recorder.record(tx, found).await?;
+    recorder.checked(&[FindingKind::HoldDrift]);
+    let found = holds::over_reversed(tx, ledger).await?;
+    recorder.record(tx, found).await?;
+    recorder.checked(&[FindingKind::OverReversed]);
     if ledger.is_some() {
         return Ok(());
     }
@@ -362,7 +370,8 @@ async fn check_ledger(
 
 /// Every transfer of the run's ledger (or of every ledger) pending past the threshold, page by
 /// page, re-driving those no live job carries; then every one in review past its threshold
-/// (nothing to re-drive: it waits for a reviewer). Returns how many were re-driven.
+/// (nothing to re-drive: it waits for a reviewer); then every hold held 5 minutes past its
+/// expiry (re-driven too). Returns how many were re-driven.
 async fn check_stuck(
     tx: &mut sqlx::PgConnection,
     recorder: &mut Recorder<'_>,
@@ -372,14 +381,16 @@ async fn check_stuck(
     for (which, threshold) in [
         (Waiting::Pending, settings.stuck_after),
         (Waiting::InReview, settings.stale_review_after),
+        (Waiting::ExpiredHold, EXPIRED_HOLD_GRACE),
     ] {
         let older_than = Utc::now() - chrono::Duration::from_std(threshold).unwrap_or_default();
         let mut after = None;
         loop {
             let ledger = recorder.ledger.as_ref();
             let page = checks::waiting(tx, which, ledger, older_than, after).await?;
-            // A transfer in review waits for a person: nothing to re-drive.
-            if which == Waiting::Pending {
+            // A transfer in review waits for a person: nothing to re-drive. A hold past its
+            // expiry whose claimed void lost its job is re-driven like a pending transfer.
+            if which != Waiting::InReview {
                 let stuck_ids: Vec<Uuid> = page
                     .observations
                     .iter()
@@ -394,7 +405,11 @@ async fn check_stuck(
             }
         }
     }
-    recorder.checked(&[FindingKind::StuckPending, FindingKind::StaleReview]);
+    recorder.checked(&[
+        FindingKind::StuckPending,
+        FindingKind::StaleReview,
+        FindingKind::ExpiredHold,
+    ]);
     Ok(redriven)
 }
 
@@ -432,6 +447,9 @@ const RECHECKED_KINDS: [FindingKind; 4] = [
     FindingKind::DoublePosted,
     FindingKind::OrphanEntry,
 ];
+/// A hold still `held` this long after it expired is `expired_hold`: expiry voids within a
+/// minute (README, "Holds, reversals and balance history").
+pub const EXPIRED_HOLD_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
 /// At most this many observations are kept for the CLI report; the rest are in the database
 /// (`GET /v1/reconciliations/{id}`).
 pub const REPORT_SAMPLE_MAX: usize = 200;

@@ -36,6 +36,16 @@ pub struct AccountView {
     /// A decimal string with the currency's decimal places; negative only with overdraft.
     #[schema(pattern = r"^-?[0-9]+(\.[0-9]+)?$", example = "0.00")]
     pub balance: String,
+    /// Reserved by holds placed on this account as their source (not yet captured or voided).
+    #[schema(pattern = r"^[0-9]+(\.[0-9]+)?$", example = "0.00")]
+    pub pending_debits: String,
+    /// Announced by holds placed towards this account.
+    #[schema(pattern = r"^[0-9]+(\.[0-9]+)?$", example = "0.00")]
+    pub pending_credits: String,
+    /// `balance − pending_debits`: what the account can still pay. Never negative unless the
+    /// account allows overdraft.
+    #[schema(pattern = r"^-?[0-9]+(\.[0-9]+)?$", example = "0.00")]
+    pub available: String,
     pub allow_overdraft: bool,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
@@ -57,7 +67,35 @@ pub struct EntryView {
     pub amount: String,
     #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     pub currency: String,
+    /// The account's balance after this entry.
+    #[schema(pattern = r"^-?[0-9]+(\.[0-9]+)?$", example = "87.70")]
+    pub balance_after: String,
     pub created_at: DateTime<Utc>,
+}
+
+/// An account's balance as of an instant (`GET /v1/accounts/{id}/balance?at=`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Balance)]
+pub struct BalanceView {
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    pub account_id: String,
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$", example = "default")]
+    pub ledger: String,
+    #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
+    pub currency: String,
+    /// The instant asked about.
+    pub at: DateTime<Utc>,
+    /// The balance after every entry written at or before `at`.
+    #[schema(pattern = r"^-?[0-9]+(\.[0-9]+)?$", example = "100.00")]
+    pub balance: String,
+    /// What holds reserved on the account at `at`.
+    #[schema(pattern = r"^[0-9]+(\.[0-9]+)?$", example = "0.00")]
+    pub pending_debits: String,
+    #[schema(pattern = r"^[0-9]+(\.[0-9]+)?$", example = "0.00")]
+    pub pending_credits: String,
+    /// `balance − pending_debits` at `at`.
+    #[schema(pattern = r"^-?[0-9]+(\.[0-9]+)?$", example = "100.00")]
+    pub available: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +108,8 @@ pub enum CreateAccountError {
     Database(#[from] sqlx::Error),
 }
 
-const ACCOUNT_COLUMNS: &str =
-    "id, ledger, status, currency, balance, allow_overdraft, metadata, created_at";
+const ACCOUNT_COLUMNS: &str = "id, ledger, status, currency, balance, pending_debits, \
+    pending_credits, allow_overdraft, metadata, created_at";
 
 /// Creates an account and its `account.created` audit event, in one transaction.
 pub async fn create(
@@ -127,6 +165,55 @@ pub async fn get(pool: &PgPool, key: &AccountKey) -> Result<Option<AccountView>,
     Ok(row.map(AccountView::from))
 }
 
+/// `key`'s balance, reservations and available balance as of `at`: each an index probe for
+/// the last entry (and the last hold line) at or before `at`, which carry the account's sums
+/// after them — O(log n) in the account's history, not a scan of it.
+pub async fn balance_at(
+    pool: &PgPool,
+    key: &AccountKey,
+    at: DateTime<Utc>,
+) -> Result<Option<BalanceView>, sqlx::Error> {
+    let row: Option<BalanceRow> = sqlx::query_as(
+        "SELECT a.currency, \
+           coalesce((SELECT e.balance_after FROM entries e \
+             WHERE e.account_no = a.no AND e.created_at <= $3 \
+             ORDER BY e.created_at DESC, e.id DESC LIMIT 1), 0) AS balance, \
+           coalesce(h.pending_debits_after, 0) AS pending_debits, \
+           coalesce(h.pending_credits_after, 0) AS pending_credits \
+         FROM accounts a LEFT JOIN LATERAL ( \
+           SELECT pending_debits_after, pending_credits_after FROM hold_lines l \
+           WHERE l.account_no = a.no AND l.created_at <= $3 \
+           ORDER BY l.created_at DESC, l.id DESC LIMIT 1) h ON true \
+         WHERE a.ledger = $1 AND a.id = $2",
+    )
+    .bind(key.ledger.as_str())
+    .bind(key.id.as_str())
+    .bind(at)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|row| {
+        let shown = |value| format_amount(&row.currency, value);
+        BalanceView {
+            account_id: key.id.as_str().to_owned(),
+            ledger: key.ledger.as_str().to_owned(),
+            at,
+            balance: shown(row.balance),
+            pending_debits: shown(row.pending_debits),
+            pending_credits: shown(row.pending_credits),
+            available: shown(row.balance - row.pending_debits),
+            currency: row.currency.trim().to_owned(),
+        }
+    }))
+}
+
+#[derive(sqlx::FromRow)]
+struct BalanceRow {
+    currency: String,
+    balance: Decimal,
+    pending_debits: Decimal,
+    pending_credits: Decimal,
+}
+
 /// What an operator does to an account's status (README, "Ledgers and authorization").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusChange {
@@ -164,11 +251,17 @@ impl StatusChange {
 
     /// Whether an account in `from` may take this change. Repeating a change is allowed (and
     /// changes nothing), so a retried request gets the same answer.
-    fn check(self, from: AccountStatus, balance: Decimal) -> Result<(), StatusChangeError> {
-        match (self, from) {
+    fn check(self, from: &AccountRow) -> Result<(), StatusChangeError> {
+        match (self, from.status) {
             (_, AccountStatus::Closed) if self != Self::Close => Err(StatusChangeError::Closed),
             (Self::Close, AccountStatus::Closed) => Ok(()),
-            (Self::Close, _) if !balance.is_zero() => Err(StatusChangeError::NotEmpty(balance)),
+            (Self::Close, _) if !from.balance.is_zero() => {
+                Err(StatusChangeError::NotEmpty(from.balance))
+            }
+            // An open hold would keep money reserved on (or promised to) a closed account.
+            (Self::Close, _) if !(from.pending_debits + from.pending_credits).is_zero() => {
+                Err(StatusChangeError::HoldsOpen)
+            }
             _ => Ok(()),
         }
     }
@@ -182,6 +275,8 @@ pub enum StatusChangeError {
     Closed,
     #[error("the account's balance is {0}, not zero")]
     NotEmpty(Decimal),
+    #[error("holds on the account are still open: capture or void them first")]
+    HoldsOpen,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -216,7 +311,7 @@ pub async fn change_status(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(StatusChangeError::NotFound)?;
-    change.check(current.status, current.balance)?;
+    change.check(&current)?;
     if current.status == change.target() {
         return Ok(StatusChanged {
             account: current.into(),
@@ -264,7 +359,8 @@ pub async fn entries(
     limit: i64,
 ) -> Result<Vec<EntryView>, sqlx::Error> {
     let rows = sqlx::query_as::<_, EntryRow>(
-        "SELECT e.id, e.transfer_id, e.side, e.amount, e.currency, e.created_at \
+        "SELECT e.id, e.transfer_id, e.side, e.amount, e.currency, e.balance_after, \
+           e.created_at \
          FROM accounts a JOIN entries e ON e.account_no = a.no \
          WHERE a.ledger = $1 AND a.id = $2 AND ($3::bigint IS NULL OR e.id < $3) \
          ORDER BY e.id DESC LIMIT $4",
@@ -287,6 +383,8 @@ struct AccountRow {
     status: AccountStatus,
     currency: String,
     balance: Decimal,
+    pending_debits: Decimal,
+    pending_credits: Decimal,
     allow_overdraft: bool,
     metadata: serde_json::Value,
     created_at: DateTime<Utc>,
@@ -299,6 +397,9 @@ impl From<AccountRow> for AccountView {
             ledger: row.ledger,
             status: row.status.as_str().to_owned(),
             balance: format_amount(&row.currency, row.balance),
+            pending_debits: format_amount(&row.currency, row.pending_debits),
+            pending_credits: format_amount(&row.currency, row.pending_credits),
+            available: format_amount(&row.currency, row.balance - row.pending_debits),
             currency: row.currency,
             allow_overdraft: row.allow_overdraft,
             metadata: row.metadata,
@@ -316,6 +417,7 @@ struct EntryRow {
     side: Side,
     amount: Decimal,
     currency: String,
+    balance_after: Decimal,
     created_at: DateTime<Utc>,
 }
 
@@ -326,6 +428,7 @@ impl From<EntryRow> for EntryView {
             transfer_id: row.transfer_id,
             side: row.side.as_str().to_owned(),
             amount: format_amount(&row.currency, row.amount),
+            balance_after: format_amount(&row.currency, row.balance_after),
             currency: row.currency,
             created_at: row.created_at,
         }

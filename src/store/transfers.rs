@@ -140,9 +140,11 @@ async fn insert_new_with_job(
     let rows = sqlx::query_as::<_, KeyedTransferRow>(sqlx::AssertSqlSafe(format!(
         "WITH inserted AS ( \
            INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
-             from_account, to_account, amount, currency, reference, metadata, ledger) \
+             from_account, to_account, amount, currency, reference, metadata, ledger, mode, \
+             hold_expires_in_secs) \
            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::text[], \
-             $6::text[], $7::numeric[], $8::text[], $9::text[], $10::jsonb[], $11::text[]) \
+             $6::text[], $7::numeric[], $8::text[], $9::text[], $10::jsonb[], $11::text[], \
+             $12::text[], $13::int4[]) \
            ON CONFLICT (api_key_id, idempotency_key) DO NOTHING \
            RETURNING api_key_id, {TRANSFER_COLUMNS} \
          ), job AS ({job}) \
@@ -159,6 +161,13 @@ async fn insert_new_with_job(
     .bind(&references)
     .bind(&metadata)
     .bind(column(&|t| t.ledger.as_str().to_owned()))
+    .bind(column(&|t| t.mode.as_str().to_owned()))
+    .bind(
+        transfers
+            .iter()
+            .map(|t| t.mode.hold_expires_in_secs().map(|secs| secs as i32))
+            .collect::<Vec<Option<i32>>>(),
+    )
     .fetch_all(pool)
     .await?;
     Ok(by_identity(rows))
