@@ -114,12 +114,14 @@ CREATE TRIGGER transfers_release_reversal
     EXECUTE FUNCTION transfers_release_reversal();
 
 -- Capture and void requests, for their idempotency: an `Idempotency-Key` names one capture
--- or void per API key (a namespace apart from the transfers' keys).
+-- or void per API key (a namespace apart from the transfers' keys). A row is kept only for a
+-- request that claimed its hold, so its transfer exists; no foreign key, because the row is
+-- written before the claim (a request for an unknown id is refused, not an error).
 CREATE TABLE settlement_requests (
     api_key_id          uuid NOT NULL REFERENCES api_keys (id),
     idempotency_key     text NOT NULL,
     request_fingerprint bytea NOT NULL,
-    transfer_id         uuid NOT NULL REFERENCES transfers (id),
+    transfer_id         uuid NOT NULL,
     action              text NOT NULL CHECK (action IN ('capture', 'void')),
     amount              numeric CHECK (amount > 0),
     created_at          timestamptz NOT NULL DEFAULT now(),

@@ -495,7 +495,7 @@ async fn insert_hold_lines(
 async fn update_balances(
     tx: &mut Transaction<'_, Postgres>,
     applied: &Applied,
-    before: &HashMap<AccountKey, LockedAccount>,
+    expected: &HashMap<AccountKey, LockedAccount>,
 ) -> Result<(), PostingError> {
     if applied.deltas.is_empty() {
         return Ok(());
@@ -509,15 +509,16 @@ async fn update_balances(
     );
     let mut computed = HashMap::with_capacity(len);
     for (key, delta) in &applied.deltas {
-        let account = locked(before, key)?;
+        let account = locked(expected, key)?;
         nos.push(account.no);
         balances.push(delta.balance);
         debits.push(delta.pending_debits);
         credits.push(delta.pending_credits);
+        // `apply_batch` left the locked accounts as the batch leaves them.
         let after = AccountDelta {
-            balance: account.balance + delta.balance,
-            pending_debits: account.pending_debits + delta.pending_debits,
-            pending_credits: account.pending_credits + delta.pending_credits,
+            balance: account.balance,
+            pending_debits: account.pending_debits,
+            pending_credits: account.pending_credits,
         };
         computed.insert(account.no, (key, after));
     }

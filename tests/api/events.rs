@@ -232,13 +232,16 @@ async fn a_follower_reading_during_concurrent_posting_never_skips_an_event() {
 /// exactly one event announces its status, and no event announces a status its transfer does
 /// not have. Used by the crash tests too.
 pub async fn assert_events_match_transfers(pool: &sqlx::PgPool) {
-    let mismatched: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT t.id::text, t.status, count(e.id) FROM transfers t \
-         LEFT JOIN events e ON e.subject = 'transfer:' || t.id \
-           AND e.type = 'transfer.' || t.status \
-         WHERE t.status IN ('posted', 'failed', 'in_review') \
-         GROUP BY t.id, t.status HAVING count(e.id) <> 1",
-    )
+    // The event each status announces: a posted reversal is `transfer.reversed`.
+    const EXPECTED: &str = "SELECT id, CASE WHEN status = 'posted' AND reverses IS NOT NULL \
+         THEN 'transfer.reversed' ELSE 'transfer.' || status END AS type FROM transfers \
+         WHERE status IN ('posted', 'failed', 'in_review', 'held', 'voided')";
+    let mismatched: Vec<(String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH expected AS ({EXPECTED}) \
+         SELECT x.id::text, x.type, count(e.id) FROM expected x \
+         LEFT JOIN events e ON e.subject = 'transfer:' || x.id AND e.type = x.type \
+         GROUP BY x.id, x.type HAVING count(e.id) <> 1"
+    )))
     .fetch_all(pool)
     .await
     .expect("terminal transfers and their events");
@@ -246,12 +249,27 @@ pub async fn assert_events_match_transfers(pool: &sqlx::PgPool) {
         mismatched.is_empty(),
         "transfers without exactly one event: {mismatched:?}"
     );
-    let orphans: Vec<(String, String)> = sqlx::query_as(
-        "SELECT e.subject, e.type FROM events e \
-         LEFT JOIN transfers t ON e.subject = 'transfer:' || t.id \
-         WHERE e.type IN ('transfer.posted', 'transfer.failed') \
-           AND (t.id IS NULL OR e.type <> 'transfer.' || t.status)",
+    let holds: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT t.id::text, count(e.id) FROM transfers t \
+         LEFT JOIN events e ON e.subject = 'transfer:' || t.id AND e.type = 'transfer.held' \
+         WHERE t.mode = 'hold' GROUP BY t.id, t.held_at \
+         HAVING count(e.id) <> CASE WHEN t.held_at IS NULL THEN 0 ELSE 1 END",
     )
+    .fetch_all(pool)
+    .await
+    .expect("holds and their transfer.held events");
+    assert!(
+        holds.is_empty(),
+        "holds placed without exactly one transfer.held: {holds:?}"
+    );
+    let orphans: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH expected AS ({EXPECTED}) \
+         SELECT e.subject, e.type FROM events e \
+         LEFT JOIN expected x ON e.subject = 'transfer:' || x.id \
+         WHERE e.type IN ('transfer.posted', 'transfer.failed', 'transfer.voided', \
+                          'transfer.reversed') \
+           AND (x.id IS NULL OR e.type <> x.type)"
+    )))
     .fetch_all(pool)
     .await
     .expect("events and their transfers");

@@ -18,8 +18,9 @@ pub async fn assert_ledger_invariants(pool: &PgPool) {
     crate::events::assert_events_match_transfers(pool).await;
     violations(
         pool,
-        "invariant 3: every acknowledged transfer is terminal",
-        "SELECT id::text FROM transfers WHERE status = 'pending'",
+        "invariant 3: every acknowledged transfer is terminal (or an open hold, unclaimed)",
+        "SELECT id::text FROM transfers WHERE status = 'pending' \
+           OR (status = 'held' AND hold_action IS NOT NULL)",
     )
     .await;
     violations(
@@ -32,7 +33,8 @@ pub async fn assert_ledger_invariants(pool: &PgPool) {
            OR d.ledger IS DISTINCT FROM t.ledger OR c.ledger IS DISTINCT FROM t.ledger \
            OR d.account_id IS DISTINCT FROM t.from_account \
            OR c.account_id IS DISTINCT FROM t.to_account \
-           OR d.amount <> -t.amount OR c.amount <> t.amount \
+           OR d.amount <> -coalesce(t.captured_amount, t.amount) \
+           OR c.amount <> coalesce(t.captured_amount, t.amount) \
            OR d.currency <> t.currency OR c.currency <> t.currency)",
     )
     .await;
@@ -70,10 +72,10 @@ pub async fn assert_ledger_invariants(pool: &PgPool) {
         pool,
         "balance = what its own ledger's posted transfers imply (no other ledger touched it)",
         "SELECT a.ledger || '/' || a.id FROM accounts a WHERE a.balance <> \
-           coalesce((SELECT sum(amount) FROM transfers WHERE status = 'posted' \
-                     AND ledger = a.ledger AND to_account = a.id), 0) - \
-           coalesce((SELECT sum(amount) FROM transfers WHERE status = 'posted' \
-                     AND ledger = a.ledger AND from_account = a.id), 0)",
+           coalesce((SELECT sum(coalesce(captured_amount, amount)) FROM transfers \
+                     WHERE status = 'posted' AND ledger = a.ledger AND to_account = a.id), 0) - \
+           coalesce((SELECT sum(coalesce(captured_amount, amount)) FROM transfers \
+                     WHERE status = 'posted' AND ledger = a.ledger AND from_account = a.id), 0)",
     )
     .await;
     violations(
@@ -92,8 +94,47 @@ pub async fn assert_ledger_invariants(pool: &PgPool) {
     .await;
     violations(
         pool,
-        "invariant 6: no account without overdraft below zero",
-        "SELECT ledger || '/' || id FROM accounts WHERE NOT allow_overdraft AND balance < 0",
+        "invariant 6: no account without overdraft below zero, holds counted (available)",
+        "SELECT ledger || '/' || id FROM accounts \
+         WHERE NOT allow_overdraft AND balance - pending_debits < 0",
+    )
+    .await;
+    violations(
+        pool,
+        "holds: each account's pending sums are its open holds",
+        "SELECT a.ledger || '/' || a.id FROM accounts a WHERE a.pending_debits <> \
+           coalesce((SELECT sum(amount) FROM transfers WHERE status = 'held' \
+                     AND ledger = a.ledger AND from_account = a.id), 0) \
+           OR a.pending_credits <> \
+           coalesce((SELECT sum(amount) FROM transfers WHERE status = 'held' \
+                     AND ledger = a.ledger AND to_account = a.id), 0)",
+    )
+    .await;
+    violations(
+        pool,
+        "reversals never exceed their original, and reversed_amount is their sum",
+        "SELECT t.id::text FROM transfers t \
+         JOIN (SELECT reverses, sum(amount) FILTER (WHERE status <> 'failed') AS total \
+               FROM transfers WHERE reverses IS NOT NULL GROUP BY reverses) r \
+           ON r.reverses = t.id \
+         WHERE coalesce(r.total, 0) > coalesce(t.captured_amount, t.amount) \
+            OR coalesce(r.total, 0) <> t.reversed_amount",
+    )
+    .await;
+    violations(
+        pool,
+        "balance history: each entry carries its account's running balance",
+        "SELECT id::text FROM (SELECT id, balance_after, \
+           sum(amount) OVER (PARTITION BY account_no ORDER BY id) AS running FROM entries) e \
+         WHERE balance_after <> running",
+    )
+    .await;
+    violations(
+        pool,
+        "balance history: within an account, time never runs backwards",
+        "SELECT id::text FROM (SELECT id, created_at, \
+           lag(created_at) OVER (PARTITION BY account_no ORDER BY id) AS before FROM entries) e \
+         WHERE created_at < before",
     )
     .await;
 }

@@ -16,6 +16,7 @@ mod crash;
 mod database;
 mod events;
 mod faults;
+mod holds;
 mod http;
 mod idempotency;
 mod keys;

@@ -1,0 +1,503 @@
+//! Holds, captures, voids, expiry and reversals (README, "Holds, reversals and balance
+//! history"): a hold lowers `available`, not `balance`; a capture moves what it captures and
+//! releases the rest; a void or expiry releases everything; capture, void and expiry racing
+//! for one hold have exactly one winner; reversals never take back more than the original
+//! moved; and every invariant still holds.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Reply, TestApp, spawn_app_with, spawn_worker, transfer};
+use crate::invariants::assert_ledger_invariants;
+
+/// ferry without anomaly rules (they would only add flags here), with `treasury` (overdraft),
+/// `alice` funded with 100.00 and `bob` empty.
+pub async fn funded_app() -> TestApp {
+    let app = spawn_app_with(|c| c.anomaly.enabled = false).await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("alice", "USD", false).await;
+    app.create_account("bob", "USD", false).await;
+    let funded = app
+        .post_transfer("fund", &transfer("treasury", "alice", "100.00"))
+        .await;
+    assert_eq!(funded.status, StatusCode::ACCEPTED, "{}", funded.body);
+    app.run_until_idle(Duration::from_secs(20)).await;
+    app
+}
+
+pub fn hold(from: &str, to: &str, amount: &str) -> Value {
+    json!({"from_account": from, "to_account": to, "amount": amount, "currency": "USD",
+           "mode": "hold"})
+}
+
+/// `POST /v1/transfers/{id}/{action}` with an Idempotency-Key and an optional body.
+pub async fn act(app: &TestApp, id: &str, action: &str, key: &str, body: Option<Value>) -> Reply {
+    let mut request = app
+        .client
+        .post(app.url(&format!("/v1/transfers/{id}/{action}")))
+        .bearer_auth(&app.api_key)
+        .header("Idempotency-Key", key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    app.send(request).await
+}
+
+/// Waits until transfer `id` has `status`, and returns it.
+pub async fn wait_for(app: &TestApp, id: &str, status: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let reply = app.get(&format!("/v1/transfers/{id}")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        if reply.body["status"] == status {
+            return reply.body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{id} still {} (waiting for {status})",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Places a hold and waits until it is held (or failed); returns it.
+pub async fn place(app: &TestApp, key: &str, body: &Value) -> Value {
+    let reply = app.post_transfer(key, body).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let id = reply.body["id"].as_str().expect("id").to_owned();
+    app.wait_until_terminal(&id).await
+}
+
+async fn account(app: &TestApp, id: &str) -> (String, String, String, String) {
+    let reply = app.get(&format!("/v1/accounts/{id}")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let field = |name: &str| reply.body[name].as_str().expect(name).to_owned();
+    (
+        field("balance"),
+        field("pending_debits"),
+        field("pending_credits"),
+        field("available"),
+    )
+}
+
+fn owned(values: [&str; 4]) -> (String, String, String, String) {
+    let [a, b, c, d] = values.map(str::to_owned);
+    (a, b, c, d)
+}
+
+#[tokio::test]
+async fn a_hold_lowers_available_not_balance_and_a_partial_capture_moves_only_what_it_captures() {
+    let app = funded_app().await;
+    let held = place(&app, "h1", &hold("alice", "bob", "30.00")).await;
+    assert_eq!(held["status"], "held", "{held}");
+    assert_eq!(held["mode"], "hold");
+    assert_eq!(held["hold"]["expires_in_secs"], 604_800, "7 days by default");
+    assert!(held["hold"]["expires_at"].is_string(), "{held}");
+    let id = held["id"].as_str().expect("id");
+    assert_eq!(
+        account(&app, "alice").await,
+        owned(["100.00", "30.00", "0.00", "70.00"])
+    );
+    assert_eq!(
+        account(&app, "bob").await,
+        owned(["0.00", "0.00", "30.00", "0.00"])
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM entries").await,
+        2,
+        "a hold writes no entries (only the funding did)"
+    );
+
+    let capture = act(&app, id, "capture", "c1", Some(json!({"amount": "20.00"}))).await;
+    assert_eq!(capture.status, StatusCode::ACCEPTED, "{}", capture.body);
+    assert_eq!(capture.body["hold"]["settlement"], "capture");
+    assert_eq!(capture.body["hold"]["capture_amount"], "20.00");
+    let posted = wait_for(&app, id, "posted").await;
+    assert_eq!(posted["hold"]["captured_amount"], "20.00", "{posted}");
+    assert_eq!(posted["amount"], "30.00", "the amount held stays on record");
+    assert_eq!(
+        account(&app, "alice").await,
+        owned(["80.00", "0.00", "0.00", "80.00"])
+    );
+    assert_eq!(
+        account(&app, "bob").await,
+        owned(["20.00", "0.00", "0.00", "20.00"])
+    );
+    let entries: Vec<(String, String)> = sqlx::query_as(
+        "SELECT side, amount::text FROM entries WHERE transfer_id = $1::uuid ORDER BY side",
+    )
+    .bind(id)
+    .fetch_all(&app.pool)
+    .await
+    .expect("entries");
+    assert_eq!(
+        entries,
+        [
+            ("credit".to_owned(), "20.00".to_owned()),
+            ("debit".to_owned(), "-20.00".to_owned())
+        ]
+    );
+
+    // The same request under the same key: a replay. Another request under it: refused.
+    let replay = act(&app, id, "capture", "c1", Some(json!({"amount": "20.00"}))).await;
+    assert_eq!(replay.status, StatusCode::OK, "{}", replay.body);
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    assert_eq!(replay.body["status"], "posted");
+    let reused = act(&app, id, "capture", "c1", Some(json!({"amount": "10.00"}))).await;
+    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reused.body["code"], "idempotency_key_reused");
+    // A second capture, a void: the hold is no longer held.
+    for (action, key) in [("capture", "c2"), ("void", "v1")] {
+        let late = act(&app, id, action, key, None).await;
+        assert_eq!(late.status, StatusCode::CONFLICT, "{}", late.body);
+        assert_eq!(late.body["code"], "transfer_not_held");
+    }
+    assert_ledger_invariants(&app.pool).await;
+}
+
+#[tokio::test]
+async fn a_capture_takes_everything_by_default_a_void_releases_and_bad_requests_change_nothing() {
+    let app = funded_app().await;
+    let first = place(&app, "h1", &hold("alice", "bob", "10.00")).await;
+    let first_id = first["id"].as_str().expect("id");
+    // More than held: 400, nothing claimed, and the key stays free.
+    let over = act(&app, first_id, "capture", "c1", Some(json!({"amount": "10.01"}))).await;
+    assert_eq!(over.status, StatusCode::BAD_REQUEST, "{}", over.body);
+    assert_eq!(over.body["code"], "capture_exceeds_hold");
+    for (body, code) in [
+        (json!({"amount": "0"}), "invalid_amount"),
+        (json!({"amount": "-1.00"}), "invalid_amount"),
+        (json!({"amount": "1.001"}), "invalid_amount"),
+        (json!({"amount": 5}), "invalid_amount"),
+        (json!({"amount": "5", "extra": 1}), "invalid_body"),
+    ] {
+        let bad = act(&app, first_id, "capture", "c1", Some(body.clone())).await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{body}: {}", bad.body);
+        assert_eq!(bad.body["code"], code, "{body}");
+    }
+    let missing_key = app
+        .send(
+            app.client
+                .post(app.url(&format!("/v1/transfers/{first_id}/capture")))
+                .bearer_auth(&app.api_key),
+        )
+        .await;
+    assert_eq!(missing_key.body["code"], "idempotency_key_missing");
+    assert_eq!(
+        wait_for(&app, first_id, "held").await["hold"]["settlement"],
+        Value::Null,
+        "refused requests claimed nothing"
+    );
+    let full = act(&app, first_id, "capture", "c1", None).await;
+    assert_eq!(full.status, StatusCode::ACCEPTED, "{}", full.body);
+    let captured = wait_for(&app, first_id, "posted").await;
+    assert_eq!(captured["hold"]["captured_amount"], "10.00");
+
+    let second = place(&app, "h2", &hold("alice", "bob", "50.00")).await;
+    let second_id = second["id"].as_str().expect("id");
+    assert_eq!(account(&app, "alice").await.3, "40.00", "available");
+    let void = act(&app, second_id, "void", "v1", Some(json!({}))).await;
+    assert_eq!(void.status, StatusCode::ACCEPTED, "{}", void.body);
+    let voided = wait_for(&app, second_id, "voided").await;
+    assert!(voided["hold"]["voided_at"].is_string(), "{voided}");
+    assert_eq!(
+        account(&app, "alice").await,
+        owned(["90.00", "0.00", "0.00", "90.00"])
+    );
+    // Not holds, or no such transfer.
+    let plain = app
+        .post_transfer("p1", &transfer("alice", "bob", "1.00"))
+        .await;
+    let plain_id = plain.body["id"].as_str().expect("id");
+    app.run_until_idle(Duration::from_secs(20)).await;
+    let not_a_hold = act(&app, plain_id, "void", "v2", None).await;
+    assert_eq!(not_a_hold.status, StatusCode::CONFLICT);
+    assert_eq!(not_a_hold.body["code"], "transfer_not_held");
+    let unknown = act(&app, &uuid::Uuid::now_v7().to_string(), "void", "v3", None).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.body["code"], "transfer_not_found");
+    // Hold requests are validated like transfers.
+    for (body, code) in [
+        (json!({"mode": "reserve"}), "invalid_body"),
+        (json!({"hold_expires_in_secs": 60}), "invalid_body"),
+        (json!({"mode": "hold", "hold_expires_in_secs": 0}), "invalid_body"),
+        (
+            json!({"mode": "hold", "hold_expires_in_secs": 2_592_001}),
+            "invalid_body",
+        ),
+        (json!({"mode": "hold", "hold_expires_in_secs": "60"}), "invalid_body"),
+    ] {
+        let mut request = transfer("alice", "bob", "1.00");
+        for (k, v) in body.as_object().expect("object") {
+            request[k] = v.clone();
+        }
+        let refused = app.post_transfer("bad-hold", &request).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(refused.body["code"], code, "{body}");
+    }
+    assert_ledger_invariants(&app.pool).await;
+}
+
+#[tokio::test]
+async fn holds_refuse_overdraft_exactly_as_transfers_do() {
+    let app = funded_app().await;
+    let first = place(&app, "h1", &hold("alice", "bob", "60.00")).await;
+    assert_eq!(first["status"], "held");
+    let over = place(&app, "h2", &hold("alice", "bob", "40.01")).await;
+    assert_eq!(over["status"], "failed");
+    assert_eq!(over["failure_code"], "insufficient_funds");
+    let plain_over = place(&app, "t1", &transfer("alice", "bob", "40.01")).await;
+    assert_eq!(plain_over["failure_code"], "insufficient_funds");
+    let exact = place(&app, "t2", &transfer("alice", "bob", "40.00")).await;
+    assert_eq!(exact["status"], "posted");
+    assert_eq!(
+        account(&app, "alice").await,
+        owned(["60.00", "60.00", "0.00", "0.00"])
+    );
+    // The database refuses a reservation beyond the balance whoever writes it.
+    let refused = sqlx::query(
+        "UPDATE accounts SET pending_debits = pending_debits + 0.01 WHERE id = 'alice'",
+    )
+    .execute(&app.pool)
+    .await;
+    assert!(refused.is_err(), "the CHECK refuses available < 0");
+    // An account with open holds cannot be closed.
+    let close = app.post_json("/v1/accounts/bob/close", &json!({})).await;
+    assert_eq!(close.status, StatusCode::CONFLICT, "{}", close.body);
+    assert_eq!(close.body["code"], "account_not_empty");
+    assert_ledger_invariants(&app.pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_racing_void_has_exactly_one_winner_every_time() {
+    const HOLDS: usize = 100;
+    let app = funded_app().await;
+    let items: Vec<Value> = (0..HOLDS)
+        .map(|n| {
+            let mut item = hold("alice", "bob", "1.00");
+            item["idempotency_key"] = json!(format!("h{n}"));
+            item
+        })
+        .collect();
+    let batch = app
+        .post_json("/v1/transfers/batch", &json!({"transfers": items}))
+        .await;
+    assert_eq!(batch.status, StatusCode::OK);
+    let ids: Vec<String> = batch.body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["transfer"]["id"].as_str().expect("id").to_owned())
+        .collect();
+    for id in &ids {
+        wait_for(&app, id, "held").await;
+    }
+    let races = ids.iter().enumerate().map(|(n, id)| {
+        let app = &app;
+        async move {
+            let keys = [format!("c{n}"), format!("v{n}"), format!("d{n}")];
+            let (capture, void, second_capture) = tokio::join!(
+                act(app, id, "capture", &keys[0], None),
+                act(app, id, "void", &keys[1], None),
+                act(app, id, "capture", &keys[2], None),
+            );
+            let statuses = [capture.status, void.status, second_capture.status];
+            let winners = statuses
+                .iter()
+                .filter(|s| **s == StatusCode::ACCEPTED)
+                .count();
+            assert_eq!(winners, 1, "{id}: {statuses:?}");
+            for reply in [&capture, &void, &second_capture] {
+                if reply.status != StatusCode::ACCEPTED {
+                    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.body);
+                    assert_eq!(reply.body["code"], "transfer_not_held");
+                }
+            }
+            if void.status == StatusCode::ACCEPTED {
+                "voided"
+            } else {
+                "posted"
+            }
+        }
+    });
+    let expected: Vec<&str> = futures::future::join_all(races).await;
+    let mut captured = 0;
+    for (id, status) in ids.iter().zip(&expected) {
+        wait_for(&app, id, status).await;
+        captured += usize::from(*status == "posted");
+    }
+    println!(
+        "{captured} captures and {} voids won",
+        HOLDS - captured
+    );
+    let bob = account(&app, "bob").await;
+    assert_eq!(bob.0, format!("{captured}.00"));
+    assert_eq!(bob.2, "0.00");
+    assert_ledger_invariants(&app.pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_holds_are_voided_once_with_two_workers_racing() {
+    const HOLDS: usize = 40;
+    let app = funded_app().await;
+    // A second worker process on the same database: two expiry loops claim at once.
+    let _second = spawn_worker(app.database.url(), |_| {}).await;
+    let items: Vec<Value> = (0..HOLDS)
+        .map(|n| {
+            let mut item = hold("alice", "bob", "1.00");
+            item["idempotency_key"] = json!(format!("h{n}"));
+            item["hold_expires_in_secs"] = json!(1);
+            item
+        })
+        .collect();
+    let batch = app
+        .post_json("/v1/transfers/batch", &json!({"transfers": items}))
+        .await;
+    assert_eq!(batch.status, StatusCode::OK);
+    let started = Instant::now();
+    for result in batch.body["results"].as_array().expect("results") {
+        let id = result["transfer"]["id"].as_str().expect("id");
+        let voided = wait_for(&app, id, "voided").await;
+        assert_eq!(voided["hold"]["settlement"], "expire", "{voided}");
+    }
+    let took = started.elapsed();
+    println!("{HOLDS} holds expiring after 1 s were all voided {took:?} after acceptance");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert_eq!(
+        app.count("SELECT count(*) FROM events WHERE type = 'transfer.voided'")
+            .await,
+        HOLDS as i64,
+        "each hold voided once"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM hold_lines WHERE kind = 'release'")
+            .await,
+        2 * HOLDS as i64,
+        "each reservation released once, on both accounts"
+    );
+    assert_eq!(
+        account(&app, "alice").await,
+        owned(["100.00", "0.00", "0.00", "100.00"])
+    );
+    // Past expiry, a capture is refused; nothing else changed.
+    let late = place(&app, "late", &{
+        let mut h = hold("alice", "bob", "1.00");
+        h["hold_expires_in_secs"] = json!(1);
+        h
+    })
+    .await;
+    let late_id = late["id"].as_str().expect("id");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let capture = act(&app, late_id, "capture", "too-late", None).await;
+    assert_eq!(capture.status, StatusCode::CONFLICT, "{}", capture.body);
+    wait_for(&app, late_id, "voided").await;
+    assert_ledger_invariants(&app.pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reversals_never_take_back_more_than_the_original_moved_even_racing() {
+    let app = funded_app().await;
+    let original = place(&app, "t1", &transfer("alice", "bob", "100.00")).await;
+    let id = original["id"].as_str().expect("id").to_owned();
+    // Ten reversals of 15.00 at once: six fit in 100.00.
+    let racing = (0..10).map(|n| {
+        let (app, id) = (&app, &id);
+        async move {
+            act(app, id, "reverse", &format!("r{n}"), Some(json!({"amount": "15.00"}))).await
+        }
+    });
+    let replies = futures::future::join_all(racing).await;
+    let accepted: Vec<&Reply> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::ACCEPTED)
+        .collect();
+    assert_eq!(accepted.len(), 6, "{:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
+    for refused in replies.iter().filter(|r| r.status != StatusCode::ACCEPTED) {
+        assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
+        assert_eq!(refused.body["code"], "transfer_not_reversible");
+    }
+    let reversal = &accepted[0].body;
+    assert_eq!(reversal["reverses"], id.as_str());
+    assert_eq!(reversal["from_account"], "bob");
+    assert_eq!(reversal["to_account"], "alice");
+    // The rest, by default; then nothing is left.
+    let rest = act(&app, &id, "reverse", "r-rest", None).await;
+    assert_eq!(rest.status, StatusCode::ACCEPTED, "{}", rest.body);
+    assert_eq!(rest.body["amount"], "10.00");
+    let replay = act(&app, &id, "reverse", "r-rest", None).await;
+    assert_eq!(replay.status, StatusCode::OK);
+    assert_eq!(replay.body["id"], rest.body["id"]);
+    let none_left = act(&app, &id, "reverse", "r-more", Some(json!({"amount": "0.01"}))).await;
+    assert_eq!(none_left.status, StatusCode::CONFLICT);
+    app.run_until_idle(Duration::from_secs(20)).await;
+    assert_eq!(account(&app, "alice").await.0, "100.00");
+    assert_eq!(account(&app, "bob").await.0, "0.00");
+    let original = app.get(&format!("/v1/transfers/{id}")).await.body;
+    assert_eq!(original["reversed_amount"], "100.00");
+    assert_eq!(
+        app.count("SELECT count(*) FROM events WHERE type = 'transfer.reversed'")
+            .await,
+        7
+    );
+    // The database holds the rule even against a writer that skips the checks above.
+    let sneaky = sqlx::query("UPDATE transfers SET reversed_amount = 100.01 WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&app.pool)
+        .await;
+    assert!(sneaky.is_err(), "CHECK refuses reversing more than moved");
+    assert_ledger_invariants(&app.pool).await;
+}
+
+#[tokio::test]
+async fn only_a_posted_transfer_can_be_reversed_and_a_failed_reversal_gives_its_share_back() {
+    let app = funded_app().await;
+    let held = place(&app, "h1", &hold("alice", "bob", "5.00")).await;
+    let failed = place(&app, "t-fail", &transfer("alice", "bob", "500.00")).await;
+    assert_eq!(failed["status"], "failed");
+    let voided = place(&app, "h2", &hold("alice", "bob", "5.00")).await;
+    let voided_id = voided["id"].as_str().expect("id");
+    act(&app, voided_id, "void", "v", None).await;
+    wait_for(&app, voided_id, "voided").await;
+    for (transfer, why) in [(&held, "held"), (&failed, "failed"), (&voided, "voided")] {
+        let id = transfer["id"].as_str().expect("id");
+        let refused = act(&app, id, "reverse", &format!("r-{why}"), None).await;
+        assert_eq!(refused.status, StatusCode::CONFLICT, "{why}: {}", refused.body);
+        assert_eq!(refused.body["code"], "transfer_not_reversible", "{why}");
+    }
+    // alice pays bob 50.00; bob spends it; the reversal (bob → alice) then fails, and its
+    // share can be reversed again later.
+    let paid = place(&app, "t-pay", &transfer("alice", "bob", "50.00")).await;
+    let paid_id = paid["id"].as_str().expect("id");
+    place(&app, "t-spend", &transfer("bob", "treasury", "50.00")).await;
+    let reversal = act(&app, paid_id, "reverse", "r1", None).await;
+    assert_eq!(reversal.status, StatusCode::ACCEPTED, "{}", reversal.body);
+    let reversal_id = reversal.body["id"].as_str().expect("id");
+    let outcome = app.wait_until_terminal(reversal_id).await;
+    assert_eq!(outcome["failure_code"], "insufficient_funds");
+    let original = app.get(&format!("/v1/transfers/{paid_id}")).await.body;
+    assert!(original.get("reversed_amount").is_none(), "{original}");
+    place(&app, "t-refund", &transfer("treasury", "bob", "50.00")).await;
+    let again = act(&app, paid_id, "reverse", "r2", None).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.body);
+    assert_eq!(
+        app.wait_until_terminal(again.body["id"].as_str().expect("id"))
+            .await["status"],
+        "posted"
+    );
+    // A captured hold is reversed up to what it captured.
+    let captured = place(&app, "h3", &hold("alice", "bob", "8.00")).await;
+    let captured_id = captured["id"].as_str().expect("id");
+    act(&app, captured_id, "capture", "c3", Some(json!({"amount": "3.00"}))).await;
+    wait_for(&app, captured_id, "posted").await;
+    let too_much = act(&app, captured_id, "reverse", "r3", Some(json!({"amount": "3.01"}))).await;
+    assert_eq!(too_much.status, StatusCode::CONFLICT, "{}", too_much.body);
+    let exact = act(&app, captured_id, "reverse", "r4", None).await;
+    assert_eq!(exact.body["amount"], "3.00", "{}", exact.body);
+    app.run_until_idle(Duration::from_secs(20)).await;
+    act(&app, held["id"].as_str().expect("id"), "void", "v-last", None).await;
+    wait_for(&app, held["id"].as_str().expect("id"), "voided").await;
+    assert_ledger_invariants(&app.pool).await;
+}
