@@ -25,6 +25,7 @@ const ROUTES: &[&str] = &[
     "GET /openapi.json",
     "GET /readyz",
     "GET /v1/accounts/{id}",
+    "GET /v1/accounts/{id}/balance",
     "GET /v1/accounts/{id}/entries",
     "GET /v1/alerts",
     "GET /v1/api-keys",
@@ -50,7 +51,10 @@ const ROUTES: &[&str] = &[
     "POST /v1/transfers",
     "POST /v1/transfers/batch",
     "POST /v1/transfers/{id}/approve",
+    "POST /v1/transfers/{id}/capture",
     "POST /v1/transfers/{id}/reject",
+    "POST /v1/transfers/{id}/reverse",
+    "POST /v1/transfers/{id}/void",
     "POST /v1/webhook-endpoints",
     "POST /v1/webhook-endpoints/{id}/replay",
 ];
