@@ -540,6 +540,9 @@ mod tests {
                 | ErrorCode::AccountClosed
                 | ErrorCode::TransferNotFound
                 | ErrorCode::TransferNotInReview
+                | ErrorCode::TransferNotHeld
+                | ErrorCode::CaptureExceedsHold
+                | ErrorCode::TransferNotReversible
                 | ErrorCode::ReconciliationNotFound
                 | ErrorCode::WebhookUrlRefused
                 | ErrorCode::WebhookEndpointNotFound

@@ -501,3 +501,179 @@ async fn only_a_posted_transfer_can_be_reversed_and_a_failed_reversal_gives_its_
     wait_for(&app, held["id"].as_str().expect("id"), "voided").await;
     assert_ledger_invariants(&app.pool).await;
 }
+
+/// The balance, pending sums and available balance of `account` at `at`, through the API.
+async fn balance_at(app: &TestApp, account: &str, at: &str) -> (String, String, String, String) {
+    let reply = app
+        .get(&format!("/v1/accounts/{account}/balance?at={}", encode(at)))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{at}: {}", reply.body);
+    let field = |name: &str| reply.body[name].as_str().expect(name).to_owned();
+    (
+        field("balance"),
+        field("pending_debits"),
+        field("pending_credits"),
+        field("available"),
+    )
+}
+
+/// `text` as a query-string value (RFC 3339 instants carry `+` and `:`).
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// The database's clock now, as RFC 3339: the instants entries are stamped with.
+async fn db_now(app: &TestApp) -> String {
+    let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&app.pool)
+        .await
+        .expect("now");
+    now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balance_at_any_instant_is_what_the_account_showed_then_and_what_its_entries_add_up_to()
+{
+    let app = funded_app().await;
+    let before_anything = "2000-01-01T00:00:00Z";
+    // Each step settles before the instant after it is taken, so the account as shown at that
+    // instant is the state the history must reproduce.
+    let mut seen = vec![(db_now(&app).await, account(&app, "alice").await)];
+    let mut open_holds: Vec<String> = Vec::new();
+    let mut seed = 0x2545_f491_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for step in 0..40 {
+        let amount = format!("{}.{:02}", 1 + next() % 9, next() % 100);
+        match (next() % 4, open_holds.is_empty()) {
+            (0, _) => {
+                place(&app, &format!("t{step}"), &transfer("alice", "bob", &amount)).await;
+            }
+            (1, _) | (2, true) => {
+                let held = place(&app, &format!("h{step}"), &hold("alice", "bob", &amount)).await;
+                if held["status"] == "held" {
+                    open_holds.push(held["id"].as_str().expect("id").to_owned());
+                }
+            }
+            (2, false) => {
+                let id = open_holds.remove(0);
+                act(&app, &id, "capture", &format!("c{step}"), None).await;
+                wait_for(&app, &id, "posted").await;
+            }
+            _ => {
+                place(&app, &format!("f{step}"), &transfer("treasury", "alice", &amount)).await;
+            }
+        }
+        if let Some(id) = open_holds.first().filter(|_| next() % 5 == 0) {
+            let id = id.clone();
+            act(&app, &id, "void", &format!("v{step}"), None).await;
+            wait_for(&app, &id, "voided").await;
+            open_holds.retain(|h| *h != id);
+        }
+        seen.push((db_now(&app).await, account(&app, "alice").await));
+    }
+    for (at, shown) in &seen {
+        assert_eq!(&balance_at(&app, "alice", at).await, shown, "at {at}");
+        let replayed: String = sqlx::query_scalar(
+            "SELECT coalesce(sum(amount), 0)::text FROM ledger_entries \
+             WHERE ledger = 'default' AND account_id = 'alice' AND created_at <= $1::timestamptz",
+        )
+        .bind(at)
+        .fetch_one(&app.pool)
+        .await
+        .expect("replay");
+        let replayed: rust_decimal::Decimal = replayed.parse().expect("decimal");
+        assert_eq!(
+            shown.0.parse::<rust_decimal::Decimal>().expect("decimal"),
+            replayed,
+            "the entries up to {at} add up to the balance"
+        );
+    }
+    assert_eq!(
+        balance_at(&app, "alice", before_anything).await,
+        owned(["0.00", "0.00", "0.00", "0.00"])
+    );
+    // Bad instants and unknown accounts.
+    for bad in ["yesterday", "2026-11-30", "2026-11-30T25:00:00Z"] {
+        let reply = app
+            .get(&format!("/v1/accounts/alice/balance?at={}", encode(bad)))
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(reply.body["code"], "invalid_body", "{bad}");
+    }
+    let unknown = app.get("/v1/accounts/nobody/balance").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let now = app.get("/v1/accounts/alice/balance").await;
+    assert_eq!(now.body["balance"], seen.last().expect("seen").1 .0);
+    assert_ledger_invariants(&app.pool).await;
+}
+
+#[tokio::test]
+async fn reconciliation_reports_hold_drift_expired_holds_and_over_reversal() {
+    use crate::helpers::{findings, reconcile};
+    use crate::reconciliation::finding_in;
+    let app = funded_app().await;
+    let clean = reconcile(&app, true).await;
+    assert_eq!(findings(&clean), Vec::new(), "{clean}");
+    // A hold whose claimed capture lost its job, five minutes past expiry.
+    let stuck = place(&app, "h1", &hold("alice", "bob", "5.00")).await;
+    let stuck_id = stuck["id"].as_str().expect("id");
+    sqlx::query(
+        "UPDATE transfers SET hold_action = 'capture', \
+           hold_expires_at = now() - interval '6 minutes' WHERE id = $1::uuid",
+    )
+    .bind(stuck_id)
+    .execute(&app.pool)
+    .await
+    .expect("stage a lost capture");
+    // Reservations that drifted from their holds, and a reversal count that drifted from its
+    // reversals.
+    sqlx::query("UPDATE accounts SET pending_credits = pending_credits + 1 WHERE id = 'bob'")
+        .execute(&app.pool)
+        .await
+        .expect("drift");
+    let paid = place(&app, "t1", &transfer("alice", "bob", "10.00")).await;
+    let paid_id = paid["id"].as_str().expect("id");
+    act(&app, paid_id, "reverse", "r1", Some(json!({"amount": "4.00"}))).await;
+    app.run_until_idle(Duration::from_secs(20)).await;
+    sqlx::query("UPDATE transfers SET reversed_amount = 0 WHERE id = $1::uuid")
+        .bind(paid_id)
+        .execute(&app.pool)
+        .await
+        .expect("forget the reversal");
+    let run = reconcile(&app, false).await;
+    let found = findings(&run);
+    for expected in [
+        finding_in("default", "hold_drift", "account:bob", "critical"),
+        finding_in("default", "expired_hold", &format!("transfer:{stuck_id}"), "medium"),
+        finding_in("default", "over_reversed", &format!("transfer:{paid_id}"), "critical"),
+    ] {
+        assert!(found.contains(&expected), "{expected:?} not in {found:?}");
+    }
+    assert_eq!(found.len(), 3, "{found:?}");
+    // The lost capture was re-driven: it posts.
+    let captured = wait_for(&app, stuck_id, "posted").await;
+    assert_eq!(captured["hold"]["captured_amount"], "5.00");
+    // Repaired by hand, the findings resolve.
+    sqlx::query("UPDATE accounts SET pending_credits = pending_credits - 1 WHERE id = 'bob'")
+        .execute(&app.pool)
+        .await
+        .expect("repair");
+    sqlx::query("UPDATE transfers SET reversed_amount = 4 WHERE id = $1::uuid")
+        .bind(paid_id)
+        .execute(&app.pool)
+        .await
+        .expect("repair");
+    let after = reconcile(&app, false).await;
+    assert_eq!(findings(&after), Vec::new(), "{after}");
+    assert_ledger_invariants(&app.pool).await;
+}
