@@ -93,13 +93,17 @@ pub const BENCH_ACCOUNTS_DEFAULT: u32 = 100_000;
 /// Arguments of `ferry bench` (the scenarios live beside `main.rs`, in `src/bin_bench/`).
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Scenario: baseline-uniform, uniform, uniform-webhook, webhook-lag, baseline-hot, hot, intake, intake-while-posting, reconcile, soak, or all
+    /// Scenario: baseline-uniform, uniform, hold-capture, balance-at, uniform-webhook,
+    /// webhook-lag, baseline-hot, hot, intake, intake-while-posting, reconcile, soak, or all
     /// (all but soak).
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// Transfers each scenario moves (for reconcile: the ledger size).
     #[arg(long, default_value_t = 20_000)]
     pub transfers: u64,
+    /// Entries on the account `balance-at` reads.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub history_entries: i64,
     /// How long the soak scenario runs.
     #[arg(long, default_value_t = 600)]
     pub soak_secs: u64,

@@ -365,6 +365,7 @@ async fn run_bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         args.transfers,
         args.accounts,
         args.soak_secs,
+        args.history_entries,
     )
     .await?;
     bench::print_table(&rows);

@@ -96,17 +96,17 @@ async fn post_once(
     if !overdraft && balance < amount {
         return Err(sqlx::Error::RowNotFound);
     }
-    let from_no: i64 = sqlx::query_scalar(
+    let (from_no, from_after): (i64, Decimal) = sqlx::query_as(
         "UPDATE accounts SET balance = balance - $2 WHERE ledger = 'default' AND id = $1 \
-         RETURNING no",
+         RETURNING no, balance",
     )
     .bind(&t.from)
     .bind(amount)
     .fetch_one(&mut *tx)
     .await?;
-    let to_no: i64 = sqlx::query_scalar(
+    let (to_no, to_after): (i64, Decimal) = sqlx::query_as(
         "UPDATE accounts SET balance = balance + $2 WHERE ledger = 'default' AND id = $1 \
-         RETURNING no",
+         RETURNING no, balance",
     )
     .bind(&t.to)
     .bind(amount)
@@ -126,14 +126,16 @@ async fn post_once(
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "INSERT INTO entries (transfer_id, account_no, side, amount, currency) \
-         VALUES ($1, $2, 'debit', $4, 'USD'), ($1, $3, 'credit', $5, 'USD')",
+        "INSERT INTO entries (transfer_id, account_no, side, amount, currency, balance_after) \
+         VALUES ($1, $2, 'debit', $4, 'USD', $6), ($1, $3, 'credit', $5, 'USD', $7)",
     )
     .bind(id)
     .bind(from_no)
     .bind(to_no)
     .bind(-amount)
     .bind(amount)
+    .bind(from_after)
+    .bind(to_after)
     .execute(&mut *tx)
     .await?;
     tx.commit().await

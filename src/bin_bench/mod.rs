@@ -6,6 +6,7 @@
 //! integration tests use too.
 
 mod baseline;
+mod holds;
 pub mod pipeline;
 pub mod reconcile;
 mod webhooks;
@@ -57,9 +58,11 @@ pub async fn finish(scratch: ScratchDatabase, pool: PgPool) {
 /// A scenario ending in [`ANOMALY_OFF`] is the same run with anomaly detection off, for its
 /// cost (README, "Anomaly detection"); one ending in [`REVIEW`], with every rule set to
 /// `review`, for the cost of judging before posting.
-pub const SCENARIOS: [&str; 12] = [
+pub const SCENARIOS: [&str; 14] = [
     "baseline-uniform",
     "uniform",
+    "hold-capture",
+    "balance-at",
     "uniform-anomaly-off",
     "uniform-review",
     "uniform-webhook",
@@ -84,6 +87,7 @@ pub async fn run(
     transfers: u64,
     accounts: u32,
     soak_secs: u64,
+    history_entries: i64,
 ) -> anyhow::Result<Vec<Row>> {
     let chosen: Vec<&str> = match scenario {
         "all" => SCENARIOS.to_vec(),
@@ -100,20 +104,29 @@ pub async fn run(
             "reconcile" => {
                 reconcile::run(&config.database.url, transfers, &config.reconcile).await?
             }
-            _ => vec![run_transfer_scenario(config, name, transfers, accounts, soak_secs).await?],
+            _ => vec![
+                run_transfer_scenario(
+                    config,
+                    name,
+                    (transfers, accounts, history_entries),
+                    soak_secs,
+                )
+                .await?,
+            ],
         };
         rows.extend(row);
     }
     Ok(rows)
 }
 
+/// `sizes`: transfers, accounts, and the `balance-at` history's entries.
 async fn run_transfer_scenario(
     config: &ferry::config::Config,
     name: &str,
-    transfers: u64,
-    accounts: u32,
+    sizes: (u64, u32, i64),
     soak_secs: u64,
 ) -> anyhow::Result<Row> {
+    let (transfers, accounts, history_entries) = sizes;
     use workload::{Shape, plan, seed_accounts};
     let scenario = name;
     let mut config = config.clone();
@@ -176,6 +189,10 @@ async fn run_transfer_scenario(
                 pipeline::intake(name, &ferry, &planned).await
             } else if name == "uniform-webhook" {
                 webhooks::uniform(name, &ferry, &planned).await
+            } else if name == "hold-capture" {
+                holds::hold_capture(name, &ferry, &planned).await
+            } else if name == "balance-at" {
+                holds::balance_at(name, &ferry, history_entries).await
             } else if name == "webhook-lag" {
                 webhooks::lag(name, &ferry, &planned).await
             } else if name == "soak" {

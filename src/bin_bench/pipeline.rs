@@ -87,6 +87,16 @@ impl BenchedFerry {
         spawn_in_process(config).await
     }
 
+    /// The client the scenarios send with (connections kept for every client at once).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// The scratch database, for what a scenario reads back.
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.ferry.pool
+    }
+
     pub fn stop(self) {
         self.ferry.stop();
     }

@@ -165,13 +165,16 @@ pub async fn seed(pool: &PgPool, transfers: u64, anchor: DateTime<Utc>) -> anyho
     .execute(&mut *tx)
     .await?;
     sqlx::raw_sql(
-        "INSERT INTO entries (transfer_id, account_no, side, amount, currency, created_at) \
-         SELECT t.id, a.no, 'debit', -t.amount, t.currency, t.created_at \
-         FROM transfers t JOIN accounts a ON a.ledger = t.ledger AND a.id = t.from_account \
-         UNION ALL \
-         SELECT t.id, a.no, 'credit', t.amount, t.currency, t.created_at \
-         FROM transfers t JOIN accounts a ON a.ledger = t.ledger AND a.id = t.to_account \
-         ORDER BY 6; \
+        "INSERT INTO entries (transfer_id, account_no, side, amount, currency, balance_after, \
+           created_at) \
+         SELECT id, no, side, amount, currency, \
+           sum(amount) OVER (PARTITION BY no ORDER BY created_at, side), created_at FROM ( \
+           SELECT t.id, a.no, 'debit' AS side, -t.amount AS amount, t.currency, t.created_at \
+           FROM transfers t JOIN accounts a ON a.ledger = t.ledger AND a.id = t.from_account \
+           UNION ALL \
+           SELECT t.id, a.no, 'credit', t.amount, t.currency, t.created_at \
+           FROM transfers t JOIN accounts a ON a.ledger = t.ledger AND a.id = t.to_account) e \
+         ORDER BY created_at, side; \
          UPDATE accounts a SET balance = s.total \
          FROM (SELECT account_no, sum(amount) AS total FROM entries GROUP BY account_no) s \
          WHERE a.no = s.account_no; \

@@ -65,6 +65,8 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
         "500",
         "--soak-secs",
         "1",
+        "--history-entries",
+        "3000",
     ])
     .await;
     let names: Vec<&str> = rows.iter().map(scenario).collect();
@@ -73,6 +75,8 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
         [
             "baseline-uniform",
             "uniform",
+            "hold-capture",
+            "balance-at",
             "uniform-anomaly-off",
             "uniform-review",
             "uniform-webhook",
@@ -91,14 +95,22 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
             positive("seconds") && positive("transfers_per_sec"),
             "{row}"
         );
-        assert_eq!(row["transfers"], 300, "{row}");
+        // `balance-at` counts its reads.
+        let moved = if scenario(row) == "balance-at" { 2000 } else { 300 };
+        assert_eq!(row["transfers"], moved, "{row}");
     }
     for row in rows.iter().filter(|r| !scenario(r).starts_with("baseline")) {
         assert_eq!(row["failed_contention"], 0, "{row}");
     }
     for intake in rows
         .iter()
-        .filter(|r| scenario(r).starts_with("intake") || scenario(r).contains("webhook"))
+        .filter(|r| {
+            let name = scenario(r);
+            name.starts_with("intake")
+                || name.contains("webhook")
+                || name == "hold-capture"
+                || name == "balance-at"
+        })
     {
         let (p50, p99) = (intake["p50_ms"].as_f64(), intake["p99_ms"].as_f64());
         assert!(p50.is_some() && p99 >= p50, "{intake}");

@@ -220,3 +220,75 @@ async fn a_worker_killed_mid_transaction_loses_nothing_and_the_job_reruns() {
     app.run_until_idle(Duration::from_secs(10)).await;
     assert_each_ledger_posted_in_full(&app).await;
 }
+
+/// Holds in flight when a worker dies mid-transaction: pending holds, and held ones with a
+/// capture or void claimed. Nothing moves or is reserved until a worker posts again; then each
+/// is carried out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_transaction_with_holds_in_flight_loses_and_doubles_nothing() {
+    let app = spawn_intake_only_app().await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("b", "USD", false).await;
+    let batch = |prefix: &str| {
+        let items: Vec<_> = (0..TRANSFERS)
+            .map(|n| {
+                json!({"idempotency_key": format!("{prefix}{n}"), "from_account": "treasury",
+                       "to_account": "b", "amount": "1.00", "currency": "USD", "mode": "hold"})
+            })
+            .collect();
+        json!({"transfers": items})
+    };
+    let placed = app.post_json("/v1/transfers/batch", &batch("h")).await;
+    assert_eq!(placed.status, reqwest::StatusCode::OK);
+    {
+        let _worker = spawn_worker(app.database.url(), |_| {}).await;
+        app.run_until_idle(Duration::from_secs(20)).await;
+    }
+    let held: Vec<String> = sqlx::query_scalar(
+        "SELECT id::text FROM transfers WHERE status = 'held' ORDER BY idempotency_key",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("held");
+    assert_eq!(held.len(), TRANSFERS);
+    // Half captured, half voided, and a second batch of holds accepted: all waiting on jobs.
+    for (n, id) in held.iter().enumerate() {
+        let action = if n % 2 == 0 { "capture" } else { "void" };
+        let reply = crate::holds::act(&app, id, action, &format!("s{n}"), None).await;
+        assert_eq!(reply.status, reqwest::StatusCode::ACCEPTED, "{}", reply.body);
+    }
+    let more = app.post_json("/v1/transfers/batch", &batch("g")).await;
+    assert_eq!(more.status, reqwest::StatusCode::OK);
+    let before: (String, String) = sqlx::query_as(
+        "SELECT balance::text, pending_credits::text FROM accounts WHERE id = 'b'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("b");
+    assert_eq!(before, ("0".to_owned(), "20.00".to_owned()));
+    run_crashing_worker(&app, "crash_before_commit").await;
+    let after_crash: (String, String) = sqlx::query_as(
+        "SELECT balance::text, pending_credits::text FROM accounts WHERE id = 'b'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("b");
+    assert_eq!(after_crash, before, "the killed transaction moved nothing");
+    assert_ledger_invariants_so_far(&app).await;
+    let _worker = spawn_worker(app.database.url(), |_| {}).await;
+    crate::holds::wait_until_settled(&app).await;
+    let b: (String, String) = sqlx::query_as(
+        "SELECT balance::text, pending_credits::text FROM accounts WHERE id = 'b'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("b");
+    // Ten captured (1.00 each); the second batch of twenty is now held.
+    assert_eq!(b, ("10.00".to_owned(), "20.00".to_owned()));
+    assert_eq!(
+        app.count("SELECT count(*) FROM events WHERE type = 'transfer.voided'")
+            .await,
+        (TRANSFERS / 2) as i64
+    );
+    assert_ledger_invariants(&app.pool).await;
+}

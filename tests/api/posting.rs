@@ -472,13 +472,13 @@ async fn the_database_refuses_to_move_a_terminal_transfer_or_edit_an_entry() {
                  from_account, to_account, amount, currency, ledger) \
                SELECT gen_random_uuid(), api_key_id, 'fresh', '\\x00', 'treasury', 'b', 1, \
                  'USD', 'default' FROM transfers LIMIT 1 RETURNING id) \
-             INSERT INTO entries (transfer_id, account_no, side, amount, currency) \
-             SELECT id, -1, 'credit', 1, 'USD' FROM fresh",
+             INSERT INTO entries (transfer_id, account_no, side, amount, currency, balance_after) \
+             SELECT id, -1, 'credit', 1, 'USD', 1 FROM fresh",
             "an entry on an unknown account",
         ),
         (
-            "INSERT INTO entries (transfer_id, account_no, side, amount, currency) \
-             SELECT gen_random_uuid(), no, 'credit', 1, 'USD' FROM accounts \
+            "INSERT INTO entries (transfer_id, account_no, side, amount, currency, balance_after) \
+             SELECT gen_random_uuid(), no, 'credit', 1, 'USD', 1 FROM accounts \
              WHERE ledger = 'default' AND id = 'b'",
             "an entry of an unknown transfer",
         ),
@@ -486,8 +486,8 @@ async fn the_database_refuses_to_move_a_terminal_transfer_or_edit_an_entry() {
             // Account `b` exists in both ledgers; the transfer is in `default`.
             "INSERT INTO ledgers (name) VALUES ('other'); \
              INSERT INTO accounts (ledger, id, currency) VALUES ('other', 'b', 'USD'); \
-             INSERT INTO entries (transfer_id, account_no, side, amount, currency) \
-             SELECT t.id, a.no, 'credit', 1, 'USD' FROM transfers t, accounts a \
+             INSERT INTO entries (transfer_id, account_no, side, amount, currency, balance_after) \
+             SELECT t.id, a.no, 'credit', 1, 'USD', 1 FROM transfers t, accounts a \
              WHERE a.ledger = 'other' AND a.id = 'b' LIMIT 1",
             "an entry in another ledger than its transfer",
         ),
@@ -516,8 +516,8 @@ async fn the_database_refuses_to_move_a_terminal_transfer_or_edit_an_entry() {
         assert!(refused.is_err(), "{what} was allowed");
     }
     let dangling = sqlx::query(
-        "INSERT INTO entries (transfer_id, account_no, side, amount, currency) \
-         SELECT gen_random_uuid(), no, 'credit', 1, 'USD' FROM accounts \
+        "INSERT INTO entries (transfer_id, account_no, side, amount, currency, balance_after) \
+         SELECT gen_random_uuid(), no, 'credit', 1, 'USD', 1 FROM accounts \
          WHERE ledger = 'default' AND id = 'b'",
     )
     .execute(&app.pool)

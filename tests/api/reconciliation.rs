@@ -231,9 +231,9 @@ async fn an_entry_without_a_transfer_is_orphan_entry() {
     tamper(
         &app,
         &format!(
-            "INSERT INTO entries (transfer_id, account_no, side, amount, currency) VALUES \
-               ('{ghost}', {a}, 'debit', -5, 'USD'), \
-               ('{ghost}', {b}, 'credit', 5, 'USD'); \
+            "INSERT INTO entries (transfer_id, account_no, side, amount, currency, balance_after) VALUES \
+               ('{ghost}', {a}, 'debit', -5, 'USD', 0), \
+               ('{ghost}', {b}, 'credit', 5, 'USD', 0); \
              UPDATE accounts SET balance = balance - 5 WHERE id = 'a' AND ledger = 'default'; \
              UPDATE accounts SET balance = balance + 5 WHERE id = 'b' AND ledger = 'default';"
         ),
@@ -271,9 +271,9 @@ async fn a_second_debit_and_credit_for_one_transfer_is_double_posted() {
         &app,
         &format!(
             "ALTER TABLE entries DROP CONSTRAINT entries_one_per_side; \
-             INSERT INTO entries (transfer_id, account_no, side, amount, currency) VALUES \
-               ('{id}', {a}, 'debit', -20, 'USD'), \
-               ('{id}', {b}, 'credit', 20, 'USD'); \
+             INSERT INTO entries (transfer_id, account_no, side, amount, currency, balance_after) VALUES \
+               ('{id}', {a}, 'debit', -20, 'USD', 0), \
+               ('{id}', {b}, 'credit', 20, 'USD', 0); \
              UPDATE accounts SET balance = balance - 20 WHERE id = 'a' AND ledger = 'default'; \
              UPDATE accounts SET balance = balance + 20 WHERE id = 'b' AND ledger = 'default';"
         ),
@@ -634,8 +634,8 @@ async fn an_unbalanced_currency_is_ledger_unbalanced() {
     tamper(
         &app,
         &format!(
-            "INSERT INTO entries (transfer_id, account_no, side, amount, currency) \
-               VALUES ('{ghost}', {b}, 'credit', 20, 'USD'); \
+            "INSERT INTO entries (transfer_id, account_no, side, amount, currency, balance_after) \
+               VALUES ('{ghost}', {b}, 'credit', 20, 'USD', 0); \
              UPDATE accounts SET balance = balance + 20 WHERE id = 'b' AND ledger = 'default';"
         ),
     )

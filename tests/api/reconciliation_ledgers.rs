@@ -48,9 +48,10 @@ async fn post_directly(
     .await
     .expect("transfer");
     sqlx::query(
-        "INSERT INTO entries (transfer_id, account_no, side, amount, currency) \
+        "INSERT INTO entries (transfer_id, account_no, side, amount, currency, balance_after) \
          SELECT $2, a.no, CASE WHEN a.id = $3 THEN 'debit' ELSE 'credit' END, \
-           CASE WHEN a.id = $3 THEN -$5::numeric ELSE $5 END, 'USD' \
+           CASE WHEN a.id = $3 THEN -$5::numeric ELSE $5 END, 'USD', \
+           a.balance + CASE WHEN a.id = $3 THEN -$5::numeric ELSE $5 END \
          FROM accounts a WHERE a.ledger = $1 AND a.id IN ($3, $4)",
     )
     .bind(ledger)
@@ -363,8 +364,8 @@ async fn a_run_over_one_ledger_moves_no_watermark_and_counts_newer_entries() {
     tamper(
         &app,
         &format!(
-            "INSERT INTO entries (transfer_id, account_no, side, amount, currency) VALUES \
-               ('{ghost}', {a}, 'debit', -5, 'USD'), ('{ghost}', {b}, 'credit', 5, 'USD'); \
+            "INSERT INTO entries (transfer_id, account_no, side, amount, currency, balance_after) VALUES \
+               ('{ghost}', {a}, 'debit', -5, 'USD', 0), ('{ghost}', {b}, 'credit', 5, 'USD', 0); \
              UPDATE accounts SET balance = balance - 5 WHERE ledger = 'default' AND id = 'a'; \
              UPDATE accounts SET balance = balance + 5 WHERE ledger = 'default' AND id = 'b';"
         ),
@@ -400,7 +401,7 @@ async fn a_run_over_one_ledger_moves_no_watermark_and_counts_newer_entries() {
 async fn insert_entries(app: &TestApp, values: &str) -> Option<String> {
     let mut tx = app.pool.begin().await.expect("tx");
     let result = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO entries (transfer_id, account_no, side, amount, currency) VALUES {values}"
+        "INSERT INTO entries (transfer_id, account_no, side, amount, currency, balance_after) VALUES {values}"
     )))
     .execute(&mut *tx)
     .await;
@@ -434,7 +435,7 @@ async fn an_entry_outside_its_transfers_ledger_is_refused_by_the_database() {
     // of the credit's.
     let pair = |debit_ledger: &str, credit_ledger: &str, credit_account: &str| {
         format!(
-            "('{id}', {}, 'debit', -1, 'USD'), ('{id}', {}, 'credit', 1, 'USD')",
+            "('{id}', {}, 'debit', -1, 'USD', 0), ('{id}', {}, 'credit', 1, 'USD', 0)",
             account_no(debit_ledger, "a"),
             account_no(credit_ledger, credit_account)
         )
@@ -470,7 +471,7 @@ async fn an_entry_outside_its_transfers_ledger_is_refused_by_the_database() {
         insert_entries(
             &app,
             &format!(
-                "('{id}', {}, 'debit', -1, 'USD'), ('{id}', -1, 'credit', 1, 'USD')",
+                "('{id}', {}, 'debit', -1, 'USD', 0), ('{id}', -1, 'credit', 1, 'USD', 0)",
                 account_no("default", "a")
             )
         )

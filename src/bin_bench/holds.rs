@@ -1,0 +1,311 @@
+//! The cost of holds (README, "Holds, reversals and balance history"):
+//! - `hold-capture` is `uniform` with every transfer placed as a hold (HTTP batches of 100, 8
+//!   clients) and captured by a single `POST /v1/transfers/{id}/capture` as soon as it is held
+//!   (64 clients): two trips through intake and posting per transfer, against `uniform`'s one.
+//! - `balance-at` reads `GET /v1/accounts/{id}/balance?at=` at random instants of an account
+//!   with a 1,000,000-entry history, and, as the baseline in the same run, sums the account's
+//!   entries up to the instant (the scan that storing the balance after each entry avoids).
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rand::Rng;
+use rust_decimal::Decimal;
+use serde_json::json;
+use sqlx::PgPool;
+
+use super::Row;
+use super::pipeline::{BATCH_CLIENTS, BATCH_LEN, BenchedFerry, INTAKE_CLIENTS, item};
+use super::workload::{PlannedTransfer, percentile};
+
+/// Longest wait for every hold to be captured and posted.
+const SETTLE_TIMEOUT_SECS: u64 = 600;
+/// Balance reads at random instants, and clients sending them.
+const BALANCE_READS: usize = 2_000;
+const BALANCE_CLIENTS: usize = 8;
+/// Scans summed for the baseline (each reads up to a million entries).
+const BASELINE_SCANS: usize = 20;
+
+/// `hold-capture`: every transfer held then captured; first request to last posted.
+pub async fn hold_capture(
+    scenario: &str,
+    ferry: &BenchedFerry,
+    transfers: &[PlannedTransfer],
+) -> anyhow::Result<Row> {
+    let started = Instant::now();
+    let (sent, captures) = tokio::join!(send_holds(ferry, transfers), capture_held(ferry));
+    sent?;
+    let mut latencies = captures?;
+    let seconds = started.elapsed().as_secs_f64();
+    let posted: i64 = sqlx::query_scalar("SELECT count(*) FROM transfers WHERE status = 'posted'")
+        .fetch_one(ferry.pool())
+        .await?;
+    anyhow::ensure!(
+        posted == transfers.len() as i64,
+        "{posted} of {} holds captured and posted",
+        transfers.len()
+    );
+    latencies.sort_by(f64::total_cmp);
+    Ok(Row {
+        scenario: scenario.to_owned(),
+        transfers: transfers.len() as u64,
+        seconds,
+        transfers_per_sec: transfers.len() as f64 / seconds.max(f64::EPSILON),
+        p50_ms: percentile(&latencies, 50.0),
+        p99_ms: percentile(&latencies, 99.0),
+        failed_contention: 0,
+        note: format!(
+            "holds in HTTP batches of {BATCH_LEN} ({BATCH_CLIENTS} clients), each captured by a \
+             single POST .../capture ({INTAKE_CLIENTS} clients) once held; first request to \
+             last captured posted; latency = capture request"
+        ),
+    })
+}
+
+async fn send_holds(ferry: &BenchedFerry, transfers: &[PlannedTransfer]) -> anyhow::Result<()> {
+    let url = format!("{}/v1/transfers/batch", ferry.base_url);
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(transfers.chunks(BATCH_LEN))
+        .map(|chunk| {
+            let items: Vec<_> = chunk
+                .iter()
+                .map(|t| {
+                    let mut hold = item(t);
+                    hold["mode"] = json!("hold");
+                    hold
+                })
+                .collect();
+            let request = ferry
+                .client()
+                .post(&url)
+                .bearer_auth(&ferry.api_key)
+                .json(&json!({"transfers": items}));
+            async move {
+                let response = request.send().await?;
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "batch refused: {}",
+                    response.status()
+                );
+                Ok(())
+            }
+        })
+        .buffer_unordered(BATCH_CLIENTS)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Captures holds as they become held until nothing is pending or held; returns each
+/// capture request's latency (ms).
+async fn capture_held(ferry: &BenchedFerry) -> anyhow::Result<Vec<f64>> {
+    let deadline = Instant::now() + Duration::from_secs(SETTLE_TIMEOUT_SECS);
+    let mut latencies = Vec::new();
+    let mut idle_rounds = 0;
+    loop {
+        anyhow::ensure!(Instant::now() < deadline, "holds still open");
+        let held: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM transfers WHERE status = 'held' AND hold_action IS NULL LIMIT 2000",
+        )
+        .fetch_all(ferry.pool())
+        .await?;
+        if held.is_empty() {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM transfers WHERE status IN ('pending', 'held')",
+            )
+            .fetch_one(ferry.pool())
+            .await?;
+            // Open, or not even accepted yet (the first batches are still on their way).
+            let accepted: i64 = sqlx::query_scalar("SELECT count(*) FROM transfers")
+                .fetch_one(ferry.pool())
+                .await?;
+            idle_rounds = if open == 0 && accepted > 0 { idle_rounds + 1 } else { 0 };
+            if idle_rounds > 20 {
+                return Ok(latencies);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        idle_rounds = 0;
+        let round: Vec<anyhow::Result<f64>> = futures::stream::iter(held)
+            .map(|id| {
+                let request = ferry
+                    .client()
+                    .post(format!("{}/v1/transfers/{id}/capture", ferry.base_url))
+                    .bearer_auth(&ferry.api_key)
+                    .header("Idempotency-Key", format!("capture-{id}"));
+                async move {
+                    let begun = Instant::now();
+                    let response = request.send().await?;
+                    anyhow::ensure!(
+                        response.status().as_u16() == 202,
+                        "capture not accepted: {}",
+                        response.status()
+                    );
+                    Ok(begun.elapsed().as_secs_f64() * 1000.0)
+                }
+            })
+            .buffer_unordered(INTAKE_CLIENTS)
+            .collect()
+            .await;
+        for latency in round {
+            latencies.push(latency?);
+        }
+    }
+}
+
+/// `balance-at`: p50/p99 of the balance at random instants of a 1M-entry history, each
+/// checked against the sum of the entries up to it for a sample; the baseline scan's times
+/// in the note.
+pub async fn balance_at(
+    scenario: &str,
+    ferry: &BenchedFerry,
+    history_entries: i64,
+) -> anyhow::Result<Row> {
+    let seeded = Instant::now();
+    let (first, last) = seed_history(ferry.pool(), history_entries).await?;
+    let seed_secs = seeded.elapsed().as_secs_f64();
+    let span_ms = (last - first).num_milliseconds().max(1);
+    let instants: Vec<chrono::DateTime<chrono::Utc>> = {
+        let mut rng = rand::rng();
+        (0..BALANCE_READS)
+            .map(|_| first + chrono::Duration::milliseconds(rng.random_range(0..=span_ms)))
+            .collect()
+    };
+    let url = format!("{}/v1/accounts/history-a/balance", ferry.base_url);
+    let started = Instant::now();
+    let reads: Vec<anyhow::Result<(f64, Decimal)>> = futures::stream::iter(instants.clone())
+        .map(|at| {
+            let at = at.to_rfc3339();
+            let url = reqwest::Url::parse_with_params(&url, [("at", at.as_str())]);
+            let client = ferry.client().clone();
+            let api_key = ferry.api_key.clone();
+            async move {
+                let request = client.get(url?).bearer_auth(api_key);
+                let begun = Instant::now();
+                let response = request.send().await?;
+                anyhow::ensure!(response.status().is_success(), "{}", response.status());
+                let body: serde_json::Value = response.json().await?;
+                let latency = begun.elapsed().as_secs_f64() * 1000.0;
+                let balance = body["balance"].as_str().unwrap_or_default().parse()?;
+                Ok((latency, balance))
+            }
+        })
+        .buffered(BALANCE_CLIENTS)
+        .collect()
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let reads = reads.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    // The baseline, and the check: summing the entries up to the instant gives the same.
+    let mut scans_ms = Vec::with_capacity(BASELINE_SCANS);
+    for (at, (_, balance)) in instants.iter().zip(&reads).take(BASELINE_SCANS) {
+        let begun = Instant::now();
+        let summed: Decimal = sqlx::query_scalar(
+            "SELECT coalesce(sum(e.amount), 0) FROM entries e \
+             JOIN accounts a ON a.no = e.account_no \
+             WHERE a.ledger = 'default' AND a.id = 'history-a' AND e.created_at <= $1",
+        )
+        .bind(at)
+        .fetch_one(ferry.pool())
+        .await?;
+        scans_ms.push(begun.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(
+            summed == *balance,
+            "balance at {at}: API {balance}, entries sum to {summed}"
+        );
+    }
+    scans_ms.sort_by(f64::total_cmp);
+    let mut latencies: Vec<f64> = reads.iter().map(|(ms, _)| *ms).collect();
+    latencies.sort_by(f64::total_cmp);
+    Ok(Row {
+        scenario: scenario.to_owned(),
+        transfers: BALANCE_READS as u64,
+        seconds,
+        transfers_per_sec: BALANCE_READS as f64 / seconds.max(f64::EPSILON),
+        p50_ms: percentile(&latencies, 50.0),
+        p99_ms: percentile(&latencies, 99.0),
+        failed_contention: 0,
+        note: format!(
+            "GET /v1/accounts/{{id}}/balance?at= at random instants of a {history_entries}-entry \
+             account, {BALANCE_CLIENTS} clients (rows = reads); baseline: summing the entries \
+             up to the instant, p50 {:.1} ms / max {:.1} ms over {BASELINE_SCANS} instants, each \
+             equal to the API's answer; history written in {seed_secs:.0}s",
+            percentile(&scans_ms, 50.0).unwrap_or_default(),
+            scans_ms.last().copied().unwrap_or_default(),
+        ),
+    })
+}
+
+/// Writes a posted history straight into the tables: `history-a` and `history-b` exchange
+/// `entries` transfers, one millisecond apart, each entry with its balance after it
+/// (as posting writes them). Returns the first and last instants.
+async fn seed_history(
+    pool: &PgPool,
+    entries: i64,
+) -> anyhow::Result<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
+    let mut tx = pool.begin().await?;
+    let api_key = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO api_keys (id, name, key_hash, scopes) VALUES ($1, 'history', $2, '{admin}')",
+    )
+    .bind(api_key)
+    .bind(api_key.as_bytes().to_vec())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO accounts (ledger, id, currency, allow_overdraft) \
+         VALUES ('default', 'history-a', 'USD', true), ('default', 'history-b', 'USD', true)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let first: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT now() - interval '2 hours'")
+            .fetch_one(&mut *tx)
+            .await?;
+    // Transfer n goes a → b when n is even, b → a when odd, for (n % 97 + 1).00.
+    sqlx::query(
+        "INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
+           from_account, to_account, amount, currency, ledger, status, posted_at, attempts, \
+           created_at, updated_at) \
+         SELECT md5('h' || n)::uuid, $1, 'h' || n, '\\x00', \
+           CASE WHEN n % 2 = 0 THEN 'history-a' ELSE 'history-b' END, \
+           CASE WHEN n % 2 = 0 THEN 'history-b' ELSE 'history-a' END, \
+           n % 97 + 1, 'USD', 'default', 'posted', $2 + n * interval '1 ms', 1, \
+           $2 + n * interval '1 ms', $2 + n * interval '1 ms' \
+         FROM generate_series(1, $3) n",
+    )
+    .bind(api_key)
+    .bind(first)
+    .bind(entries)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO entries (transfer_id, account_no, side, amount, currency, balance_after, \
+           created_at) \
+         SELECT transfer_id, account_no, side, amount, 'USD', \
+           sum(amount) OVER (PARTITION BY account_no ORDER BY n, side), at \
+         FROM ( \
+           SELECT n, md5('h' || n)::uuid AS transfer_id, $1 + n * interval '1 ms' AS at, \
+             s.side, a.no AS account_no, \
+             CASE WHEN s.side = 'debit' THEN -(n % 97 + 1) ELSE n % 97 + 1 END AS amount \
+           FROM generate_series(1, $2) n \
+           CROSS JOIN (VALUES ('debit'), ('credit')) AS s(side) \
+           JOIN accounts a ON a.ledger = 'default' AND a.id = CASE \
+             WHEN (s.side = 'debit') = (n % 2 = 0) THEN 'history-a' ELSE 'history-b' END \
+         ) h ORDER BY n, side",
+    )
+    .bind(first)
+    .bind(entries)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE accounts a SET balance = s.total \
+         FROM (SELECT account_no, sum(amount) AS total FROM entries GROUP BY account_no) s \
+         WHERE a.no = s.account_no",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    sqlx::query("ANALYZE entries").execute(pool).await?;
+    let last = first + chrono::Duration::milliseconds(entries);
+    Ok((first, last))
+}
