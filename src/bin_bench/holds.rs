@@ -33,7 +33,10 @@ pub async fn hold_capture(
     transfers: &[PlannedTransfer],
 ) -> anyhow::Result<Row> {
     let started = Instant::now();
-    let (sent, captures) = tokio::join!(send_holds(ferry, transfers), capture_held(ferry));
+    let (sent, captures) = tokio::join!(
+        send_holds(ferry, transfers),
+        capture_held(ferry, transfers.len())
+    );
     sent?;
     let mut latencies = captures?;
     let seconds = started.elapsed().as_secs_f64();
@@ -95,62 +98,68 @@ async fn send_holds(ferry: &BenchedFerry, transfers: &[PlannedTransfer]) -> anyh
     results.into_iter().collect()
 }
 
-/// Captures holds as they become held until nothing is pending or held; returns each
-/// capture request's latency (ms).
-async fn capture_held(ferry: &BenchedFerry) -> anyhow::Result<Vec<f64>> {
-    let deadline = Instant::now() + Duration::from_secs(SETTLE_TIMEOUT_SECS);
-    let mut latencies = Vec::new();
-    let mut idle_rounds = 0;
-    loop {
-        anyhow::ensure!(Instant::now() < deadline, "holds still open");
-        let held: Vec<uuid::Uuid> = sqlx::query_scalar(
-            "SELECT id FROM transfers WHERE status = 'held' AND hold_action IS NULL LIMIT 2000",
-        )
-        .fetch_all(ferry.pool())
-        .await?;
-        if held.is_empty() {
-            let open: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM transfers WHERE status IN ('pending', 'held')",
+/// Captures holds as they become held — a poller feeds their ids to 64 clients — until all
+/// `expected` have ended; returns each capture request's latency (ms).
+async fn capture_held(ferry: &BenchedFerry, expected: usize) -> anyhow::Result<Vec<f64>> {
+    let (ids, incoming) = tokio::sync::mpsc::channel::<uuid::Uuid>(expected.max(1));
+    let poll = async move {
+        let deadline = Instant::now() + Duration::from_secs(SETTLE_TIMEOUT_SECS);
+        let mut sent = std::collections::HashSet::new();
+        loop {
+            anyhow::ensure!(Instant::now() < deadline, "holds still open");
+            let held: Vec<uuid::Uuid> = sqlx::query_scalar(
+                "SELECT id FROM transfers WHERE status = 'held' AND hold_action IS NULL",
             )
-            .fetch_one(ferry.pool())
+            .fetch_all(ferry.pool())
             .await?;
-            // Open, or not even accepted yet (the first batches are still on their way).
-            let accepted: i64 = sqlx::query_scalar("SELECT count(*) FROM transfers")
+            let mut fed = 0;
+            for id in held {
+                if sent.insert(id) {
+                    ids.send(id).await?;
+                    fed += 1;
+                }
+            }
+            if fed == 0 {
+                let ended: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM transfers \
+                     WHERE status IN ('posted', 'failed', 'voided')",
+                )
                 .fetch_one(ferry.pool())
                 .await?;
-            idle_rounds = if open == 0 && accepted > 0 { idle_rounds + 1 } else { 0 };
-            if idle_rounds > 20 {
-                return Ok(latencies);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            continue;
-        }
-        idle_rounds = 0;
-        let round: Vec<anyhow::Result<f64>> = futures::stream::iter(held)
-            .map(|id| {
-                let request = ferry
-                    .client()
-                    .post(format!("{}/v1/transfers/{id}/capture", ferry.base_url))
-                    .bearer_auth(&ferry.api_key)
-                    .header("Idempotency-Key", format!("capture-{id}"));
-                async move {
-                    let begun = Instant::now();
-                    let response = request.send().await?;
-                    anyhow::ensure!(
-                        response.status().as_u16() == 202,
-                        "capture not accepted: {}",
-                        response.status()
-                    );
-                    Ok(begun.elapsed().as_secs_f64() * 1000.0)
+                if ended >= expected as i64 {
+                    // Dropping the sender ends the clients' stream.
+                    return Ok(());
                 }
-            })
-            .buffer_unordered(INTAKE_CLIENTS)
-            .collect()
-            .await;
-        for latency in round {
-            latencies.push(latency?);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
-    }
+    };
+    let ids = futures::stream::unfold(incoming, |mut incoming| async move {
+        incoming.recv().await.map(|id| (id, incoming))
+    });
+    let capture = ids
+        .map(|id| {
+            let request = ferry
+                .client()
+                .post(format!("{}/v1/transfers/{id}/capture", ferry.base_url))
+                .bearer_auth(&ferry.api_key)
+                .header("Idempotency-Key", format!("capture-{id}"));
+            async move {
+                let begun = Instant::now();
+                let response = request.send().await?;
+                anyhow::ensure!(
+                    response.status().as_u16() == 202,
+                    "capture not accepted: {}",
+                    response.status()
+                );
+                Ok(begun.elapsed().as_secs_f64() * 1000.0)
+            }
+        })
+        .buffer_unordered(INTAKE_CLIENTS)
+        .collect::<Vec<anyhow::Result<f64>>>();
+    let (polled, latencies) = tokio::join!(poll, capture);
+    polled?;
+    latencies.into_iter().collect()
 }
 
 /// `balance-at`: p50/p99 of the balance at random instants of a 1M-entry history, each

@@ -98,101 +98,223 @@ pub async fn settle(
         .await
 }
 
-/// Where each request stands inside the group's transaction.
-enum Step {
-    Claimed,
-    Replayed,
-    Done(SettleOutcome),
-}
-
+/// A group's requests, set-based: a handful of statements per group, whatever its size
+/// (the group commit's point: one round trip per request would cap captures at a few
+/// thousand a second).
 async fn settle_once(
     pool: &PgPool,
     requests: &[SettleRequest],
 ) -> Result<Vec<SettleOutcome>, AcceptError> {
     let mut tx = pool.begin().await?;
-    let mut steps = Vec::with_capacity(requests.len());
-    let mut claimed = Vec::new();
-    for request in requests {
-        let step = settle_one(&mut tx, request).await?;
-        if matches!(step, Step::Claimed) {
-            claimed.push(request.transfer_id);
-        }
-        steps.push(step);
+    let fingerprints: Vec<Vec<u8>> = requests.iter().map(SettleRequest::fingerprint).collect();
+    let mut outcomes: Vec<Option<SettleOutcome>> = vec![None; requests.len()];
+    // 1. The keys first: a concurrent request under the same key waits here for the first to
+    // commit, then reads as a replay; a key seen before is answered from its first request.
+    let recorded = record_keys(&mut tx, requests, &fingerprints).await?;
+    // 2. Claim, for the requests whose key is new.
+    let fresh: Vec<usize> = (0..requests.len()).filter(|i| recorded.contains(i)).collect();
+    let claimed = claim(&mut tx, requests, &fresh).await?;
+    // 3. The refused give their key back (a refused request stores nothing) and learn why.
+    let refused: Vec<usize> = fresh.iter().copied().filter(|i| !claimed.contains(i)).collect();
+    forget_keys(&mut tx, requests, &refused).await?;
+    let reasons = refusals(&mut tx, requests, &refused).await?;
+    for (i, reason) in refused.iter().zip(reasons) {
+        outcomes[*i] = Some(reason);
     }
-    enqueue_posting(&mut tx, &claimed).await?;
+    let mut claimed_ids: Vec<Uuid> = claimed.iter().map(|i| requests[*i].transfer_id).collect();
+    claimed_ids.sort_unstable();
+    enqueue_posting(&mut tx, &claimed_ids).await?;
+    // 4. Keys seen before (in an earlier commit, or earlier in this group): a replay of the
+    // same request, or the key reused.
+    let seen: Vec<usize> = (0..requests.len()).filter(|i| !recorded.contains(i)).collect();
+    let earlier = earlier_fingerprints(&mut tx, requests, &seen).await?;
+    for i in &seen {
+        let key = (requests[*i].api_key_id, requests[*i].idempotency_key.as_str());
+        outcomes[*i] = match earlier.get(&(key.0, key.1.to_owned())) {
+            Some(fingerprint) if *fingerprint == fingerprints[*i] => None,
+            Some(_) => Some(SettleOutcome::KeyReused),
+            // Its first request, earlier in this group, was refused: so is this one.
+            None => refused
+                .iter()
+                .zip(&outcomes_of(&refused, &outcomes))
+                .find(|(j, _)| {
+                    requests[**j].api_key_id == key.0
+                        && requests[**j].idempotency_key.as_str() == key.1
+                })
+                .map(|(_, outcome)| outcome.clone()),
+        };
+    }
     let ids: Vec<Uuid> = requests.iter().map(|r| r.transfer_id).collect();
     let views = read_views(&mut tx, &ids).await?;
     tx.commit().await?;
-    Ok(steps
+    Ok(outcomes
         .into_iter()
-        .zip(requests)
-        .map(|(step, request)| {
-            let view = || views.get(&request.transfer_id).cloned();
-            match step {
-                Step::Done(outcome) => outcome,
-                Step::Claimed => view().map_or(SettleOutcome::NotFound, SettleOutcome::Accepted),
-                Step::Replayed => view().map_or(SettleOutcome::NotFound, SettleOutcome::Replayed),
-            }
+        .enumerate()
+        .map(|(i, outcome)| {
+            outcome.unwrap_or_else(|| {
+                let view = views.get(&requests[i].transfer_id).cloned();
+                match view {
+                    None => SettleOutcome::NotFound,
+                    Some(view) if claimed.contains(&i) => SettleOutcome::Accepted(view),
+                    Some(view) => SettleOutcome::Replayed(view),
+                }
+            })
         })
         .collect())
 }
 
-async fn settle_one(conn: &mut PgConnection, request: &SettleRequest) -> Result<Step, sqlx::Error> {
-    let fingerprint = request.fingerprint();
-    // The key first: a concurrent request under the same key waits here for the first to
-    // commit, then reads it as a replay.
-    let recorded = sqlx::query(
+fn outcomes_of(indices: &[usize], outcomes: &[Option<SettleOutcome>]) -> Vec<SettleOutcome> {
+    indices
+        .iter()
+        .map(|i| outcomes[*i].clone().unwrap_or(SettleOutcome::NotFound))
+        .collect()
+}
+
+/// Inserts the requests' keys; returns the indices whose key was new. In (API key, key)
+/// order, so two groups never wait on each other's keys in opposite orders.
+async fn record_keys(
+    conn: &mut PgConnection,
+    requests: &[SettleRequest],
+    fingerprints: &[Vec<u8>],
+) -> Result<std::collections::HashSet<usize>, sqlx::Error> {
+    let mut order: Vec<usize> = (0..requests.len()).collect();
+    order.sort_by(|a, b| {
+        let key = |i: &usize| (requests[*i].api_key_id, requests[*i].idempotency_key.as_str());
+        key(a).cmp(&key(b)).then(a.cmp(b))
+    });
+    let column = |f: &dyn Fn(&SettleRequest) -> String| -> Vec<String> {
+        order.iter().map(|i| f(&requests[*i])).collect()
+    };
+    let inserted: Vec<(Uuid, String)> = sqlx::query_as(
         "INSERT INTO settlement_requests (api_key_id, idempotency_key, request_fingerprint, \
-           transfer_id, action, amount) VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (api_key_id, idempotency_key) DO NOTHING",
+           transfer_id, action, amount) \
+         SELECT a, k, f, t, c, m FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::uuid[], $5::text[], \
+           $6::numeric[]) WITH ORDINALITY AS r(a, k, f, t, c, m, ord) ORDER BY ord \
+         ON CONFLICT (api_key_id, idempotency_key) DO NOTHING \
+         RETURNING api_key_id, idempotency_key",
     )
-    .bind(request.api_key_id)
-    .bind(request.idempotency_key.as_str())
-    .bind(&fingerprint)
-    .bind(request.transfer_id)
-    .bind(request.settlement.action())
-    .bind(request.settlement.amount())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if recorded == 0 {
-        let earlier: Option<Vec<u8>> = sqlx::query_scalar(
-            "SELECT request_fingerprint FROM settlement_requests \
-             WHERE api_key_id = $1 AND idempotency_key = $2",
-        )
-        .bind(request.api_key_id)
-        .bind(request.idempotency_key.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-        return Ok(match earlier {
-            Some(earlier) if earlier == fingerprint => Step::Replayed,
-            _ => Step::Done(SettleOutcome::KeyReused),
-        });
+    .bind(order.iter().map(|i| requests[*i].api_key_id).collect::<Vec<_>>())
+    .bind(column(&|r| r.idempotency_key.as_str().to_owned()))
+    .bind(order.iter().map(|i| fingerprints[*i].clone()).collect::<Vec<_>>())
+    .bind(order.iter().map(|i| requests[*i].transfer_id).collect::<Vec<_>>())
+    .bind(column(&|r| r.settlement.action().to_owned()))
+    .bind(
+        order
+            .iter()
+            .map(|i| requests[*i].settlement.amount())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    // A key sent twice in the group is inserted by its first request (rows go in `order`).
+    let mut first_of_key: std::collections::HashMap<(Uuid, &str), usize> = Default::default();
+    for i in &order {
+        let request = &requests[*i];
+        first_of_key
+            .entry((request.api_key_id, request.idempotency_key.as_str()))
+            .or_insert(*i);
+    }
+    Ok(inserted
+        .iter()
+        .filter_map(|(api_key, key)| first_of_key.get(&(*api_key, key.as_str())).copied())
+        .collect())
+}
+
+/// Claims the holds of `fresh` requests: one guarded UPDATE. Where two requests of the group
+/// name one hold, the row is updated once and only that request claimed it. Returns the
+/// indices that claimed.
+async fn claim(
+    conn: &mut PgConnection,
+    requests: &[SettleRequest],
+    fresh: &[usize],
+) -> Result<std::collections::HashSet<usize>, sqlx::Error> {
+    if fresh.is_empty() {
+        return Ok(Default::default());
     }
     // An expired hold can no longer be captured (expiry voids it); it can still be voided.
-    let claimed = sqlx::query(
-        "UPDATE transfers SET hold_action = $3, capture_amount = $4, updated_at = now() \
-         WHERE id = $1 AND api_key_id = $2 AND status = 'held' AND hold_action IS NULL \
-           AND ($3 = 'void' OR hold_expires_at > now()) \
-           AND ($4::numeric IS NULL OR $4 <= amount)",
+    let claimed: Vec<i32> = sqlx::query_scalar(
+        "UPDATE transfers t SET hold_action = u.action, capture_amount = u.amount, \
+           updated_at = now() \
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::numeric[], $5::int4[]) \
+           AS u(id, api_key_id, action, amount, ord) \
+         WHERE t.id = u.id AND t.api_key_id = u.api_key_id AND t.status = 'held' \
+           AND t.hold_action IS NULL \
+           AND (u.action = 'void' OR t.hold_expires_at > now()) \
+           AND (u.amount IS NULL OR u.amount <= t.amount) \
+         RETURNING u.ord",
     )
-    .bind(request.transfer_id)
-    .bind(request.api_key_id)
-    .bind(request.settlement.action())
-    .bind(request.settlement.amount())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if claimed == 1 {
-        return Ok(Step::Claimed);
+    .bind(fresh.iter().map(|i| requests[*i].transfer_id).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|i| requests[*i].api_key_id).collect::<Vec<_>>())
+    .bind(
+        fresh
+            .iter()
+            .map(|i| requests[*i].settlement.action())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        fresh
+            .iter()
+            .map(|i| requests[*i].settlement.amount())
+            .collect::<Vec<_>>(),
+    )
+    .bind(fresh.iter().map(|i| *i as i32).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(claimed.into_iter().map(|i| i as usize).collect())
+}
+
+async fn forget_keys(
+    conn: &mut PgConnection,
+    requests: &[SettleRequest],
+    refused: &[usize],
+) -> Result<(), sqlx::Error> {
+    if refused.is_empty() {
+        return Ok(());
     }
-    // Refused: the key was not used after all (a refused request stores nothing).
-    sqlx::query("DELETE FROM settlement_requests WHERE api_key_id = $1 AND idempotency_key = $2")
-        .bind(request.api_key_id)
-        .bind(request.idempotency_key.as_str())
-        .execute(&mut *conn)
-        .await?;
-    Ok(Step::Done(refusal(conn, request).await?))
+    sqlx::query(
+        "DELETE FROM settlement_requests s \
+         USING unnest($1::uuid[], $2::text[]) AS k(api_key_id, idempotency_key) \
+         WHERE s.api_key_id = k.api_key_id AND s.idempotency_key = k.idempotency_key",
+    )
+    .bind(refused.iter().map(|i| requests[*i].api_key_id).collect::<Vec<_>>())
+    .bind(
+        refused
+            .iter()
+            .map(|i| requests[*i].idempotency_key.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The fingerprints stored under the keys of `seen` requests.
+async fn earlier_fingerprints(
+    conn: &mut PgConnection,
+    requests: &[SettleRequest],
+    seen: &[usize],
+) -> Result<std::collections::HashMap<(Uuid, String), Vec<u8>>, sqlx::Error> {
+    if seen.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(Uuid, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT s.api_key_id, s.idempotency_key, s.request_fingerprint \
+         FROM settlement_requests s \
+         JOIN unnest($1::uuid[], $2::text[]) AS k(api_key_id, idempotency_key) \
+           ON s.api_key_id = k.api_key_id AND s.idempotency_key = k.idempotency_key",
+    )
+    .bind(seen.iter().map(|i| requests[*i].api_key_id).collect::<Vec<_>>())
+    .bind(
+        seen.iter()
+            .map(|i| requests[*i].idempotency_key.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(api_key, key, fingerprint)| ((api_key, key), fingerprint))
+        .collect())
 }
 
 /// One `post_transfers` job for `transfer_ids` (none when empty), in the caller's transaction.
@@ -212,28 +334,48 @@ pub(crate) async fn enqueue_posting(
     Ok(())
 }
 
-/// Why a claim matched no row.
-async fn refusal(
+/// Why each refused request's claim matched no row.
+async fn refusals(
     conn: &mut PgConnection,
-    request: &SettleRequest,
-) -> Result<SettleOutcome, sqlx::Error> {
-    let row: Option<HoldState> = sqlx::query_as(
-        "SELECT status, mode, amount, hold_action, hold_expires_at <= now() AS expired \
-         FROM transfers WHERE id = $1 AND api_key_id = $2",
+    requests: &[SettleRequest],
+    refused: &[usize],
+) -> Result<Vec<SettleOutcome>, sqlx::Error> {
+    if refused.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = refused.iter().map(|i| requests[*i].transfer_id).collect();
+    let rows: Vec<HoldState> = sqlx::query_as(
+        "SELECT id, api_key_id, status, mode, amount, hold_action, \
+           hold_expires_at <= now() AS expired \
+         FROM transfers WHERE id = ANY($1)",
     )
-    .bind(request.transfer_id)
-    .bind(request.api_key_id)
-    .fetch_optional(&mut *conn)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
     .await?;
-    let Some(hold) = row else {
-        return Ok(SettleOutcome::NotFound);
-    };
+    let by_id: std::collections::HashMap<Uuid, HoldState> =
+        rows.into_iter().map(|row| (row.id, row)).collect();
+    Ok(refused
+        .iter()
+        .map(|i| {
+            let request = &requests[*i];
+            match by_id.get(&request.transfer_id) {
+                // Another API key's transfer is not found, exactly like a missing one.
+                Some(hold) if hold.api_key_id == request.api_key_id => {
+                    refusal(request, hold)
+                }
+                _ => SettleOutcome::NotFound,
+            }
+        })
+        .collect())
+}
+
+fn refusal(request: &SettleRequest, hold: &HoldState) -> SettleOutcome {
     let id = request.transfer_id;
-    Ok(if hold.mode != "hold" {
+    if hold.mode != "hold" {
         SettleOutcome::NotHeld(format!("transfer {id} is not a hold (mode {})", hold.mode))
     } else if hold.status != "held" {
         SettleOutcome::NotHeld(format!("hold {id} is {}, not held", hold.status))
-    } else if let Some(action) = hold.hold_action {
+    } else if let Some(action) = &hold.hold_action {
         SettleOutcome::NotHeld(format!("hold {id} is already being settled ({action})"))
     } else if let Some(amount) = request.settlement.amount().filter(|a| *a > hold.amount) {
         SettleOutcome::ExceedsHold(format!(
@@ -244,11 +386,13 @@ async fn refusal(
         SettleOutcome::NotHeld(format!("hold {id} has expired and is being voided"))
     } else {
         SettleOutcome::NotHeld(format!("hold {id} cannot be settled now"))
-    })
+    }
 }
 
 #[derive(sqlx::FromRow)]
 struct HoldState {
+    id: Uuid,
+    api_key_id: Uuid,
     status: String,
     mode: String,
     amount: Decimal,

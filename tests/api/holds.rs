@@ -833,3 +833,64 @@ async fn the_bank_test_with_holds_captures_voids_and_reversals_keeps_every_invar
     assert!(app.count("SELECT count(*) FROM transfers WHERE reverses IS NOT NULL").await > 0);
     assert_ledger_invariants(&app.pool).await;
 }
+
+/// Holds and plain transfers on one hot account, from 64 clients, then every hold captured
+/// from 64 clients: everything posts, nothing fails for contention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_and_transfers_on_one_hot_account_post_without_contention_failures() {
+    const EACH: usize = 600;
+    let app = spawn_app_with(|c| c.anomaly.enabled = false).await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("hot", "USD", false).await;
+    for n in 0..8 {
+        app.create_account(&format!("sink{n}"), "USD", false).await;
+    }
+    place(&app, "fund", &transfer("treasury", "hot", "5000.00")).await;
+    let mut requests = Vec::new();
+    for n in 0..EACH {
+        let sink = format!("sink{}", n % 8);
+        requests.push((
+            "/v1/transfers".to_owned(),
+            format!("h{n}"),
+            hold("hot", &sink, "2.00"),
+        ));
+        requests.push((
+            "/v1/transfers".to_owned(),
+            format!("t{n}"),
+            transfer("hot", &sink, "1.50"),
+        ));
+    }
+    let started = Instant::now();
+    let accepted = send_all(&app, &requests, 64).await;
+    assert!(accepted.iter().all(|r| r.status == StatusCode::ACCEPTED));
+    wait_until_settled(&app).await;
+    let holds: Vec<String> =
+        sqlx::query_scalar("SELECT id::text FROM transfers WHERE status = 'held'")
+            .fetch_all(&app.pool)
+            .await
+            .expect("held");
+    assert_eq!(holds.len(), EACH, "every hold placed");
+    let captures: Vec<(String, String, Value)> = holds
+        .iter()
+        .map(|id| (format!("/v1/transfers/{id}/capture"), format!("c-{id}"), json!({})))
+        .collect();
+    let captured = send_all(&app, &captures, 64).await;
+    assert!(captured.iter().all(|r| r.status == StatusCode::ACCEPTED));
+    wait_until_settled(&app).await;
+    println!(
+        "{} holds and {EACH} transfers on one account, holds captured: {:.2?}",
+        EACH,
+        started.elapsed()
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM transfers WHERE status <> 'posted'")
+            .await,
+        0,
+        "nothing failed"
+    );
+    assert_eq!(
+        account(&app, "hot").await,
+        owned(["2900.00", "0.00", "0.00", "2900.00"])
+    );
+    assert_ledger_invariants(&app.pool).await;
+}
