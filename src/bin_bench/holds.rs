@@ -1,7 +1,10 @@
 //! The cost of holds (README, "Holds, reversals and balance history"):
 //! - `hold-capture` is `uniform` with every transfer placed as a hold (HTTP batches of 100, 8
-//!   clients) and captured by a single `POST /v1/transfers/{id}/capture` as soon as it is held
-//!   (64 clients): two trips through intake and posting per transfer, against `uniform`'s one.
+//!   clients) and captured as soon as its `transfer.held` event is in the feed, in batches of
+//!   100 (`POST /v1/transfers/settle`, 8 clients): two trips through intake and posting per
+//!   transfer, against `uniform`'s one, with the same request shapes.
+//! - `hold-capture-single` captures each hold with its own `POST /v1/transfers/{id}/capture`
+//!   (64 clients), as a card processor would.
 //! - `balance-at` reads `GET /v1/accounts/{id}/balance?at=` at random instants of an account
 //!   with a 1,000,000-entry history, and, as the baseline in the same run, sums the account's
 //!   entries up to the instant (the scan that storing the balance after each entry avoids).
@@ -26,19 +29,29 @@ const BALANCE_CLIENTS: usize = 8;
 /// Scans summed for the baseline (each reads up to a million entries).
 const BASELINE_SCANS: usize = 20;
 
+/// How `hold-capture` sends its captures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Captures {
+    /// `POST /v1/transfers/settle`, 100 a request, 8 clients.
+    Batched,
+    /// `POST /v1/transfers/{id}/capture`, 64 clients.
+    Single,
+}
+
 /// `hold-capture`: every transfer held then captured; first request to last posted.
 pub async fn hold_capture(
     scenario: &str,
     ferry: &BenchedFerry,
     transfers: &[PlannedTransfer],
+    captures: Captures,
 ) -> anyhow::Result<Row> {
     let started = Instant::now();
-    let (sent, captures) = tokio::join!(
+    let (sent, captures_sent) = tokio::join!(
         send_holds(ferry, transfers),
-        capture_held(ferry, transfers.len())
+        capture_held(ferry, transfers.len(), captures)
     );
     sent?;
-    let mut latencies = captures?;
+    let mut latencies = captures_sent?;
     let seconds = started.elapsed().as_secs_f64();
     let posted: i64 = sqlx::query_scalar("SELECT count(*) FROM transfers WHERE status = 'posted'")
         .fetch_one(ferry.pool())
@@ -58,9 +71,16 @@ pub async fn hold_capture(
         p99_ms: percentile(&latencies, 99.0),
         failed_contention: 0,
         note: format!(
-            "holds in HTTP batches of {BATCH_LEN} ({BATCH_CLIENTS} clients), each captured by a \
-             single POST .../capture ({INTAKE_CLIENTS} clients) once held; first request to \
-             last captured posted; latency = capture request"
+            "holds in HTTP batches of {BATCH_LEN} ({BATCH_CLIENTS} clients), captured once \
+             their transfer.held events are read from the feed, {}; first request to last \
+             captured posted; latency = capture request",
+            match captures {
+                Captures::Batched => format!(
+                    "in batches of {BATCH_LEN} (POST /v1/transfers/settle, {BATCH_CLIENTS} clients)"
+                ),
+                Captures::Single =>
+                    format!("each by a single POST .../capture ({INTAKE_CLIENTS} clients)"),
+            }
         ),
     })
 }
@@ -98,28 +118,39 @@ async fn send_holds(ferry: &BenchedFerry, transfers: &[PlannedTransfer]) -> anyh
     results.into_iter().collect()
 }
 
-/// Captures holds as they become held — a poller feeds their ids to 64 clients — until all
-/// `expected` have ended; returns each capture request's latency (ms).
-async fn capture_held(ferry: &BenchedFerry, expected: usize) -> anyhow::Result<Vec<f64>> {
-    let (ids, incoming) = tokio::sync::mpsc::channel::<uuid::Uuid>(expected.max(1));
+/// Captures holds as they become held — following the `transfer.held` events through the
+/// feed, as a producer would, and handing their ids to 64 clients — until all `expected` have
+/// ended; returns each capture request's latency (ms).
+async fn capture_held(
+    ferry: &BenchedFerry,
+    expected: usize,
+    captures: Captures,
+) -> anyhow::Result<Vec<f64>> {
+    let (ids, incoming) = tokio::sync::mpsc::channel::<String>(expected.max(1));
     let poll = async move {
         let deadline = Instant::now() + Duration::from_secs(SETTLE_TIMEOUT_SECS);
-        let mut sent = std::collections::HashSet::new();
+        let mut after = 0i64;
         loop {
             anyhow::ensure!(Instant::now() < deadline, "holds still open");
-            let held: Vec<uuid::Uuid> = sqlx::query_scalar(
-                "SELECT id FROM transfers WHERE status = 'held' AND hold_action IS NULL",
-            )
-            .fetch_all(ferry.pool())
-            .await?;
-            let mut fed = 0;
-            for id in held {
-                if sent.insert(id) {
-                    ids.send(id).await?;
-                    fed += 1;
-                }
+            let page: serde_json::Value = ferry
+                .client()
+                .get(format!(
+                    "{}/v1/events?types=transfer.held&limit=1000&after={after}",
+                    ferry.base_url
+                ))
+                .bearer_auth(&ferry.api_key)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let events = page["events"].as_array().cloned().unwrap_or_default();
+            for event in &events {
+                let id = event["data"]["id"].as_str().unwrap_or_default().to_owned();
+                ids.send(id).await?;
             }
-            if fed == 0 {
+            after = page["next_after"].as_i64().unwrap_or(after);
+            if events.is_empty() {
                 let ended: i64 = sqlx::query_scalar(
                     "SELECT count(*) FROM transfers \
                      WHERE status IN ('posted', 'failed', 'voided')",
@@ -130,36 +161,77 @@ async fn capture_held(ferry: &BenchedFerry, expected: usize) -> anyhow::Result<V
                     // Dropping the sender ends the clients' stream.
                     return Ok(());
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     };
     let ids = futures::stream::unfold(incoming, |mut incoming| async move {
         incoming.recv().await.map(|id| (id, incoming))
     });
-    let capture = ids
-        .map(|id| {
-            let request = ferry
-                .client()
-                .post(format!("{}/v1/transfers/{id}/capture", ferry.base_url))
-                .bearer_auth(&ferry.api_key)
-                .header("Idempotency-Key", format!("capture-{id}"));
-            async move {
-                let begun = Instant::now();
-                let response = request.send().await?;
-                anyhow::ensure!(
-                    response.status().as_u16() == 202,
-                    "capture not accepted: {}",
-                    response.status()
-                );
-                Ok(begun.elapsed().as_secs_f64() * 1000.0)
+    let capture = async {
+        match captures {
+            Captures::Single => {
+                ids.map(|id| {
+                    let request = ferry
+                        .client()
+                        .post(format!("{}/v1/transfers/{id}/capture", ferry.base_url))
+                        .bearer_auth(&ferry.api_key)
+                        .header("Idempotency-Key", format!("capture-{id}"));
+                    timed(request, 202)
+                })
+                .buffer_unordered(INTAKE_CLIENTS)
+                .collect::<Vec<anyhow::Result<f64>>>()
+                .await
             }
-        })
-        .buffer_unordered(INTAKE_CLIENTS)
-        .collect::<Vec<anyhow::Result<f64>>>();
+            Captures::Batched => {
+                let url = format!("{}/v1/transfers/settle", ferry.base_url);
+                // Whatever has arrived, up to 100 a request: batches fill under load.
+                ids.ready_chunks(BATCH_LEN)
+                    .map(|chunk| {
+                        let items: Vec<_> = chunk
+                            .iter()
+                            .map(|id| {
+                                json!({"idempotency_key": format!("capture-{id}"),
+                                       "transfer_id": id, "action": "capture"})
+                            })
+                            .collect();
+                        let request = ferry
+                            .client()
+                            .post(&url)
+                            .bearer_auth(&ferry.api_key)
+                            .json(&json!({"settlements": items}));
+                        timed(request, 200)
+                    })
+                    .buffer_unordered(BATCH_CLIENTS)
+                    .collect::<Vec<anyhow::Result<f64>>>()
+                    .await
+            }
+        }
+    };
     let (polled, latencies) = tokio::join!(poll, capture);
     polled?;
     latencies.into_iter().collect()
+}
+
+/// Sends `request`; its latency (ms) if answered `status`.
+async fn timed(request: reqwest::RequestBuilder, status: u16) -> anyhow::Result<f64> {
+    let begun = Instant::now();
+    let response = request.send().await?;
+    anyhow::ensure!(
+        response.status().as_u16() == status,
+        "capture not accepted: {}",
+        response.status()
+    );
+    if status == 200 {
+        // A batch: every item must be accepted.
+        let body: serde_json::Value = response.json().await?;
+        let results = body["results"].as_array().cloned().unwrap_or_default();
+        anyhow::ensure!(
+            results.iter().all(|r| r["outcome"] == "accepted"),
+            "a capture of the batch was not accepted: {body}"
+        );
+    }
+    Ok(begun.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// `balance-at`: p50/p99 of the balance at random instants of a 1M-entry history, each

@@ -58,10 +58,11 @@ pub async fn finish(scratch: ScratchDatabase, pool: PgPool) {
 /// A scenario ending in [`ANOMALY_OFF`] is the same run with anomaly detection off, for its
 /// cost (README, "Anomaly detection"); one ending in [`REVIEW`], with every rule set to
 /// `review`, for the cost of judging before posting.
-pub const SCENARIOS: [&str; 14] = [
+pub const SCENARIOS: [&str; 15] = [
     "baseline-uniform",
     "uniform",
     "hold-capture",
+    "hold-capture-single",
     "balance-at",
     "uniform-anomaly-off",
     "uniform-review",
@@ -190,7 +191,9 @@ async fn run_transfer_scenario(
             } else if name == "uniform-webhook" {
                 webhooks::uniform(name, &ferry, &planned).await
             } else if name == "hold-capture" {
-                holds::hold_capture(name, &ferry, &planned).await
+                holds::hold_capture(name, &ferry, &planned, holds::Captures::Batched).await
+            } else if name == "hold-capture-single" {
+                holds::hold_capture(name, &ferry, &planned, holds::Captures::Single).await
             } else if name == "balance-at" {
                 holds::balance_at(name, &ferry, history_entries).await
             } else if name == "webhook-lag" {

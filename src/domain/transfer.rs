@@ -72,7 +72,9 @@ pub struct NewTransfer {
 pub enum TransferMode {
     Transfer,
     /// Reserve the amount on the source account for `expires_in_secs` after it is placed.
-    Hold { expires_in_secs: HoldExpiry },
+    Hold {
+        expires_in_secs: HoldExpiry,
+    },
 }
 
 impl TransferMode {

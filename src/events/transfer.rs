@@ -227,7 +227,11 @@ impl From<TransferRow> for TransferView {
         });
         let reversed_amount = (!row.reversed_amount.is_zero()).then(|| amount(row.reversed_amount));
         // Only two modes exist (the table's CHECK); anything else reads as a plain transfer.
-        let mode = if row.mode == "hold" { "hold" } else { "transfer" };
+        let mode = if row.mode == "hold" {
+            "hold"
+        } else {
+            "transfer"
+        };
         Self {
             id: row.id,
             ledger: row.ledger,

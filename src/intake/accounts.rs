@@ -425,10 +425,9 @@ async fn change_status(
                 .map_err(|e| match e {
                     StatusChangeError::NotFound => ApiError::AccountNotFound(key.id.to_string()),
                     StatusChangeError::Closed => ApiError::AccountClosed(key.id.to_string()),
-                    StatusChangeError::NotEmpty(_) => ApiError::AccountNotEmpty(
-                        key.id.to_string(),
-                        "its balance is not zero",
-                    ),
+                    StatusChangeError::NotEmpty(_) => {
+                        ApiError::AccountNotEmpty(key.id.to_string(), "its balance is not zero")
+                    }
                     StatusChangeError::HoldsOpen => ApiError::AccountNotEmpty(
                         key.id.to_string(),
                         "holds on it are still open (capture or void them first)",

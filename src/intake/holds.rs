@@ -12,10 +12,14 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, Problem};
+use super::json::JsonBody;
 use super::json::{OptionalJsonBody, reject_nul};
-use super::transfers::{REPLAYED_HEADER, idempotency_key};
-use crate::domain::{Amount, Currency, Scope};
-use crate::store::holds::{SettleOutcome, SettleRequest, Settlement};
+use super::transfers::{
+    BATCH_LEN_MAX, BatchResponse, BatchResult, ItemOutcome, REPLAYED_HEADER, done, idempotency_key,
+    rejected,
+};
+use crate::domain::{Amount, Currency, IdempotencyKey, Scope};
+use crate::store::holds::{self, SettleOutcome, SettleRequest, Settlement};
 use crate::store::reversals::{self, ReverseOutcome, ReverseRequest};
 use crate::store::transfers::{self, Acceptance, TransferView};
 
@@ -180,6 +184,140 @@ async fn settle(state: &AppState, request: SettleRequest) -> Result<Response, Ap
         SettleOutcome::NotHeld(why) => Err(ApiError::TransferNotHeld(why)),
         SettleOutcome::ExceedsHold(why) => Err(ApiError::CaptureExceedsHold(why)),
     }
+}
+
+/// The body of `POST /v1/transfers/settle`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettleBatchRequest {
+    /// 1 to 1000 captures and voids, each validated and answered on its own.
+    settlements: Vec<SettleItem>,
+}
+
+/// One capture or void of a batch.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettleItem {
+    /// As the `Idempotency-Key` of `captureTransfer` / `voidTransfer` (the same namespace).
+    #[schema(pattern = "^[!-~]{1,255}$")]
+    idempotency_key: String,
+    /// The hold.
+    transfer_id: Uuid,
+    /// `capture` or `void`.
+    #[schema(pattern = "^(capture|void)$")]
+    action: String,
+    /// For a capture: as in `captureTransfer`.
+    #[schema(value_type = Option<String>, pattern = r"^[0-9]+(\.[0-9]+)?$")]
+    amount: Option<serde_json::Value>,
+}
+
+/// Captures and voids many holds in one commit and one posting job.
+#[utoipa::path(
+    post,
+    path = "/transfers/settle",
+    tag = "transfers",
+    operation_id = "settleTransfers",
+    description = "Scope: `transfers:write` (or `admin`). Each item is a `captureTransfer` or \
+        `voidTransfer` with its own `idempotency_key`, answered on its own: `accepted` (the \
+        settlement claimed; the hold as it now is), `replayed`, or `rejected` with the problem \
+        the single request would have got (`transfer_not_held`, `capture_exceeds_hold`, \
+        `transfer_not_found`, `idempotency_key_reused`, …). For producers that settle holds \
+        in bulk, e.g. at the end of a day.",
+    request_body = SettleBatchRequest,
+    responses(
+        (status = 200, description = "One result per item, in order.", body = BatchResponse),
+    ),
+    security(("api_key" = ["transfers:write"])),
+)]
+pub async fn settle_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<JsonBody<SettleBatchRequest>, ApiError>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    let caller = caller.require(Scope::TransfersWrite)?;
+    let JsonBody(body) = body?;
+    if body.settlements.is_empty() || body.settlements.len() > BATCH_LEN_MAX {
+        return Err(ApiError::InvalidBody(format!(
+            "settlements must hold 1 to {BATCH_LEN_MAX} items"
+        )));
+    }
+    // Amounts are in their hold's currency: the holds that name one are read first.
+    let with_amount: Vec<Uuid> = body
+        .settlements
+        .iter()
+        .filter(|item| item.amount.is_some())
+        .map(|item| item.transfer_id)
+        .collect();
+    let currencies = state
+        .db(transfers::currencies(&state.pool, caller.id, &with_amount))
+        .await?;
+    let mut results: Vec<Option<BatchResult>> = Vec::with_capacity(body.settlements.len());
+    let mut valid = Vec::new();
+    let mut requests = Vec::new();
+    for item in body.settlements {
+        let key = Some(item.idempotency_key.clone());
+        match settle_item(caller.id, item, &currencies) {
+            Ok(request) => {
+                valid.push((results.len(), key));
+                results.push(None);
+                requests.push(request);
+            }
+            Err(e) => results.push(Some(rejected(key, &e))),
+        }
+    }
+    let outcomes = if requests.is_empty() {
+        Vec::new()
+    } else {
+        state.db(holds::settle(&state.pool, &requests)).await?
+    };
+    for ((slot, key), outcome) in valid.into_iter().zip(outcomes) {
+        results[slot] = Some(match outcome {
+            SettleOutcome::Accepted(view) => done(key, ItemOutcome::Accepted, view),
+            SettleOutcome::Replayed(view) => done(key, ItemOutcome::Replayed, view),
+            SettleOutcome::KeyReused => rejected(key, &ApiError::IdempotencyKeyReused),
+            SettleOutcome::NotFound => rejected(key, &ApiError::TransferNotFound),
+            SettleOutcome::NotHeld(why) => rejected(key, &ApiError::TransferNotHeld(why)),
+            SettleOutcome::ExceedsHold(why) => rejected(key, &ApiError::CaptureExceedsHold(why)),
+        });
+    }
+    Ok(Json(BatchResponse::new(
+        results.into_iter().flatten().collect(),
+    )))
+}
+
+fn settle_item(
+    api_key_id: Uuid,
+    item: SettleItem,
+    currencies: &std::collections::HashMap<Uuid, String>,
+) -> Result<SettleRequest, ApiError> {
+    let idempotency_key = IdempotencyKey::parse(&item.idempotency_key)
+        .map_err(|e| ApiError::IdempotencyKeyInvalid(e.to_string()))?;
+    let settlement = match (item.action.as_str(), item.amount) {
+        ("void", None) => Settlement::Void,
+        ("void", Some(_)) => {
+            return Err(ApiError::InvalidBody("a void takes no amount".into()));
+        }
+        ("capture", None) => Settlement::Capture { amount: None },
+        ("capture", Some(amount)) => {
+            let currency = currencies
+                .get(&item.transfer_id)
+                .ok_or(ApiError::TransferNotFound)?;
+            Settlement::Capture {
+                amount: Some(amount_in(&amount, currency)?),
+            }
+        }
+        (other, _) => {
+            return Err(ApiError::InvalidBody(format!(
+                "action must be \"capture\" or \"void\", not {other:?}"
+            )));
+        }
+    };
+    Ok(SettleRequest {
+        api_key_id,
+        idempotency_key,
+        transfer_id: item.transfer_id,
+        settlement,
+    })
 }
 
 /// Reverses a posted transfer: a new transfer the other way, linked by `reverses`.

@@ -124,6 +124,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(transfers::create, transfers::get_by_key))
         .routes(routes!(transfers::create_batch))
         .routes(routes!(transfers::get))
+        .routes(routes!(holds::settle_batch))
         .routes(routes!(holds::capture))
         .routes(routes!(holds::void))
         .routes(routes!(holds::reverse))

@@ -111,8 +111,9 @@ impl TransferRequest {
             (Some("hold"), secs) => TransferMode::Hold {
                 expires_in_secs: match secs {
                     None => HoldExpiry::DEFAULT,
-                    Some(secs) => HoldExpiry::parse(secs)
-                        .map_err(|e| ApiError::InvalidBody(e.to_string()))?,
+                    Some(secs) => {
+                        HoldExpiry::parse(secs).map_err(|e| ApiError::InvalidBody(e.to_string()))?
+                    }
                 },
             },
             (Some(other), _) => {
@@ -266,7 +267,7 @@ fn parse_batch_item(
 /// What happened to one batch item.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-enum ItemOutcome {
+pub(super) enum ItemOutcome {
     Accepted,
     Replayed,
     Rejected,
@@ -286,10 +287,16 @@ pub struct BatchResult {
     error: Option<Problem>,
 }
 
-/// The answer to `POST /v1/transfers/batch`: one result per item.
+/// The answer to `POST /v1/transfers/batch` (and `/settle`): one result per item.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchResponse {
     results: Vec<BatchResult>,
+}
+
+impl BatchResponse {
+    pub(super) fn new(results: Vec<BatchResult>) -> Self {
+        Self { results }
+    }
 }
 
 /// Accepts up to 1000 transfers in one commit and one posting job.
@@ -365,7 +372,7 @@ pub async fn create_batch(
     }))
 }
 
-fn done(key: Option<String>, outcome: ItemOutcome, view: TransferView) -> BatchResult {
+pub(super) fn done(key: Option<String>, outcome: ItemOutcome, view: TransferView) -> BatchResult {
     BatchResult {
         idempotency_key: key,
         outcome,
@@ -374,7 +381,7 @@ fn done(key: Option<String>, outcome: ItemOutcome, view: TransferView) -> BatchR
     }
 }
 
-fn rejected(key: Option<String>, error: &ApiError) -> BatchResult {
+pub(super) fn rejected(key: Option<String>, error: &ApiError) -> BatchResult {
     BatchResult {
         idempotency_key: key,
         outcome: ItemOutcome::Rejected,

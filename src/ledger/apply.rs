@@ -142,13 +142,15 @@ pub fn apply_batch(
     let mut applied = Applied::default();
     for transfer in transfers {
         let outcome = match transfer.instruction {
-            Instruction::Transfer => match check_payment(accounts, transfer, transfer.amount.value()) {
-                Ok(()) => {
-                    move_money(accounts, &mut applied, transfer, transfer.amount.value());
-                    Outcome::Posted
+            Instruction::Transfer => {
+                match check_payment(accounts, transfer, transfer.amount.value()) {
+                    Ok(()) => {
+                        move_money(accounts, &mut applied, transfer, transfer.amount.value());
+                        Outcome::Posted
+                    }
+                    Err(code) => Outcome::Failed(code),
                 }
-                Err(code) => Outcome::Failed(code),
-            },
+            }
             Instruction::Hold => match check_payment(accounts, transfer, transfer.amount.value()) {
                 Ok(()) => {
                     reserve(accounts, &mut applied, transfer, HoldLineKind::Reserve);
@@ -258,7 +260,10 @@ fn reserve(
         HoldLineKind::Reserve => transfer.amount.value(),
         HoldLineKind::Release => -transfer.amount.value(),
     };
-    for (account, is_source) in [(&transfer.from_account, true), (&transfer.to_account, false)] {
+    for (account, is_source) in [
+        (&transfer.from_account, true),
+        (&transfer.to_account, false),
+    ] {
         let Some(locked) = accounts.get_mut(account) else {
             continue;
         };
@@ -379,7 +384,11 @@ mod tests {
         assert_eq!(applied.entries.len(), 4);
         assert!(entries_balance(&applied.entries));
         assert_eq!(applied.deltas[&id("bob")].balance.to_string(), "10.00");
-        let after: Vec<String> = applied.entries.iter().map(|e| e.balance_after.to_string()).collect();
+        let after: Vec<String> = applied
+            .entries
+            .iter()
+            .map(|e| e.balance_after.to_string())
+            .collect();
         assert_eq!(after, ["4.00", "6.00", "0.00", "10.00"]);
     }
 
@@ -498,10 +507,17 @@ mod tests {
             ]
         );
         let alice = &accounts[&id("alice")];
-        assert_eq!((alice.balance, alice.pending_debits), (dec("7.00"), dec("7.00")));
+        assert_eq!(
+            (alice.balance, alice.pending_debits),
+            (dec("7.00"), dec("7.00"))
+        );
         assert_eq!(alice.available(), Decimal::ZERO);
         assert_eq!(accounts[&id("bob")].pending_credits, dec("7.00"));
-        assert_eq!(applied.entries.len(), 2, "only the plain transfer wrote entries");
+        assert_eq!(
+            applied.entries.len(),
+            2,
+            "only the plain transfer wrote entries"
+        );
         assert_eq!(applied.hold_lines.len(), 2);
         assert_eq!(applied.deltas[&id("alice")].pending_debits, dec("7.00"));
     }
@@ -513,15 +529,31 @@ mod tests {
         apply_batch(&mut accounts, &[held.clone()]);
         let applied = apply_batch(
             &mut accounts,
-            &[settle(&held, Instruction::Capture { amount: dec("5.00") })],
+            &[settle(
+                &held,
+                Instruction::Capture {
+                    amount: dec("5.00"),
+                },
+            )],
         );
         assert_eq!(applied.outcomes[0].1, Outcome::Posted);
         let (alice, bob) = (&accounts[&id("alice")], &accounts[&id("bob")]);
-        assert_eq!((alice.balance, alice.pending_debits), (dec("5.00"), dec("0.00")));
-        assert_eq!((bob.balance, bob.pending_credits), (dec("5.00"), dec("0.00")));
+        assert_eq!(
+            (alice.balance, alice.pending_debits),
+            (dec("5.00"), dec("0.00"))
+        );
+        assert_eq!(
+            (bob.balance, bob.pending_credits),
+            (dec("5.00"), dec("0.00"))
+        );
         let amounts: Vec<Decimal> = applied.entries.iter().map(|e| e.amount).collect();
         assert_eq!(amounts, [dec("-5.00"), dec("5.00")]);
-        assert!(applied.hold_lines.iter().all(|l| l.kind == HoldLineKind::Release));
+        assert!(
+            applied
+                .hold_lines
+                .iter()
+                .all(|l| l.kind == HoldLineKind::Release)
+        );
     }
 
     #[test]
@@ -538,7 +570,12 @@ mod tests {
             &mut accounts,
             &[
                 settle(&first, Instruction::Void),
-                settle(&second, Instruction::Capture { amount: dec("6.00") }),
+                settle(
+                    &second,
+                    Instruction::Capture {
+                        amount: dec("6.00"),
+                    },
+                ),
             ],
         );
         let outcomes: Vec<_> = applied.outcomes.iter().map(|(_, o)| *o).collect();
@@ -547,7 +584,10 @@ mod tests {
             [Outcome::Voided, Outcome::Failed(FailureCode::AccountFrozen)]
         );
         let alice = &accounts[&id("alice")];
-        assert_eq!((alice.balance, alice.pending_debits), (dec("10.00"), dec("0.00")));
+        assert_eq!(
+            (alice.balance, alice.pending_debits),
+            (dec("10.00"), dec("0.00"))
+        );
         assert_eq!(accounts[&id("bob")].pending_credits, dec("0.00"));
         assert!(applied.entries.is_empty());
     }

@@ -64,7 +64,8 @@ pub async fn claim_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
             .fetch_one(pool)
             .await?;
         total += u64::try_from(claimed).unwrap_or(0);
-        metrics::counter!("ferry_holds_expired_total").increment(u64::try_from(claimed).unwrap_or(0));
+        metrics::counter!("ferry_holds_expired_total")
+            .increment(u64::try_from(claimed).unwrap_or(0));
         if claimed < EXPIRY_BATCH_MAX {
             return Ok(total);
         }

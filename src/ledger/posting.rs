@@ -166,6 +166,7 @@ impl PostingEngine {
         insert_entries(&mut tx, &applied, &accounts).await?;
         steps.lap("entries");
         insert_hold_lines(&mut tx, &applied, &accounts).await?;
+        steps.lap("hold_lines");
         update_balances(&mut tx, &applied, &accounts).await?;
         steps.lap("balances");
         let changed = update_statuses(&mut tx, &applied, &transfers).await?;

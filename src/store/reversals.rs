@@ -104,11 +104,13 @@ async fn reverse_once(
     let fingerprint = request.fingerprint();
     // After the lock: a concurrent request under the same key for this original has committed.
     if let Some(view) = find_by_key(&mut tx, request).await? {
-        return Ok(ReverseOutcome::Transfer(if view.fingerprint == fingerprint {
-            Acceptance::Replayed(view)
-        } else {
-            Acceptance::KeyReused
-        }));
+        return Ok(ReverseOutcome::Transfer(
+            if view.fingerprint == fingerprint {
+                Acceptance::Replayed(view)
+            } else {
+                Acceptance::KeyReused
+            },
+        ));
     }
     let id = request.original;
     if original.status != "posted" {

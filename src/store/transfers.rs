@@ -273,6 +273,25 @@ pub async fn in_review(
     with_flags(pool, rows).await
 }
 
+/// The currencies of the transfers `ids` of this API key (others are left out).
+pub async fn currencies(
+    pool: &PgPool,
+    api_key_id: Uuid,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, String>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, trim(currency) FROM transfers WHERE id = ANY($1) AND api_key_id = $2",
+    )
+    .bind(ids)
+    .bind(api_key_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// The transfer an API key created under `key`.
 pub async fn get_by_key(
     pool: &PgPool,

@@ -76,6 +76,7 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
             "baseline-uniform",
             "uniform",
             "hold-capture",
+            "hold-capture-single",
             "balance-at",
             "uniform-anomaly-off",
             "uniform-review",
@@ -96,22 +97,23 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
             "{row}"
         );
         // `balance-at` counts its reads.
-        let moved = if scenario(row) == "balance-at" { 2000 } else { 300 };
+        let moved = if scenario(row) == "balance-at" {
+            2000
+        } else {
+            300
+        };
         assert_eq!(row["transfers"], moved, "{row}");
     }
     for row in rows.iter().filter(|r| !scenario(r).starts_with("baseline")) {
         assert_eq!(row["failed_contention"], 0, "{row}");
     }
-    for intake in rows
-        .iter()
-        .filter(|r| {
-            let name = scenario(r);
-            name.starts_with("intake")
-                || name.contains("webhook")
-                || name == "hold-capture"
-                || name == "balance-at"
-        })
-    {
+    for intake in rows.iter().filter(|r| {
+        let name = scenario(r);
+        name.starts_with("intake")
+            || name.contains("webhook")
+            || name.starts_with("hold-capture")
+            || name == "balance-at"
+    }) {
         let (p50, p99) = (intake["p50_ms"].as_f64(), intake["p99_ms"].as_f64());
         assert!(p50.is_some() && p99 >= p50, "{intake}");
     }

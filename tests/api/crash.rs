@@ -255,34 +255,36 @@ async fn a_worker_killed_mid_transaction_with_holds_in_flight_loses_and_doubles_
     for (n, id) in held.iter().enumerate() {
         let action = if n % 2 == 0 { "capture" } else { "void" };
         let reply = crate::holds::act(&app, id, action, &format!("s{n}"), None).await;
-        assert_eq!(reply.status, reqwest::StatusCode::ACCEPTED, "{}", reply.body);
+        assert_eq!(
+            reply.status,
+            reqwest::StatusCode::ACCEPTED,
+            "{}",
+            reply.body
+        );
     }
     let more = app.post_json("/v1/transfers/batch", &batch("g")).await;
     assert_eq!(more.status, reqwest::StatusCode::OK);
-    let before: (String, String) = sqlx::query_as(
-        "SELECT balance::text, pending_credits::text FROM accounts WHERE id = 'b'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .expect("b");
+    let before: (String, String) =
+        sqlx::query_as("SELECT balance::text, pending_credits::text FROM accounts WHERE id = 'b'")
+            .fetch_one(&app.pool)
+            .await
+            .expect("b");
     assert_eq!(before, ("0".to_owned(), "20.00".to_owned()));
     run_crashing_worker(&app, "crash_before_commit").await;
-    let after_crash: (String, String) = sqlx::query_as(
-        "SELECT balance::text, pending_credits::text FROM accounts WHERE id = 'b'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .expect("b");
+    let after_crash: (String, String) =
+        sqlx::query_as("SELECT balance::text, pending_credits::text FROM accounts WHERE id = 'b'")
+            .fetch_one(&app.pool)
+            .await
+            .expect("b");
     assert_eq!(after_crash, before, "the killed transaction moved nothing");
     assert_ledger_invariants_so_far(&app).await;
     let _worker = spawn_worker(app.database.url(), |_| {}).await;
     crate::holds::wait_until_settled(&app).await;
-    let b: (String, String) = sqlx::query_as(
-        "SELECT balance::text, pending_credits::text FROM accounts WHERE id = 'b'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .expect("b");
+    let b: (String, String) =
+        sqlx::query_as("SELECT balance::text, pending_credits::text FROM accounts WHERE id = 'b'")
+            .fetch_one(&app.pool)
+            .await
+            .expect("b");
     // Ten captured (1.00 each); the second batch of twenty is now held.
     assert_eq!(b, ("10.00".to_owned(), "20.00".to_owned()));
     assert_eq!(

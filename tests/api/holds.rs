@@ -94,7 +94,10 @@ async fn a_hold_lowers_available_not_balance_and_a_partial_capture_moves_only_wh
     let held = place(&app, "h1", &hold("alice", "bob", "30.00")).await;
     assert_eq!(held["status"], "held", "{held}");
     assert_eq!(held["mode"], "hold");
-    assert_eq!(held["hold"]["expires_in_secs"], 604_800, "7 days by default");
+    assert_eq!(
+        held["hold"]["expires_in_secs"], 604_800,
+        "7 days by default"
+    );
     assert!(held["hold"]["expires_at"].is_string(), "{held}");
     let id = held["id"].as_str().expect("id");
     assert_eq!(
@@ -164,7 +167,14 @@ async fn a_capture_takes_everything_by_default_a_void_releases_and_bad_requests_
     let first = place(&app, "h1", &hold("alice", "bob", "10.00")).await;
     let first_id = first["id"].as_str().expect("id");
     // More than held: 400, nothing claimed, and the key stays free.
-    let over = act(&app, first_id, "capture", "c1", Some(json!({"amount": "10.01"}))).await;
+    let over = act(
+        &app,
+        first_id,
+        "capture",
+        "c1",
+        Some(json!({"amount": "10.01"})),
+    )
+    .await;
     assert_eq!(over.status, StatusCode::BAD_REQUEST, "{}", over.body);
     assert_eq!(over.body["code"], "capture_exceeds_hold");
     for (body, code) in [
@@ -223,12 +233,18 @@ async fn a_capture_takes_everything_by_default_a_void_releases_and_bad_requests_
     for (body, code) in [
         (json!({"mode": "reserve"}), "invalid_body"),
         (json!({"hold_expires_in_secs": 60}), "invalid_body"),
-        (json!({"mode": "hold", "hold_expires_in_secs": 0}), "invalid_body"),
+        (
+            json!({"mode": "hold", "hold_expires_in_secs": 0}),
+            "invalid_body",
+        ),
         (
             json!({"mode": "hold", "hold_expires_in_secs": 2_592_001}),
             "invalid_body",
         ),
-        (json!({"mode": "hold", "hold_expires_in_secs": "60"}), "invalid_body"),
+        (
+            json!({"mode": "hold", "hold_expires_in_secs": "60"}),
+            "invalid_body",
+        ),
     ] {
         let mut request = transfer("alice", "bob", "1.00");
         for (k, v) in body.as_object().expect("object") {
@@ -329,10 +345,7 @@ async fn capture_racing_void_has_exactly_one_winner_every_time() {
         wait_for(&app, id, status).await;
         captured += usize::from(*status == "posted");
     }
-    println!(
-        "{captured} captures and {} voids won",
-        HOLDS - captured
-    );
+    println!("{captured} captures and {} voids won", HOLDS - captured);
     let bob = account(&app, "bob").await;
     assert_eq!(bob.0, format!("{captured}.00"));
     assert_eq!(bob.2, "0.00");
@@ -406,7 +419,14 @@ async fn reversals_never_take_back_more_than_the_original_moved_even_racing() {
     let racing = (0..10).map(|n| {
         let (app, id) = (&app, &id);
         async move {
-            act(app, id, "reverse", &format!("r{n}"), Some(json!({"amount": "15.00"}))).await
+            act(
+                app,
+                id,
+                "reverse",
+                &format!("r{n}"),
+                Some(json!({"amount": "15.00"})),
+            )
+            .await
         }
     });
     let replies = futures::future::join_all(racing).await;
@@ -414,7 +434,12 @@ async fn reversals_never_take_back_more_than_the_original_moved_even_racing() {
         .iter()
         .filter(|r| r.status == StatusCode::ACCEPTED)
         .collect();
-    assert_eq!(accepted.len(), 6, "{:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert_eq!(
+        accepted.len(),
+        6,
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
     for refused in replies.iter().filter(|r| r.status != StatusCode::ACCEPTED) {
         assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
         assert_eq!(refused.body["code"], "transfer_not_reversible");
@@ -430,7 +455,14 @@ async fn reversals_never_take_back_more_than_the_original_moved_even_racing() {
     let replay = act(&app, &id, "reverse", "r-rest", None).await;
     assert_eq!(replay.status, StatusCode::OK);
     assert_eq!(replay.body["id"], rest.body["id"]);
-    let none_left = act(&app, &id, "reverse", "r-more", Some(json!({"amount": "0.01"}))).await;
+    let none_left = act(
+        &app,
+        &id,
+        "reverse",
+        "r-more",
+        Some(json!({"amount": "0.01"})),
+    )
+    .await;
     assert_eq!(none_left.status, StatusCode::CONFLICT);
     app.run_until_idle(Duration::from_secs(20)).await;
     assert_eq!(account(&app, "alice").await.0, "100.00");
@@ -464,7 +496,12 @@ async fn only_a_posted_transfer_can_be_reversed_and_a_failed_reversal_gives_its_
     for (transfer, why) in [(&held, "held"), (&failed, "failed"), (&voided, "voided")] {
         let id = transfer["id"].as_str().expect("id");
         let refused = act(&app, id, "reverse", &format!("r-{why}"), None).await;
-        assert_eq!(refused.status, StatusCode::CONFLICT, "{why}: {}", refused.body);
+        assert_eq!(
+            refused.status,
+            StatusCode::CONFLICT,
+            "{why}: {}",
+            refused.body
+        );
         assert_eq!(refused.body["code"], "transfer_not_reversible", "{why}");
     }
     // alice pays bob 50.00; bob spends it; the reversal (bob → alice) then fails, and its
@@ -490,14 +527,35 @@ async fn only_a_posted_transfer_can_be_reversed_and_a_failed_reversal_gives_its_
     // A captured hold is reversed up to what it captured.
     let captured = place(&app, "h3", &hold("alice", "bob", "8.00")).await;
     let captured_id = captured["id"].as_str().expect("id");
-    act(&app, captured_id, "capture", "c3", Some(json!({"amount": "3.00"}))).await;
+    act(
+        &app,
+        captured_id,
+        "capture",
+        "c3",
+        Some(json!({"amount": "3.00"})),
+    )
+    .await;
     wait_for(&app, captured_id, "posted").await;
-    let too_much = act(&app, captured_id, "reverse", "r3", Some(json!({"amount": "3.01"}))).await;
+    let too_much = act(
+        &app,
+        captured_id,
+        "reverse",
+        "r3",
+        Some(json!({"amount": "3.01"})),
+    )
+    .await;
     assert_eq!(too_much.status, StatusCode::CONFLICT, "{}", too_much.body);
     let exact = act(&app, captured_id, "reverse", "r4", None).await;
     assert_eq!(exact.body["amount"], "3.00", "{}", exact.body);
     app.run_until_idle(Duration::from_secs(20)).await;
-    act(&app, held["id"].as_str().expect("id"), "void", "v-last", None).await;
+    act(
+        &app,
+        held["id"].as_str().expect("id"),
+        "void",
+        "v-last",
+        None,
+    )
+    .await;
     wait_for(&app, held["id"].as_str().expect("id"), "voided").await;
     assert_ledger_invariants(&app.pool).await;
 }
@@ -556,7 +614,12 @@ async fn the_balance_at_any_instant_is_what_the_account_showed_then_and_what_its
         let amount = format!("{}.{:02}", 1 + next() % 9, next() % 100);
         match (next() % 4, open_holds.is_empty()) {
             (0, _) => {
-                place(&app, &format!("t{step}"), &transfer("alice", "bob", &amount)).await;
+                place(
+                    &app,
+                    &format!("t{step}"),
+                    &transfer("alice", "bob", &amount),
+                )
+                .await;
             }
             (1, _) | (2, true) => {
                 let held = place(&app, &format!("h{step}"), &hold("alice", "bob", &amount)).await;
@@ -570,7 +633,12 @@ async fn the_balance_at_any_instant_is_what_the_account_showed_then_and_what_its
                 wait_for(&app, &id, "posted").await;
             }
             _ => {
-                place(&app, &format!("f{step}"), &transfer("treasury", "alice", &amount)).await;
+                place(
+                    &app,
+                    &format!("f{step}"),
+                    &transfer("treasury", "alice", &amount),
+                )
+                .await;
             }
         }
         if let Some(id) = open_holds.first().filter(|_| next() % 5 == 0) {
@@ -613,7 +681,7 @@ async fn the_balance_at_any_instant_is_what_the_account_showed_then_and_what_its
     let unknown = app.get("/v1/accounts/nobody/balance").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     let now = app.get("/v1/accounts/alice/balance").await;
-    assert_eq!(now.body["balance"], seen.last().expect("seen").1 .0);
+    assert_eq!(now.body["balance"], seen.last().expect("seen").1.0);
     assert_ledger_invariants(&app.pool).await;
 }
 
@@ -643,7 +711,14 @@ async fn reconciliation_reports_hold_drift_expired_holds_and_over_reversal() {
         .expect("drift");
     let paid = place(&app, "t1", &transfer("alice", "bob", "10.00")).await;
     let paid_id = paid["id"].as_str().expect("id");
-    act(&app, paid_id, "reverse", "r1", Some(json!({"amount": "4.00"}))).await;
+    act(
+        &app,
+        paid_id,
+        "reverse",
+        "r1",
+        Some(json!({"amount": "4.00"})),
+    )
+    .await;
     app.run_until_idle(Duration::from_secs(20)).await;
     sqlx::query("UPDATE transfers SET reversed_amount = 0 WHERE id = $1::uuid")
         .bind(paid_id)
@@ -654,8 +729,18 @@ async fn reconciliation_reports_hold_drift_expired_holds_and_over_reversal() {
     let found = findings(&run);
     for expected in [
         finding_in("default", "hold_drift", "account:bob", "critical"),
-        finding_in("default", "expired_hold", &format!("transfer:{stuck_id}"), "medium"),
-        finding_in("default", "over_reversed", &format!("transfer:{paid_id}"), "critical"),
+        finding_in(
+            "default",
+            "expired_hold",
+            &format!("transfer:{stuck_id}"),
+            "medium",
+        ),
+        finding_in(
+            "default",
+            "over_reversed",
+            &format!("transfer:{paid_id}"),
+            "critical",
+        ),
     ] {
         assert!(found.contains(&expected), "{expected:?} not in {found:?}");
     }
@@ -690,7 +775,11 @@ fn generator(mut seed: u64) -> impl FnMut() -> u64 {
 
 /// Sends `requests` (path, key, body) from `clients` concurrent clients; returns the replies
 /// in order.
-async fn send_all(app: &TestApp, requests: &[(String, String, Value)], clients: usize) -> Vec<Reply> {
+async fn send_all(
+    app: &TestApp,
+    requests: &[(String, String, Value)],
+    clients: usize,
+) -> Vec<Reply> {
     use futures::StreamExt;
     futures::stream::iter(requests)
         .map(|(path, key, body)| {
@@ -739,7 +828,10 @@ async fn the_bank_test_with_holds_captures_voids_and_reversals_keeps_every_invar
     for user in 0..USERS {
         app.create_account(&format!("u{user}"), "USD", false).await;
         let funded = app
-            .post_transfer(&format!("fund{user}"), &transfer("treasury", &format!("u{user}"), "100.00"))
+            .post_transfer(
+                &format!("fund{user}"),
+                &transfer("treasury", &format!("u{user}"), "100.00"),
+            )
             .await;
         assert_eq!(funded.status, StatusCode::ACCEPTED);
     }
@@ -776,12 +868,24 @@ async fn the_bank_test_with_holds_captures_voids_and_reversals_keeps_every_invar
         let roll = next() % 10;
         let request = match status.as_str() {
             "held" if roll < 4 => {
-                let part = if roll < 2 { json!({}) } else { json!({"amount": "0.50"}) };
+                let part = if roll < 2 {
+                    json!({})
+                } else {
+                    json!({"amount": "0.50"})
+                };
                 Some((format!("/v1/transfers/{id}/capture"), format!("c{n}"), part))
             }
-            "held" if roll < 7 => Some((format!("/v1/transfers/{id}/void"), format!("v{n}"), json!({}))),
+            "held" if roll < 7 => Some((
+                format!("/v1/transfers/{id}/void"),
+                format!("v{n}"),
+                json!({}),
+            )),
             "posted" if roll < 3 => {
-                let part = if roll == 0 { json!({}) } else { json!({"amount": "0.25"}) };
+                let part = if roll == 0 {
+                    json!({})
+                } else {
+                    json!({"amount": "0.25"})
+                };
                 Some((format!("/v1/transfers/{id}/reverse"), format!("r{n}"), part))
             }
             _ => None,
@@ -795,7 +899,11 @@ async fn the_bank_test_with_holds_captures_voids_and_reversals_keeps_every_invar
         }
         if next() % 2 == 0 {
             let (from, to) = pair(&mut next);
-            let body = transfer(&from, &to, &format!("{}.{:02}", 1 + next() % 20, next() % 100));
+            let body = transfer(
+                &from,
+                &to,
+                &format!("{}.{:02}", 1 + next() % 20, next() % 100),
+            );
             second.push(("/v1/transfers".to_owned(), format!("b{n}"), body));
         }
     }
@@ -830,7 +938,11 @@ async fn the_bank_test_with_holds_captures_voids_and_reversals_keeps_every_invar
             "the mix reached {status}: {counts:?}"
         );
     }
-    assert!(app.count("SELECT count(*) FROM transfers WHERE reverses IS NOT NULL").await > 0);
+    assert!(
+        app.count("SELECT count(*) FROM transfers WHERE reverses IS NOT NULL")
+            .await
+            > 0
+    );
     assert_ledger_invariants(&app.pool).await;
 }
 
@@ -872,7 +984,13 @@ async fn holds_and_transfers_on_one_hot_account_post_without_contention_failures
     assert_eq!(holds.len(), EACH, "every hold placed");
     let captures: Vec<(String, String, Value)> = holds
         .iter()
-        .map(|id| (format!("/v1/transfers/{id}/capture"), format!("c-{id}"), json!({})))
+        .map(|id| {
+            (
+                format!("/v1/transfers/{id}/capture"),
+                format!("c-{id}"),
+                json!({}),
+            )
+        })
         .collect();
     let captured = send_all(&app, &captures, 64).await;
     assert!(captured.iter().all(|r| r.status == StatusCode::ACCEPTED));
@@ -892,5 +1010,105 @@ async fn holds_and_transfers_on_one_hot_account_post_without_contention_failures
         account(&app, "hot").await,
         owned(["2900.00", "0.00", "0.00", "2900.00"])
     );
+    assert_ledger_invariants(&app.pool).await;
+}
+
+#[tokio::test]
+async fn a_batch_settles_each_item_on_its_own_as_the_single_requests_would() {
+    let app = funded_app().await;
+    let mut holds = Vec::new();
+    for n in 0..3 {
+        let held = place(&app, &format!("h{n}"), &hold("alice", "bob", "10.00")).await;
+        holds.push(held["id"].as_str().expect("id").to_owned());
+    }
+    let plain = place(&app, "p", &transfer("alice", "bob", "1.00")).await;
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let items = json!({"settlements": [
+        {"idempotency_key": "s0", "transfer_id": holds[0], "action": "capture", "amount": "4.00"},
+        {"idempotency_key": "s1", "transfer_id": holds[1], "action": "void"},
+        // The same hold again, under another key: it was just claimed.
+        {"idempotency_key": "s2", "transfer_id": holds[1], "action": "capture"},
+        {"idempotency_key": "s3", "transfer_id": holds[2], "action": "capture", "amount": "10.01"},
+        {"idempotency_key": "s4", "transfer_id": plain["id"], "action": "void"},
+        {"idempotency_key": "s5", "transfer_id": unknown, "action": "void"},
+        {"idempotency_key": "s6", "transfer_id": holds[2], "action": "refund"},
+        {"idempotency_key": "s7", "transfer_id": holds[2], "action": "void", "amount": "1.00"},
+    ]});
+    let reply = app.post_json("/v1/transfers/settle", &items).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let results = reply.body["results"].as_array().expect("results");
+    let outcome = |i: usize| {
+        (
+            results[i]["outcome"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            results[i]["error"]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    let expected = [
+        ("accepted", ""),
+        ("accepted", ""),
+        ("rejected", "transfer_not_held"),
+        ("rejected", "capture_exceeds_hold"),
+        ("rejected", "transfer_not_held"),
+        ("rejected", "transfer_not_found"),
+        ("rejected", "invalid_body"),
+        ("rejected", "invalid_body"),
+    ];
+    for (i, (want_outcome, want_code)) in expected.iter().enumerate() {
+        assert_eq!(
+            outcome(i),
+            ((*want_outcome).to_owned(), (*want_code).to_owned()),
+            "item {i}: {}",
+            results[i]
+        );
+    }
+    // Sent again: the accepted ones replay, the refused ones are refused again (their keys
+    // were not used); a refused key is free for a corrected request.
+    let again = app.post_json("/v1/transfers/settle", &items).await;
+    let results = again.body["results"].as_array().expect("results");
+    assert_eq!(results[0]["outcome"], "replayed");
+    assert_eq!(results[1]["outcome"], "replayed");
+    assert_eq!(results[3]["error"]["code"], "capture_exceeds_hold");
+    let corrected = act(&app, &holds[2], "capture", "s3", None).await;
+    assert_eq!(corrected.status, StatusCode::ACCEPTED, "{}", corrected.body);
+    // The single endpoint shares the keys: s0 names that capture there too.
+    let single_replay = act(
+        &app,
+        &holds[0],
+        "capture",
+        "s0",
+        Some(json!({"amount": "4.00"})),
+    )
+    .await;
+    assert_eq!(
+        single_replay.status,
+        StatusCode::OK,
+        "{}",
+        single_replay.body
+    );
+    for (id, status) in [
+        (&holds[0], "posted"),
+        (&holds[1], "voided"),
+        (&holds[2], "posted"),
+    ] {
+        wait_for(&app, id, status).await;
+    }
+    assert_eq!(account(&app, "bob").await.0, "15.00");
+    for (body, code) in [
+        (json!({"settlements": []}), "invalid_body"),
+        (
+            json!({"settlements": [{"transfer_id": holds[0], "action": "void"}]}),
+            "invalid_body",
+        ),
+    ] {
+        let refused = app.post_json("/v1/transfers/settle", &body).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(refused.body["code"], code);
+    }
     assert_ledger_invariants(&app.pool).await;
 }

@@ -50,6 +50,7 @@ const ROUTES: &[&str] = &[
     "POST /v1/reconciliations",
     "POST /v1/transfers",
     "POST /v1/transfers/batch",
+    "POST /v1/transfers/settle",
     "POST /v1/transfers/{id}/approve",
     "POST /v1/transfers/{id}/capture",
     "POST /v1/transfers/{id}/reject",
