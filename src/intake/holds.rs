@@ -399,8 +399,14 @@ pub async fn reverse(
         reference: body.reference,
         metadata,
     };
-    match state.db(reversals::reverse(&state.pool, &request)).await? {
-        ReverseOutcome::Transfer(Acceptance::Accepted(view)) => {
+    let outcome = state.db(reversals::reverse(&state.pool, &request)).await?;
+    let accepted = match outcome {
+        ReverseOutcome::Transfer(acceptance) => *acceptance,
+        ReverseOutcome::NotFound => return Err(ApiError::TransferNotFound),
+        ReverseOutcome::NotReversible(why) => return Err(ApiError::TransferNotReversible(why)),
+    };
+    match accepted {
+        Acceptance::Accepted(view) => {
             let location = HeaderValue::from_str(&format!("/v1/transfers/{}", view.id))
                 .map_err(|e| ApiError::Internal(e.into()))?;
             Ok((
@@ -410,10 +416,8 @@ pub async fn reverse(
             )
                 .into_response())
         }
-        ReverseOutcome::Transfer(Acceptance::Replayed(view)) => Ok(replayed(view)),
-        ReverseOutcome::Transfer(Acceptance::KeyReused) => Err(ApiError::IdempotencyKeyReused),
-        ReverseOutcome::NotFound => Err(ApiError::TransferNotFound),
-        ReverseOutcome::NotReversible(why) => Err(ApiError::TransferNotReversible(why)),
+        Acceptance::Replayed(view) => Ok(replayed(view)),
+        Acceptance::KeyReused => Err(ApiError::IdempotencyKeyReused),
     }
 }
 

@@ -526,7 +526,7 @@ mod tests {
     fn a_partial_capture_moves_what_it_captures_and_releases_the_rest() {
         let mut accounts = book();
         let held = hold("alice", "bob", "7.00");
-        apply_batch(&mut accounts, &[held.clone()]);
+        apply_batch(&mut accounts, std::slice::from_ref(&held));
         let applied = apply_batch(
             &mut accounts,
             &[settle(

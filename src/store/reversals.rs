@@ -50,7 +50,7 @@ impl ReverseRequest {
 #[derive(Debug, Clone)]
 pub enum ReverseOutcome {
     /// Accepted, replayed, or the key reused (as for a transfer).
-    Transfer(Acceptance),
+    Transfer(Box<Acceptance>),
     /// No such transfer under this API key.
     NotFound,
     /// The original did not move money, or has nothing (or not that much) left to reverse.
@@ -104,13 +104,13 @@ async fn reverse_once(
     let fingerprint = request.fingerprint();
     // After the lock: a concurrent request under the same key for this original has committed.
     if let Some(view) = find_by_key(&mut tx, request).await? {
-        return Ok(ReverseOutcome::Transfer(
+        return Ok(ReverseOutcome::Transfer(Box::new(
             if view.fingerprint == fingerprint {
                 Acceptance::Replayed(view)
             } else {
                 Acceptance::KeyReused
             },
-        ));
+        )));
     }
     let id = request.original;
     if original.status != "posted" {
@@ -167,16 +167,16 @@ async fn reverse_once(
         // The key was taken meanwhile by a request for another transfer (the insert waited for
         // it to commit): answer from it. Nothing of this request is committed.
         let view = find_by_key(&mut tx, request).await?;
-        return Ok(ReverseOutcome::Transfer(match view {
+        return Ok(ReverseOutcome::Transfer(Box::new(match view {
             Some(view) if view.fingerprint == fingerprint => Acceptance::Replayed(view),
             _ => Acceptance::KeyReused,
-        }));
+        })));
     };
     tx.commit().await?;
     metrics::counter!("ferry_reversals_accepted_total").increment(1);
-    Ok(ReverseOutcome::Transfer(Acceptance::Accepted(
+    Ok(ReverseOutcome::Transfer(Box::new(Acceptance::Accepted(
         TransferView::from(row),
-    )))
+    ))))
 }
 
 async fn find_by_key(

@@ -846,7 +846,7 @@ async fn the_bank_test_with_holds_captures_voids_and_reversals_keeps_every_invar
     for n in 0..FIRST_ROUND {
         let (from, to) = pair(&mut next);
         let amount = format!("{}.{:02}", 1 + next() % 30, next() % 100);
-        let body = if next() % 2 == 0 {
+        let body = if next().is_multiple_of(2) {
             hold(&from, &to, &amount)
         } else {
             transfer(&from, &to, &amount)
@@ -892,12 +892,12 @@ async fn the_bank_test_with_holds_captures_voids_and_reversals_keeps_every_invar
         };
         let _ = amount;
         if let Some(request) = request {
-            if next() % 10 == 0 {
+            if next().is_multiple_of(10) {
                 second.push(request.clone());
             }
             second.push(request);
         }
-        if next() % 2 == 0 {
+        if next().is_multiple_of(2) {
             let (from, to) = pair(&mut next);
             let body = transfer(
                 &from,
