@@ -197,8 +197,8 @@ pub struct BalanceQuery {
     tag = "accounts",
     operation_id = "getAccountBalance",
     description = "Scope: `accounts:read` (or `admin`). The balance after every entry written \
-        at or before `at`, and what holds reserved then (`pending_debits`) and announced \
-        (`pending_credits`), with `available = balance − pending_debits`. Each entry and each \
+        at or before `at`, what holds reserved on it then (`pending_debits`), and \
+        `available = balance − pending_debits`. Each entry and each \
         hold line stores the account's sums after it, so this is one index probe whatever the \
         length of the history. Before the account's first entry everything is zero.",
     params(

@@ -103,15 +103,15 @@ impl HoldLineKind {
     }
 }
 
-/// One line of reservation history: an account's pending sums after a hold was placed or
-/// released.
+/// One line of reservation history: the source account's `pending_debits` after a hold was
+/// placed or released (what `available` at an instant needs; the destination's
+/// `pending_credits` has no history).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HoldLine {
     pub transfer_id: Uuid,
     pub account: AccountKey,
     pub kind: HoldLineKind,
     pub pending_debits_after: Decimal,
-    pub pending_credits_after: Decimal,
 }
 
 /// The net change a batch makes to one account.
@@ -271,17 +271,16 @@ fn reserve(
         if is_source {
             locked.pending_debits += signed;
             delta.pending_debits += signed;
+            applied.hold_lines.push(HoldLine {
+                transfer_id: transfer.id,
+                account: account.clone(),
+                kind,
+                pending_debits_after: locked.pending_debits,
+            });
         } else {
             locked.pending_credits += signed;
             delta.pending_credits += signed;
         }
-        applied.hold_lines.push(HoldLine {
-            transfer_id: transfer.id,
-            account: account.clone(),
-            kind,
-            pending_debits_after: locked.pending_debits,
-            pending_credits_after: locked.pending_credits,
-        });
     }
 }
 
@@ -518,7 +517,7 @@ mod tests {
             2,
             "only the plain transfer wrote entries"
         );
-        assert_eq!(applied.hold_lines.len(), 2);
+        assert_eq!(applied.hold_lines.len(), 1, "one line, on the source");
         assert_eq!(applied.deltas[&id("alice")].pending_debits, dec("7.00"));
     }
 

@@ -458,7 +458,7 @@ fn locked<'a>(
         .ok_or_else(|| PostingError::Invariant(format!("account {key} was not locked")))
 }
 
-/// Reservation history: one line per account for each hold placed or released.
+/// Reservation history: one line on the source account for each hold placed or released.
 async fn insert_hold_lines(
     tx: &mut Transaction<'_, Postgres>,
     applied: &Applied,
@@ -475,18 +475,16 @@ async fn insert_hold_lines(
         .collect::<Result<Vec<i64>, _>>()?;
     let kinds: Vec<&str> = lines.iter().map(|l| l.kind.as_str()).collect();
     let debits: Vec<Decimal> = lines.iter().map(|l| l.pending_debits_after).collect();
-    let credits: Vec<Decimal> = lines.iter().map(|l| l.pending_credits_after).collect();
     let inserted = sqlx::query(
         "INSERT INTO hold_lines (transfer_id, account_no, kind, pending_debits_after, \
-           pending_credits_after, created_at) \
+           created_at) \
          SELECT t.*, statement_timestamp() FROM unnest($1::uuid[], $2::int8[], $3::text[], \
-           $4::numeric[], $5::numeric[]) AS t",
+           $4::numeric[]) AS t",
     )
     .bind(&transfer_ids)
     .bind(&account_nos)
     .bind(&kinds)
     .bind(&debits)
-    .bind(&credits)
     .execute(&mut **tx)
     .await?
     .rows_affected();

@@ -91,8 +91,6 @@ pub struct BalanceView {
     /// What holds reserved on the account at `at`.
     #[schema(pattern = r"^[0-9]+(\.[0-9]+)?$", example = "0.00")]
     pub pending_debits: String,
-    #[schema(pattern = r"^[0-9]+(\.[0-9]+)?$", example = "0.00")]
-    pub pending_credits: String,
     /// `balance − pending_debits` at `at`.
     #[schema(pattern = r"^-?[0-9]+(\.[0-9]+)?$", example = "100.00")]
     pub available: String,
@@ -178,10 +176,9 @@ pub async fn balance_at(
            coalesce((SELECT e.balance_after FROM entries e \
              WHERE e.account_no = a.no AND e.created_at <= $3 \
              ORDER BY e.created_at DESC, e.id DESC LIMIT 1), 0) AS balance, \
-           coalesce(h.pending_debits_after, 0) AS pending_debits, \
-           coalesce(h.pending_credits_after, 0) AS pending_credits \
+           coalesce(h.pending_debits_after, 0) AS pending_debits \
          FROM accounts a LEFT JOIN LATERAL ( \
-           SELECT pending_debits_after, pending_credits_after FROM hold_lines l \
+           SELECT pending_debits_after FROM hold_lines l \
            WHERE l.account_no = a.no AND l.created_at <= $3 \
            ORDER BY l.created_at DESC, l.id DESC LIMIT 1) h ON true \
          WHERE a.ledger = $1 AND a.id = $2",
@@ -199,7 +196,6 @@ pub async fn balance_at(
             at,
             balance: shown(row.balance),
             pending_debits: shown(row.pending_debits),
-            pending_credits: shown(row.pending_credits),
             available: shown(row.balance - row.pending_debits),
             currency: row.currency.trim().to_owned(),
         }
@@ -211,7 +207,6 @@ struct BalanceRow {
     currency: String,
     balance: Decimal,
     pending_debits: Decimal,
-    pending_credits: Decimal,
 }
 
 /// What an operator does to an account's status (README, "Ledgers and authorization").

@@ -388,8 +388,8 @@ async fn expired_holds_are_voided_once_with_two_workers_racing() {
     assert_eq!(
         app.count("SELECT count(*) FROM hold_lines WHERE kind = 'release'")
             .await,
-        2 * HOLDS as i64,
-        "each reservation released once, on both accounts"
+        HOLDS as i64,
+        "each reservation released once"
     );
     assert_eq!(
         account(&app, "alice").await,
@@ -560,8 +560,8 @@ async fn only_a_posted_transfer_can_be_reversed_and_a_failed_reversal_gives_its_
     assert_ledger_invariants(&app.pool).await;
 }
 
-/// The balance, pending sums and available balance of `account` at `at`, through the API.
-async fn balance_at(app: &TestApp, account: &str, at: &str) -> (String, String, String, String) {
+/// The balance, pending debits and available balance of `account` at `at`, through the API.
+async fn balance_at(app: &TestApp, account: &str, at: &str) -> (String, String, String) {
     let reply = app
         .get(&format!("/v1/accounts/{account}/balance?at={}", encode(at)))
         .await;
@@ -570,9 +570,13 @@ async fn balance_at(app: &TestApp, account: &str, at: &str) -> (String, String, 
     (
         field("balance"),
         field("pending_debits"),
-        field("pending_credits"),
         field("available"),
     )
+}
+
+/// What `balance_at` compares with: the account as `account` showed it.
+fn shown_then(account: &(String, String, String, String)) -> (String, String, String) {
+    (account.0.clone(), account.1.clone(), account.3.clone())
 }
 
 /// `text` as a query-string value (RFC 3339 instants carry `+` and `:`).
@@ -650,7 +654,11 @@ async fn the_balance_at_any_instant_is_what_the_account_showed_then_and_what_its
         seen.push((db_now(&app).await, account(&app, "alice").await));
     }
     for (at, shown) in &seen {
-        assert_eq!(&balance_at(&app, "alice", at).await, shown, "at {at}");
+        assert_eq!(
+            balance_at(&app, "alice", at).await,
+            shown_then(shown),
+            "at {at}"
+        );
         let replayed: String = sqlx::query_scalar(
             "SELECT coalesce(sum(amount), 0)::text FROM ledger_entries \
              WHERE ledger = 'default' AND account_id = 'alice' AND created_at <= $1::timestamptz",
@@ -668,7 +676,7 @@ async fn the_balance_at_any_instant_is_what_the_account_showed_then_and_what_its
     }
     assert_eq!(
         balance_at(&app, "alice", before_anything).await,
-        owned(["0.00", "0.00", "0.00", "0.00"])
+        ("0.00".to_owned(), "0.00".to_owned(), "0.00".to_owned())
     );
     // Bad instants and unknown accounts.
     for bad in ["yesterday", "2026-11-30", "2026-11-30T25:00:00Z"] {
