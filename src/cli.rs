@@ -93,7 +93,8 @@ pub const BENCH_ACCOUNTS_DEFAULT: u32 = 100_000;
 /// Arguments of `ferry bench` (the scenarios live beside `main.rs`, in `src/bin_bench/`).
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Scenario: baseline-uniform, uniform, hold-capture, balance-at, uniform-webhook,
+    /// Scenario: baseline-uniform, uniform, hold-capture, hold-capture-single, balance-at,
+    /// uniform-webhook,
     /// webhook-lag, baseline-hot, hot, intake, intake-while-posting, reconcile, soak, or all
     /// (all but soak).
     #[arg(long, default_value = "all")]
