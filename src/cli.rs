@@ -94,9 +94,8 @@ pub const BENCH_ACCOUNTS_DEFAULT: u32 = 100_000;
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Scenario: baseline-uniform, uniform, hold-capture, hold-capture-single, balance-at,
-    /// uniform-webhook,
-    /// webhook-lag, baseline-hot, hot, intake, intake-while-posting, reconcile, soak, or all
-    /// (all but soak).
+    /// uniform-webhook, webhook-lag, baseline-hot, hot, intake, intake-while-posting,
+    /// reconcile, soak, or all (all but soak).
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// Transfers each scenario moves (for reconcile: the ledger size).

@@ -18,7 +18,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use super::Row;
-use super::pipeline::{BATCH_CLIENTS, BATCH_LEN, BenchedFerry, INTAKE_CLIENTS, item};
+use super::pipeline::{BATCH_CLIENTS, BATCH_LEN, BenchedFerry, INTAKE_CLIENTS, item, send_batches};
 use super::workload::{PlannedTransfer, percentile};
 
 /// Longest wait for every hold to be captured and posted.
@@ -86,36 +86,12 @@ pub async fn hold_capture(
 }
 
 async fn send_holds(ferry: &BenchedFerry, transfers: &[PlannedTransfer]) -> anyhow::Result<()> {
-    let url = format!("{}/v1/transfers/batch", ferry.base_url);
-    let results: Vec<anyhow::Result<()>> = futures::stream::iter(transfers.chunks(BATCH_LEN))
-        .map(|chunk| {
-            let items: Vec<_> = chunk
-                .iter()
-                .map(|t| {
-                    let mut hold = item(t);
-                    hold["mode"] = json!("hold");
-                    hold
-                })
-                .collect();
-            let request = ferry
-                .client()
-                .post(&url)
-                .bearer_auth(&ferry.api_key)
-                .json(&json!({"transfers": items}));
-            async move {
-                let response = request.send().await?;
-                anyhow::ensure!(
-                    response.status().is_success(),
-                    "batch refused: {}",
-                    response.status()
-                );
-                Ok(())
-            }
-        })
-        .buffer_unordered(BATCH_CLIENTS)
-        .collect()
-        .await;
-    results.into_iter().collect()
+    send_batches(ferry, transfers, |t| {
+        let mut hold = item(t);
+        hold["mode"] = json!("hold");
+        hold
+    })
+    .await
 }
 
 /// Captures holds as they become held — following the `transfer.held` events through the

@@ -130,17 +130,17 @@ pub fn item(t: &PlannedTransfer) -> serde_json::Value {
            "amount": t.amount(), "currency": "USD"})
 }
 
-/// `uniform` / `hot`: batches of 100 from 8 clients; first request to last posted.
-pub async fn batched(
-    scenario: &str,
+/// Sends `transfers` as `POST /v1/transfers/batch` requests of [`BATCH_LEN`] items (each
+/// written by `to_item`), [`BATCH_CLIENTS`] at a time.
+pub async fn send_batches(
     ferry: &BenchedFerry,
     transfers: &[PlannedTransfer],
-) -> anyhow::Result<Row> {
-    let started = Instant::now();
+    to_item: impl Fn(&PlannedTransfer) -> serde_json::Value,
+) -> anyhow::Result<()> {
     let url = format!("{}/v1/transfers/batch", ferry.base_url);
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(transfers.chunks(BATCH_LEN))
         .map(|chunk| {
-            let body = json!({"transfers": chunk.iter().map(item).collect::<Vec<_>>()});
+            let body = json!({"transfers": chunk.iter().map(&to_item).collect::<Vec<_>>()});
             let request = ferry
                 .client
                 .post(&url)
@@ -159,7 +159,17 @@ pub async fn batched(
         .buffer_unordered(BATCH_CLIENTS)
         .collect()
         .await;
-    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    results.into_iter().collect()
+}
+
+/// `uniform` / `hot`: batches of 100 from 8 clients; first request to last posted.
+pub async fn batched(
+    scenario: &str,
+    ferry: &BenchedFerry,
+    transfers: &[PlannedTransfer],
+) -> anyhow::Result<Row> {
+    let started = Instant::now();
+    send_batches(ferry, transfers, item).await?;
     let accepted_secs = started.elapsed().as_secs_f64();
     ferry.drain().await?;
     let seconds = started.elapsed().as_secs_f64();

@@ -13,10 +13,10 @@ use uuid::Uuid;
 
 use super::transfers::AcceptError;
 use crate::domain::{Amount, IdempotencyKey};
-use crate::events::transfer::{TRANSFER_COLUMNS, TransferRow, TransferView, attach_flags};
+use crate::events::transfer::{TransferView, read_in_transaction};
 use crate::queue::payloads::PostTransfers;
 use crate::queue::{self, POST_TRANSFERS_QUEUE};
-use crate::retry::{RetryClass, RetryPolicy, classify};
+use crate::retry::{RetryClass, RetryPolicy};
 
 /// What a settlement request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,10 +91,7 @@ pub async fn settle(
     (|| settle_once(pool, requests))
         .retry(RetryPolicy::SERIALIZATION.schedule())
         .sleep(tokio::time::sleep)
-        .when(|e: &AcceptError| {
-            let AcceptError::Database(db) = e;
-            classify(db) == RetryClass::Serialization
-        })
+        .when(|e: &AcceptError| e.retry_class() == RetryClass::Serialization)
         .await
 }
 
@@ -164,7 +161,11 @@ async fn settle_once(
         };
     }
     let ids: Vec<Uuid> = requests.iter().map(|r| r.transfer_id).collect();
-    let views = read_views(&mut tx, &ids).await?;
+    let views: std::collections::HashMap<Uuid, TransferView> = read_in_transaction(&mut tx, &ids)
+        .await?
+        .into_iter()
+        .map(|view| (view.id, view))
+        .collect();
     tx.commit().await?;
     Ok(outcomes
         .into_iter()
@@ -444,19 +445,4 @@ struct HoldState {
     amount: Decimal,
     hold_action: Option<String>,
     expired: Option<bool>,
-}
-
-async fn read_views(
-    conn: &mut PgConnection,
-    ids: &[Uuid],
-) -> Result<std::collections::HashMap<Uuid, TransferView>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE id = ANY($1)"
-    )))
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut views: Vec<TransferView> = rows.into_iter().map(TransferView::from).collect();
-    attach_flags(&mut *conn, views.iter_mut()).await?;
-    Ok(views.into_iter().map(|v| (v.id, v)).collect())
 }

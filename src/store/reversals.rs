@@ -13,14 +13,12 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::transfers::{AcceptError, Acceptance};
+use super::transfers::{AcceptError, Acceptance, find_by_keys};
 use crate::domain::{Amount, IdempotencyKey};
-use crate::events::transfer::{
-    TRANSFER_COLUMNS, TransferRow, TransferView, attach_flags, format_amount,
-};
+use crate::events::transfer::{TRANSFER_COLUMNS, TransferRow, TransferView, format_amount};
 use crate::queue::payloads::PostTransfers;
 use crate::queue::{self, POST_TRANSFERS_QUEUE};
-use crate::retry::{RetryClass, RetryPolicy, classify};
+use crate::retry::{RetryClass, RetryPolicy};
 
 /// A reversal of `original` under an API key and idempotency key.
 #[derive(Debug, Clone)]
@@ -64,10 +62,7 @@ pub async fn reverse(
     (|| reverse_once(pool, request))
         .retry(RetryPolicy::SERIALIZATION.schedule())
         .sleep(tokio::time::sleep)
-        .when(|e: &AcceptError| {
-            let AcceptError::Database(db) = e;
-            classify(db) == RetryClass::Serialization
-        })
+        .when(|e: &AcceptError| e.retry_class() == RetryClass::Serialization)
         .await
 }
 
@@ -179,18 +174,13 @@ async fn reverse_once(
     ))))
 }
 
+/// The transfer already created under the request's key, read in the caller's transaction.
 async fn find_by_key(
     conn: &mut PgConnection,
     request: &ReverseRequest,
 ) -> Result<Option<TransferView>, sqlx::Error> {
-    let row: Option<TransferRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE api_key_id = $1 AND idempotency_key = $2"
-    )))
-    .bind(request.api_key_id)
-    .bind(request.idempotency_key.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
-    let mut views: Vec<TransferView> = row.into_iter().map(TransferView::from).collect();
-    attach_flags(&mut *conn, views.iter_mut()).await?;
-    Ok(views.pop())
+    let identity = (request.api_key_id, request.idempotency_key.as_str());
+    Ok(find_by_keys(conn, &[identity])
+        .await?
+        .remove(&(identity.0, identity.1.to_owned())))
 }

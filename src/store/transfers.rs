@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use backon::Retryable;
 use rust_decimal::Decimal;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{IdempotencyKey, LedgerName, NewTransfer};
@@ -33,7 +33,7 @@ pub enum AcceptError {
 }
 
 impl AcceptError {
-    fn retry_class(&self) -> RetryClass {
+    pub(crate) fn retry_class(&self) -> RetryClass {
         match self {
             Self::Database(e) => classify(e),
         }
@@ -78,7 +78,7 @@ async fn accept_once(
     let existing = if missing.is_empty() {
         HashMap::new()
     } else {
-        find_by_keys(pool, &missing).await?
+        find_by_keys(&mut *pool.acquire().await?, &missing).await?
     };
     let results = submissions
         .iter()
@@ -103,7 +103,7 @@ async fn accept_once(
 }
 
 /// Transfers keyed by their identity: (API key, idempotency key).
-type ByIdentity = HashMap<(Uuid, String), TransferView>;
+pub(super) type ByIdentity = HashMap<(Uuid, String), TransferView>;
 
 /// Inserts the submissions whose keys are new and one `post_transfers` job listing exactly
 /// those, in one statement: one round trip, and the rows and their job commit together.
@@ -173,8 +173,10 @@ async fn insert_new_with_job(
     Ok(by_identity(rows))
 }
 
-async fn find_by_keys(
-    pool: &PgPool,
+/// The transfers of these (API key, idempotency key) identities, with their flags; on the
+/// caller's connection, so a caller inside a transaction reads what it has locked.
+pub(super) async fn find_by_keys(
+    conn: &mut PgConnection,
     identities: &[(Uuid, &str)],
 ) -> Result<ByIdentity, sqlx::Error> {
     if identities.is_empty() {
@@ -189,10 +191,10 @@ async fn find_by_keys(
     )))
     .bind(&api_keys)
     .bind(&keys)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let mut found = by_identity(rows);
-    attach_flags(pool, found.values_mut()).await?;
+    attach_flags(&mut *conn, found.values_mut()).await?;
     Ok(found)
 }
 
@@ -298,7 +300,8 @@ pub async fn get_by_key(
     api_key_id: Uuid,
     key: &IdempotencyKey,
 ) -> Result<Option<TransferView>, sqlx::Error> {
-    Ok(find_by_keys(pool, &[(api_key_id, key.as_str())])
+    let mut conn = pool.acquire().await?;
+    Ok(find_by_keys(&mut conn, &[(api_key_id, key.as_str())])
         .await?
         .remove(&(api_key_id, key.as_str().to_owned())))
 }
