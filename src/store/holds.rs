@@ -146,19 +146,19 @@ async fn settle_once(
             requests[*i].api_key_id,
             requests[*i].idempotency_key.as_str(),
         );
-        outcomes[*i] = match earlier.get(&(key.0, key.1.to_owned())) {
+        let outcome = match earlier.get(&(key.0, key.1.to_owned())) {
             Some(fingerprint) if *fingerprint == fingerprints[*i] => None,
             Some(_) => Some(SettleOutcome::KeyReused),
             // Its first request, earlier in this group, was refused: so is this one.
             None => refused
                 .iter()
-                .zip(&outcomes_of(&refused, &outcomes))
-                .find(|(j, _)| {
+                .find(|j| {
                     requests[**j].api_key_id == key.0
                         && requests[**j].idempotency_key.as_str() == key.1
                 })
-                .map(|(_, outcome)| outcome.clone()),
+                .and_then(|j| outcomes[*j].clone()),
         };
+        outcomes[*i] = outcome;
     }
     let ids: Vec<Uuid> = requests.iter().map(|r| r.transfer_id).collect();
     let views: std::collections::HashMap<Uuid, TransferView> = read_in_transaction(&mut tx, &ids)
@@ -181,13 +181,6 @@ async fn settle_once(
             })
         })
         .collect())
-}
-
-fn outcomes_of(indices: &[usize], outcomes: &[Option<SettleOutcome>]) -> Vec<SettleOutcome> {
-    indices
-        .iter()
-        .map(|i| outcomes[*i].clone().unwrap_or(SettleOutcome::NotFound))
-        .collect()
 }
 
 /// Inserts the requests' keys; returns the indices whose key was new. In (API key, key)

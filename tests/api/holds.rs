@@ -1120,3 +1120,52 @@ async fn a_batch_settles_each_item_on_its_own_as_the_single_requests_would() {
     }
     assert_ledger_invariants(&app.pool).await;
 }
+
+/// A claimed capture or void was promised: when its posting fails transiently past the
+/// posting policy's last attempt, it is tried again at the longest wait, never failed — while
+/// a pending transfer in the same run fails `retries_exhausted`.
+#[tokio::test]
+async fn a_claimed_settlement_is_never_given_up_for_want_of_attempts() {
+    use ferry::ledger::attempts::record_failed_attempt;
+    use ferry::retry::{Failure, RetryPolicy};
+    let app = funded_app().await;
+    let held = place(&app, "h1", &hold("alice", "bob", "5.00")).await;
+    let held_id: uuid::Uuid = held["id"].as_str().expect("id").parse().expect("uuid");
+    // A pending transfer and the claimed hold, both at the policy's last attempt.
+    let pending: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO transfers (id, api_key_id, idempotency_key, request_fingerprint, \
+           from_account, to_account, amount, currency, ledger, attempts) \
+         SELECT gen_random_uuid(), api_key_id, 'stuck', '\\x00', 'alice', 'bob', 1, 'USD', \
+           'default', $1 FROM transfers LIMIT 1 RETURNING id",
+    )
+    .bind(RetryPolicy::POSTING_JOB.attempts_max as i32 - 1)
+    .fetch_one(&app.pool)
+    .await
+    .expect("a pending transfer");
+    sqlx::query("UPDATE transfers SET hold_action = 'capture', attempts = $2 WHERE id = $1")
+        .bind(held_id)
+        .bind(RetryPolicy::POSTING_JOB.attempts_max as i32 - 1)
+        .execute(&app.pool)
+        .await
+        .expect("claim");
+    let mut tx = app.pool.begin().await.expect("tx");
+    let still = record_failed_attempt(
+        &mut tx,
+        &[pending, held_id],
+        "a transient failure",
+        &RetryPolicy::POSTING_JOB,
+        Failure::Transient { not_before: None },
+    )
+    .await
+    .expect("recorded");
+    tx.commit().await.expect("commit");
+    assert_eq!(still.exhausted, vec![pending]);
+    assert_eq!(still.transfer_ids, vec![held_id]);
+    assert_eq!(still.wait.max(), RetryPolicy::POSTING_JOB.cap);
+    let status: String = sqlx::query_scalar("SELECT status FROM transfers WHERE id = $1")
+        .bind(held_id)
+        .fetch_one(&app.pool)
+        .await
+        .expect("status");
+    assert_eq!(status, "held");
+}
