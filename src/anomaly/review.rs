@@ -9,7 +9,7 @@ use tracing::warn;
 use uuid::Uuid;
 
 use super::rules::Candidate;
-use crate::domain::{AccountId, AccountKey, Currency, LedgerName};
+use crate::domain::{AccountId, AccountKey, Currency, LedgerName, TransferStatus};
 
 /// A pending transfer as the review step reads it.
 #[derive(sqlx::FromRow)]
@@ -23,20 +23,19 @@ struct UnreviewedRow {
 }
 
 /// The transfers of `transfer_ids` still pending that no reviewer has decided on: an approved
-/// transfer is not held again. "Pending" is spelled as the posting engine spells it (as
-/// `NOT IN` the other statuses, which no partial index matches), so the lookup probes the
-/// primary key.
+/// transfer is not held again. "Pending" is spelled as the posting engine spells it
+/// ([`TransferStatus::sql_is`]), so the lookup probes the primary key.
 pub async fn unreviewed(
     pool: &PgPool,
     transfer_ids: &[Uuid],
 ) -> Result<Vec<Candidate>, sqlx::Error> {
-    let rows: Vec<UnreviewedRow> = sqlx::query_as(
+    let rows: Vec<UnreviewedRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT id, ledger, from_account, amount, currency, \
            (extract(epoch FROM created_at) * 1000)::bigint AS accepted_at_ms FROM transfers \
-         WHERE id = ANY($1) AND status NOT IN ('in_review', 'held', 'posted', 'failed', 'voided') \
-           AND review IS NULL \
+         WHERE id = ANY($1) AND {} AND review IS NULL \
          ORDER BY created_at, id",
-    )
+        TransferStatus::Pending.sql_is("status")
+    )))
     .bind(transfer_ids)
     .fetch_all(pool)
     .await?;
@@ -68,11 +67,11 @@ pub async fn hold(
     if transfer_ids.is_empty() {
         return Ok(HashSet::new());
     }
-    let held: Vec<Uuid> = sqlx::query_scalar(
+    let held: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "UPDATE transfers SET status = 'in_review', updated_at = now() \
-         WHERE id = ANY($1) AND status NOT IN ('in_review', 'held', 'posted', 'failed', 'voided') \
-           AND review IS NULL RETURNING id",
-    )
+         WHERE id = ANY($1) AND {} AND review IS NULL RETURNING id",
+        TransferStatus::Pending.sql_is("status")
+    )))
     .bind(transfer_ids)
     .fetch_all(&mut *tx)
     .await?;

@@ -62,15 +62,12 @@ pub async fn hold_capture(
         transfers.len()
     );
     latencies.sort_by(f64::total_cmp);
-    Ok(Row {
-        scenario: scenario.to_owned(),
-        transfers: transfers.len() as u64,
+    Ok(Row::measured(
+        scenario,
+        transfers.len() as u64,
         seconds,
-        transfers_per_sec: transfers.len() as f64 / seconds.max(f64::EPSILON),
-        p50_ms: percentile(&latencies, 50.0),
-        p99_ms: percentile(&latencies, 99.0),
-        failed_contention: 0,
-        note: format!(
+        &latencies,
+        format!(
             "holds in HTTP batches of {BATCH_LEN} ({BATCH_CLIENTS} clients), captured once \
              their transfer.held events are read from the feed, {}; first request to last \
              captured posted; latency = capture request",
@@ -82,7 +79,7 @@ pub async fn hold_capture(
                     format!("each by a single POST .../capture ({INTAKE_CLIENTS} clients)"),
             }
         ),
-    })
+    ))
 }
 
 async fn send_holds(ferry: &BenchedFerry, transfers: &[PlannedTransfer]) -> anyhow::Result<()> {
@@ -273,15 +270,12 @@ pub async fn balance_at(
     scans_ms.sort_by(f64::total_cmp);
     let mut latencies: Vec<f64> = reads.iter().map(|(ms, _)| *ms).collect();
     latencies.sort_by(f64::total_cmp);
-    Ok(Row {
-        scenario: scenario.to_owned(),
-        transfers: BALANCE_READS as u64,
+    Ok(Row::measured(
+        scenario,
+        BALANCE_READS as u64,
         seconds,
-        transfers_per_sec: BALANCE_READS as f64 / seconds.max(f64::EPSILON),
-        p50_ms: percentile(&latencies, 50.0),
-        p99_ms: percentile(&latencies, 99.0),
-        failed_contention: 0,
-        note: format!(
+        &latencies,
+        format!(
             "GET /v1/accounts/{{id}}/balance?at= at random instants of a {history_entries}-entry \
              account, {BALANCE_CLIENTS} clients (rows = reads); baseline: summing the entries \
              up to the instant, p50 {:.1} ms / max {:.1} ms over {BASELINE_SCANS} instants, each \
@@ -289,7 +283,7 @@ pub async fn balance_at(
             percentile(&scans_ms, 50.0).unwrap_or_default(),
             scans_ms.last().copied().unwrap_or_default(),
         ),
-    })
+    ))
 }
 
 /// Writes a posted history straight into the tables: `history-a` and `history-b` exchange

@@ -37,6 +37,29 @@ pub struct Row {
     pub note: String,
 }
 
+impl Row {
+    /// A scenario that did `count` things in `seconds`, with each one's latency (ms, sorted)
+    /// as its p50/p99 and no contention failures.
+    pub fn measured(
+        scenario: &str,
+        count: u64,
+        seconds: f64,
+        sorted_latencies_ms: &[f64],
+        note: String,
+    ) -> Self {
+        Self {
+            scenario: scenario.to_owned(),
+            transfers: count,
+            seconds,
+            transfers_per_sec: count as f64 / seconds.max(f64::EPSILON),
+            p50_ms: workload::percentile(sorted_latencies_ms, 50.0),
+            p99_ms: workload::percentile(sorted_latencies_ms, 99.0),
+            failed_contention: 0,
+            note,
+        }
+    }
+}
+
 /// A database for one scenario on `server_url`'s server, created and migrated, with a pool of
 /// 8 connections on it.
 pub async fn scratch_database(server_url: &str) -> anyhow::Result<(ScratchDatabase, PgPool)> {

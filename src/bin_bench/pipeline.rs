@@ -8,7 +8,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::Row;
-use super::workload::{PlannedTransfer, percentile};
+use super::workload::PlannedTransfer;
 use ferry::config::{Config, Roles};
 use ferry::domain::Scopes;
 use ferry::harness::{RunningFerry, spawn_in_process};
@@ -240,16 +240,13 @@ pub async fn intake(
         Posting::Concurrent => "workers posting in the same process meanwhile",
         Posting::Afterwards => "intake role alone, posted afterwards",
     };
-    Ok(Row {
-        scenario: scenario.to_owned(),
-        transfers: transfers.len() as u64,
+    Ok(Row::measured(
+        scenario,
+        transfers.len() as u64,
         seconds,
-        transfers_per_sec: transfers.len() as f64 / seconds.max(f64::EPSILON),
-        p50_ms: percentile(&latencies, 50.0),
-        p99_ms: percentile(&latencies, 99.0),
-        failed_contention: 0,
-        note: format!("single POST /v1/transfers, {INTAKE_CLIENTS} clients; accepted/s; {who}"),
-    })
+        &latencies,
+        format!("single POST /v1/transfers, {INTAKE_CLIENTS} clients; accepted/s; {who}"),
+    ))
 }
 
 /// Resident memory of this process in KiB (Linux), for the soak scenario.

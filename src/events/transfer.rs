@@ -187,12 +187,6 @@ pub struct TransferRow {
     reversed_amount: Decimal,
 }
 
-impl TransferRow {
-    pub fn id(&self) -> Uuid {
-        self.id
-    }
-}
-
 /// The nullable `failure_code` column, decoded strictly when present.
 struct StoredFailureCode(Option<FailureCode>);
 

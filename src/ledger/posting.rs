@@ -32,7 +32,9 @@ use super::apply::{
     AccountDelta, Applied, Instruction, LockedAccount, Outcome, PendingTransfer, apply_batch,
     entries_balance,
 };
-use crate::domain::{AccountId, AccountKey, AccountStatus, Amount, Currency, LedgerName};
+use crate::domain::{
+    AccountId, AccountKey, AccountStatus, Amount, Currency, LedgerName, TransferStatus,
+};
 use crate::events::{self, transfer::TransferRow};
 use crate::failpoint::Failpoint;
 use crate::retry::{RetryClass, RetryPolicy, classify};
@@ -248,16 +250,15 @@ fn summarise(
     report
 }
 
-// The posting statements spell "pending" as `status NOT IN ('in_review', 'held', 'posted',
-// 'failed', 'voided')` (the same thing under the table's CHECK) so the planner cannot match the
-// partial index `transfers_pending_by_age`: with stale statistics it scanned every pending
-// transfer per batch (O(backlog), measured 84 ms for 1,200 transfers) instead of probing the
-// primary key. A transfer held for review (`in_review`) is not posted until a reviewer
+// The posting statements spell "pending" with `TransferStatus::sql_is` so the planner cannot
+// match the partial index `transfers_pending_by_age`: with stale statistics it scanned every
+// pending transfer per batch (O(backlog), measured 84 ms for 1,200 transfers) instead of
+// probing the primary key. A transfer held for review (`in_review`) is not posted until a reviewer
 // approves it; a `held` hold is taken only once a capture or void is claimed on it.
 fn postable(alias: &str) -> String {
     format!(
-        "({alias}.status NOT IN ('in_review', 'held', 'posted', 'failed', 'voided') \
-         OR ({alias}.status = 'held' AND {alias}.hold_action IS NOT NULL))"
+        "({} OR ({alias}.status = 'held' AND {alias}.hold_action IS NOT NULL))",
+        TransferStatus::Pending.sql_is(&format!("{alias}.status"))
     )
 }
 
