@@ -90,27 +90,56 @@ pub enum AlertsCommand {
 /// Accounts of the bench's uniform and hot scenarios (the "100k accounts").
 pub const BENCH_ACCOUNTS_DEFAULT: u32 = 100_000;
 
-/// Arguments of `ferry bench` (the scenarios live beside `main.rs`, in `src/bin_bench/`).
+/// Arguments of `ferry bench` (the scenarios live beside `main.rs`, in `src/bin_bench/`;
+/// README, "Benchmarks").
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Scenario: baseline-uniform, uniform, hold-capture, hold-capture-single, balance-at,
-    /// uniform-webhook, webhook-lag, baseline-hot, hot, intake, intake-while-posting,
-    /// reconcile, soak, or all (all but soak).
+    /// Throughput scenarios (repeated, each with what it is compared with): baseline-uniform,
+    /// uniform, hold-capture, hold-capture-single, uniform-anomaly-off, uniform-review,
+    /// uniform-webhook, baseline-hot, hot, intake, intake-while-posting,
+    /// intake-while-posting-anomaly-off. Measured once: balance-at, webhook-lag, reconcile.
+    /// `all` runs those. By name only: latency, growth, scale-out, soak.
     #[arg(long, default_value = "all")]
     pub scenario: String,
-    /// Transfers each scenario moves (for reconcile: the ledger size).
+    /// The least transfers a measured run moves (for reconcile: the ledger size; for
+    /// webhook-lag: how many it sends).
     #[arg(long, default_value_t = 20_000)]
     pub transfers: u64,
+    /// Runs of each throughput scenario, interleaved with the others'.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Warm-up before each measured run, on the same database and processes.
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup_secs: f64,
+    /// The least a measured run lasts: its size is set from the warm-up's rate.
+    #[arg(long, default_value_t = 10.0)]
+    pub measure_secs: f64,
+    /// latency: how long each step of offered load lasts (also growth's time-to-posted step).
+    #[arg(long, default_value_t = 10.0)]
+    pub step_secs: f64,
+    /// growth and soak: the offered rate of single requests whose time to posted is measured.
+    #[arg(long, default_value_t = 1_000.0)]
+    pub rate: f64,
+    /// growth: entries of the large ledger.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub ledger_entries: u64,
     /// Entries on the account `balance-at` reads.
     #[arg(long, default_value_t = 1_000_000)]
     pub history_entries: i64,
     /// How long the soak scenario runs.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 1_800)]
     pub soak_secs: u64,
+    /// soak: how long finished jobs are kept before the scheduler purges them (the soak is
+    /// shorter than the default hour, so purging would not show).
+    #[arg(long, default_value_t = 300)]
+    pub soak_job_retention_secs: u64,
     /// Accounts of the uniform and hot scenarios.
     #[arg(long, default_value_t = BENCH_ACCOUNTS_DEFAULT)]
     pub accounts: u32,
-    /// Also write the rows as JSON to this file.
+    /// latency: draw latency against offered load into this SVG file.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
+    /// Also write the tables as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
 }

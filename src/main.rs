@@ -359,18 +359,31 @@ async fn connect_migrated(config: &Config) -> anyhow::Result<sqlx::PgPool> {
 
 /// `ferry bench`: run scenarios, print the table, write JSON rows if asked.
 async fn run_bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
-    let rows = bench::run(
-        config,
-        &args.scenario,
-        args.transfers,
-        args.accounts,
-        args.soak_secs,
-        args.history_entries,
-    )
-    .await?;
-    bench::print_table(&rows);
+    anyhow::ensure!(args.reps > 0, "--reps must be at least 1");
+    anyhow::ensure!(
+        args.rate > 0.0 && args.step_secs > 0.0,
+        "--rate and --step-secs must be above zero"
+    );
+    let options = bench::Options {
+        transfers: args.transfers,
+        accounts: args.accounts,
+        reps: args.reps,
+        warmup_secs: args.warmup_secs,
+        measure_secs: args.measure_secs,
+        step_secs: args.step_secs,
+        rate_per_sec: args.rate,
+        ledger_entries: args.ledger_entries,
+        history_entries: args.history_entries,
+        soak_secs: args.soak_secs,
+        soak_job_retention_secs: args.soak_job_retention_secs,
+        plot: args.plot,
+    };
+    let report = bench::run(config, &args.scenario, &options).await?;
+    if !report.rows.is_empty() {
+        bench::print_table(&report.rows);
+    }
     if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

@@ -18,7 +18,8 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use super::Row;
-use super::pipeline::{BATCH_CLIENTS, BATCH_LEN, BenchedFerry, INTAKE_CLIENTS, item, send_batches};
+use super::pipeline::{BATCH_CLIENTS, BATCH_LEN, INTAKE_CLIENTS, item, send_batches};
+use super::processes::BenchedFerry;
 use super::workload::{PlannedTransfer, percentile};
 
 /// Longest wait for every hold to be captured and posted.
@@ -45,10 +46,22 @@ pub async fn hold_capture(
     transfers: &[PlannedTransfer],
     captures: Captures,
 ) -> anyhow::Result<Row> {
+    // A run may follow another on the same ferry (warm-up, then the measured run): count and
+    // read the feed from where the last one ended.
+    let (ended_before, feed_after): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM transfers WHERE status IN ('posted', 'failed', 'voided')), \
+                (SELECT coalesce(max(seq), 0) FROM events)",
+    )
+    .fetch_one(ferry.pool())
+    .await?;
     let started = Instant::now();
     let (sent, captures_sent) = tokio::join!(
         send_holds(ferry, transfers),
-        capture_held(ferry, transfers.len(), captures)
+        capture_held(
+            ferry,
+            (feed_after, ended_before + transfers.len() as i64),
+            captures
+        )
     );
     sent?;
     let mut latencies = captures_sent?;
@@ -57,7 +70,7 @@ pub async fn hold_capture(
         .fetch_one(ferry.pool())
         .await?;
     anyhow::ensure!(
-        posted == transfers.len() as i64,
+        posted == ended_before + transfers.len() as i64,
         "{posted} of {} holds captured and posted",
         transfers.len()
     );
@@ -92,17 +105,17 @@ async fn send_holds(ferry: &BenchedFerry, transfers: &[PlannedTransfer]) -> anyh
 }
 
 /// Captures holds as they become held — following the `transfer.held` events through the
-/// feed, as a producer would, and handing their ids to 64 clients — until all `expected` have
-/// ended; returns each capture request's latency (ms).
+/// feed after `feed_after`, as a producer would, and handing their ids to 64 clients — until
+/// `ended_expected` transfers have ended; returns each capture request's latency (ms).
 async fn capture_held(
     ferry: &BenchedFerry,
-    expected: usize,
+    (feed_after, ended_expected): (i64, i64),
     captures: Captures,
 ) -> anyhow::Result<Vec<f64>> {
-    let (ids, incoming) = tokio::sync::mpsc::channel::<String>(expected.max(1));
+    let (ids, incoming) = tokio::sync::mpsc::channel::<String>(ended_expected.max(1) as usize);
     let poll = async move {
         let deadline = Instant::now() + Duration::from_secs(SETTLE_TIMEOUT_SECS);
-        let mut after = 0i64;
+        let mut after = feed_after;
         loop {
             anyhow::ensure!(Instant::now() < deadline, "holds still open");
             let page: serde_json::Value = ferry
@@ -130,7 +143,7 @@ async fn capture_held(
                 )
                 .fetch_one(ferry.pool())
                 .await?;
-                if ended >= expected as i64 {
+                if ended >= ended_expected {
                     // Dropping the sender ends the clients' stream.
                     return Ok(());
                 }

@@ -1,22 +1,30 @@
 //! `ferry bench`: measured scenarios against throwaway databases on `DATABASE_URL`'s server,
-//! printed as a table and optionally written as JSON rows.
+//! printed as tables and optionally written as JSON (README, "Benchmarks").
 //!
 //! A module of the `ferry` binary, not of the library (ARCHITECTURE.md, `src/bin_bench/`).
-//! Scratch databases and ferry run in-process come from `ferry::harness`, which the
-//! integration tests use too.
+//! Scratch databases come from `ferry::harness`, which the integration tests use too; ferry
+//! itself runs as `ferry serve` child processes (`processes.rs`), this process being the load
+//! generator.
 
 mod baseline;
+mod growth;
 mod holds;
+mod latency;
+mod openloop;
 pub mod pipeline;
+mod plot;
+mod processes;
 pub mod reconcile;
+mod soak;
+mod throughput;
 mod webhooks;
 pub mod workload;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use ferry::db;
 use ferry::harness::ScratchDatabase;
@@ -25,6 +33,9 @@ use ferry::harness::ScratchDatabase;
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub scenario: String,
+    /// Which run of the bench this was (for the order of a scenario's runs).
+    #[serde(skip)]
+    pub run: usize,
     pub transfers: u64,
     pub seconds: f64,
     pub transfers_per_sec: f64,
@@ -49,6 +60,7 @@ impl Row {
     ) -> Self {
         Self {
             scenario: scenario.to_owned(),
+            run: 0,
             transfers: count,
             seconds,
             transfers_per_sec: count as f64 / seconds.max(f64::EPSILON),
@@ -77,187 +89,354 @@ pub async fn finish(scratch: ScratchDatabase, pool: PgPool) {
     }
 }
 
-/// Every scenario, in the order `all` runs them (`soak`, which runs for minutes, only by name).
-/// A scenario ending in [`ANOMALY_OFF`] is the same run with anomaly detection off, for its
-/// cost (README, "Anomaly detection"); one ending in [`REVIEW`], with every rule set to
-/// `review`, for the cost of judging before posting.
-pub const SCENARIOS: [&str; 15] = [
+/// What `ferry bench` was asked for (`ferry bench --help`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The least a measured run moves, and the most a warm-up round does.
+    pub transfers: u64,
+    pub accounts: u32,
+    /// Runs of each throughput scenario.
+    pub reps: usize,
+    pub warmup_secs: f64,
+    /// The least a measured run lasts (its size is set from the warm-up's rate).
+    pub measure_secs: f64,
+    /// How long each offered-load step of `latency` lasts.
+    pub step_secs: f64,
+    /// Offered rate of `growth`'s and `soak`'s time-to-posted (single requests).
+    pub rate_per_sec: f64,
+    /// Entries of `growth`'s large ledger.
+    pub ledger_entries: u64,
+    pub history_entries: i64,
+    pub soak_secs: u64,
+    /// `soak`: how long finished jobs are kept before the scheduler purges them.
+    pub soak_job_retention_secs: u64,
+    pub plot: Option<PathBuf>,
+}
+
+/// Throughput scenarios, in the order `all` runs them; each is repeated and compared.
+pub const THROUGHPUT: [&str; 12] = [
     "baseline-uniform",
     "uniform",
     "hold-capture",
     "hold-capture-single",
-    "balance-at",
     "uniform-anomaly-off",
     "uniform-review",
     "uniform-webhook",
-    "webhook-lag",
     "baseline-hot",
     "hot",
     "intake",
     "intake-while-posting",
     "intake-while-posting-anomaly-off",
-    "reconcile",
 ];
+/// Scenarios measured once per `all` (latencies of reads and of deliveries, run times).
+pub const ONCE: [&str; 3] = ["balance-at", "webhook-lag", "reconcile"];
+/// Scenarios run only by name: each takes minutes.
+pub const BY_NAME: [&str; 4] = ["latency", "growth", "scale-out", "soak"];
 
 /// The suffix of the scenarios run with anomaly detection off.
 pub const ANOMALY_OFF: &str = "-anomaly-off";
 /// The suffix of the scenarios run with every anomaly rule set to `review`.
 pub const REVIEW: &str = "-review";
 
-/// Runs `scenario` (or all) with `transfers` transfers, each in a database of its own.
+/// The scenario a throughput scenario's ratio is taken against (its median over the other's),
+/// run with it whenever it is run.
+pub fn compared_with(scenario: &str) -> Option<&'static str> {
+    match scenario {
+        "uniform" => Some("baseline-uniform"),
+        "hot" => Some("baseline-hot"),
+        "hold-capture" | "hold-capture-single" | "uniform-review" | "uniform-webhook" => {
+            Some("uniform")
+        }
+        "uniform-anomaly-off" => Some("uniform"),
+        "intake-while-posting-anomaly-off" => Some("intake-while-posting"),
+        "scale-out-2" | "scale-out-4" => Some("scale-out-1"),
+        "growth-large" => Some("growth-empty"),
+        _ => None,
+    }
+}
+
+/// Every table and series a bench run produced.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub rows: Vec<Summary>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub latency_steps: Vec<openloop::Step>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub soak_samples: Vec<soak::Sample>,
+}
+
+/// Runs `scenario` (or all).
 pub async fn run(
     config: &ferry::config::Config,
     scenario: &str,
-    transfers: u64,
-    accounts: u32,
-    soak_secs: u64,
-    history_entries: i64,
-) -> anyhow::Result<Vec<Row>> {
-    let chosen: Vec<&str> = match scenario {
-        "all" => SCENARIOS.to_vec(),
-        one if SCENARIOS.contains(&one) || one == "soak" => vec![one],
-        other => anyhow::bail!(
-            "unknown scenario {other:?} (scenarios: {}, all)",
-            SCENARIOS.join(", ")
-        ),
-    };
-    let mut rows = Vec::new();
-    for name in chosen {
-        eprintln!("running {name} with {transfers} transfers");
-        let row = match name {
-            "reconcile" => {
-                reconcile::run(&config.database.url, transfers, &config.reconcile).await?
+    options: &Options,
+) -> anyhow::Result<Report> {
+    // The bench's clients are reqwest's, built with no crypto provider of their own; ferry's
+    // alert client installs the same one (in ferry's processes).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut report = Report::default();
+    match scenario {
+        "all" => {
+            let runs = throughput::repeated(config, &THROUGHPUT, options).await?;
+            report.rows = summarize(runs);
+            for name in ONCE {
+                report.rows.extend(run_once(config, name, options).await?);
             }
-            _ => vec![
-                run_transfer_scenario(
-                    config,
-                    name,
-                    (transfers, accounts, history_entries),
-                    soak_secs,
-                )
-                .await?,
-            ],
-        };
-        rows.extend(row);
+        }
+        "latency" => {
+            let steps = latency::run(config, options).await?;
+            report.latency_steps = steps;
+        }
+        "growth" => {
+            let (rows, steps) = growth::run(config, options).await?;
+            report.rows = rows;
+            report.latency_steps = steps;
+        }
+        "scale-out" => {
+            let names = ["scale-out-1", "scale-out-2", "scale-out-4"];
+            report.rows = summarize(throughput::repeated(config, &names, options).await?);
+        }
+        "soak" => report.soak_samples = soak::run(config, options).await?,
+        one if ONCE.contains(&one) => report.rows = run_once(config, one, options).await?,
+        one if THROUGHPUT.contains(&one) => {
+            // The scenario with what it is compared with, transitively, baselines first.
+            let mut names = vec![one];
+            while let Some(other) = names.last().and_then(|n| compared_with(n)) {
+                names.push(other);
+            }
+            names.reverse();
+            report.rows = summarize(throughput::repeated(config, &names, options).await?);
+        }
+        other => anyhow::bail!(
+            "unknown scenario {other:?} (scenarios: {}, {}, {}, all)",
+            THROUGHPUT.join(", "),
+            ONCE.join(", "),
+            BY_NAME.join(", ")
+        ),
     }
-    Ok(rows)
+    Ok(report)
 }
 
-/// `sizes`: transfers, accounts, and the `balance-at` history's entries.
-async fn run_transfer_scenario(
+/// A scenario measured once: its rows as summaries of one run each.
+async fn run_once(
     config: &ferry::config::Config,
     name: &str,
-    sizes: (u64, u32, i64),
-    soak_secs: u64,
+    options: &Options,
+) -> anyhow::Result<Vec<Summary>> {
+    eprintln!("running {name}");
+    let rows = match name {
+        "reconcile" => {
+            reconcile::run(&config.database.url, options.transfers, &config.reconcile).await?
+        }
+        "balance-at" | "webhook-lag" => vec![read_or_deliver(config, name, options).await?],
+        other => anyhow::bail!("{other} is not measured once"),
+    };
+    Ok(summarize(
+        rows.into_iter()
+            .map(|row| (row.scenario.clone(), vec![row]))
+            .collect(),
+    ))
+}
+
+/// `balance-at` or `webhook-lag` on a scratch database of their own.
+async fn read_or_deliver(
+    config: &ferry::config::Config,
+    name: &str,
+    options: &Options,
 ) -> anyhow::Result<Row> {
-    let (transfers, accounts, history_entries) = sizes;
-    use workload::{Shape, plan, seed_accounts};
-    let scenario = name;
-    let mut config = config.clone();
-    let name = if let Some(base) = name.strip_suffix(ANOMALY_OFF) {
-        config.anomaly.enabled = false;
-        base
-    } else if let Some(base) = name.strip_suffix(REVIEW) {
-        let review = ferry::domain::RuleAction::Review;
-        let anomaly = &mut config.anomaly;
-        anomaly.velocity.action = review;
-        anomaly.large_amount.action = review;
-        anomaly.failed_streak.action = review;
-        anomaly.duplicate_amount.action = review;
-        base
-    } else {
-        name
-    };
-    if name.contains("webhook") {
+    use processes::{BenchedFerry, ChildSettings, Layout};
+    let mut settings = ChildSettings::default();
+    if name == "webhook-lag" {
         // The receiver is on loopback, in this process.
-        config.webhooks.allow_insecure = true;
+        settings = settings.with_env("FERRY_WEBHOOKS_ALLOW_INSECURE", "true");
     }
-    let config = &config;
-    let shape = if name.ends_with("hot") {
-        Shape::Hot
-    } else {
-        Shape::Uniform
-    };
-    let planned = plan(shape, transfers, accounts, 20_261_121);
     let (scratch, pool) = scratch_database(&config.database.url).await?;
-    // Measure, then drop the scratch database whatever happened.
     let result = async {
-        seed_accounts(&pool, accounts).await?;
-        let row = if name.starts_with("baseline") {
-            let pool = db::connect(
-                scratch.url(),
-                baseline::BASELINE_CONNECTIONS,
-                Duration::from_secs(30),
-            )
-            .await?;
-            let api_key = Uuid::now_v7();
-            sqlx::query(
-                "INSERT INTO api_keys (id, name, key_hash, scopes) \
-                 VALUES ($1, 'baseline', $2, '{admin}')",
-            )
-            .bind(api_key)
-            .bind(api_key.as_bytes().to_vec())
-            .execute(&pool)
-            .await?;
-            let row = baseline::run(name, &pool, api_key, &planned).await;
-            pool.close().await;
-            row?
+        workload::seed_accounts(&pool, options.accounts).await?;
+        let ferry = BenchedFerry::start(scratch.url(), Layout::IntakeAndWorker, settings).await?;
+        let row = if name == "balance-at" {
+            holds::balance_at(name, &ferry, options.history_entries).await
         } else {
-            let posting = if name == "intake" {
-                pipeline::Posting::Afterwards
-            } else {
-                pipeline::Posting::Concurrent
-            };
-            let ferry = pipeline::BenchedFerry::start(config, scratch.url(), posting).await?;
-            let row = if name.starts_with("intake") {
-                pipeline::intake(name, &ferry, &planned).await
-            } else if name == "uniform-webhook" {
-                webhooks::uniform(name, &ferry, &planned).await
-            } else if name == "hold-capture" {
-                holds::hold_capture(name, &ferry, &planned, holds::Captures::Batched).await
-            } else if name == "hold-capture-single" {
-                holds::hold_capture(name, &ferry, &planned, holds::Captures::Single).await
-            } else if name == "balance-at" {
-                holds::balance_at(name, &ferry, history_entries).await
-            } else if name == "webhook-lag" {
-                webhooks::lag(name, &ferry, &planned).await
-            } else if name == "soak" {
-                pipeline::soak(&ferry, &planned, Duration::from_secs(soak_secs)).await
-            } else {
-                pipeline::batched(name, &ferry, &planned).await
-            };
-            ferry.stop();
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            row?
+            let plan = workload::Planner::new(workload::Shape::Uniform, options.accounts, 1)
+                .take(options.transfers);
+            webhooks::lag(name, &ferry, &plan).await
         };
-        anyhow::Ok(row)
+        ferry.stop().await;
+        row
     }
     .await;
     finish(scratch, pool).await;
-    result.map(|row| Row {
-        scenario: scenario.to_owned(),
-        ..row
-    })
+    result
 }
 
-/// Prints rows as an aligned table.
-pub fn print_table(rows: &[Row]) {
+/// A scenario's runs, summed up: the median run's figures, the spread of its rates, and the
+/// ratio of its median to the median of what it is compared with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub reps: usize,
+    /// Of the median run.
+    pub transfers: u64,
+    pub seconds: f64,
+    /// Median over the runs.
+    pub transfers_per_sec: f64,
+    pub min_per_sec: f64,
+    pub max_per_sec: f64,
+    /// Every run's rate, in run order.
+    pub runs_per_sec: Vec<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compared_with: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    /// Of the median run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    /// Over every run.
+    pub failed_contention: u64,
+    pub note: String,
+}
+
+/// One summary per scenario, in the order given; ratios where the compared scenario ran too.
+pub fn summarize(runs: Vec<(String, Vec<Row>)>) -> Vec<Summary> {
+    let mut summaries: Vec<Summary> = runs
+        .into_iter()
+        .filter_map(|(scenario, mut rows)| {
+            rows.sort_by(|a, b| a.transfers_per_sec.total_cmp(&b.transfers_per_sec));
+            let rates: Vec<f64> = rows.iter().map(|r| r.transfers_per_sec).collect();
+            let median = rows.get(rows.len() / 2)?.clone();
+            Some(Summary {
+                reps: rows.len(),
+                transfers: median.transfers,
+                seconds: median.seconds,
+                transfers_per_sec: median_of(&rates)?,
+                min_per_sec: *rates.first()?,
+                max_per_sec: *rates.last()?,
+                runs_per_sec: rows_in_run_order(&rows),
+                compared_with: None,
+                ratio: None,
+                p50_ms: median.p50_ms,
+                p99_ms: median.p99_ms,
+                failed_contention: rows.iter().map(|r| r.failed_contention).sum(),
+                note: median.note,
+                scenario,
+            })
+        })
+        .collect();
+    let medians: Vec<(String, f64)> = summaries
+        .iter()
+        .map(|s| (s.scenario.clone(), s.transfers_per_sec))
+        .collect();
+    for summary in &mut summaries {
+        let other = compared_with(&summary.scenario);
+        if let Some((name, median)) = medians.iter().find(|(n, _)| Some(n.as_str()) == other) {
+            summary.compared_with = Some(name.clone());
+            summary.ratio = Some(summary.transfers_per_sec / median.max(f64::EPSILON));
+        }
+    }
+    summaries
+}
+
+/// The median of sorted values (the mean of the middle two for an even count).
+pub fn median_of(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+fn rows_in_run_order(rows: &[Row]) -> Vec<f64> {
+    let mut ordered: Vec<&Row> = rows.iter().collect();
+    ordered.sort_by_key(|r| r.run);
+    ordered.iter().map(|r| r.transfers_per_sec).collect()
+}
+
+/// Prints summaries as an aligned table.
+pub fn print_table(rows: &[Summary]) {
     println!(
-        "{:<22} {:>10} {:>9} {:>12} {:>8} {:>8} {:>10}  note",
-        "scenario", "transfers", "seconds", "transfers/s", "p50 ms", "p99 ms", "contention"
+        "{:<34} {:>4} {:>9} {:>8} {:>9} {:>9} {:>9} {:>18} {:>8} {:>8} {:>5}  note",
+        "scenario",
+        "runs",
+        "transfers",
+        "seconds",
+        "median/s",
+        "min/s",
+        "max/s",
+        "ratio (median)",
+        "p50 ms",
+        "p99 ms",
+        "cont."
     );
     for row in rows {
         let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+        let ratio = match (&row.compared_with, row.ratio) {
+            (Some(other), Some(ratio)) => format!("{ratio:.2}× {}", short(other)),
+            _ => "-".to_owned(),
+        };
         println!(
-            "{:<22} {:>10} {:>9.3} {:>12.0} {:>8} {:>8} {:>10}  {}",
+            "{:<34} {:>4} {:>9} {:>8.2} {:>9.0} {:>9.0} {:>9.0} {:>18} {:>8} {:>8} {:>5}  {}",
             row.scenario,
+            row.reps,
             row.transfers,
             row.seconds,
             row.transfers_per_sec,
+            row.min_per_sec,
+            row.max_per_sec,
+            ratio,
             ms(row.p50_ms),
             ms(row.p99_ms),
             row.failed_contention,
             row.note
         );
+    }
+}
+
+/// A scenario's name cut to fit the ratio column.
+fn short(name: &str) -> &str {
+    name.get(..name.len().min(11)).unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(scenario: &str, run: usize, per_sec: f64) -> Row {
+        Row {
+            run,
+            ..Row::measured(scenario, 100, 100.0 / per_sec, &[], String::new())
+        }
+    }
+
+    #[test]
+    fn summaries_take_the_median_run_and_ratios_of_medians() {
+        let runs = vec![
+            (
+                "baseline-uniform".to_owned(),
+                vec![row("b", 0, 10.0), row("b", 2, 30.0), row("b", 4, 20.0)],
+            ),
+            (
+                "uniform".to_owned(),
+                vec![row("u", 1, 100.0), row("u", 3, 500.0), row("u", 5, 120.0)],
+            ),
+        ];
+        let summaries = summarize(runs);
+        let uniform = &summaries[1];
+        assert!((uniform.transfers_per_sec - 120.0).abs() < 1e-9);
+        assert!((uniform.min_per_sec - 100.0).abs() < 1e-9);
+        assert!((uniform.max_per_sec - 500.0).abs() < 1e-9);
+        assert_eq!(uniform.runs_per_sec.len(), 3);
+        assert!((uniform.runs_per_sec[1] - 500.0).abs() < 1e-9, "run order kept");
+        assert_eq!(uniform.compared_with.as_deref(), Some("baseline-uniform"));
+        assert!((uniform.ratio.unwrap_or_default() - 6.0).abs() < 1e-9);
+        assert_eq!(summaries[0].ratio, None);
+    }
+
+    #[test]
+    fn medians_of_even_counts_are_the_middle_mean() {
+        assert_eq!(median_of(&[1.0, 2.0, 4.0, 9.0]), Some(3.0));
+        assert_eq!(median_of(&[]), None);
     }
 }

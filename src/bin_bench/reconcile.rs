@@ -40,7 +40,7 @@ async fn measure(
 ) -> anyhow::Result<Vec<Row>> {
     let anchor = Utc::now() - Duration::hours(1);
     let seeded = Instant::now();
-    seed(pool, ledger_transfers, anchor).await?;
+    seed(pool, ledger_transfers, ACCOUNTS, anchor).await?;
     eprintln!(
         "seeded {ledger_transfers} posted transfers in {:.1}s",
         seeded.elapsed().as_secs_f64()
@@ -74,6 +74,7 @@ async fn measure(
 fn row(scenario: &str, transfers: u64, seconds: f64, ledger: u64, what: &str) -> Row {
     Row {
         scenario: scenario.to_owned(),
+        run: 0,
         transfers,
         seconds,
         transfers_per_sec: transfers as f64 / seconds.max(f64::EPSILON),
@@ -129,9 +130,15 @@ async fn timed_run(
     ))
 }
 
-/// Writes `transfers` posted transfers among [`ACCOUNTS`] accounts, with their entries and
-/// balances, the newest ending at `anchor`.
-pub async fn seed(pool: &PgPool, transfers: u64, anchor: DateTime<Utc>) -> anyhow::Result<()> {
+/// Writes `transfers` posted transfers among `accounts` accounts (`acct1`…, created here, as
+/// the other scenarios name them), with their entries and balances, the newest ending at
+/// `anchor`.
+pub async fn seed(
+    pool: &PgPool,
+    transfers: u64,
+    accounts: i64,
+    anchor: DateTime<Utc>,
+) -> anyhow::Result<()> {
     let transfers = i64::try_from(transfers)?;
     let mut tx = pool.begin().await?;
     sqlx::raw_sql(
@@ -145,7 +152,7 @@ pub async fn seed(pool: &PgPool, transfers: u64, anchor: DateTime<Utc>) -> anyho
         "INSERT INTO accounts (ledger, id, currency, allow_overdraft) \
          SELECT 'default', 'acct' || n, 'USD', true FROM generate_series(1, $1) n",
     )
-    .bind(ACCOUNTS)
+    .bind(accounts)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
@@ -159,7 +166,7 @@ pub async fn seed(pool: &PgPool, transfers: u64, anchor: DateTime<Utc>) -> anyho
            LATERAL (SELECT $3 - make_interval(secs => ($1 - n + 1) * $4 / 1000.0) AS t) ts",
     )
     .bind(transfers)
-    .bind(ACCOUNTS)
+    .bind(accounts)
     .bind(anchor)
     .bind(SPACING_MS as f64)
     .execute(&mut *tx)

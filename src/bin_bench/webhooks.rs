@@ -12,7 +12,8 @@ use axum::http::HeaderMap;
 use serde_json::json;
 
 use super::Row;
-use super::pipeline::{BenchedFerry, batched, item};
+use super::pipeline::{batched, item};
+use super::processes::BenchedFerry;
 use super::workload::{PlannedTransfer, percentile};
 
 /// The offered rate of `webhook-lag`.
@@ -31,11 +32,12 @@ struct Receiver {
 }
 
 impl Receiver {
-    /// A receiver, started, with one endpoint of `ferry` subscribed to every transfer event.
-    async fn subscribed(ferry: &BenchedFerry) -> anyhow::Result<Self> {
+    /// A receiver, started, with one endpoint of `ferry` subscribed to every transfer event;
+    /// the endpoint's id.
+    async fn subscribed(ferry: &BenchedFerry) -> anyhow::Result<(Self, String)> {
         let receiver = Self::default();
-        subscribe(ferry, &receiver.start().await?).await?;
-        Ok(receiver)
+        let endpoint = subscribe(ferry, &receiver.start().await?).await?;
+        Ok((receiver, endpoint))
     }
 
     async fn start(&self) -> anyhow::Result<String> {
@@ -99,8 +101,10 @@ impl Receiver {
     }
 }
 
-async fn subscribe(ferry: &BenchedFerry, url: &str) -> anyhow::Result<()> {
-    let response = reqwest::Client::new()
+/// Subscribes `url` to every transfer event; the endpoint's id.
+async fn subscribe(ferry: &BenchedFerry, url: &str) -> anyhow::Result<String> {
+    let response = ferry
+        .client()
         .post(format!("{}/v1/webhook-endpoints", ferry.base_url))
         .bearer_auth(&ferry.api_key)
         .json(&json!({"url": url, "event_types": ["transfer.posted", "transfer.failed"]}))
@@ -111,6 +115,22 @@ async fn subscribe(ferry: &BenchedFerry, url: &str) -> anyhow::Result<()> {
         "endpoint refused: {}",
         response.text().await?
     );
+    let endpoint: serde_json::Value = response.json().await?;
+    endpoint["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no endpoint id in {endpoint}"))
+}
+
+/// Deletes the endpoint, so a next run on the same ferry delivers to its own receiver only.
+async fn unsubscribe(ferry: &BenchedFerry, endpoint: &str) -> anyhow::Result<()> {
+    ferry
+        .client()
+        .delete(format!("{}/v1/webhook-endpoints/{endpoint}", ferry.base_url))
+        .bearer_auth(&ferry.api_key)
+        .send()
+        .await?
+        .error_for_status()?;
     Ok(())
 }
 
@@ -122,12 +142,13 @@ pub async fn uniform(
     ferry: &BenchedFerry,
     transfers: &[PlannedTransfer],
 ) -> anyhow::Result<Row> {
-    let receiver = Receiver::subscribed(ferry).await?;
+    let (receiver, endpoint) = Receiver::subscribed(ferry).await?;
     let started = Instant::now();
     let mut row = batched(scenario, ferry, transfers).await?;
     let delivered_when_posted = receiver.delivered();
     receiver.wait_for(transfers.len()).await?;
     let all_delivered_secs = started.elapsed().as_secs_f64();
+    unsubscribe(ferry, &endpoint).await?;
     let lags = receiver.lags();
     row.p50_ms = percentile(&lags, 50.0);
     row.p99_ms = percentile(&lags, 99.0);
@@ -147,7 +168,7 @@ pub async fn lag(
     ferry: &BenchedFerry,
     transfers: &[PlannedTransfer],
 ) -> anyhow::Result<Row> {
-    let receiver = Receiver::subscribed(ferry).await?;
+    let (receiver, _endpoint) = Receiver::subscribed(ferry).await?;
     let url = format!("{}/v1/transfers/batch", ferry.base_url);
     let client = reqwest::Client::new();
     let interval = Duration::from_secs(1) * LAG_BATCH_LEN as u32 / LAG_RATE_PER_SEC as u32;
@@ -174,6 +195,7 @@ pub async fn lag(
     let lags = receiver.lags();
     Ok(Row {
         scenario: scenario.to_owned(),
+        run: 0,
         transfers: transfers.len() as u64,
         seconds,
         transfers_per_sec: transfers.len() as f64 / offered_secs.max(f64::EPSILON),

@@ -31,26 +31,53 @@ impl PlannedTransfer {
     }
 }
 
-pub fn plan(shape: Shape, transfers: u64, accounts: u32, seed: u64) -> Vec<PlannedTransfer> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..transfers)
-        .map(|n| {
-            let from = match shape {
-                Shape::Uniform => rng.random_range(1..=accounts),
-                Shape::Hot => HOT_ACCOUNT,
-            };
-            let mut to = rng.random_range(1..=accounts);
-            if to == from {
-                to = if from == accounts { 1 } else { from + 1 };
-            }
-            PlannedTransfer {
-                key: format!("bench-{n}"),
-                from: format!("acct{from}"),
-                to: format!("acct{to}"),
-                cents: rng.random_range(1..=10_000),
-            }
-        })
-        .collect()
+/// An endless, deterministic stream of transfers: two planners with the same seed hand out
+/// the same transfers in the same order, however they are sliced, so a baseline and ferry
+/// move the same money even when each run's length is set by how long it takes.
+pub struct Planner {
+    seed: u64,
+    shape: Shape,
+    accounts: u32,
+    rng: StdRng,
+    next: u64,
+}
+
+impl Planner {
+    pub fn new(shape: Shape, accounts: u32, seed: u64) -> Self {
+        Self {
+            seed,
+            shape,
+            accounts,
+            rng: StdRng::seed_from_u64(seed),
+            next: 0,
+        }
+    }
+
+    /// The next `transfers` transfers, from where the last call stopped, keyed
+    /// `bench-{seed}-{n}`: planners with different seeds can share a database.
+    pub fn take(&mut self, transfers: u64) -> Vec<PlannedTransfer> {
+        (0..transfers).map(|_| self.one()).collect()
+    }
+
+    fn one(&mut self) -> PlannedTransfer {
+        let accounts = self.accounts;
+        let from = match self.shape {
+            Shape::Uniform => self.rng.random_range(1..=accounts),
+            Shape::Hot => HOT_ACCOUNT,
+        };
+        let mut to = self.rng.random_range(1..=accounts);
+        if to == from {
+            to = if from == accounts { 1 } else { from + 1 };
+        }
+        let n = self.next;
+        self.next += 1;
+        PlannedTransfer {
+            key: format!("bench-{}-{n}", self.seed),
+            from: format!("acct{from}"),
+            to: format!("acct{to}"),
+            cents: self.rng.random_range(1..=10_000),
+        }
+    }
 }
 
 /// Creates `accounts` USD accounts named `acct1..`; all may overdraw, so no transfer fails for
@@ -82,18 +109,34 @@ mod tests {
 
     #[test]
     fn plans_are_deterministic_and_never_self_transfers() {
-        let a = plan(Shape::Uniform, 1000, 10, 7);
-        let b = plan(Shape::Uniform, 1000, 10, 7);
+        let a = Planner::new(Shape::Uniform, 10, 7).take(1000);
+        let b = Planner::new(Shape::Uniform, 10, 7).take(1000);
         assert_eq!(
             a.iter().map(|t| &t.to).collect::<Vec<_>>(),
             b.iter().map(|t| &t.to).collect::<Vec<_>>()
         );
         assert!(a.iter().all(|t| t.from != t.to && t.cents > 0));
         assert!(
-            plan(Shape::Hot, 100, 10, 1)
+            Planner::new(Shape::Hot, 10, 1)
+                .take(100)
                 .iter()
                 .all(|t| t.from == format!("acct{HOT_ACCOUNT}"))
         );
+    }
+
+    #[test]
+    fn a_planner_hands_out_the_same_stream_however_it_is_sliced() {
+        let whole = Planner::new(Shape::Uniform, 50, 3).take(30);
+        let mut sliced = Planner::new(Shape::Uniform, 50, 3);
+        let mut parts = sliced.take(7);
+        parts.extend(sliced.take(23));
+        let keys = |v: &[PlannedTransfer]| {
+            v.iter()
+                .map(|t| (t.key.clone(), t.from.clone(), t.to.clone(), t.cents))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&whole), keys(&parts));
+        assert_eq!(parts[29].key, "bench-3-29");
     }
 
     #[test]
