@@ -55,7 +55,9 @@ pub async fn create_schema(pool: &PgPool, accounts: u32) -> Result<(), sqlx::Err
     .bind(i64::from(accounts))
     .execute(pool)
     .await?;
-    sqlx::query("ANALYZE baseline.accounts").execute(pool).await?;
+    sqlx::query("ANALYZE baseline.accounts")
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

@@ -38,17 +38,25 @@ pub async fn run(
             transfers * 2,
             seeded.elapsed().as_secs_f64()
         );
-        let mut runs: Vec<(String, Vec<Row>)> =
-            vec![(EMPTY.to_owned(), Vec::new()), (LARGE.to_owned(), Vec::new())];
+        let mut runs: Vec<(String, Vec<Row>)> = vec![
+            (EMPTY.to_owned(), Vec::new()),
+            (LARGE.to_owned(), Vec::new()),
+        ];
         let mut steps = Vec::new();
         let mut sizes = HashMap::new();
         for rep in 0..options.reps {
             let order = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
             for index in order {
                 let seed = 1_000 * (index as u64 + 1) + rep as u64;
+                let entries: i64 = if index == 0 {
+                    0
+                } else {
+                    sqlx::query_scalar("SELECT count(*) FROM entries")
+                        .fetch_one(&large_pool)
+                        .await?
+                };
                 let (mut row, mut step) = if index == 0 {
-                    let (empty, empty_pool) =
-                        super::scratch_database(&config.database.url).await?;
+                    let (empty, empty_pool) = super::scratch_database(&config.database.url).await?;
                     let measured = async {
                         seed_accounts(&empty_pool, options.accounts).await?;
                         measure(empty.url(), EMPTY, seed, options, &mut sizes).await
@@ -58,13 +66,6 @@ pub async fn run(
                     measured?
                 } else {
                     measure(large.url(), LARGE, seed, options, &mut sizes).await?
-                };
-                let entries: i64 = if index == 0 {
-                    0
-                } else {
-                    sqlx::query_scalar("SELECT count(*) FROM entries")
-                        .fetch_one(&large_pool)
-                        .await?
                 };
                 row.run = rep * 2 + index;
                 row.note = format!("{} entries before the run; {}", entries, row.note);
@@ -98,9 +99,12 @@ async fn measure(
     options: &Options,
     sizes: &mut HashMap<String, u64>,
 ) -> anyhow::Result<(Row, Step)> {
-    let ferry =
-        BenchedFerry::start(database_url, Layout::IntakeAndWorker, ChildSettings::default())
-            .await?;
+    let ferry = BenchedFerry::start(
+        database_url,
+        Layout::IntakeAndWorker,
+        ChildSettings::default(),
+    )
+    .await?;
     let measured = async {
         let mut planner = Planner::new(Shape::Uniform, options.accounts, seed);
         let row = throughput::uniform_on(name, &ferry, &mut planner, options, sizes).await?;

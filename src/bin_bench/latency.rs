@@ -25,19 +25,31 @@ const SETTLE_BETWEEN_STEPS: Duration = Duration::from_secs(1);
 
 /// The steps of both modes, in order; draws them into `options.plot` if asked.
 pub async fn run(config: &ferry::config::Config, options: &Options) -> anyhow::Result<Vec<Step>> {
-    let (scratch, pool) = super::scratch_database(&config.database.url).await?;
-    let result = async {
-        seed_accounts(&pool, options.accounts).await?;
-        let ferry =
-            BenchedFerry::start(scratch.url(), Layout::IntakeAndWorker, ChildSettings::default())
-                .await?;
-        let measured = curves(&ferry, options).await;
-        ferry.stop().await;
-        measured
+    let mut steps = Vec::new();
+    let mut saturation = HashMap::new();
+    // Each mode on a database and processes of its own: the last steps overload ferry, and
+    // what an overload leaves behind (a long queue, a slow job fetch until the purge) is not
+    // what the next mode's first steps should measure.
+    for mode in [Mode::Single, Mode::Batch] {
+        let (scratch, pool) = super::scratch_database(&config.database.url).await?;
+        let result = async {
+            seed_accounts(&pool, options.accounts).await?;
+            let ferry = BenchedFerry::start(
+                scratch.url(),
+                Layout::IntakeAndWorker,
+                ChildSettings::default(),
+            )
+            .await?;
+            let measured = curve(&ferry, mode, options).await;
+            ferry.stop().await;
+            measured
+        }
+        .await;
+        super::finish(scratch, pool).await;
+        let (mode_steps, rate) = result?;
+        steps.extend(mode_steps);
+        saturation.insert(mode, rate);
     }
-    .await;
-    super::finish(scratch, pool).await;
-    let (steps, saturation) = result?;
     print_steps(&steps, &saturation);
     if let Some(at_target) = steps.iter().find(|s| {
         s.mode == Mode::Single
@@ -68,38 +80,36 @@ pub async fn run(config: &ferry::config::Config, options: &Options) -> anyhow::R
     Ok(steps)
 }
 
-async fn curves(
+/// One mode's saturation rate, then its steps.
+async fn curve(
     ferry: &BenchedFerry,
+    mode: Mode,
     options: &Options,
-) -> anyhow::Result<(Vec<Step>, HashMap<Mode, f64>)> {
+) -> anyhow::Result<(Vec<Step>, f64)> {
     let mut planner = Planner::new(Shape::Uniform, options.accounts, 7);
+    let rate = saturation_rate(ferry, &mut planner, mode, options).await?;
+    eprintln!("{} saturation: {rate:.0} transfers/s", mode.as_str());
     let mut steps = Vec::new();
-    let mut saturation = HashMap::new();
-    for mode in [Mode::Single, Mode::Batch] {
-        let rate = saturation_rate(ferry, &mut planner, mode, options).await?;
-        eprintln!("{} saturation: {rate:.0} transfers/s", mode.as_str());
-        saturation.insert(mode, rate);
-        for fraction in STEP_FRACTIONS {
-            settle(ferry).await?;
-            let step = openloop::step(
-                ferry,
-                &mut planner,
-                mode,
-                rate * fraction,
-                options.step_secs,
-            )
-            .await?;
-            eprintln!(
-                "  {:>4.0}% {:>7.0}/s offered, {:>7.0}/s achieved, to posted p99 {:.1} ms",
-                fraction * 100.0,
-                step.offered_per_sec,
-                step.achieved_per_sec,
-                step.to_posted.p99_ms
-            );
-            steps.push(step);
-        }
+    for fraction in STEP_FRACTIONS {
+        settle(ferry).await?;
+        let step = openloop::step(
+            ferry,
+            &mut planner,
+            mode,
+            rate * fraction,
+            options.step_secs,
+        )
+        .await?;
+        eprintln!(
+            "  {:>4.0}% {:>7.0}/s offered, {:>7.0}/s achieved, to posted p99 {:.1} ms",
+            fraction * 100.0,
+            step.offered_per_sec,
+            step.achieved_per_sec,
+            step.to_posted.p99_ms
+        );
+        steps.push(step);
     }
-    Ok((steps, saturation))
+    Ok((steps, rate))
 }
 
 /// Closed-loop transfers/s, first request to last posted, after a warm-up.
@@ -183,9 +193,10 @@ pub fn print_steps(steps: &[Step], saturation: &HashMap<Mode, f64>) {
         "post p99.9"
     );
     for s in steps {
-        let load = saturation
-            .get(&s.mode)
-            .map_or_else(|| "-".to_owned(), |sat| format!("{:.0}%", 100.0 * s.offered_per_sec / sat));
+        let load = saturation.get(&s.mode).map_or_else(
+            || "-".to_owned(),
+            |sat| format!("{:.0}%", 100.0 * s.offered_per_sec / sat),
+        );
         println!(
             "{:<14} {:<7} {:>9.0} {:>6} {:>9.0} {:>7} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>10.1}",
             if s.label.is_empty() { "-" } else { &s.label },
@@ -203,5 +214,7 @@ pub fn print_steps(steps: &[Step], saturation: &HashMap<Mode, f64>) {
             s.to_posted.p999_ms
         );
     }
-    println!("(latencies in ms, from each request's scheduled send; load = offered ÷ the mode's closed-loop saturation)");
+    println!(
+        "(latencies in ms, from each request's scheduled send; load = offered ÷ the mode's closed-loop saturation)"
+    );
 }

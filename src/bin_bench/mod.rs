@@ -428,7 +428,10 @@ mod tests {
         assert!((uniform.min_per_sec - 100.0).abs() < 1e-9);
         assert!((uniform.max_per_sec - 500.0).abs() < 1e-9);
         assert_eq!(uniform.runs_per_sec.len(), 3);
-        assert!((uniform.runs_per_sec[1] - 500.0).abs() < 1e-9, "run order kept");
+        assert!(
+            (uniform.runs_per_sec[1] - 500.0).abs() < 1e-9,
+            "run order kept"
+        );
         assert_eq!(uniform.compared_with.as_deref(), Some("baseline-uniform"));
         assert!((uniform.ratio.unwrap_or_default() - 6.0).abs() < 1e-9);
         assert_eq!(summaries[0].ratio, None);

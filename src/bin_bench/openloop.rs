@@ -118,7 +118,9 @@ pub async fn step(
 ) -> anyhow::Result<Step> {
     anyhow::ensure!(rate_per_sec > 0.0, "the offered rate must be above zero");
     let per_request = mode.per_request();
-    let requests = ((rate_per_sec * seconds) / per_request as f64).ceil().max(1.0) as usize;
+    let requests = ((rate_per_sec * seconds) / per_request as f64)
+        .ceil()
+        .max(1.0) as usize;
     let plan = planner.take((requests * per_request) as u64);
     let feed_after: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM events")
         .fetch_one(ferry.pool())
@@ -184,7 +186,10 @@ pub async fn step(
         offered_per_sec: rate_per_sec,
         sent: plan.len() as u64,
         achieved_per_sec: posted_count as f64
-            / last_posted.duration_since(start).as_secs_f64().max(f64::EPSILON),
+            / last_posted
+                .duration_since(start)
+                .as_secs_f64()
+                .max(f64::EPSILON),
         errors,
         unposted: accepted as u64 - posted_count,
         intake: Percentiles::of(intake).unwrap_or_default(),
@@ -234,7 +239,9 @@ async fn send(
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     let answered = Instant::now();
     let accepted_ids: Vec<String> = match mode {
-        Mode::Single if status.as_u16() == 202 => body["id"].as_str().into_iter().map(str::to_owned).collect(),
+        Mode::Single if status.as_u16() == 202 => {
+            body["id"].as_str().into_iter().map(str::to_owned).collect()
+        }
         Mode::Single => Vec::new(),
         Mode::Batch => body["results"]
             .as_array()
@@ -277,7 +284,10 @@ async fn follow_feed(
             .json()
             .await?;
         let read_at = Instant::now();
-        let events = page["events"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let events = page["events"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         if let Ok(mut posted) = posted.lock() {
             for event in events {
                 if let Some(id) = event["data"]["id"].as_str() {
@@ -294,4 +304,20 @@ async fn follow_feed(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_the_sorted_latencies_and_max_is_the_largest() {
+        let latencies: Vec<f64> = (1..=1000).rev().map(f64::from).collect();
+        let p = Percentiles::of(latencies).expect("some");
+        assert_eq!(p.p50_ms, 501.0);
+        assert_eq!(p.p99_ms, 990.0);
+        assert_eq!(p.p999_ms, 999.0);
+        assert_eq!(p.max_ms, 1000.0);
+        assert!(Percentiles::of(Vec::new()).is_none());
+    }
 }

@@ -155,4 +155,3 @@ pub async fn intake(
         format!("single POST /v1/transfers, {INTAKE_CLIENTS} clients; accepted/s; {who}"),
     ))
 }
-

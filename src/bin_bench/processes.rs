@@ -74,7 +74,12 @@ impl BenchedFerry {
             Layout::IntakePlusWorkers(n) => ("intake", n),
             Layout::Everything => ("all", 0),
         };
-        let pool = db::connect(database_url, BENCH_POOL_CONNECTIONS, Duration::from_secs(30)).await?;
+        let pool = db::connect(
+            database_url,
+            BENCH_POOL_CONNECTIONS,
+            Duration::from_secs(30),
+        )
+        .await?;
         let mut ferry = Self {
             base_url: format!("http://127.0.0.1:{port}"),
             api_key: String::new(),

@@ -108,8 +108,10 @@ pub async fn repeated(
     options: &Options,
 ) -> anyhow::Result<Vec<(String, Vec<Row>)>> {
     let review_config = ReviewConfig::write()?;
-    let mut runs: Vec<(String, Vec<Row>)> =
-        names.iter().map(|n| ((*n).to_owned(), Vec::new())).collect();
+    let mut runs: Vec<(String, Vec<Row>)> = names
+        .iter()
+        .map(|n| ((*n).to_owned(), Vec::new()))
+        .collect();
     // The measured size of each scenario, fixed by its first run so every run does the same.
     let mut sizes: HashMap<String, u64> = HashMap::new();
     let mut run = 0;
@@ -254,7 +256,12 @@ struct ReviewConfig {
 impl ReviewConfig {
     fn write() -> anyhow::Result<Self> {
         let path = std::env::temp_dir().join(format!("ferry-bench-review-{}.toml", Uuid::new_v4()));
-        let rules = ["velocity", "large_amount", "failed_streak", "duplicate_amount"];
+        let rules = [
+            "velocity",
+            "large_amount",
+            "failed_streak",
+            "duplicate_amount",
+        ];
         let text: String = rules
             .iter()
             .map(|rule| format!("[anomaly.{rule}]\naction = \"review\"\n"))

@@ -126,7 +126,10 @@ async fn subscribe(ferry: &BenchedFerry, url: &str) -> anyhow::Result<String> {
 async fn unsubscribe(ferry: &BenchedFerry, endpoint: &str) -> anyhow::Result<()> {
     ferry
         .client()
-        .delete(format!("{}/v1/webhook-endpoints/{endpoint}", ferry.base_url))
+        .delete(format!(
+            "{}/v1/webhook-endpoints/{endpoint}",
+            ferry.base_url
+        ))
         .bearer_auth(&ferry.api_key)
         .send()
         .await?

@@ -7,9 +7,9 @@ use serde_json::Value;
 
 use crate::helpers::server_url;
 
-/// Runs `ferry bench ARGS --json PATH` with the tests' settings; returns the JSON rows and the
-/// printed table. Panics, with the bench's stderr, unless it succeeds.
-async fn ferry_bench(args: &[&str]) -> (Vec<Value>, String) {
+/// Runs `ferry bench ARGS --json PATH` with the tests' settings; returns the JSON report and
+/// the printed tables. Panics, with the bench's stderr, unless it succeeds.
+async fn ferry_bench(args: &[&str]) -> (Value, String) {
     let json = std::env::temp_dir().join(format!("ferry-bench-{}.json", uuid::Uuid::new_v4()));
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
     // Only the settings below, whatever this process was started with.
@@ -45,30 +45,51 @@ async fn ferry_bench(args: &[&str]) -> (Vec<Value>, String) {
         "ferry bench {args:?} failed:\n{}\n{table}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let rows = std::fs::read(&json).expect("JSON rows written");
+    let report = std::fs::read(&json).expect("JSON report written");
     let _ = std::fs::remove_file(&json);
-    (serde_json::from_slice(&rows).expect("JSON rows"), table)
+    (serde_json::from_slice(&report).expect("JSON report"), table)
+}
+
+/// The report's summary rows.
+fn rows(report: &Value) -> &[Value] {
+    report["rows"].as_array().map_or(&[], Vec::as_slice)
 }
 
 fn scenario(row: &Value) -> &str {
     row["scenario"].as_str().expect("scenario")
 }
 
+fn number(row: &Value, key: &str) -> f64 {
+    row[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} in {row}"))
+}
+
+/// Tiny runs: one run each, no warm-up time, no least duration.
+const QUICK: [&str; 8] = [
+    "--reps",
+    "1",
+    "--warmup-secs",
+    "0",
+    "--measure-secs",
+    "0",
+    "--accounts",
+    "500",
+];
+
 #[tokio::test]
 async fn every_bench_scenario_runs_and_reports_a_row() {
-    let (rows, table) = ferry_bench(&[
+    let mut args = QUICK.to_vec();
+    args.extend([
         "--scenario",
         "all",
         "--transfers",
         "300",
-        "--accounts",
-        "500",
-        "--soak-secs",
-        "1",
         "--history-entries",
         "3000",
-    ])
-    .await;
+    ]);
+    let (report, table) = ferry_bench(&args).await;
+    let rows = rows(&report);
     let names: Vec<&str> = rows.iter().map(scenario).collect();
     assert_eq!(
         names,
@@ -77,25 +98,25 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
             "uniform",
             "hold-capture",
             "hold-capture-single",
-            "balance-at",
             "uniform-anomaly-off",
             "uniform-review",
             "uniform-webhook",
-            "webhook-lag",
             "baseline-hot",
             "hot",
             "intake",
             "intake-while-posting",
             "intake-while-posting-anomaly-off",
+            "balance-at",
+            "webhook-lag",
             "reconcile-full"
         ]
     );
-    for row in &rows {
-        let positive = |key: &str| row[key].as_f64().is_some_and(|v| v > 0.0);
+    for row in rows {
         assert!(
-            positive("seconds") && positive("transfers_per_sec"),
+            number(row, "seconds") > 0.0 && number(row, "transfers_per_sec") > 0.0,
             "{row}"
         );
+        assert_eq!(row["reps"], 1, "{row}");
         // `balance-at` counts its reads.
         let moved = if scenario(row) == "balance-at" {
             2000
@@ -117,14 +138,16 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
         let (p50, p99) = (intake["p50_ms"].as_f64(), intake["p99_ms"].as_f64());
         assert!(p50.is_some() && p99 >= p50, "{intake}");
     }
-    for key in [
-        "scenario",
-        "transfers",
-        "seconds",
-        "transfers_per_sec",
-        "failed_contention",
+    // Each is compared with what the README says; ratios only where both ran.
+    for (name, with) in [
+        ("uniform", "baseline-uniform"),
+        ("hot", "baseline-hot"),
+        ("hold-capture", "uniform"),
+        ("intake-while-posting-anomaly-off", "intake-while-posting"),
     ] {
-        assert!(rows[0].get(key).is_some(), "missing {key}");
+        let row = rows.iter().find(|r| scenario(r) == name).expect(name);
+        assert_eq!(row["compared_with"], with, "{row}");
+        assert!(number(row, "ratio") > 0.0, "{row}");
     }
     // The table: a header, then one line per row in the same order.
     let lines: Vec<&str> = table.lines().collect();
@@ -139,21 +162,186 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
 }
 
 #[tokio::test]
-async fn the_soak_scenario_reports_memory_at_start_and_end() {
-    let (rows, _) = ferry_bench(&[
+async fn repeated_runs_report_median_min_max_and_bring_their_baseline() {
+    let (report, _) = ferry_bench(&[
         "--scenario",
-        "soak",
+        "uniform",
+        "--reps",
+        "3",
+        "--warmup-secs",
+        "0",
+        "--measure-secs",
+        "0",
         "--transfers",
         "200",
         "--accounts",
-        "500",
-        "--soak-secs",
-        "1",
+        "300",
     ])
     .await;
-    assert_eq!(rows.len(), 1);
-    assert!(rows[0]["transfers"].as_u64() >= Some(200), "{}", rows[0]);
-    let note = rows[0]["note"].as_str().expect("note");
-    assert!(note.contains("RSS MiB at start"), "{}", rows[0]);
-    assert!(!note.contains('?'), "RSS not read: {}", rows[0]);
+    let rows = rows(&report);
+    let names: Vec<&str> = rows.iter().map(scenario).collect();
+    assert_eq!(names, ["baseline-uniform", "uniform"]);
+    for row in rows {
+        let runs: Vec<f64> = row["runs_per_sec"]
+            .as_array()
+            .expect("runs")
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect();
+        assert_eq!(runs.len(), 3, "{row}");
+        let mut sorted = runs.clone();
+        sorted.sort_by(f64::total_cmp);
+        assert_eq!(number(row, "min_per_sec"), sorted[0], "{row}");
+        assert_eq!(number(row, "max_per_sec"), sorted[2], "{row}");
+        assert_eq!(number(row, "transfers_per_sec"), sorted[1], "{row}");
+        assert_eq!(row["reps"], 3, "{row}");
+    }
+    let ratio = number(&rows[1], "ratio");
+    let expected = number(&rows[1], "transfers_per_sec") / number(&rows[0], "transfers_per_sec");
+    assert!(
+        (ratio - expected).abs() < 1e-9,
+        "ratio of medians: {}",
+        rows[1]
+    );
+}
+
+/// A step's percentiles are in order, and it lost nothing.
+fn assert_step(step: &Value) {
+    for measure in ["intake", "to_posted"] {
+        let p = &step[measure];
+        let (p50, p99, p999, max) = (
+            number(p, "p50_ms"),
+            number(p, "p99_ms"),
+            number(p, "p999_ms"),
+            number(p, "max_ms"),
+        );
+        assert!(
+            0.0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max,
+            "{measure} of {step}"
+        );
+    }
+    // Time to posted is from the scheduled send, so never shorter than the answer to it.
+    assert!(
+        number(&step["to_posted"], "p50_ms") >= number(&step["intake"], "p50_ms") * 0.5,
+        "{step}"
+    );
+    assert_eq!(step["errors"], 0, "{step}");
+    assert_eq!(step["unposted"], 0, "{step}");
+    assert!(number(step, "achieved_per_sec") > 0.0, "{step}");
+}
+
+#[tokio::test]
+async fn the_latency_scenario_steps_up_to_saturation_and_draws_the_plot() {
+    let plot = std::env::temp_dir().join(format!("ferry-latency-{}.svg", uuid::Uuid::new_v4()));
+    let plot_arg = plot.to_string_lossy().into_owned();
+    let mut args = QUICK.to_vec();
+    args.extend([
+        "--scenario",
+        "latency",
+        "--transfers",
+        "300",
+        "--step-secs",
+        "1",
+        "--plot",
+        &plot_arg,
+    ]);
+    let (report, table) = ferry_bench(&args).await;
+    let steps = report["latency_steps"].as_array().expect("steps");
+    // Eight fractions of saturation per mode, single requests first, offered load rising.
+    assert_eq!(steps.len(), 16, "{table}");
+    for (mode, of_mode) in ["single", "batch"].iter().zip(steps.chunks(8)) {
+        let offered: Vec<f64> = of_mode
+            .iter()
+            .map(|s| number(s, "offered_per_sec"))
+            .collect();
+        assert!(offered.windows(2).all(|w| w[0] < w[1]), "{offered:?}");
+        for step in of_mode {
+            assert_eq!(step["mode"], *mode, "{step}");
+            assert_step(step);
+        }
+    }
+    assert!(
+        table.contains("single requests at 50% of saturation"),
+        "{table}"
+    );
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    let _ = std::fs::remove_file(&plot);
+    assert!(svg.contains("<svg"), "not an SVG");
+    for label in ["to posted p99", "intake p99.9", "saturation"] {
+        assert!(svg.contains(label), "{label} missing from the plot");
+    }
+}
+
+#[tokio::test]
+async fn growth_and_scale_out_compare_with_their_base() {
+    let mut args = QUICK.to_vec();
+    args.extend([
+        "--scenario",
+        "growth",
+        "--transfers",
+        "200",
+        "--ledger-entries",
+        "4000",
+        "--step-secs",
+        "1",
+        "--rate",
+        "100",
+    ]);
+    let (growth, _) = ferry_bench(&args).await;
+    let grown = rows(&growth);
+    assert_eq!(
+        grown.iter().map(scenario).collect::<Vec<_>>(),
+        ["growth-empty", "growth-large"]
+    );
+    assert_eq!(grown[1]["compared_with"], "growth-empty");
+    assert!(
+        grown[1]["note"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("4000 entries before the run")),
+        "{}",
+        grown[1]
+    );
+    let steps = growth["latency_steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2);
+    for step in steps {
+        assert_step(step);
+    }
+
+    let mut args = QUICK.to_vec();
+    args.extend(["--scenario", "scale-out", "--transfers", "200"]);
+    let (scale_out, _) = ferry_bench(&args).await;
+    let scaled = rows(&scale_out);
+    assert_eq!(
+        scaled.iter().map(scenario).collect::<Vec<_>>(),
+        ["scale-out-1", "scale-out-2", "scale-out-4"]
+    );
+    for row in &scaled[1..] {
+        assert_eq!(row["compared_with"], "scale-out-1", "{row}");
+        assert_eq!(row["failed_contention"], 0, "{row}");
+    }
+}
+
+#[tokio::test]
+async fn the_soak_scenario_samples_jobs_memory_and_time_to_posted() {
+    let (report, table) = ferry_bench(&[
+        "--scenario",
+        "soak",
+        "--soak-secs",
+        "3",
+        "--rate",
+        "200",
+        "--accounts",
+        "500",
+    ])
+    .await;
+    let samples = report["soak_samples"].as_array().expect("samples");
+    assert!(!samples.is_empty(), "{table}");
+    for sample in samples {
+        assert!(number(sample, "rss_mib") > 1.0, "RSS not read: {sample}");
+        assert!(number(sample, "jobs_rows") >= 1.0, "{sample}");
+        assert!(number(sample, "to_posted_p99_ms") > 0.0, "{sample}");
+        assert_eq!(sample["errors"], 0, "{sample}");
+        assert_eq!(sample["unposted"], 0, "{sample}");
+    }
+    assert!(table.contains("finished jobs kept 300s"), "{table}");
 }
