@@ -125,10 +125,15 @@ impl BenchedFerry {
         Ok(command.spawn()?)
     }
 
-    async fn wait_ready(&self) -> anyhow::Result<()> {
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(READY_TIMEOUT_SECS);
         let url = format!("{}/readyz", self.base_url);
         loop {
+            for child in &mut self.children {
+                if let Some(status) = child.try_wait()? {
+                    anyhow::bail!("ferry exited before it was ready ({status}; its log is above)");
+                }
+            }
             if let Ok(response) = self.client.get(&url).send().await
                 && response.status().is_success()
             {

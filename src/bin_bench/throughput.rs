@@ -256,16 +256,21 @@ struct ReviewConfig {
 impl ReviewConfig {
     fn write() -> anyhow::Result<Self> {
         let path = std::env::temp_dir().join(format!("ferry-bench-review-{}.toml", Uuid::new_v4()));
-        let rules = [
-            "velocity",
-            "large_amount",
-            "failed_streak",
-            "duplicate_amount",
-        ];
-        let text: String = rules
-            .iter()
-            .map(|rule| format!("[anomaly.{rule}]\naction = \"review\"\n"))
-            .collect();
+        // Every rule at its default thresholds (the file replaces whole tables), acting by review.
+        let rules = ferry::anomaly::settings::RuleSettings::default();
+        let (velocity, streak, duplicate) =
+            (rules.velocity, rules.failed_streak, rules.duplicate_amount);
+        let text = format!(
+            "[anomaly.velocity]\ncount = {}\nwindow_secs = {}\naction = \"review\"\n\
+             [anomaly.large_amount]\naction = \"review\"\n\
+             [anomaly.failed_streak]\ncount = {}\naction = \"review\"\n\
+             [anomaly.duplicate_amount]\ncount = {}\nwindow_secs = {}\naction = \"review\"\n",
+            velocity.count,
+            velocity.window_secs,
+            streak.count,
+            duplicate.count,
+            duplicate.window_secs
+        );
         std::fs::write(&path, text)?;
         Ok(Self { path })
     }
