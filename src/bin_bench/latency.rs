@@ -14,14 +14,18 @@ use super::pipeline::{self, DRAIN_TIMEOUT, Posting};
 use super::plot::{Panel, Series};
 use super::processes::{BenchedFerry, ChildSettings, Layout};
 use super::throughput;
-use super::workload::{Planner, Shape, seed_accounts};
+use super::workload::{PlannedTransfer, Planner, Shape, seed_accounts};
 
 /// Offered load of each step, as a fraction of the saturation rate measured in the same run.
 pub const STEP_FRACTIONS: [f64; 8] = [0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25];
 /// The step the time-to-posted target is read at (README: p99 ≤ 100 ms at half saturation).
 pub const TARGET_FRACTION: f64 = 0.5;
-/// Pause between steps, after the last one's transfers are all posted.
-const SETTLE_BETWEEN_STEPS: Duration = Duration::from_secs(1);
+/// Quiet, before a step: a probe transfer posts within this…
+pub const QUIET_POSTED_MS: f64 = 100.0;
+/// …sent this often…
+const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+/// …waiting at most this long.
+const QUIET_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The steps of both modes, in order; draws them into `options.plot` if asked.
 pub async fn run(config: &ferry::config::Config, options: &Options) -> anyhow::Result<Vec<Step>> {
@@ -91,8 +95,8 @@ async fn curve(
     eprintln!("{} saturation: {rate:.0} transfers/s", mode.as_str());
     let mut steps = Vec::new();
     for fraction in STEP_FRACTIONS {
-        settle(ferry).await?;
-        let step = openloop::step(
+        let quiet_after = settle(ferry, &mut planner).await?;
+        let mut step = openloop::step(
             ferry,
             &mut planner,
             mode,
@@ -100,12 +104,15 @@ async fn curve(
             options.step_secs,
         )
         .await?;
+        step.quiet_after_secs = quiet_after.as_secs_f64();
         eprintln!(
-            "  {:>4.0}% {:>7.0}/s offered, {:>7.0}/s achieved, to posted p99 {:.1} ms",
+            "  {:>4.0}% {:>7.0}/s offered, {:>7.0}/s achieved, to posted p99 {:.1} ms \
+             (quiet after {:.1}s)",
             fraction * 100.0,
             step.offered_per_sec,
             step.achieved_per_sec,
-            step.to_posted.p99_ms
+            step.to_posted.p99_ms,
+            step.quiet_after_secs
         );
         steps.push(step);
     }
@@ -141,11 +148,64 @@ pub async fn saturation_rate(
     }
 }
 
-/// Waits for the queue to drain, then a moment more, so a step starts from quiet.
-pub async fn settle(ferry: &BenchedFerry) -> anyhow::Result<()> {
+/// Waits for the queue to drain, checkpoints, then until ferry is quiet again: a probe
+/// transfer, sent every [`PROBE_INTERVAL`], posts within [`QUIET_POSTED_MS`] three times in a
+/// row (or [`QUIET_TIMEOUT`] passes). Returns how long that last wait took.
+///
+/// Why the probes: after a burst, transfers keep taking seconds to post for a while even with
+/// the queue empty (measured: up to tens of seconds after a saturation run; BENCHMARKS.md), and
+/// a step measured then would show the burst's aftermath, not its own load.
+pub async fn settle(ferry: &BenchedFerry, planner: &mut Planner) -> anyhow::Result<Duration> {
     ferry.drain(DRAIN_TIMEOUT).await?;
-    tokio::time::sleep(SETTLE_BETWEEN_STEPS).await;
-    Ok(())
+    super::checkpoint(ferry.pool()).await;
+    let started = Instant::now();
+    let mut prompt_in_a_row = 0;
+    while prompt_in_a_row < 3 && started.elapsed() < QUIET_TIMEOUT {
+        let probe = planner.take(1);
+        let posted_ms = probe_posted_ms(ferry, &probe[0]).await?;
+        if posted_ms <= QUIET_POSTED_MS {
+            prompt_in_a_row += 1;
+        } else {
+            prompt_in_a_row = 0;
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+    Ok(started.elapsed())
+}
+
+/// Sends one transfer and waits for it to post; how long that took, in ms.
+async fn probe_posted_ms(ferry: &BenchedFerry, t: &PlannedTransfer) -> anyhow::Result<f64> {
+    let sent = Instant::now();
+    let response = ferry
+        .client()
+        .post(format!("{}/v1/transfers", ferry.base_url))
+        .bearer_auth(&ferry.api_key)
+        .header("Idempotency-Key", &t.key)
+        .json(
+            &serde_json::json!({"from_account": t.from, "to_account": t.to,
+                                  "amount": t.amount(), "currency": "USD"}),
+        )
+        .send()
+        .await?
+        .error_for_status()?;
+    let body: serde_json::Value = response.json().await?;
+    let id: uuid::Uuid = body["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no transfer id in {body}"))?;
+    loop {
+        let status: String = sqlx::query_scalar("SELECT status FROM transfers WHERE id = $1")
+            .bind(id)
+            .fetch_one(ferry.pool())
+            .await?;
+        if status != "pending" {
+            return Ok(sent.elapsed().as_secs_f64() * 1e3);
+        }
+        if sent.elapsed() > QUIET_TIMEOUT {
+            return Ok(f64::INFINITY);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 fn panel(steps: &[Step], mode: Mode, saturation: Option<f64>) -> Panel {
@@ -177,7 +237,7 @@ fn panel(steps: &[Step], mode: Mode, saturation: Option<f64>) -> Panel {
 /// Prints the steps as a table, with each step's load as a share of its mode's saturation.
 pub fn print_steps(steps: &[Step], saturation: &HashMap<Mode, f64>) {
     println!(
-        "{:<14} {:<7} {:>9} {:>6} {:>9} {:>7} {:>7} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
+        "{:<14} {:<7} {:>9} {:>6} {:>9} {:>7} {:>7} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>8}",
         "against",
         "mode",
         "offered/s",
@@ -190,7 +250,8 @@ pub fn print_steps(steps: &[Step], saturation: &HashMap<Mode, f64>) {
         "in p99.9",
         "post p50",
         "post p99",
-        "post p99.9"
+        "post p99.9",
+        "quiet s"
     );
     for s in steps {
         let load = saturation.get(&s.mode).map_or_else(
@@ -198,7 +259,7 @@ pub fn print_steps(steps: &[Step], saturation: &HashMap<Mode, f64>) {
             |sat| format!("{:.0}%", 100.0 * s.offered_per_sec / sat),
         );
         println!(
-            "{:<14} {:<7} {:>9.0} {:>6} {:>9.0} {:>7} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>10.1}",
+            "{:<14} {:<7} {:>9.0} {:>6} {:>9.0} {:>7} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>10.1} {:>8.1}",
             if s.label.is_empty() { "-" } else { &s.label },
             s.mode.as_str(),
             s.offered_per_sec,
@@ -211,10 +272,13 @@ pub fn print_steps(steps: &[Step], saturation: &HashMap<Mode, f64>) {
             s.intake.p999_ms,
             s.to_posted.p50_ms,
             s.to_posted.p99_ms,
-            s.to_posted.p999_ms
+            s.to_posted.p999_ms,
+            s.quiet_after_secs
         );
     }
     println!(
-        "(latencies in ms, from each request's scheduled send; load = offered ÷ the mode's closed-loop saturation)"
+        "(latencies in ms, from each request's scheduled send; load = offered ÷ the mode's \
+         closed-loop saturation; quiet s = wait before the step until probe transfers posted \
+         within 100 ms)"
     );
 }

@@ -80,6 +80,18 @@ pub async fn scratch_database(server_url: &str) -> anyhow::Result<(ScratchDataba
     Ok((scratch, pool))
 }
 
+/// Asks the server for a checkpoint, so a measurement does not start inside one that earlier
+/// writes (a seeded ledger, a saturation run, the previous run) set off: PostgreSQL starts
+/// one every `max_wal_size` of WAL (1 GB by default, filled within one saturation run), and
+/// while it runs, every page first written after it starts is logged whole, which slows
+/// every commit. Needs superuser or `pg_checkpoint`; without either, measurement goes on and
+/// the warning says so.
+pub async fn checkpoint(pool: &PgPool) {
+    if let Err(e) = sqlx::query("CHECKPOINT").execute(pool).await {
+        eprintln!("warning: CHECKPOINT refused ({e}); runs may start inside a checkpoint");
+    }
+}
+
 /// Drops the scratch database, unless `FERRY_BENCH_KEEP_DB` is set (then it is kept for
 /// `EXPLAIN ANALYZE` and its URL printed).
 pub async fn finish(scratch: ScratchDatabase, pool: PgPool) {

@@ -96,6 +96,9 @@ pub struct Step {
     pub intake: Percentiles,
     /// From a transfer's scheduled time to its `transfer.posted` event read from the feed.
     pub to_posted: Percentiles,
+    /// How long ferry took, before the step, to post probe transfers promptly again after
+    /// the previous load (0 where not waited for).
+    pub quiet_after_secs: f64,
 }
 
 /// One request's result: when it was due, when answered, and the transfers it got accepted.
@@ -194,6 +197,7 @@ pub async fn step(
         unposted: accepted as u64 - posted_count,
         intake: Percentiles::of(intake).unwrap_or_default(),
         to_posted: Percentiles::of(to_posted).unwrap_or_default(),
+        quiet_after_secs: 0.0,
     })
 }
 

@@ -150,6 +150,7 @@ async fn run_once(
     let (scratch, pool) = super::scratch_database(&config.database.url).await?;
     let result = async {
         seed_accounts(&pool, options.accounts).await?;
+        super::checkpoint(&pool).await;
         let mut planner = Planner::new(setup.shape, options.accounts, PLAN_SEED);
         if setup.kind == Kind::Baseline {
             let pool = db::connect(
