@@ -117,6 +117,10 @@ pub struct BenchArgs {
     /// latency: how long each step of offered load lasts (also growth's time-to-posted step).
     #[arg(long, default_value_t = 10.0)]
     pub step_secs: f64,
+    /// latency and growth: the longest wait, before a step, for probe transfers to post
+    /// within 100 ms again (the wait is reported).
+    #[arg(long, default_value_t = 30.0)]
+    pub quiet_timeout_secs: f64,
     /// growth and soak: the offered rate of single requests whose time to posted is measured.
     #[arg(long, default_value_t = 1_000.0)]
     pub rate: f64,

@@ -371,6 +371,7 @@ async fn run_bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         warmup_secs: args.warmup_secs,
         measure_secs: args.measure_secs,
         step_secs: args.step_secs,
+        quiet_timeout_secs: args.quiet_timeout_secs,
         rate_per_sec: args.rate,
         ledger_entries: args.ledger_entries,
         history_entries: args.history_entries,

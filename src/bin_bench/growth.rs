@@ -116,7 +116,7 @@ async fn measure(
     let measured = async {
         let mut planner = Planner::new(Shape::Uniform, options.accounts, seed);
         let row = throughput::uniform_on(name, &ferry, &mut planner, options, sizes).await?;
-        let quiet_after = latency::settle(&ferry, &mut planner).await?;
+        let quiet_after = latency::settle(&ferry, &mut planner, options).await?;
         let mut step = openloop::step(
             &ferry,
             &mut planner,

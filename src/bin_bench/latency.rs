@@ -24,8 +24,6 @@ pub const TARGET_FRACTION: f64 = 0.5;
 pub const QUIET_POSTED_MS: f64 = 100.0;
 /// …sent this often…
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
-/// …waiting at most this long.
-const QUIET_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The steps of both modes, in order; draws them into `options.plot` if asked.
 pub async fn run(config: &ferry::config::Config, options: &Options) -> anyhow::Result<Vec<Step>> {
@@ -95,7 +93,7 @@ async fn curve(
     eprintln!("{} saturation: {rate:.0} transfers/s", mode.as_str());
     let mut steps = Vec::new();
     for fraction in STEP_FRACTIONS {
-        let quiet_after = settle(ferry, &mut planner).await?;
+        let quiet_after = settle(ferry, &mut planner, options).await?;
         let mut step = openloop::step(
             ferry,
             &mut planner,
@@ -150,19 +148,24 @@ pub async fn saturation_rate(
 
 /// Waits for the queue to drain, checkpoints, then until ferry is quiet again: a probe
 /// transfer, sent every [`PROBE_INTERVAL`], posts within [`QUIET_POSTED_MS`] three times in a
-/// row (or [`QUIET_TIMEOUT`] passes). Returns how long that last wait took.
+/// row (or `options.quiet_timeout_secs` pass). Returns how long that last wait took.
 ///
 /// Why the probes: after a burst, transfers keep taking seconds to post for a while even with
 /// the queue empty (measured: up to tens of seconds after a saturation run; BENCHMARKS.md), and
 /// a step measured then would show the burst's aftermath, not its own load.
-pub async fn settle(ferry: &BenchedFerry, planner: &mut Planner) -> anyhow::Result<Duration> {
+pub async fn settle(
+    ferry: &BenchedFerry,
+    planner: &mut Planner,
+    options: &Options,
+) -> anyhow::Result<Duration> {
+    let quiet_timeout = Duration::from_secs_f64(options.quiet_timeout_secs);
     ferry.drain(DRAIN_TIMEOUT).await?;
     super::checkpoint(ferry.pool()).await;
     let started = Instant::now();
     let mut prompt_in_a_row = 0;
-    while prompt_in_a_row < 3 && started.elapsed() < QUIET_TIMEOUT {
+    while prompt_in_a_row < 3 && started.elapsed() < quiet_timeout {
         let probe = planner.take(1);
-        let posted_ms = probe_posted_ms(ferry, &probe[0]).await?;
+        let posted_ms = probe_posted_ms(ferry, &probe[0], quiet_timeout).await?;
         if posted_ms <= QUIET_POSTED_MS {
             prompt_in_a_row += 1;
         } else {
@@ -174,7 +177,11 @@ pub async fn settle(ferry: &BenchedFerry, planner: &mut Planner) -> anyhow::Resu
 }
 
 /// Sends one transfer and waits for it to post; how long that took, in ms.
-async fn probe_posted_ms(ferry: &BenchedFerry, t: &PlannedTransfer) -> anyhow::Result<f64> {
+async fn probe_posted_ms(
+    ferry: &BenchedFerry,
+    t: &PlannedTransfer,
+    timeout: Duration,
+) -> anyhow::Result<f64> {
     let sent = Instant::now();
     let response = ferry
         .client()
@@ -201,7 +208,7 @@ async fn probe_posted_ms(ferry: &BenchedFerry, t: &PlannedTransfer) -> anyhow::R
         if status != "pending" {
             return Ok(sent.elapsed().as_secs_f64() * 1e3);
         }
-        if sent.elapsed() > QUIET_TIMEOUT {
+        if sent.elapsed() > timeout {
             return Ok(f64::INFINITY);
         }
         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -114,6 +114,8 @@ pub struct Options {
     pub measure_secs: f64,
     /// How long each offered-load step of `latency` lasts.
     pub step_secs: f64,
+    /// The longest wait, before a step, for ferry to post promptly again.
+    pub quiet_timeout_secs: f64,
     /// Offered rate of `growth`'s and `soak`'s time-to-posted (single requests).
     pub rate_per_sec: f64,
     /// Entries of `growth`'s large ledger.

@@ -65,8 +65,10 @@ fn number(row: &Value, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("{key} in {row}"))
 }
 
-/// Tiny runs: one run each, no warm-up time, no least duration.
-const QUICK: [&str; 8] = [
+/// Tiny runs: one run each, no warm-up time, no least duration, short waits for quiet.
+const QUICK: [&str; 10] = [
+    "--quiet-timeout-secs",
+    "3",
     "--reps",
     "1",
     "--warmup-secs",
