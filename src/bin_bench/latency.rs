@@ -132,11 +132,12 @@ pub async fn saturation_rate(
             Ok(row.transfers_per_sec)
         }
         Mode::Single => {
-            let warmup = planner.take(options.transfers.min(2_000));
+            let warmup = planner.take(options.transfers.min(throughput::WARMUP_ROUND_TRANSFERS));
             let started = Instant::now();
             pipeline::intake(&name, ferry, Posting::Concurrent, &warmup).await?;
             let warm_rate = warmup.len() as f64 / started.elapsed().as_secs_f64();
-            let size = ((warm_rate * options.measure_secs * 1.3) as u64).max(options.transfers);
+            let size = ((warm_rate * options.measure_secs * throughput::SIZING_MARGIN) as u64)
+                .max(options.transfers);
             let measured = planner.take(size);
             let started = Instant::now();
             // `intake` returns once every accepted transfer is posted.
@@ -188,10 +189,7 @@ async fn probe_posted_ms(
         .post(format!("{}/v1/transfers", ferry.base_url))
         .bearer_auth(&ferry.api_key)
         .header("Idempotency-Key", &t.key)
-        .json(
-            &serde_json::json!({"from_account": t.from, "to_account": t.to,
-                                  "amount": t.amount(), "currency": "USD"}),
-        )
+        .json(&pipeline::single(t))
         .send()
         .await?
         .error_for_status()?;

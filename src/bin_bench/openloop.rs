@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::pipeline::{BATCH_LEN, item};
+use super::pipeline::{BATCH_LEN, item, single};
 use super::processes::BenchedFerry;
 use super::workload::{PlannedTransfer, Planner};
 
@@ -231,8 +231,7 @@ async fn send(
             .client
             .post(format!("{base_url}/v1/transfers"))
             .header("Idempotency-Key", &t.key)
-            .json(&json!({"from_account": t.from, "to_account": t.to,
-                          "amount": t.amount(), "currency": "USD"})),
+            .json(&single(t)),
         _ => endpoint
             .client
             .post(format!("{base_url}/v1/transfers/batch"))

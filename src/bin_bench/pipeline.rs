@@ -29,9 +29,16 @@ pub enum Posting {
     Afterwards,
 }
 
+/// The body of a single `POST /v1/transfers` (its key goes in the `Idempotency-Key` header).
+pub fn single(t: &PlannedTransfer) -> serde_json::Value {
+    json!({"from_account": t.from, "to_account": t.to, "amount": t.amount(), "currency": "USD"})
+}
+
+/// A `POST /v1/transfers/batch` item: the single body with its key.
 pub fn item(t: &PlannedTransfer) -> serde_json::Value {
-    json!({"idempotency_key": t.key, "from_account": t.from, "to_account": t.to,
-           "amount": t.amount(), "currency": "USD"})
+    let mut item = single(t);
+    item["idempotency_key"] = json!(t.key);
+    item
 }
 
 /// Sends `transfers` as `POST /v1/transfers/batch` requests of [`BATCH_LEN`] items (each
@@ -106,8 +113,7 @@ pub async fn intake(
     let started = Instant::now();
     let latencies: Vec<anyhow::Result<f64>> = futures::stream::iter(transfers)
         .map(|t| {
-            let body = json!({"from_account": t.from, "to_account": t.to,
-                              "amount": t.amount(), "currency": "USD"});
+            let body = single(t);
             let request = ferry
                 .client()
                 .post(&url)

@@ -15,10 +15,10 @@ use super::{Options, Row, baseline, holds, pipeline, webhooks};
 use ferry::db;
 
 /// Transfers per warm-up round (fewer when `--transfers` is smaller).
-const WARMUP_ROUND_TRANSFERS: u64 = 2_000;
+pub const WARMUP_ROUND_TRANSFERS: u64 = 2_000;
 /// The measured part is sized from the warm-up's rate with this margin, so it lasts at least
 /// `measure_secs` even if the warmed-up system is faster than the warm-up measured.
-const SIZING_MARGIN: f64 = 1.3;
+pub const SIZING_MARGIN: f64 = 1.3;
 /// Seed of every plan: the baseline and ferry move the same transfers.
 const PLAN_SEED: u64 = 20_261_121;
 
