@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::alerts::Alerting;
 use crate::anomaly::screen::Screener;
 use crate::config::Config;
+use crate::console;
 use crate::intake::rate_limit::RateLimiter;
 use crate::intake::{self, AppState};
 use crate::jobs::deliver_alert::AlertJobContext;
@@ -237,7 +238,21 @@ impl Application {
             webhook_urls: Arc::new(self.config.webhooks.url_policy()),
         };
         let http = self.config.http;
-        let router = intake::router(state, http.request_timeout);
+        // The console's overview is sampled once per interval by this process, however many
+        // pages are open (README, "Operator console").
+        let overview = console::overview::Overview::default();
+        let refresh = self.config.intake.console_refresh;
+        self.tasks.spawn(
+            overview
+                .clone()
+                .run(self.pool.clone(), refresh, self.stopping.clone()),
+        );
+        let pages = console::router(console::ConsoleState {
+            app: state.clone(),
+            overview,
+            refresh,
+        });
+        let router = intake::router(state, http.request_timeout, pages);
         let stopped = self.stopping.clone().cancelled_owned();
         info!(addr = ?listener.local_addr().ok(), "intake listening");
         Some(tokio::spawn(async move {

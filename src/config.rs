@@ -156,6 +156,7 @@ const ENV: &[(&str, &str, Setter)] = env_table! {
     "FERRY_HTTP_CONNECTIONS_MAX" => "http.connections_max": set(http.connections_max),
     "FERRY_INTAKE_COMMITTERS" => "intake.committers": set(intake.committers),
     "FERRY_INTAKE_DB_TIMEOUT_MS" => "intake.db_timeout_ms": millis(intake.db_timeout),
+    "FERRY_CONSOLE_REFRESH_MS" => "intake.console_refresh_ms": millis(intake.console_refresh),
     "FERRY_POSTING_WORKERS" => "workers.posting_workers": set(workers.posting_workers),
     "FERRY_POSTING_CONCURRENCY" => "workers.posting_concurrency": set(workers.posting_concurrency),
     "FERRY_JOB_FETCH_BATCH" => "workers.queue.fetch_batch": set(workers.queue.fetch_batch),
@@ -317,6 +318,11 @@ impl Config {
                 intake.db_timeout < ms(100),
                 "FERRY_INTAKE_DB_TIMEOUT_MS",
                 "must be at least 100",
+            ),
+            (
+                intake.console_refresh < ms(200),
+                "FERRY_CONSOLE_REFRESH_MS",
+                "must be at least 200",
             ),
             (
                 http.header_read_timeout < ms(100),

@@ -21,6 +21,7 @@ pub mod anomaly;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod domain;
 pub mod events;

@@ -150,9 +150,12 @@ async fn api_key(config: &Config, command: ApiKeyCommand) -> anyhow::Result<()> 
 
 async fn create_api_key(config: &Config, spec: KeySpec) -> anyhow::Result<()> {
     anyhow::ensure!(
-        !(spec.scopes.allows_admin() && spec.ledger.is_some()),
-        "--ledger: admin keys are global; a key with the admin scope cannot be bound \
-         to a ledger"
+        !(spec.scopes.is_global() && spec.ledger.is_some()),
+        "--ledger: admin and console:read keys are global; they cannot be bound to a ledger"
+    );
+    anyhow::ensure!(
+        !spec.scopes.viewer_combined(),
+        "--scopes: console:read is a viewer key's only scope; it cannot be combined with others"
     );
     let pool = connect_migrated(config).await?;
     // The CLI creates the key's ledger if it is missing; the API does not.

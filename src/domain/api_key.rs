@@ -17,17 +17,21 @@ pub enum Scope {
     WebhooksWrite,
     AccountsWrite,
     AccountsRead,
+    /// Sign in to the operator console and read every page (README, "Operator console"). A
+    /// viewer's only scope, and global like `admin`.
+    ConsoleRead,
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 8] = [
         Scope::TransfersWrite,
         Scope::TransfersRead,
         Scope::TransfersReview,
         Scope::WebhooksWrite,
         Scope::AccountsWrite,
         Scope::AccountsRead,
+        Scope::ConsoleRead,
         Scope::Admin,
     ];
 
@@ -39,6 +43,7 @@ impl Scope {
             Self::WebhooksWrite => "webhooks:write",
             Self::AccountsWrite => "accounts:write",
             Self::AccountsRead => "accounts:read",
+            Self::ConsoleRead => "console:read",
             Self::Admin => "admin",
         }
     }
@@ -52,7 +57,7 @@ impl fmt::Display for Scope {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown scope {0:?}; scopes are transfers:write, transfers:read, transfers:review, webhooks:write, accounts:write, accounts:read, admin"
+    "unknown scope {0:?}; scopes are transfers:write, transfers:read, transfers:review, webhooks:write, accounts:write, accounts:read, console:read, admin"
 )]
 pub struct UnknownScope(pub String);
 
@@ -98,6 +103,20 @@ impl Scopes {
     /// Admin keys are global: they are bound to no ledger.
     pub fn allows_admin(&self) -> bool {
         self.0.contains(&Scope::Admin)
+    }
+
+    /// Keys bound to no ledger: admin keys, and console viewers (`console:read`), who see
+    /// every ledger and can change none.
+    pub fn is_global(&self) -> bool {
+        self.0
+            .iter()
+            .any(|s| matches!(s, Scope::Admin | Scope::ConsoleRead))
+    }
+
+    /// `console:read` may not share a key with another scope: a viewer key is global, and no
+    /// ledger-bound power may ride along on a global key.
+    pub fn viewer_combined(&self) -> bool {
+        self.0.contains(&Scope::ConsoleRead) && self.0.len() > 1
     }
 
     pub fn names(&self) -> Vec<String> {

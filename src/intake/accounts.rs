@@ -80,6 +80,15 @@ pub struct LedgerQuery {
     ledger: Option<String>,
 }
 
+impl LedgerQuery {
+    /// `?ledger=name`, as the console sends it for the account it shows.
+    pub fn named(ledger: &str) -> Self {
+        Self {
+            ledger: Some(ledger.to_owned()),
+        }
+    }
+}
+
 /// The account a request addresses. Anything the caller may not see — a malformed id or
 /// ledger, another ledger — is `404 account_not_found`, so existence is never revealed.
 fn addressed_account(

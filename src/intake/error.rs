@@ -60,6 +60,10 @@ pub enum ApiError {
     AccountClosed(String),
     #[error("transfer not found")]
     TransferNotFound,
+    #[error("job not found")]
+    JobNotFound,
+    #[error("job {0} is not dead: only a dead job can be retried or discarded")]
+    JobNotDead(String),
     #[error("{0}")]
     TransferNotInReview(String),
     /// A capture or void of a transfer that is not an open hold (never one, already settled,
@@ -129,12 +133,14 @@ impl ApiError {
             | Self::LedgerExists(_)
             | Self::KeyRevoked(_)
             | Self::TransferNotInReview(_)
+            | Self::JobNotDead(_)
             | Self::TransferNotHeld(_)
             | Self::TransferNotReversible(_)
             | Self::CannotRevokeOwnKey => StatusCode::CONFLICT,
             Self::LedgerNotFound(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::AccountNotFound(_)
             | Self::TransferNotFound
+            | Self::JobNotFound
             | Self::ReconciliationNotFound
             | Self::WebhookEndpointNotFound
             | Self::KeyNotFound
@@ -188,6 +194,8 @@ impl ApiError {
             Self::AccountClosed(_) => ErrorCode::AccountClosed,
             Self::TransferNotFound => ErrorCode::TransferNotFound,
             Self::TransferNotInReview(_) => ErrorCode::TransferNotInReview,
+            Self::JobNotFound => ErrorCode::JobNotFound,
+            Self::JobNotDead(_) => ErrorCode::JobNotDead,
             Self::TransferNotHeld(_) => ErrorCode::TransferNotHeld,
             Self::CaptureExceedsHold(_) => ErrorCode::CaptureExceedsHold,
             Self::TransferNotReversible(_) => ErrorCode::TransferNotReversible,
@@ -252,6 +260,8 @@ pub enum ErrorCode {
     AccountClosed,
     TransferNotFound,
     TransferNotInReview,
+    JobNotFound,
+    JobNotDead,
     TransferNotHeld,
     CaptureExceedsHold,
     TransferNotReversible,
@@ -272,7 +282,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 40] = [
+    pub const ALL: [ErrorCode; 42] = [
         Self::Unauthorized,
         Self::Forbidden,
         Self::IdempotencyKeyMissing,
@@ -296,6 +306,8 @@ impl ErrorCode {
         Self::AccountClosed,
         Self::TransferNotFound,
         Self::TransferNotInReview,
+        Self::JobNotFound,
+        Self::JobNotDead,
         Self::TransferNotHeld,
         Self::CaptureExceedsHold,
         Self::TransferNotReversible,
@@ -340,6 +352,8 @@ impl ErrorCode {
             Self::AccountClosed => "account_closed",
             Self::TransferNotFound => "transfer_not_found",
             Self::TransferNotInReview => "transfer_not_in_review",
+            Self::JobNotFound => "job_not_found",
+            Self::JobNotDead => "job_not_dead",
             Self::TransferNotHeld => "transfer_not_held",
             Self::CaptureExceedsHold => "capture_exceeds_hold",
             Self::TransferNotReversible => "transfer_not_reversible",
@@ -490,6 +504,9 @@ impl From<CreateKeyError> for ApiError {
     fn from(e: CreateKeyError) -> Self {
         match e {
             CreateKeyError::AdminWithLedger => Self::AdminKeyWithLedger,
+            CreateKeyError::ViewerCombined => {
+                Self::InvalidScope(CreateKeyError::ViewerCombined.to_string())
+            }
             CreateKeyError::LedgerNotFound(name) => Self::LedgerNotFound(name.to_string()),
             CreateKeyError::InvalidName(e) => Self::InvalidKeyName(e.to_string()),
             CreateKeyError::Database(e) => e.into(),
@@ -540,6 +557,8 @@ mod tests {
                 | ErrorCode::AccountClosed
                 | ErrorCode::TransferNotFound
                 | ErrorCode::TransferNotInReview
+                | ErrorCode::JobNotFound
+                | ErrorCode::JobNotDead
                 | ErrorCode::TransferNotHeld
                 | ErrorCode::CaptureExceedsHold
                 | ErrorCode::TransferNotReversible

@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod holds;
+pub mod jobs;
 pub mod json;
 pub mod ledgers;
 pub mod openapi;
@@ -54,6 +55,10 @@ pub struct IntakeSettings {
     /// is answered `503 unavailable` ([`AppState::db`]).
     #[serde(rename = "db_timeout_ms", with = "crate::serde_duration::millis")]
     pub db_timeout: Duration,
+    /// How often the operator console's overview is sampled, however many browsers watch it
+    /// (README, "Operator console").
+    #[serde(rename = "console_refresh_ms", with = "crate::serde_duration::millis")]
+    pub console_refresh: Duration,
 }
 
 impl Default for IntakeSettings {
@@ -66,6 +71,8 @@ impl Default for IntakeSettings {
             // 1.5 s keeps answers during an outage within 2 s (README, HTTP API) and is ~75×
             // intake's p99 (BENCHMARKS.md).
             db_timeout: Duration::from_millis(1_500),
+            // Five queries every 5 s, whatever the number of open tabs.
+            console_refresh: Duration::from_secs(5),
         }
     }
 }
@@ -143,7 +150,10 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::create, webhooks::list))
         .routes(routes!(webhooks::get, webhooks::delete))
         .routes(routes!(webhooks::replay))
-        .routes(routes!(webhooks::attempts));
+        .routes(routes!(webhooks::attempts))
+        .routes(routes!(jobs::dead))
+        .routes(routes!(jobs::retry))
+        .routes(routes!(jobs::discard));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/v1", v1)
         .routes(routes!(health::healthz))
@@ -152,10 +162,13 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::serve))
 }
 
-/// The HTTP API; every request (its body included) must complete within `request_timeout`.
-pub fn router(state: AppState, request_timeout: Duration) -> Router {
+/// The HTTP API, with `pages` (the operator console) served beside it under the same limits;
+/// every request (its body included) must complete within `request_timeout`.
+pub fn router(state: AppState, request_timeout: Duration, pages: Router) -> Router {
     let (routes, _) = api().split_for_parts();
     routes
+        .with_state(state)
+        .merge(pages)
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(DefaultBodyLimit::max(json::BODY_BYTES_MAX))
         .layer(middleware::from_fn(move |request, next| {
@@ -164,7 +177,6 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .layer(middleware::from_fn(record_request))
         // Outermost: every answer, a timeout's or the fallback's included, carries the id.
         .layer(middleware::from_fn(request_id::assign))
-        .with_state(state)
 }
 
 /// Cuts off a request that takes longer than `timeout` with `408 request_timeout`.

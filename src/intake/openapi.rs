@@ -54,6 +54,7 @@ const REQUEST_ID_HEADER: &str = "X-Request-Id";
         (name = "anomalies", description = "Hits of the anomaly rules on transfers."),
         (name = "events", description = "Changes producers care about, numbered per ledger."),
         (name = "webhooks", description = "Endpoints that receive events, signed and retried."),
+        (name = "jobs", description = "Dead jobs: list, retry, discard (`admin`)."),
         (name = "operations", description = "Health, readiness, metrics and this document."),
     ),
     components(schemas(Problem, ErrorCode)),

@@ -42,6 +42,16 @@ pub struct StartRequest {
     ledger: Option<String>,
 }
 
+impl StartRequest {
+    /// The default window (the last five minutes) of `ledger`, or of every ledger.
+    pub fn for_ledger(ledger: Option<String>) -> Self {
+        Self {
+            ledger,
+            ..Self::default()
+        }
+    }
+}
+
 /// Starts a reconciliation run now; a worker executes it.
 #[utoipa::path(
     post,

@@ -263,10 +263,22 @@ pub struct Replay {
     after: i64,
 }
 
+impl Replay {
+    pub fn after(after: i64) -> Self {
+        Self { after }
+    }
+}
+
 /// How many deliveries a replay scheduled.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Replayed {
     scheduled: u64,
+}
+
+impl Replayed {
+    pub fn scheduled(&self) -> u64 {
+        self.scheduled
+    }
 }
 
 /// Re-sends an endpoint's events after a cursor.

@@ -46,14 +46,25 @@ pub async fn transfers_without_live_job(
 }
 
 /// A job apalis gave up on: exhausted (`Failed` at its attempt limit) or `Killed`.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DeadJob {
+    /// apalis's job id (a ULID).
     pub id: String,
+    /// The queue, e.g. `ferry.post_transfers`.
     pub queue: String,
+    /// `Failed` (out of attempts) or `Killed`.
     pub status: String,
     pub attempts: i32,
+    /// The last attempt's result as apalis recorded it (JSON text).
     pub last_result: Option<String>,
+    /// When it died (apalis's `done_at`, else when it last ran).
+    pub died_at: Option<chrono::DateTime<chrono::Utc>>,
 }
+
+/// The SQL condition for a dead job; `purge_finished` keeps dead jobs for a week by it.
+const DEAD: &str = "(status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts))";
+const DEAD_JOB_COLUMNS: &str = "id, job_type AS queue, status, attempts, \
+    last_result::text AS last_result, coalesce(done_at, run_at) AS died_at";
 
 /// Up to `limit` dead jobs with ids after `after`, by id.
 pub async fn dead_jobs(
@@ -61,15 +72,122 @@ pub async fn dead_jobs(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<DeadJob>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, job_type AS queue, status, attempts, last_result::text AS last_result \
-         FROM apalis.jobs \
-         WHERE (status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts)) \
-           AND id > coalesce($1, '') \
-         ORDER BY id LIMIT $2",
-    )
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {DEAD_JOB_COLUMNS} FROM apalis.jobs \
+         WHERE {DEAD} AND id > coalesce($1, '') ORDER BY id LIMIT $2"
+    )))
     .bind(after)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(conn)
+    .await
+}
+
+/// What became of a request to retry or discard a dead job.
+#[derive(Debug)]
+pub enum DeadJobChange {
+    /// Done; the job as it was while dead.
+    Changed(DeadJob),
+    /// No job has this id.
+    NotFound,
+    /// The job exists but is not dead (still running, retried already, or done).
+    NotDead,
+}
+
+/// Puts dead job `id` back in its queue with its attempts reset, as if just enqueued: its
+/// work is idempotent (a posting job skips transfers that are already terminal).
+pub async fn retry_dead(conn: &mut PgConnection, id: &str) -> Result<DeadJobChange, sqlx::Error> {
+    let retried: Option<DeadJob> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH dead AS (SELECT {DEAD_JOB_COLUMNS} FROM apalis.jobs WHERE id = $1 AND {DEAD} \
+           FOR UPDATE) \
+         UPDATE apalis.jobs j SET status = 'Pending', attempts = 0, run_at = now(), \
+           lock_by = NULL, lock_at = NULL, done_at = NULL, last_result = NULL \
+         FROM dead WHERE j.id = dead.id \
+         RETURNING dead.*"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    change_outcome(conn, id, retried).await
+}
+
+/// Deletes dead job `id` from the dead-letter record. A posting job's transfers that are
+/// still pending stay so, and reconciliation reports them (`stuck_pending`).
+pub async fn discard_dead(conn: &mut PgConnection, id: &str) -> Result<DeadJobChange, sqlx::Error> {
+    let discarded: Option<DeadJob> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM apalis.jobs WHERE id = $1 AND {DEAD} RETURNING {DEAD_JOB_COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    change_outcome(conn, id, discarded).await
+}
+
+async fn change_outcome(
+    conn: &mut PgConnection,
+    id: &str,
+    changed: Option<DeadJob>,
+) -> Result<DeadJobChange, sqlx::Error> {
+    if let Some(job) = changed {
+        return Ok(DeadJobChange::Changed(job));
+    }
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM apalis.jobs WHERE id = $1)")
+            .bind(id)
+            .fetch_one(conn)
+            .await?;
+    Ok(if exists {
+        DeadJobChange::NotDead
+    } else {
+        DeadJobChange::NotFound
+    })
+}
+
+/// Jobs of one queue in one state.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobCount {
+    pub queue: String,
+    /// apalis's status; `Failed` at the attempt limit is reported as `Dead`.
+    pub status: String,
+    pub jobs: i64,
+}
+
+/// Jobs by queue and state: the table is bounded by `purge_finished`, so this counts at most
+/// a retention period's worth of rows.
+pub async fn job_counts(conn: &mut PgConnection) -> Result<Vec<JobCount>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT job_type AS queue, \
+           CASE WHEN {DEAD} AND status = 'Failed' THEN 'Dead' ELSE status END AS status, \
+           count(*) AS jobs \
+         FROM apalis.jobs GROUP BY 1, 2 ORDER BY 1, 2"
+    )))
+    .fetch_all(conn)
+    .await
+}
+
+/// A worker registration and its heartbeat.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WorkerView {
+    pub id: String,
+    pub queue: String,
+    pub last_seen: chrono::DateTime<chrono::Utc>,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Jobs this worker holds locked now.
+    pub running: i64,
+}
+
+/// Workers seen within `seen_within`, most recently seen first.
+pub async fn workers(
+    conn: &mut PgConnection,
+    seen_within: Duration,
+) -> Result<Vec<WorkerView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT w.id, w.worker_type AS queue, w.last_seen, w.started_at, \
+           (SELECT count(*) FROM apalis.jobs j WHERE j.lock_by = w.id \
+              AND j.status IN ('Queued', 'Running')) AS running \
+         FROM apalis.workers w WHERE w.last_seen >= now() - make_interval(secs => $1) \
+         ORDER BY w.last_seen DESC, w.id LIMIT 200",
+    )
+    .bind(seen_within.as_secs_f64())
     .fetch_all(conn)
     .await
 }
@@ -122,11 +240,10 @@ pub async fn purge_finished(
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    let dead = sqlx::query(
+    let dead = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM apalis.jobs \
-         WHERE (status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts)) \
-           AND coalesce(done_at, run_at) < now() - make_interval(secs => $1)",
-    )
+         WHERE {DEAD} AND coalesce(done_at, run_at) < now() - make_interval(secs => $1)"
+    )))
     .bind(retention.dead.as_secs_f64())
     .execute(&mut *conn)
     .await?

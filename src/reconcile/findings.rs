@@ -241,6 +241,18 @@ pub struct FindingView {
 const FINDING_COLUMNS: &str = "f.id, f.kind, f.severity, f.ledger, f.subject, f.transfer_id, \
     f.account_id, f.detail, f.first_seen_at, f.last_seen_at, f.resolved_at";
 
+/// Up to `limit` open findings of every ledger, most severe and newest first.
+pub async fn open(pool: &PgPool, limit: i64) -> Result<Vec<FindingView>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, FindingRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {FINDING_COLUMNS} FROM reconciliation_findings f WHERE f.resolved_run IS NULL \
+         ORDER BY f.severity = 'critical' DESC, f.last_seen_at DESC LIMIT $1"
+    )))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(FindingView::from).collect())
+}
+
 /// Findings `run_id` observed (open or since resolved), most severe first.
 pub async fn seen_by_run(pool: &PgPool, run_id: Uuid) -> Result<Vec<FindingView>, sqlx::Error> {
     let rows = sqlx::query_as::<_, FindingRow>(sqlx::AssertSqlSafe(format!(

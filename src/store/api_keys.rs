@@ -48,8 +48,10 @@ pub enum MissingLedger {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CreateKeyError {
-    #[error("admin keys are global: they cannot be bound to a ledger")]
+    #[error("admin and console:read keys are global: they cannot be bound to a ledger")]
     AdminWithLedger,
+    #[error("console:read is a viewer key's only scope: it cannot be combined with others")]
+    ViewerCombined,
     #[error("ledger {0} does not exist")]
     LedgerNotFound(LedgerName),
     #[error(transparent)]
@@ -113,7 +115,10 @@ pub async fn issue(
     missing: MissingLedger,
     actor: &Actor,
 ) -> Result<CreatedKey, CreateKeyError> {
-    let ledger = match (spec.scopes.allows_admin(), &spec.ledger) {
+    if spec.scopes.viewer_combined() {
+        return Err(CreateKeyError::ViewerCombined);
+    }
+    let ledger = match (spec.scopes.is_global(), &spec.ledger) {
         (true, Some(_)) => return Err(CreateKeyError::AdminWithLedger),
         (true, None) => None,
         (false, named) => Some(named.clone().unwrap_or_else(LedgerName::default_ledger)),
@@ -187,7 +192,7 @@ pub async fn create(
     let spec = KeySpec {
         name: ApiKeyName::parse(name)?,
         scopes: scopes.clone(),
-        ledger: ledger.filter(|_| !scopes.allows_admin()).cloned(),
+        ledger: ledger.filter(|_| !scopes.is_global()).cloned(),
         lifetime: None,
     };
     let created = issue(pool, &spec, MissingLedger::Refuse, &Actor::operator()).await?;

@@ -38,10 +38,16 @@ pub enum AuditAction {
     WebhookEndpointDeleted,
     #[serde(rename = "webhook_endpoint.replayed")]
     WebhookEndpointReplayed,
+    #[serde(rename = "job.retried")]
+    JobRetried,
+    #[serde(rename = "job.discarded")]
+    JobDiscarded,
+    #[serde(rename = "console.signed_in")]
+    ConsoleSignedIn,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 13] = [
+    pub const ALL: [AuditAction; 16] = [
         Self::ApiKeyCreated,
         Self::ApiKeyRevoked,
         Self::LedgerCreated,
@@ -55,6 +61,9 @@ impl AuditAction {
         Self::WebhookEndpointCreated,
         Self::WebhookEndpointDeleted,
         Self::WebhookEndpointReplayed,
+        Self::JobRetried,
+        Self::JobDiscarded,
+        Self::ConsoleSignedIn,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +81,9 @@ impl AuditAction {
             Self::WebhookEndpointCreated => "webhook_endpoint.created",
             Self::WebhookEndpointDeleted => "webhook_endpoint.deleted",
             Self::WebhookEndpointReplayed => "webhook_endpoint.replayed",
+            Self::JobRetried => "job.retried",
+            Self::JobDiscarded => "job.discarded",
+            Self::ConsoleSignedIn => "console.signed_in",
         }
     }
 }
@@ -107,6 +119,11 @@ pub mod target {
 
     pub fn webhook_endpoint(id: Uuid) -> String {
         format!("webhook_endpoint:{id}")
+    }
+
+    /// An apalis job, by its id.
+    pub fn job(id: &str) -> String {
+        format!("job:{id}")
     }
 }
 

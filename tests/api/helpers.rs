@@ -60,6 +60,7 @@ pub fn test_config(database_url: &str, roles: Roles) -> Config {
         intake: IntakeSettings {
             committers: 1,
             db_timeout: Duration::from_secs(5),
+            ..IntakeSettings::default()
         },
         workers: WorkerSettings {
             posting_workers: 2,

@@ -12,6 +12,7 @@ mod auth;
 mod bank;
 mod bench;
 mod config;
+mod console;
 mod crash;
 mod database;
 mod events;
