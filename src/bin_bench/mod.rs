@@ -7,6 +7,7 @@
 //! generator.
 
 mod baseline;
+mod console;
 mod growth;
 mod holds;
 mod latency;
@@ -145,7 +146,7 @@ pub const THROUGHPUT: [&str; 12] = [
 /// Scenarios measured once per `all` (latencies of reads and of deliveries, run times).
 pub const ONCE: [&str; 3] = ["balance-at", "webhook-lag", "reconcile"];
 /// Scenarios run only by name: each takes minutes.
-pub const BY_NAME: [&str; 4] = ["latency", "growth", "scale-out", "soak"];
+pub const BY_NAME: [&str; 5] = ["latency", "growth", "scale-out", "soak", "console"];
 
 /// The suffix of the scenarios run with anomaly detection off.
 pub const ANOMALY_OFF: &str = "-anomaly-off";
@@ -177,6 +178,8 @@ pub struct Report {
     pub latency_steps: Vec<openloop::Step>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub soak_samples: Vec<soak::Sample>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub console_timings: Vec<console::Timing>,
 }
 
 /// Runs `scenario` (or all).
@@ -211,6 +214,7 @@ pub async fn run(
             report.rows = summarize(throughput::repeated(config, &names, options).await?);
         }
         "soak" => report.soak_samples = soak::run(config, options).await?,
+        "console" => report.console_timings = console::run(config, options).await?,
         one if ONCE.contains(&one) => report.rows = run_once(config, one, options).await?,
         one if THROUGHPUT.contains(&one) => {
             // The scenario with what it is compared with, transitively, baselines first.

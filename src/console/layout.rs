@@ -150,9 +150,11 @@ pub fn status(word: &str) -> Markup {
     html! { span class={ "status " (tone) } { (word) } }
 }
 
-/// The first 8 characters of a long id, the whole id on hover.
+/// The last 8 characters of a long id (UUIDv7s begin with their time, so their heads
+/// repeat), the whole id on hover.
 pub fn short_id(id: &str) -> Markup {
-    let short: String = id.chars().take(8).collect();
+    let chars: Vec<char> = id.chars().collect();
+    let short: String = chars[chars.len().saturating_sub(8)..].iter().collect();
     html! { span title=(id) { (short) } }
 }
 

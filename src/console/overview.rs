@@ -144,13 +144,23 @@ pub async fn sample(
     pool: &PgPool,
     previous_end: Option<DateTime<Utc>>,
 ) -> Result<Sampled, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
     let end: DateTime<Utc> = sqlx::query_scalar("SELECT now() - make_interval(secs => $1)")
         .bind(COMMIT_LAG_MS as f64 / 1_000.0)
-        .fetch_one(&mut *conn)
+        .fetch_one(pool)
         .await?;
     // The first window after start is one refresh long; later ones join up with the last.
     let start = previous_end.unwrap_or(end - chrono::Duration::seconds(5));
+    sample_window(pool, start, end).await
+}
+
+/// [`sample`] of the window `(start, end]` (the bench measures it on a seeded ledger's last
+/// seconds).
+pub async fn sample_window(
+    pool: &PgPool,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Sampled, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
     let window_secs = (end - start).num_milliseconds().max(1) as f64 / 1_000.0;
     let (accepted,): (i64,) =
         sqlx::query_as("SELECT count(*) FROM transfers WHERE created_at > $1 AND created_at <= $2")

@@ -630,7 +630,7 @@ async fn the_console_works_in_a_real_browser() {
     assert_eq!(browser.current_url().await.expect("url").path(), "/console");
 
     // The posted transfer on the overview, then found by search, then its timeline.
-    let short: String = posted_id.chars().take(8).collect();
+    let short: String = posted_id[posted_id.len() - 8..].to_owned();
     let row = wait_for("/console".into(), "main", short.clone()).await;
     assert!(row.contains("posted"), "{row}");
     let recent = text_of("tr[data-transfer]").await;
