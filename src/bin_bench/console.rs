@@ -34,14 +34,25 @@ pub async fn run(config: &ferry::config::Config, options: &Options) -> anyhow::R
         let anchor = Utc::now();
         if entries > 0 {
             let seeded = Instant::now();
-            reconcile::seed(&pool, entries.div_ceil(2), i64::from(options.accounts), anchor).await?;
+            reconcile::seed(
+                &pool,
+                entries.div_ceil(2),
+                i64::from(options.accounts),
+                anchor,
+            )
+            .await?;
             sqlx::query("VACUUM (ANALYZE) transfers, entries, accounts")
                 .execute(&pool)
                 .await?;
             super::checkpoint(&pool).await;
-            eprintln!("seeded {entries} entries in {:.0}s", seeded.elapsed().as_secs_f64());
+            eprintln!(
+                "seeded {entries} entries in {:.0}s",
+                seeded.elapsed().as_secs_f64()
+            );
         }
-        let counted: i64 = sqlx::query_scalar("SELECT count(*) FROM entries").fetch_one(&pool).await?;
+        let counted: i64 = sqlx::query_scalar("SELECT count(*) FROM entries")
+            .fetch_one(&pool)
+            .await?;
         let start = anchor - Duration::seconds(WINDOW_SECS);
         // One unmeasured sample: the pages it reads are then cached, as they are for a
         // sampler that runs every few seconds.
@@ -63,10 +74,12 @@ pub async fn run(config: &ferry::config::Config, options: &Options) -> anyhow::R
             p99_ms: at(0.99),
             max_ms: at(1.0),
         });
-        pool.close().await;
-        drop(scratch);
+        super::finish(scratch, pool).await;
     }
-    println!("{:<8} {:>12} {:>10} {:>8} {:>8} {:>8} {:>8}", "ledger", "entries", "in window", "samples", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "{:<8} {:>12} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "ledger", "entries", "in window", "samples", "p50 ms", "p99 ms", "max ms"
+    );
     for t in &timings {
         println!(
             "{:<8} {:>12} {:>10.0} {:>8} {:>8.1} {:>8.1} {:>8.1}",

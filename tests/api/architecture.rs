@@ -108,7 +108,16 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "store", "ledger", "intake", "jobs", "app", "config", "webhooks",
         ],
     ),
-    ("src/intake", &["ledger", "jobs", "app", "config"]),
+    (
+        "src/intake",
+        &["ledger", "jobs", "app", "config", "console"],
+    ),
+    // The console sits beside intake and acts only through intake's handlers: no posting,
+    // no job handlers, no direct webhook or anomaly machinery.
+    (
+        "src/console",
+        &["ledger", "jobs", "app", "config", "webhooks", "anomaly"],
+    ),
     // The event log sits just above the domain: every writer of a change writes its event.
     (
         "src/events",
