@@ -754,3 +754,62 @@ async fn the_console_works_in_a_real_browser() {
     }
     browser.close().await.expect("browser closed");
 }
+
+#[tokio::test]
+async fn the_overview_sample_counts_the_window_exactly() {
+    let app = console_app().await;
+    let start: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&app.pool)
+        .await
+        .expect("now");
+    for n in 0..5 {
+        posted_transfer(&app, &format!("w{n}"), "1.00").await;
+    }
+    let failed = app
+        .post_transfer("bad", &transfer("treasury", "nowhere", "1.00"))
+        .await;
+    let failed = app
+        .wait_until_terminal(failed.body["id"].as_str().expect("id"))
+        .await;
+    assert_eq!(failed["status"], "failed");
+    let held = posted_transfer(&app, "big", "500.00").await;
+    assert_eq!(held["status"], "in_review");
+    let end: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&app.pool)
+        .await
+        .expect("now");
+    let window_secs = (end - start).num_milliseconds() as f64 / 1_000.0;
+    let sampled = ferry::console::overview::sample_window(&app.pool, start, end)
+        .await
+        .expect("sampled");
+    let per_sec = |n: f64| n / window_secs;
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+    assert!(
+        close(sampled.sample.accepted_per_sec, per_sec(7.0)),
+        "{:?}",
+        sampled.sample
+    );
+    assert!(
+        close(sampled.sample.posted_per_sec, per_sec(5.0)),
+        "{:?}",
+        sampled.sample
+    );
+    assert!(
+        close(sampled.sample.failed_per_sec, per_sec(1.0)),
+        "{:?}",
+        sampled.sample
+    );
+    let p50 = sampled.sample.ttp_p50_ms.expect("time to posted");
+    let p99 = sampled.sample.ttp_p99_ms.expect("time to posted");
+    assert!(0.0 < p50 && p50 <= p99 && p99 < 30_000.0, "{p50} {p99}");
+    assert_eq!(sampled.sample.backlog, 0);
+    assert_eq!(sampled.in_review, 1);
+    // Nothing counted twice in the next window, nothing before the first.
+    let later =
+        ferry::console::overview::sample_window(&app.pool, end, end + chrono::Duration::seconds(5))
+            .await
+            .expect("sampled");
+    assert_eq!(later.sample.accepted_per_sec, 0.0);
+    assert_eq!(later.sample.posted_per_sec, 0.0);
+    assert_eq!(sampled.recent.len(), 7);
+}

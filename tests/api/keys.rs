@@ -570,7 +570,18 @@ async fn the_cli_creates_lists_and_revokes_keys() {
             vec![
                 "api-key", "create", "--name", "x", "--scopes", "admin", "--ledger", "default",
             ],
-            "admin keys are global",
+            "admin and console:read keys are global",
+        ),
+        (
+            vec![
+                "api-key",
+                "create",
+                "--name",
+                "x",
+                "--scopes",
+                "console:read,transfers:read",
+            ],
+            "console:read is a viewer key's only scope",
         ),
         (
             vec![
