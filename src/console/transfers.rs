@@ -183,14 +183,6 @@ pub async fn timeline(
             entry.detail.clone(),
         ));
     }
-    if view.attempts > 0 || last_error.is_some() {
-        steps.push((
-            view.updated_at,
-            "attempts",
-            format!("{} posting attempt(s) retried", view.attempts),
-            last_error.clone(),
-        ));
-    }
     if let Some(at) = view.posted_at {
         steps.push((at, "posted", "posted to the ledger".into(), None));
     }
@@ -212,6 +204,10 @@ pub async fn timeline(
             dt { "amount" } dd { (view.amount) " " (view.currency) }
             dt { "idempotency key" } dd { code { (view.idempotency_key) } }
             dt { "mode" } dd { (view.mode) }
+            dt { "posting attempts" } dd { (view.attempts) }
+            @if let Some(error) = &last_error {
+                dt { "last error" } dd.error { (error) }
+            }
             @if !view.flags.is_empty() {
                 dt { "flags" } dd { @for flag in &view.flags { span.status.wait { (flag.as_str()) } " " } }
             }

@@ -444,7 +444,7 @@ async fn dead_jobs_are_listed_retried_and_discarded_through_the_api() {
 struct Driver {
     child: Child,
     url: String,
-    _profile: tempdir::Profile,
+    profile: tempdir::Profile,
 }
 
 mod tempdir {
@@ -493,8 +493,41 @@ fn start_driver() -> Option<Driver> {
     Some(Driver {
         child,
         url: format!("http://127.0.0.1:{port}"),
-        _profile: tempdir::Profile(profile),
+        profile: tempdir::Profile(profile),
     })
+}
+
+/// A headless Chromium session through `driver`, flags as this machine needs them (no
+/// network beyond loopback, no sandbox as root, a profile of its own).
+async fn open_browser(driver: &Driver) -> fantoccini::Client {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert("browserName".into(), json!("chrome"));
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+                format!("--user-data-dir={}", driver.profile.0.display())],
+        }),
+    );
+    let started = Instant::now();
+    loop {
+        let connected =
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(capabilities.clone())
+                .connect(&driver.url)
+                .await;
+        match connected {
+            Ok(browser) => return browser,
+            Err(e) if started.elapsed() < Duration::from_secs(20) => {
+                tracing::debug!(error = %e, "chromedriver not ready");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no browser session: {e}"),
+        }
+    }
 }
 
 fn screenshots_dir() -> PathBuf {
@@ -515,34 +548,7 @@ async fn the_console_works_in_a_real_browser() {
     let job = dead_job(&app).await;
     let admin = create_api_key(&app.pool, "admin").await;
 
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert("browserName".into(), json!("chrome"));
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
-                format!("--user-data-dir={}", driver._profile.0.display())],
-        }),
-    );
-    let started = Instant::now();
-    let browser = loop {
-        let connected =
-            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-                .capabilities(capabilities.clone())
-                .connect(&driver.url)
-                .await;
-        match connected {
-            Ok(browser) => break browser,
-            Err(e) if started.elapsed() < Duration::from_secs(20) => {
-                tracing::debug!(error = %e, "chromedriver not ready");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("no browser session: {e}"),
-        }
-    };
+    let browser = open_browser(&driver).await;
     let shots = screenshots_dir();
     let shoot = |name: &'static str| {
         let browser = browser.clone();
@@ -812,4 +818,43 @@ async fn the_overview_sample_counts_the_window_exactly() {
     assert_eq!(later.sample.accepted_per_sec, 0.0);
     assert_eq!(later.sample.posted_per_sec, 0.0);
     assert_eq!(sampled.recent.len(), 7);
+}
+
+/// The README's screenshots (`docs/console/`), taken of a running ferry with some history:
+/// `FERRY_CONSOLE_URL=http://127.0.0.1:8080 FERRY_CONSOLE_KEY=ferry_… cargo test --test api
+/// readme_screenshots -- --ignored`.
+#[tokio::test]
+#[ignore = "needs a running ferry with traffic: FERRY_CONSOLE_URL, FERRY_CONSOLE_KEY"]
+async fn readme_screenshots() {
+    let url = std::env::var("FERRY_CONSOLE_URL").expect("FERRY_CONSOLE_URL");
+    let key = std::env::var("FERRY_CONSOLE_KEY").expect("FERRY_CONSOLE_KEY");
+    let driver = start_driver().expect("chromedriver");
+    let browser = open_browser(&driver).await;
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/console");
+    std::fs::create_dir_all(&docs).expect("docs/console");
+    browser
+        .goto(&format!("{url}/console/login"))
+        .await
+        .expect("page");
+    let field = browser
+        .find(Locator::Css("#api_key"))
+        .await
+        .expect("key field");
+    field.send_keys(&key).await.expect("typed");
+    let button = browser
+        .find(Locator::Css("main form button"))
+        .await
+        .expect("button");
+    button.click().await.expect("signed in");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let png = browser.screenshot().await.expect("screenshot");
+    std::fs::write(docs.join("overview.png"), png).expect("saved");
+    let posted = browser
+        .find(Locator::XPath("//tr[td/span[text()='posted']]//a"))
+        .await
+        .expect("a posted transfer in the latest activity");
+    posted.click().await.expect("timeline");
+    let png = browser.screenshot().await.expect("screenshot");
+    std::fs::write(docs.join("timeline.png"), png).expect("saved");
+    browser.close().await.expect("closed");
 }
