@@ -23,6 +23,8 @@ use crate::queue::table::{JobCount, job_counts};
 
 /// How much history the charts show.
 pub const HISTORY_SECS: i64 = 3_600;
+/// The shortest span the charts show.
+const CHART_SPAN_MIN_SECS: f64 = 300.0;
 /// Rows are counted in windows ending this long ago: a transaction stamps `created_at` and
 /// `posted_at` when it starts, and may commit a little later.
 const COMMIT_LAG_MS: i64 = 2_000;
@@ -257,7 +259,10 @@ pub async fn page(
     let per_sec = |pick: fn(&Sample) -> f64| -> Vec<(f64, f64)> {
         snapshot.samples.iter().map(|s| (ago(s), pick(s))).collect()
     };
-    let span = HISTORY_SECS as f64;
+    // The last hour, or what this process has seen of it (at least 5 minutes), so the charts
+    // are readable soon after a start.
+    let seen_secs = snapshot.samples.front().map_or(0.0, ago);
+    let span = seen_secs.clamp(CHART_SPAN_MIN_SECS, HISTORY_SECS as f64);
     let throughput = line_chart(
         "accepted, posted and failed per second",
         "transfers/s",

@@ -347,3 +347,38 @@ async fn the_soak_scenario_samples_jobs_memory_and_time_to_posted() {
     }
     assert!(table.contains("finished jobs kept 300s"), "{table}");
 }
+
+#[tokio::test]
+async fn the_console_scenario_times_the_overview_on_an_empty_and_a_seeded_ledger() {
+    let (report, table) = ferry_bench(&[
+        "--scenario",
+        "console",
+        "--ledger-entries",
+        "20000",
+        "--accounts",
+        "500",
+    ])
+    .await;
+    let timings = report["console_timings"].as_array().expect("timings");
+    assert_eq!(timings.len(), 2, "{table}");
+    assert_eq!(timings[0]["ledger"], "empty");
+    assert_eq!(timings[0]["entries"], 0);
+    assert_eq!(timings[1]["ledger"], "large");
+    assert_eq!(timings[1]["entries"], 20_000, "{table}");
+    // 10 000 transfers 10 ms apart: the last 50 s hold 5,000 of them.
+    assert_eq!(
+        number(&timings[1], "transfers_in_window").round(),
+        4_999.0,
+        "{table}"
+    );
+    for timing in timings {
+        let (p50, p99, max) = (
+            number(timing, "p50_ms"),
+            number(timing, "p99_ms"),
+            number(timing, "max_ms"),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{timing}");
+        assert_eq!(timing["samples"], 50);
+    }
+    assert!(table.contains("p50 ms"), "{table}");
+}
