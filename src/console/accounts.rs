@@ -16,6 +16,7 @@ use super::{ActionForm, ConsoleState, act};
 use crate::domain::{AccountId, AccountKey, LedgerName};
 use crate::intake::accounts::{self as api, LedgerQuery};
 use crate::intake::query::QueryParams;
+use crate::store::accounts::StatusChange;
 use crate::store::{accounts, ledgers};
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,7 +190,7 @@ pub async fn freeze(
     path: Path<(String, String)>,
     form: Form<ActionForm>,
 ) -> Response {
-    change(state, viewer, headers, path, form, true).await
+    change(state, viewer, headers, path, form, StatusChange::Freeze).await
 }
 
 /// `POST …/unfreeze`: `POST /v1/accounts/{id}/unfreeze` with the signed-in key.
@@ -200,30 +201,38 @@ pub async fn unfreeze(
     path: Path<(String, String)>,
     form: Form<ActionForm>,
 ) -> Response {
-    change(state, viewer, headers, path, form, false).await
+    change(state, viewer, headers, path, form, StatusChange::Unfreeze).await
 }
 
+/// Changes the account's status through the API's handler (the console offers freeze and
+/// unfreeze; closing is for good and left to the API and the CLI).
 async fn change(
     State(state): State<ConsoleState>,
     viewer: Viewer,
     headers: HeaderMap,
     Path((ledger, id)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
-    freeze: bool,
+    change: StatusChange,
 ) -> Response {
     let back = format!("/console/ledgers/{ledger}/accounts/{id}");
-    let action = if freeze {
-        "account.freeze"
-    } else {
-        "account.unfreeze"
+    let action = match change {
+        StatusChange::Freeze => "account.freeze",
+        StatusChange::Unfreeze => "account.unfreeze",
+        StatusChange::Close => "account.close",
     };
     act(&state, &viewer, &headers, &form, action, &back, || async {
         let query = QueryParams(LedgerQuery::named(&ledger));
         let app = State(state.app.clone());
-        let Json(view) = if freeze {
-            api::freeze(app, viewer.caller(), Path(id.clone()), query).await?
-        } else {
-            api::unfreeze(app, viewer.caller(), Path(id.clone()), query).await?
+        let Json(view) = match change {
+            StatusChange::Freeze => {
+                api::freeze(app, viewer.caller(), Path(id.clone()), query).await?
+            }
+            StatusChange::Unfreeze => {
+                api::unfreeze(app, viewer.caller(), Path(id.clone()), query).await?
+            }
+            StatusChange::Close => {
+                api::close(app, viewer.caller(), Path(id.clone()), query).await?
+            }
         };
         Ok(format!(
             "Account {} in {} is now {}.",

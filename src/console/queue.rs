@@ -81,6 +81,13 @@ pub async fn page(
     layout::page(&viewer, "Queue", "/console/queue", flash.as_deref(), body)
 }
 
+/// What an operator does to a dead job.
+#[derive(Debug, Clone, Copy)]
+enum JobAction {
+    Retry,
+    Discard,
+}
+
 /// `POST /console/queue/jobs/{id}/retry`.
 pub async fn retry(
     state: State<ConsoleState>,
@@ -89,7 +96,7 @@ pub async fn retry(
     path: Path<String>,
     form: Form<ActionForm>,
 ) -> Response {
-    change(state, viewer, headers, path, form, true).await
+    change(state, viewer, headers, path, form, JobAction::Retry).await
 }
 
 /// `POST /console/queue/jobs/{id}/discard`.
@@ -100,7 +107,7 @@ pub async fn discard(
     path: Path<String>,
     form: Form<ActionForm>,
 ) -> Response {
-    change(state, viewer, headers, path, form, false).await
+    change(state, viewer, headers, path, form, JobAction::Discard).await
 }
 
 async fn change(
@@ -109,9 +116,12 @@ async fn change(
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
-    retry: bool,
+    job_action: JobAction,
 ) -> Response {
-    let action = if retry { "job.retry" } else { "job.discard" };
+    let action = match job_action {
+        JobAction::Retry => "job.retry",
+        JobAction::Discard => "job.discard",
+    };
     act(
         &state,
         &viewer,
@@ -121,15 +131,15 @@ async fn change(
         "/console/queue",
         || async {
             let app = State(state.app.clone());
-            let Json(job) = if retry {
-                api::retry(app, viewer.caller(), Path(id.clone())).await?
-            } else {
-                api::discard(app, viewer.caller(), Path(id.clone())).await?
-            };
-            let done = if retry {
-                "back in its queue"
-            } else {
-                "discarded"
+            let (Json(job), done) = match job_action {
+                JobAction::Retry => (
+                    api::retry(app, viewer.caller(), Path(id.clone())).await?,
+                    "back in its queue",
+                ),
+                JobAction::Discard => (
+                    api::discard(app, viewer.caller(), Path(id.clone())).await?,
+                    "discarded",
+                ),
             };
             Ok(format!("Job {} ({}) {done}.", job.id, job.queue))
         },

@@ -12,9 +12,9 @@ use crate::events::transfer::{TRANSFER_COLUMNS, TransferRow, TransferView, attac
 
 /// Rows a console list shows.
 pub const LIST_ROWS: i64 = 50;
-/// How far back a search by account or status looks for transfers not posted (those have no
-/// entries to find them by).
-pub const SEARCH_RECENT_SECS: i64 = 24 * 3_600;
+/// How far back a search by account looks for failed and voided transfers (they have no
+/// entries to find them by, and `from_account` has no index: intake pays for every index).
+pub const SEARCH_RECENT_SECS: i64 = 3_600;
 
 /// A transfer search; every field optional, combined with AND.
 #[derive(Debug, Default)]
@@ -32,75 +32,89 @@ async fn views(pool: &PgPool, rows: Vec<TransferRow>) -> Result<Vec<TransferView
     Ok(views)
 }
 
-/// Up to [`LIST_ROWS`] transfers, newest first.
+/// Up to [`LIST_ROWS`] transfers, the most recently changed first. Each search runs under
+/// a statement timeout of `timeout_ms`, so a search the indexes cannot serve is cut off on
+/// the server, not left running after the page gave up.
 ///
 /// By id: the primary key. By idempotency key: the `(api_key_id, idempotency_key)` unique
 /// index, probed once per API key (keys are few). By account: the account's entries (posted
-/// transfers, on `entries_by_account_time`) and the transfers of the last
-/// [`SEARCH_RECENT_SECS`] not posted. By status alone: the newest transfers on
-/// `transfers_by_created_at` (pending, in review and held have partial indexes).
+/// transfers, on `entries_by_account_time`), its open transfers (pending, in review, held: the
+/// partial indexes) and its failed or voided ones among those changed in the last
+/// [`SEARCH_RECENT_SECS`]. By status or ledger alone: the transfers changed last
+/// (`transfers_by_updated_at`, read backwards), within the last day.
 pub async fn search_transfers(
     pool: &PgPool,
     search: &TransferSearch,
+    timeout_ms: u64,
 ) -> Result<Vec<TransferView>, sqlx::Error> {
     let status = search.status.map(|s| s.as_str());
     let ledger = search.ledger.as_ref().map(LedgerName::as_str);
+    let mut tx = pool.begin().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL statement_timeout = {timeout_ms}"
+    )))
+    .execute(&mut *tx)
+    .await?;
     let rows: Vec<TransferRow> = if let Some(id) = search.id {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE id = $1"
         )))
         .bind(id)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?
     } else if let Some(key) = &search.idempotency_key {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE idempotency_key = $1 \
                AND api_key_id IN (SELECT id FROM api_keys) \
                AND ($2::text IS NULL OR ledger = $2) \
-             ORDER BY created_at DESC LIMIT $3"
+             ORDER BY updated_at DESC LIMIT $3"
         )))
         .bind(key)
         .bind(ledger)
         .bind(LIST_ROWS)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?
     } else if let Some(account) = &search.account {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH posted AS ( \
-               SELECT DISTINCT e.transfer_id FROM accounts a \
+               SELECT e.transfer_id AS id FROM accounts a \
                JOIN LATERAL (SELECT transfer_id FROM entries WHERE account_no = a.no \
                  ORDER BY created_at DESC, id DESC LIMIT $4) e ON true \
                WHERE a.id = $1 AND ($2::text IS NULL OR a.ledger = $2)), \
-             recent AS ( \
-               SELECT id FROM transfers WHERE created_at > now() - make_interval(secs => $5) \
-                 AND status <> 'posted' AND (from_account = $1 OR to_account = $1)) \
+             open AS ( \
+               SELECT id FROM transfers \
+               WHERE (status = 'pending' OR status = 'in_review' OR status = 'held') \
+                 AND (from_account = $1 OR to_account = $1)), \
+             ended AS ( \
+               SELECT id FROM transfers WHERE updated_at > now() - make_interval(secs => $5) \
+                 AND status IN ('failed', 'voided') AND (from_account = $1 OR to_account = $1)) \
              SELECT {TRANSFER_COLUMNS} FROM transfers \
-             WHERE id IN (SELECT transfer_id FROM posted UNION SELECT id FROM recent) \
+             WHERE id IN (SELECT id FROM posted UNION SELECT id FROM open \
+                          UNION SELECT id FROM ended) \
                AND ($2::text IS NULL OR ledger = $2) AND ($3::text IS NULL OR status = $3) \
-             ORDER BY created_at DESC LIMIT $4"
+             ORDER BY updated_at DESC LIMIT $4"
         )))
         .bind(account)
         .bind(ledger)
         .bind(status)
         .bind(LIST_ROWS)
         .bind(SEARCH_RECENT_SECS as f64)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?
     } else {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {TRANSFER_COLUMNS} FROM transfers \
              WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR ledger = $2) \
-               AND ($1::text IS NULL OR $1 NOT IN ('failed', 'voided') \
-                    OR created_at > now() - make_interval(secs => $4)) \
-             ORDER BY created_at DESC LIMIT $3"
+               AND updated_at > now() - interval '1 day' \
+             ORDER BY updated_at DESC LIMIT $3"
         )))
         .bind(status)
         .bind(ledger)
         .bind(LIST_ROWS)
-        .bind(SEARCH_RECENT_SECS as f64)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?
     };
+    tx.commit().await?;
     views(pool, rows).await
 }
 

@@ -12,6 +12,7 @@ use super::overview::FlashQuery;
 use super::reads;
 use super::session::Viewer;
 use super::{ActionForm, ConsoleState, act};
+use crate::domain::ReviewDecision;
 use crate::intake::reviews as api;
 
 /// `GET /console/reviews`.
@@ -82,7 +83,7 @@ pub async fn approve(
     path: Path<String>,
     form: Form<ActionForm>,
 ) -> Response {
-    decide(state, viewer, headers, path, form, true).await
+    decide(state, viewer, headers, path, form, ReviewDecision::Approved).await
 }
 
 /// `POST /console/reviews/{id}/reject`: `POST /v1/transfers/{id}/reject`.
@@ -93,7 +94,7 @@ pub async fn reject(
     path: Path<String>,
     form: Form<ActionForm>,
 ) -> Response {
-    decide(state, viewer, headers, path, form, false).await
+    decide(state, viewer, headers, path, form, ReviewDecision::Rejected).await
 }
 
 async fn decide(
@@ -102,12 +103,11 @@ async fn decide(
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
-    approve: bool,
+    decision: ReviewDecision,
 ) -> Response {
-    let action = if approve {
-        "transfer.approve"
-    } else {
-        "transfer.reject"
+    let action = match decision {
+        ReviewDecision::Approved => "transfer.approve",
+        ReviewDecision::Rejected => "transfer.reject",
     };
     act(
         &state,
@@ -118,12 +118,16 @@ async fn decide(
         "/console/reviews",
         || async {
             let app = State(state.app.clone());
-            let Json(view) = if approve {
-                api::approve(app, viewer.caller(), Path(id.clone())).await?
-            } else {
-                api::reject(app, viewer.caller(), Path(id.clone())).await?
+            let (Json(view), verb) = match decision {
+                ReviewDecision::Approved => (
+                    api::approve(app, viewer.caller(), Path(id.clone())).await?,
+                    "Approved",
+                ),
+                ReviewDecision::Rejected => (
+                    api::reject(app, viewer.caller(), Path(id.clone())).await?,
+                    "Rejected",
+                ),
             };
-            let verb = if approve { "Approved" } else { "Rejected" };
             Ok(format!(
                 "{verb} transfer {}: now {}.",
                 view.id,

@@ -98,12 +98,11 @@ pub async fn search(
 ) -> Response {
     let searched = query.parse();
     let results = match &searched {
-        Ok(search) => Some(
-            state
-                .app
-                .db(reads::search_transfers(&state.app.pool, search))
-                .await,
-        ),
+        Ok(search) => {
+            let timeout_ms = u64::try_from(state.app.db_timeout.as_millis()).unwrap_or(u64::MAX);
+            let found = reads::search_transfers(&state.app.pool, search, timeout_ms);
+            Some(state.app.db(found).await)
+        }
         Err(_) => None,
     };
     let body = html! {
@@ -123,8 +122,10 @@ pub async fn search(
             (Err(e), _) => p.error role="alert" { (e) },
             (_, Some(Ok(found))) => {
                 (table(TRANSFER_HEADERS, transfer_rows(&found), "No transfer matches."))
-                p.muted.small { "Newest first, at most " (reads::LIST_ROWS) ". By account: posted \
-                    transfers from the account's entries, others of the last 24 hours." }
+                p.muted.small { "Most recently changed first, at most " (reads::LIST_ROWS) ". By \
+                    account: posted transfers from the account's entries, open ones (pending, \
+                    in review, held), and failed or voided ones of the last hour. By status \
+                    alone: those changed in the last day." }
             },
             (_, Some(Err(e))) => p.error role="alert" { (e) },
             _ => {},

@@ -858,3 +858,41 @@ async fn readme_screenshots() {
     std::fs::write(docs.join("timeline.png"), png).expect("saved");
     browser.close().await.expect("closed");
 }
+
+#[tokio::test]
+async fn an_admin_freezes_and_unfreezes_an_account_as_the_api_would() {
+    let app = console_app().await;
+    let admin = create_api_key(&app.pool, "admin").await;
+    let cookie = sign_in(&app, &admin).await;
+    let account = "/console/ledgers/default/accounts/shop";
+    let status = || async {
+        sqlx::query_scalar::<_, String>("SELECT status FROM accounts WHERE id = 'shop'")
+            .fetch_one(&app.pool)
+            .await
+            .expect("status")
+    };
+    for (verb, after) in [("freeze", "frozen"), ("unfreeze", "active")] {
+        let page = get_page(&app, account, &cookie).await.body;
+        let action = format!("{account}/{verb}");
+        let form = format!(
+            "csrf={}&nonce={}",
+            form_field(&page, &action, "csrf"),
+            form_field(&page, &action, "nonce")
+        );
+        let done = post_form(&app, &action, Some(&cookie), &form).await;
+        assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+        assert_eq!(status().await, after);
+        let shown = get_page(&app, &done.location.expect("back"), &cookie)
+            .await
+            .body;
+        assert!(shown.contains(&format!("is now {after}")), "{shown}");
+    }
+    assert_eq!(audit_count(&app, "account.frozen").await, 1);
+    assert_eq!(audit_count(&app, "account.unfrozen").await, 1);
+    // A frozen account's page offers unfreeze only, an active one's freeze only.
+    let page = get_page(&app, account, &cookie).await.body;
+    assert!(
+        page.contains("/freeze\"") && !page.contains("/unfreeze\""),
+        "{page}"
+    );
+}
