@@ -896,3 +896,34 @@ async fn an_admin_freezes_and_unfreezes_an_account_as_the_api_would() {
         "{page}"
     );
 }
+
+/// "N samples" as the overview's footer says it.
+fn samples_taken(page: &str) -> u64 {
+    let end = page
+        .find(" samples, the last took")
+        .expect("sample count on the page");
+    page[..end]
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number")
+}
+
+#[tokio::test]
+async fn open_pages_do_not_add_overview_queries() {
+    // One sample a minute: every page view within the minute must read the same sample.
+    let app = spawn_app_with(|c| c.intake.console_refresh = Duration::from_secs(60)).await;
+    let admin = create_api_key(&app.pool, "admin").await;
+    let cookie = sign_in(&app, &admin).await;
+    // The sampler's first tick is at start; wait for it to land.
+    let started = Instant::now();
+    while samples_taken(&get_page(&app, "/console", &cookie).await.body) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no first sample");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let views = (0..100).map(|_| get_page(&app, "/console", &cookie));
+    for page in futures::future::join_all(views).await {
+        assert_eq!(page.status, StatusCode::OK);
+        assert_eq!(samples_taken(&page.body), 1, "a page view sampled");
+    }
+}
