@@ -4,7 +4,8 @@
 
 use std::fmt::Write;
 
-/// One line: its label and its points (x in seconds before now, y in its unit).
+/// One line: its label and its points (x in seconds before now, y in its unit; NaN where
+/// there was nothing to measure).
 pub struct Series<'a> {
     pub label: &'a str,
     pub points: Vec<(f64, f64)>,
@@ -64,9 +65,17 @@ pub fn line_chart(
         escape(unit)
     );
     for (index, line) in series.iter().enumerate() {
+        // A point without a value (NaN: nothing to measure then) breaks the line rather than
+        // bridging the gap with a straight segment.
         let mut path = String::new();
-        for (secs_ago, y) in line.points.iter().filter(|p| p.1.is_finite()) {
-            let command = if path.is_empty() { 'M' } else { 'L' };
+        let mut pen_down = false;
+        for (secs_ago, y) in &line.points {
+            if !y.is_finite() {
+                pen_down = false;
+                continue;
+            }
+            let command = if pen_down { 'L' } else { 'M' };
+            pen_down = true;
             let _ = write!(path, "{command}{:.1},{:.1} ", x_of(*secs_ago), y_of(*y));
         }
         let _ = write!(
@@ -117,5 +126,20 @@ mod tests {
         assert!(svg.contains("<title>posted&quot;</title>"), "{svg}");
         // Oldest point at the left edge, bottom; newest at the right edge, top; NaN dropped.
         assert!(svg.contains(r#"d="M56.0,148.0 L632.0,10.0""#), "{svg}");
+    }
+
+    #[test]
+    fn a_point_without_a_value_breaks_the_line() {
+        let svg = line_chart(
+            "t",
+            "ms",
+            3_600.0,
+            1.0,
+            &[Series {
+                label: "p99",
+                points: vec![(3_600.0, 0.0), (1_800.0, f64::NAN), (0.0, 10.0)],
+            }],
+        );
+        assert!(svg.contains(r#"d="M56.0,148.0 M632.0,10.0""#), "{svg}");
     }
 }

@@ -256,7 +256,7 @@ pub async fn page(
     let latest = snapshot.samples.back();
     let now = Utc::now();
     let ago = |s: &Sample| (now - s.at).num_milliseconds() as f64 / 1_000.0;
-    let per_sec = |pick: fn(&Sample) -> f64| -> Vec<(f64, f64)> {
+    let series_of = |pick: fn(&Sample) -> f64| -> Vec<(f64, f64)> {
         snapshot.samples.iter().map(|s| (ago(s), pick(s))).collect()
     };
     // The last hour, or what this process has seen of it (at least 5 minutes), so the charts
@@ -271,15 +271,15 @@ pub async fn page(
         &[
             Series {
                 label: "accepted",
-                points: per_sec(|s| s.accepted_per_sec),
+                points: series_of(|s| s.accepted_per_sec),
             },
             Series {
                 label: "posted",
-                points: per_sec(|s| s.posted_per_sec),
+                points: series_of(|s| s.posted_per_sec),
             },
             Series {
                 label: "failed",
-                points: per_sec(|s| s.failed_per_sec),
+                points: series_of(|s| s.failed_per_sec),
             },
         ],
     );
@@ -290,7 +290,7 @@ pub async fn page(
         1.0,
         &[Series {
             label: "pending",
-            points: per_sec(|s| s.backlog as f64),
+            points: series_of(|s| s.backlog as f64),
         }],
     );
     let latency = line_chart(
@@ -301,19 +301,11 @@ pub async fn page(
         &[
             Series {
                 label: "p50",
-                points: snapshot
-                    .samples
-                    .iter()
-                    .filter_map(|s| Some((ago(s), s.ttp_p50_ms?)))
-                    .collect(),
+                points: series_of(|s| s.ttp_p50_ms.unwrap_or(f64::NAN)),
             },
             Series {
                 label: "p99",
-                points: snapshot
-                    .samples
-                    .iter()
-                    .filter_map(|s| Some((ago(s), s.ttp_p99_ms?)))
-                    .collect(),
+                points: series_of(|s| s.ttp_p99_ms.unwrap_or(f64::NAN)),
             },
         ],
     );

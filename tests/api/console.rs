@@ -918,7 +918,10 @@ async fn open_pages_do_not_add_overview_queries() {
     // The sampler's first tick is at start; wait for it to land.
     let started = Instant::now();
     while samples_taken(&get_page(&app, "/console", &cookie).await.body) == 0 {
-        assert!(started.elapsed() < Duration::from_secs(10), "no first sample");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no first sample"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let views = (0..100).map(|_| get_page(&app, "/console", &cookie));

@@ -327,12 +327,25 @@ async fn a_receiver_down_for_30_s_gets_everything_once_up_and_the_circuit_opens_
         circuit_alerts(&app, &endpoint).await,
         ["trigger", "resolve"]
     );
-    let pending: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status <> 'delivered'")
-            .fetch_one(&app.pool)
-            .await
-            .expect("count");
-    assert_eq!(pending, 0, "none dropped, none left behind");
+    // The receiver has every event; each delivery row is marked after its answer, so give
+    // the last settles a moment on a loaded machine (seen: 19 rows a beat behind in CI).
+    let settled_by = Instant::now() + Duration::from_secs(15);
+    loop {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_deliveries WHERE status <> 'delivered'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < settled_by,
+            "none dropped, none left behind: {pending} not delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
