@@ -9,10 +9,9 @@ use maud::html;
 use serde::Deserialize;
 
 use super::layout::{self, action_button, short_id, status, table, time};
-use super::overview::FlashQuery;
 use super::reads;
 use super::session::Viewer;
-use super::{ActionForm, ConsoleState, act};
+use super::{ActionForm, ConsoleState, FlashQuery, act};
 use crate::domain::{AccountId, AccountKey, LedgerName};
 use crate::intake::accounts::{self as api, LedgerQuery};
 use crate::intake::query::QueryParams;

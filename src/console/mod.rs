@@ -46,9 +46,20 @@ pub struct ConsoleState {
     pub refresh: Duration,
 }
 
-impl ConsoleState {
-    pub fn app_refresh_ms(&self) -> u128 {
-        self.refresh.as_millis()
+/// `?action=<nonce>`: the page was reached by the redirect after an action.
+#[derive(Debug, Deserialize)]
+pub struct FlashQuery {
+    action: Option<String>,
+}
+
+impl FlashQuery {
+    /// The outcome of the action this page was redirected from, if it was this session's.
+    pub async fn outcome(&self, state: &ConsoleState, viewer: &Viewer) -> Option<String> {
+        let nonce = self.action.as_deref()?;
+        session::outcome_of(&state.app.pool, viewer, nonce)
+            .await
+            .ok()
+            .flatten()
     }
 }
 

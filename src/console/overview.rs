@@ -11,14 +11,14 @@ use axum::extract::{Query, State};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use maud::html;
-use serde::Deserialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::ConsoleState;
+use super::FlashQuery;
 use super::chart::{Series, line_chart};
 use super::layout::{self, status, table, trusted};
-use super::session::{Viewer, outcome_of};
+use super::session::Viewer;
 use crate::queue::table::{JobCount, job_counts};
 
 /// How much history the charts show.
@@ -229,22 +229,6 @@ pub async fn sample_window(
     })
 }
 
-#[derive(Debug, Deserialize)]
-pub struct FlashQuery {
-    action: Option<String>,
-}
-
-impl FlashQuery {
-    /// The outcome of the action this page was redirected from, if it was this session's.
-    pub async fn outcome(&self, state: &ConsoleState, viewer: &Viewer) -> Option<String> {
-        let nonce = self.action.as_deref()?;
-        outcome_of(&state.app.pool, viewer, nonce)
-            .await
-            .ok()
-            .flatten()
-    }
-}
-
 /// `GET /console`.
 pub async fn page(
     State(state): State<ConsoleState>,
@@ -316,7 +300,7 @@ pub async fn page(
         .map(|j| j.jobs)
         .sum();
     let fmt_ms = |ms: Option<f64>| ms.map_or_else(|| "—".to_owned(), |ms| format!("{ms:.0} ms"));
-    let refresh_ms = state.app_refresh_ms();
+    let refresh_ms = state.refresh.as_millis();
     let body = html! {
         div.cards data-refresh-ms=(refresh_ms) id="overview" {
             div.card { span.label { "Accepted/s" } span.figure id="accepted" { (format!("{:.1}", latest.map_or(0.0, |s| s.accepted_per_sec))) } }

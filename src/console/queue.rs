@@ -11,9 +11,8 @@ use chrono::Utc;
 use maud::html;
 
 use super::layout::{self, action_button, maybe_time, status, time};
-use super::overview::FlashQuery;
 use super::session::Viewer;
-use super::{ActionForm, ConsoleState, act};
+use super::{ActionForm, ConsoleState, FlashQuery, act};
 use crate::intake::jobs as api;
 use crate::queue::table;
 

@@ -8,7 +8,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::{LedgerName, TransferStatus};
-use crate::events::transfer::{TRANSFER_COLUMNS, TransferRow, TransferView, attach_flags};
+use crate::events::transfer::{TRANSFER_COLUMNS, TransferRow, TransferView};
+use crate::store::transfers::with_flags;
 
 /// Rows a console list shows.
 pub const LIST_ROWS: i64 = 50;
@@ -24,12 +25,6 @@ pub struct TransferSearch {
     pub ledger: Option<LedgerName>,
     pub account: Option<String>,
     pub status: Option<TransferStatus>,
-}
-
-async fn views(pool: &PgPool, rows: Vec<TransferRow>) -> Result<Vec<TransferView>, sqlx::Error> {
-    let mut views: Vec<TransferView> = rows.into_iter().map(TransferView::from).collect();
-    attach_flags(pool, views.iter_mut()).await?;
-    Ok(views)
 }
 
 /// Up to [`LIST_ROWS`] transfers, the most recently changed first. Each search runs under
@@ -115,7 +110,7 @@ pub async fn search_transfers(
         .await?
     };
     tx.commit().await?;
-    views(pool, rows).await
+    with_flags(pool, rows).await
 }
 
 /// One line of a transfer's timeline besides what its row says.
@@ -218,7 +213,7 @@ pub async fn review_queue(pool: &PgPool) -> Result<Vec<TransferView>, sqlx::Erro
     .bind(LIST_ROWS)
     .fetch_all(pool)
     .await?;
-    views(pool, rows).await
+    with_flags(pool, rows).await
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

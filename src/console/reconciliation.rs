@@ -8,10 +8,9 @@ use maud::{Markup, html};
 use uuid::Uuid;
 
 use super::layout::{self, action_button, maybe_time, short_id, status, table, time};
-use super::overview::FlashQuery;
 use super::reads;
 use super::session::Viewer;
-use super::{ActionForm, ConsoleState, act};
+use super::{ActionForm, ConsoleState, FlashQuery, act};
 use crate::intake::json::JsonBody;
 use crate::intake::reconciliations::{self as api, StartRequest};
 use crate::reconcile::findings::{self, FindingView};

@@ -8,10 +8,9 @@ use axum::response::Response;
 use maud::html;
 
 use super::layout::{self, action_button, short_id, status, table, time};
-use super::overview::FlashQuery;
 use super::reads;
 use super::session::Viewer;
-use super::{ActionForm, ConsoleState, act};
+use super::{ActionForm, ConsoleState, FlashQuery, act};
 use crate::domain::ReviewDecision;
 use crate::intake::reviews as api;
 

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::ConsoleState;
-use crate::domain::{LedgerName, Scope, Scopes};
+use crate::domain::Scope;
 use crate::intake::auth::Caller;
 use crate::intake::request_id::RequestId;
 use crate::store::api_keys::ApiKeyIdentity;
@@ -151,18 +151,8 @@ async fn lookup(
     .bind(token_hash)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(id, scopes, ledger, csrf)| {
-        let scopes = scopes
-            .iter()
-            .filter_map(|s| s.parse::<Scope>().ok())
-            .collect();
-        let key = ApiKeyIdentity {
-            id,
-            scopes: Scopes::new(scopes),
-            ledger: ledger.map(LedgerName::from_trusted),
-        };
-        (key, csrf)
-    }))
+    Ok(row
+        .map(|(id, scopes, ledger, csrf)| (ApiKeyIdentity::from_stored(id, &scopes, ledger), csrf)))
 }
 
 /// Why a sign-in was refused.

@@ -61,7 +61,7 @@ impl SearchQuery {
 
 const STATUSES: &[&str] = &["pending", "in_review", "held", "posted", "failed", "voided"];
 
-pub fn transfer_rows(transfers: &[TransferView]) -> Vec<Markup> {
+fn transfer_rows(transfers: &[TransferView]) -> Vec<Markup> {
     transfers
         .iter()
         .map(|t| {
@@ -80,7 +80,7 @@ pub fn transfer_rows(transfers: &[TransferView]) -> Vec<Markup> {
         .collect()
 }
 
-pub const TRANSFER_HEADERS: &[&str] = &[
+const TRANSFER_HEADERS: &[&str] = &[
     "id",
     "ledger",
     "from → to",

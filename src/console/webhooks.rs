@@ -8,10 +8,9 @@ use axum::response::Response;
 use maud::html;
 
 use super::layout::{self, action_button, maybe_time, short_id, status, table};
-use super::overview::FlashQuery;
 use super::reads;
 use super::session::Viewer;
-use super::{ActionForm, ConsoleState, act};
+use super::{ActionForm, ConsoleState, FlashQuery, act};
 use crate::intake::error::ApiError;
 use crate::intake::json::JsonBody;
 use crate::intake::webhooks::{self as api, Replay};

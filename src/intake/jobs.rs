@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, Problem};
-use super::paging::page_len;
+use super::paging::{next_cursor, page_len};
 use super::query::QueryParams;
 use crate::domain::Scope;
 use crate::queue::table::{self, DeadJob, DeadJobChange};
@@ -83,8 +83,7 @@ pub async fn dead(
             table::dead_jobs(&mut conn, query.after.as_deref(), len).await
         })
         .await?;
-    let full = i64::try_from(jobs.len()).is_ok_and(|n| n == limit);
-    let next_after = full.then(|| jobs.last().map(|j| j.id.clone())).flatten();
+    let next_after = next_cursor(&jobs, limit, |j| j.id.clone());
     Ok(Json(DeadJobsPage { jobs, next_after }))
 }
 

@@ -26,6 +26,22 @@ pub struct ApiKeyIdentity {
     pub ledger: Option<LedgerName>,
 }
 
+impl ApiKeyIdentity {
+    /// The identity of an `api_keys` row as stored. Unknown scope names (from a newer version)
+    /// grant nothing rather than failing the request.
+    pub fn from_stored(id: Uuid, scopes: &[String], ledger: Option<String>) -> Self {
+        let scopes = scopes
+            .iter()
+            .filter_map(|n| n.parse::<Scope>().ok())
+            .collect();
+        Self {
+            id,
+            scopes: Scopes::new(scopes),
+            ledger: ledger.map(LedgerName::from_trusted),
+        }
+    }
+}
+
 /// A key to create.
 #[derive(Debug, Clone)]
 pub struct KeySpec {
@@ -355,17 +371,7 @@ async fn find_by_hash(
         .fetch_optional(pool)
         .await?;
     let Some(row) = row else { return Ok(None) };
-    // Unknown scope names (from a newer version) grant nothing rather than failing the request.
-    let scopes = row
-        .scopes
-        .iter()
-        .filter_map(|n| n.parse::<Scope>().ok())
-        .collect();
-    let identity = ApiKeyIdentity {
-        id: row.id,
-        scopes: Scopes::new(scopes),
-        ledger: row.ledger.map(LedgerName::from_trusted),
-    };
+    let identity = ApiKeyIdentity::from_stored(row.id, &row.scopes, row.ledger);
     Ok(Some((identity, row.expires_at)))
 }
 

@@ -199,7 +199,7 @@ pub(super) async fn find_by_keys(
 }
 
 /// Transfer rows read back, as the API shows them: with their `flags`.
-async fn with_flags(
+pub async fn with_flags(
     pool: &PgPool,
     rows: impl IntoIterator<Item = TransferRow>,
 ) -> Result<Vec<TransferView>, sqlx::Error> {

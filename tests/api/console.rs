@@ -558,16 +558,25 @@ async fn the_console_works_in_a_real_browser() {
             std::fs::write(&path, png).expect("screenshot saved");
         }
     };
+    // Waits for `css` (a click that posts a form returns before the next page has loaded) and
+    // returns its text.
     let text_of = |css: &'static str| {
         let browser = browser.clone();
         async move {
-            browser
-                .find(Locator::Css(css))
-                .await
-                .expect(css)
-                .text()
-                .await
-                .expect("text")
+            let started = Instant::now();
+            loop {
+                // Found on the page being left, an element goes stale: look again.
+                if let Ok(found) = browser.find(Locator::Css(css)).await
+                    && let Ok(text) = found.text().await
+                {
+                    return text;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "no {css} on the page"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     };
     // Reloads `path` until `css`'s text contains `wanted` (the overview is sampled, runs and
@@ -660,10 +669,29 @@ async fn the_console_works_in_a_real_browser() {
         .click()
         .await
         .expect("searched");
+    // The page before the search lists recent transfers too: wait for the search's own.
+    let started = Instant::now();
+    while !browser
+        .current_url()
+        .await
+        .expect("url")
+        .query()
+        .is_some_and(|q| q.contains(&posted_id))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "search not sent"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let results = text_of("table").await;
     assert!(
         results.contains("posted") && results.contains("treasury → shop"),
         "{results}"
+    );
+    assert!(
+        !results.contains(&held_id[held_id.len() - 8..]),
+        "only the transfer searched for: {results}"
     );
     shoot("transfers").await;
     browser
