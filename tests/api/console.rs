@@ -2,6 +2,7 @@
 //! same-origin checks, actions through the API's handlers (scopes, audit, once per form), the
 //! dead-job API the queue page uses, and the pages driven in headless Chromium.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -458,8 +459,11 @@ mod tempdir {
 }
 
 impl Drop for Driver {
+    /// Kills chromedriver's whole process group: the Chromium it started too, which a failed
+    /// test never closed and which would outlive a chromedriver killed alone.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
     }
 }
@@ -483,7 +487,9 @@ fn start_driver() -> Option<Driver> {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
+    // A process group of its own (led by chromedriver), so `Driver::drop` can kill it whole.
     let child = Command::new("chromedriver")
+        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
