@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::{LedgerName, TransferStatus};
+use crate::events::first_id_at;
 use crate::events::transfer::{TRANSFER_COLUMNS, TransferRow, TransferView};
 use crate::store::transfers::with_flags;
 
@@ -138,8 +139,8 @@ pub async fn timeline(
     .fetch_optional(pool)
     .await?
     .unwrap_or((None, None));
-    let first = uuid_v7_floor(view.created_at - chrono::Duration::seconds(1));
-    let last = uuid_v7_floor(view.updated_at + chrono::Duration::seconds(60));
+    let first = first_id_at(view.created_at - chrono::Duration::seconds(1));
+    let last = first_id_at(view.updated_at + chrono::Duration::seconds(60));
     let subject = format!("transfer:{}", view.id);
     let mut entries: Vec<TimelineEntry> = sqlx::query_as(
         "SELECT at, 'audit' AS source, action AS what, detail::text AS detail FROM audit_events \
@@ -168,12 +169,6 @@ pub async fn timeline(
     .await?;
     entries.sort_by_key(|e| e.at);
     Ok((last_error, key_name, entries))
-}
-
-/// The smallest UUIDv7 of millisecond `at`.
-fn uuid_v7_floor(at: DateTime<Utc>) -> Uuid {
-    let millis = u128::try_from(at.timestamp_millis()).unwrap_or(0);
-    Uuid::from_u128(millis << 80)
 }
 
 /// An account as a ledger's list shows it.

@@ -188,6 +188,13 @@ pub async fn page(
     .await
 }
 
+/// The smallest UUIDv7 of `at`'s millisecond: ids made before it sort below, ids made at or
+/// after it sort above, so a time range of events is a range of their primary key.
+pub fn first_id_at(at: chrono::DateTime<chrono::Utc>) -> Uuid {
+    let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    Uuid::from_u64_pair(ms << 16 | 0x7000, 0x8000_0000_0000_0000)
+}
+
 /// How many events `purge` deletes per statement: short transactions, no long lock on the
 /// table's index pages.
 const PURGE_CHUNK: i64 = 10_000;
@@ -199,9 +206,8 @@ const PURGE_CHUNK: i64 = 10_000;
 pub async fn purge(conn: &mut PgConnection, retention: Duration) -> Result<u64, sqlx::Error> {
     let cutoff =
         chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-    let cutoff_ms = u64::try_from(cutoff.timestamp_millis()).unwrap_or(0);
-    // The smallest UUIDv7 of that millisecond: every id below it is older.
-    let cutoff_id = Uuid::from_u64_pair(cutoff_ms << 16 | 0x7000, 0x8000_0000_0000_0000);
+    // Every id below it is older.
+    let cutoff_id = first_id_at(cutoff);
     let mut purged = 0;
     loop {
         let deleted = sqlx::query(
@@ -230,7 +236,10 @@ mod tests {
     #[test]
     fn uuid_v7_ids_sort_by_time_as_the_purge_assumes() {
         let ms: u64 = 1_764_500_000_123;
-        let cutoff = Uuid::from_u64_pair(ms << 16 | 0x7000, 0x8000_0000_0000_0000);
+        let cutoff = first_id_at(
+            chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(0))
+                .expect("a time"),
+        );
         let at = |ms: u64| {
             Uuid::new_v7(Timestamp::from_unix(
                 uuid::NoContext,
