@@ -115,9 +115,10 @@ pub fn register_workers(
         let posting = posting.clone();
         let slot = Slot::new("posting", index);
         monitor = monitor.register(move |restarts| {
-            let backend = PostgresStorage::<PostTransfers>::new(&pool)
-                .with_config(settings.queue.backend_config(POST_TRANSFERS_QUEUE))
-                .with_pubsub();
+            let backend = queue::wakeups::listen(
+                PostgresStorage::<PostTransfers>::new(&pool)
+                    .with_config(settings.queue.backend_config(POST_TRANSFERS_QUEUE)),
+            );
             WorkerBuilder::new(slot.name(restarts).as_str())
                 .backend(slot.paced(backend, restarts))
                 .concurrency(settings.posting_concurrency)
@@ -129,9 +130,10 @@ pub fn register_workers(
     let alert_settings = settings.clone();
     let alert_slot = Slot::new("alerts", 0);
     monitor = monitor.register(move |restarts| {
-        let backend = PostgresStorage::<DeliverAlert>::new(&alert_pool)
-            .with_config(alert_settings.queue.backend_config(ALERTS_QUEUE))
-            .with_pubsub();
+        let backend = queue::wakeups::listen(
+            PostgresStorage::<DeliverAlert>::new(&alert_pool)
+                .with_config(alert_settings.queue.backend_config(ALERTS_QUEUE)),
+        );
         WorkerBuilder::new(alert_slot.name(restarts).as_str())
             .backend(alert_slot.paced(backend, restarts))
             .concurrency(ALERT_DELIVERY_CONCURRENCY)
@@ -142,9 +144,10 @@ pub fn register_workers(
     let settings = settings.clone();
     let slot = Slot::new("reconcile", 0);
     monitor.register(move |restarts| {
-        let backend = PostgresStorage::<Reconcile>::new(&pool)
-            .with_config(settings.queue.backend_config(RECONCILE_QUEUE).batch_size(1))
-            .with_pubsub();
+        let backend = queue::wakeups::listen(
+            PostgresStorage::<Reconcile>::new(&pool)
+                .with_config(settings.queue.backend_config(RECONCILE_QUEUE).batch_size(1)),
+        );
         WorkerBuilder::new(slot.name(restarts).as_str())
             .backend(slot.paced(backend, restarts))
             .concurrency(RECONCILE_CONCURRENCY)

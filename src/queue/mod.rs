@@ -12,6 +12,7 @@ pub mod payloads;
 pub mod rescue;
 pub mod restart;
 pub mod table;
+pub mod wakeups;
 
 use std::time::Duration;
 

@@ -30,4 +30,5 @@ mod reconciliation;
 mod reconciliation_ledgers;
 mod reviews;
 mod validation;
+mod wakeup;
 mod webhooks;
