@@ -21,7 +21,7 @@
 //!   is scheduled with exponential backoff and full jitter, in one transaction; transfers out
 //!   of attempts fail with `retries_exhausted` instead.
 
-use apalis::prelude::{BoxDynError, Data};
+use apalis::prelude::{BoxDynError, Data, TaskId};
 use backon::Retryable;
 use tracing::{error, warn};
 
@@ -33,6 +33,7 @@ use crate::ledger::attempts::record_failed_attempt;
 use crate::ledger::combiner::PostingCombiner;
 use crate::ledger::{PostedTransfer, PostingError};
 use crate::queue::payloads::PostTransfers;
+use crate::queue::stages::{JobClock, Stage};
 use crate::queue::{self, POST_TRANSFERS_QUEUE};
 use crate::retry::{Decision, RetryClass, RetryPolicy, Wait, is_unavailable};
 
@@ -47,11 +48,17 @@ pub struct PostingJobContext {
     pub screener: Screener,
 }
 
-pub async fn handle(job: PostTransfers, ctx: Data<PostingJobContext>) -> Result<(), BoxDynError> {
+pub async fn handle(
+    job: PostTransfers,
+    ctx: Data<PostingJobContext>,
+    id: TaskId,
+) -> Result<(), BoxDynError> {
+    let clock = JobClock::of(&id, job.transfer_ids.len());
+    record(clock, Stage::Fetched);
     ctx.screener
         .hold_for_review(&ctx.pool, &job.transfer_ids)
         .await;
-    let posted = (|| ctx.poster.post(job.transfer_ids.clone()))
+    let posted = (|| ctx.poster.post(job.transfer_ids.clone(), clock))
         .retry(RetryPolicy::OUTAGE_WAIT.schedule())
         .sleep(tokio::time::sleep)
         .when(|e| matches!(&**e, PostingError::Database(db) if is_unavailable(db)))
@@ -71,9 +78,16 @@ pub async fn handle(job: PostTransfers, ctx: Data<PostingJobContext>) -> Result<
                 .map(candidate)
                 .collect();
             ctx.screener.judge(&ctx.pool, &judged).await;
+            record(clock, Stage::Handled);
             Ok(())
         }
         Err(e) => reschedule_after(&ctx, &job, &e).await,
+    }
+}
+
+fn record(clock: Option<JobClock>, stage: Stage) {
+    if let Some(clock) = clock {
+        clock.record(stage);
     }
 }
 

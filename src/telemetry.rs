@@ -10,6 +10,13 @@ const SECONDS_BUCKETS: [f64; 14] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 ];
 
+/// Buckets of `ferry_transfer_stage_seconds`: finer where the targets are (tens of ms), so a
+/// bench step's p99 can be read off them (`ferry bench --scenario latency`).
+const STAGE_BUCKETS: [f64; 22] = [
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// Logs to stderr; `RUST_LOG` filters (default `info`), `FERRY_LOG_FORMAT=json` for JSON lines.
 pub fn init_logging() {
     let builder = tracing_subscriber::fmt()
@@ -46,7 +53,14 @@ pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("seconds".into()), &SECONDS_BUCKETS)
+                .set_buckets_for_metric(
+                    // A full name is matched before a suffix.
+                    Matcher::Full("ferry_transfer_stage_seconds".into()),
+                    &STAGE_BUCKETS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("seconds".into()), &SECONDS_BUCKETS)
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();

@@ -286,4 +286,16 @@ pub fn print_steps(steps: &[Step], saturation: &HashMap<Mode, f64>) {
          closed-loop saturation; quiet s = wait before the step until probe transfers posted \
          within 100 ms)"
     );
+    println!(
+        "where the time went, by ferry's stage histograms (p50/p99 ms since the job's commit):"
+    );
+    for s in steps {
+        println!(
+            "{:<14} {:<7} {:>9.0}  {}",
+            if s.label.is_empty() { "-" } else { &s.label },
+            s.mode.as_str(),
+            s.offered_per_sec,
+            super::stages::summary(&s.stages)
+        );
+    }
 }

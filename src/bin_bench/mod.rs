@@ -17,6 +17,7 @@ mod plot;
 mod processes;
 pub mod reconcile;
 mod soak;
+mod stages;
 mod throughput;
 mod webhooks;
 pub mod workload;

@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 
 use super::pipeline::{BATCH_LEN, item, single};
 use super::processes::BenchedFerry;
+use super::stages::{self, StageTiming};
 use super::workload::{PlannedTransfer, Planner};
 
 /// How long the feed poller waits after an empty page.
@@ -99,6 +100,8 @@ pub struct Step {
     /// How long ferry took, before the step, to post probe transfers promptly again after
     /// the previous load (0 where not waited for).
     pub quiet_after_secs: f64,
+    /// Where the step's transfers spent their time, by ferry's own stage histograms.
+    pub stages: Vec<StageTiming>,
 }
 
 /// One request's result: when it was due, when answered, and the transfers it got accepted.
@@ -131,6 +134,7 @@ pub async fn step(
     let posted = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
     let (stop_feed, feed_stopped) = tokio::sync::watch::channel(false);
     let endpoint = Endpoint::of(ferry);
+    let stages_before = stages::scrape(&endpoint.client, &endpoint.base_url).await;
     let follower = tokio::spawn(follow_feed(
         endpoint.clone(),
         feed_after,
@@ -169,6 +173,9 @@ pub async fn step(
     let _ = stop_feed.send(true);
     follower.await??;
     let posted = posted.lock().map(|p| p.clone()).unwrap_or_default();
+    let stages = stages::scrape(&endpoint.client, &endpoint.base_url)
+        .await
+        .since(&stages_before);
 
     let ms = |later: Instant, earlier: Instant| later.duration_since(earlier).as_secs_f64() * 1e3;
     let intake: Vec<f64> = answers.iter().map(|a| ms(a.answered, a.due)).collect();
@@ -198,6 +205,7 @@ pub async fn step(
         intake: Percentiles::of(intake).unwrap_or_default(),
         to_posted: Percentiles::of(to_posted).unwrap_or_default(),
         quiet_after_secs: 0.0,
+        stages,
     })
 }
 

@@ -8,22 +8,18 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::posting::{PostedTransfer, PostingEngine, PostingError};
+use crate::queue::stages::{JobClock, Stage};
 
 /// Most transfers one merged posting transaction carries.
 pub const MERGED_TRANSFERS_MAX: usize = 4_000;
 /// Jobs waiting for the poster; beyond this, handlers wait for room.
 pub const WAITING_JOBS_MAX: usize = 256;
-/// How long the poster waits for more jobs after the first of a batch. Every posting
-/// transaction pays a fixed cost (gate, five statements, a WAL flush); under steady intake of
-/// small jobs, a short wait merges several of them into one transaction.
-pub const LINGER_MS: u64 = 10;
 
 /// What became of a job's transfers (those it moved to a terminal status, in posting order),
 /// or why none moved.
@@ -31,6 +27,8 @@ pub type PostingOutcome = Result<Vec<PostedTransfer>, Arc<PostingError>>;
 
 struct Waiting {
     transfer_ids: Vec<Uuid>,
+    /// For `ferry_transfer_stage_seconds`; `None` for a job that carries no clock.
+    clock: Option<JobClock>,
     reply: oneshot::Sender<PostingOutcome>,
 }
 
@@ -48,13 +46,15 @@ impl PostingCombiner {
         Self { queue }
     }
 
-    /// Posts `transfer_ids`, possibly together with other jobs' transfers.
-    pub async fn post(&self, transfer_ids: Vec<Uuid>) -> PostingOutcome {
+    /// Posts `transfer_ids`, possibly together with other jobs' transfers; records the
+    /// posting stages on `clock`.
+    pub async fn post(&self, transfer_ids: Vec<Uuid>, clock: Option<JobClock>) -> PostingOutcome {
         let (reply, outcome) = oneshot::channel();
         let stopped = || Arc::new(PostingError::Stopped);
         self.queue
             .send(Waiting {
                 transfer_ids,
+                clock,
                 reply,
             })
             .await
@@ -63,19 +63,23 @@ impl PostingCombiner {
     }
 }
 
+/// Posts whatever is waiting, at once. No lingering for company: jobs that arrive while a
+/// transaction runs wait for it anyway and form the next group, so groups grow with load by
+/// themselves, and a lone job posts without delay. (A 10 ms linger used to cost every
+/// transaction 10 ms of idle poster, even under load: BENCHMARKS.md, "Posted in
+/// milliseconds".)
 async fn run_poster(engine: PostingEngine, mut receiver: mpsc::Receiver<Waiting>) {
     while let Some(first) = receiver.recv().await {
-        let linger_until = tokio::time::Instant::now() + Duration::from_millis(LINGER_MS);
         let mut merged = first.transfer_ids.len();
         let mut group = vec![first];
         while merged < MERGED_TRANSFERS_MAX {
-            match tokio::time::timeout_at(linger_until, receiver.recv()).await {
-                Ok(Some(next)) => {
+            match receiver.try_recv() {
+                Ok(next) => {
                     merged += next.transfer_ids.len();
                     group.push(next);
                 }
-                // Linger over, or the process is stopping: post what is here.
-                Ok(None) | Err(_) => break,
+                // Nothing more waiting, or the process is stopping: post what is here.
+                Err(_) => break,
             }
         }
         post_group(&engine, group).await;
@@ -84,15 +88,24 @@ async fn run_poster(engine: PostingEngine, mut receiver: mpsc::Receiver<Waiting>
 
 async fn post_group(engine: &PostingEngine, group: Vec<Waiting>) {
     metrics::histogram!("ferry_posting_jobs_per_transaction").record(group.len() as f64);
+    record_stage(&group, Stage::PostingStarted);
     let ids: Vec<Uuid> = group
         .iter()
         .flat_map(|w| w.transfer_ids.iter().copied())
         .collect();
     match engine.post(&ids).await {
-        Ok(report) => reply_each(group, report.outcomes),
+        Ok(report) => {
+            record_stage(&group, Stage::PostingCommitted);
+            reply_each(group, report.outcomes);
+        }
         Err(PostingError::Invariant(_)) if group.len() > 1 => {
             for waiting in group {
                 let outcome = engine.post(&waiting.transfer_ids).await;
+                if outcome.is_ok()
+                    && let Some(clock) = waiting.clock
+                {
+                    clock.record(Stage::PostingCommitted);
+                }
                 let _ = waiting
                     .reply
                     .send(outcome.map(|r| r.outcomes).map_err(Arc::new));
@@ -105,6 +118,12 @@ async fn post_group(engine: &PostingEngine, group: Vec<Waiting>) {
                 let _ = waiting.reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+fn record_stage(group: &[Waiting], stage: Stage) {
+    for clock in group.iter().filter_map(|waiting| waiting.clock) {
+        clock.record(stage);
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod payloads;
 pub mod rescue;
 pub mod restart;
+pub mod stages;
 pub mod table;
 pub mod wakeups;
 
