@@ -171,6 +171,10 @@ impl Application {
                 self.config.workers.queue.rescue_after,
                 self.stopping.clone(),
             ));
+            self.tasks.spawn(crate::queue::vacuum::run(
+                self.pool.clone(),
+                self.stopping.clone(),
+            ));
         }
         if self.config.roles.worker {
             self.tasks.spawn(crate::ledger::expiry::run(

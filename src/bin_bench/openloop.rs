@@ -28,9 +28,10 @@ pub const FEED_POLL_IDLE_MS: u64 = 5;
 const POSTED_TIMEOUT: Duration = Duration::from_secs(120);
 /// Requests in flight at once, at most. Past saturation, answers slow down while requests keep
 /// leaving on schedule; without a cap the generator opened a connection per waiting request
-/// until it ran out of file descriptors (at 125 % of 5,166 single/s). A request that waits for
+/// until it ran out of file descriptors (at 125 % of 5,166 single/s), and past ferry's own
+/// limit of 1,024 connections the feed reader could not connect. A request that waits for
 /// room still has its latency counted from its scheduled time, so the cap hides nothing.
-const IN_FLIGHT_MAX: usize = 2_000;
+const IN_FLIGHT_MAX: usize = 512;
 /// The schedule starts this long after it is set up, so the first requests are not late.
 const SCHEDULE_LEAD: Duration = Duration::from_millis(50);
 

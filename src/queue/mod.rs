@@ -13,6 +13,7 @@ pub mod rescue;
 pub mod restart;
 pub mod stages;
 pub mod table;
+pub mod vacuum;
 pub mod wakeups;
 
 use std::time::Duration;
@@ -92,6 +93,11 @@ impl QueueSettings {
             .batch_size(self.fetch_batch)
             .heartbeat_interval(self.heartbeat)
             .missed_heartbeats(self.missed_heartbeats)
+            // The fetch (`apalis.get_jobs`) already claims each job for this worker (`Queued`,
+            // `lock_by`); locking it again as `Running` when its handler starts is one more
+            // row version per job on the queue table, and nothing in ferry tells the two apart
+            // (orphan recovery, the rescuer and the console treat both as held).
+            .lock_tasks(false)
     }
 }
 

@@ -25,6 +25,7 @@ mod ledgers;
 mod openapi;
 mod outage;
 mod posting;
+mod queue_upkeep;
 mod rate_limit;
 mod reconciliation;
 mod reconciliation_ledgers;
