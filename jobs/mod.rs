@@ -48,8 +48,10 @@ impl Default for WorkerSettings {
         Self {
             posting_workers: 2,
             // Jobs a worker holds at once; they wait on the process's one poster, not on
-            // connections.
-            posting_concurrency: 16,
+            // connections. At 16, 32 slots of ~110 ms each capped single requests near
+            // 3,500/s and throughput fell past saturation (3,000/s at 125 % offered); at 64 it
+            // held 4,200–5,100/s (BENCHMARKS.md, "Posted in milliseconds").
+            posting_concurrency: 64,
             queue: QueueSettings::default(),
         }
     }
