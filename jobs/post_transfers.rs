@@ -54,7 +54,7 @@ pub async fn handle(
     id: TaskId,
 ) -> Result<(), BoxDynError> {
     let clock = JobClock::of(&id, job.transfer_ids.len());
-    record(clock, Stage::Fetched);
+    clock.record(Stage::Fetched);
     ctx.screener
         .hold_for_review(&ctx.pool, &job.transfer_ids)
         .await;
@@ -78,16 +78,10 @@ pub async fn handle(
                 .map(candidate)
                 .collect();
             ctx.screener.judge(&ctx.pool, &judged).await;
-            record(clock, Stage::Handled);
+            clock.record(Stage::Handled);
             Ok(())
         }
         Err(e) => reschedule_after(&ctx, &job, &e).await,
-    }
-}
-
-fn record(clock: Option<JobClock>, stage: Stage) {
-    if let Some(clock) = clock {
-        clock.record(stage);
     }
 }
 

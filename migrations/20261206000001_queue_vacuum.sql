@@ -3,9 +3,9 @@
 --
 -- Every posting job is inserted, updated twice (claimed by a fetch, then acknowledged) and later
 -- purged, none of it HOT (status and lock_by are indexed), so apalis.jobs collects dead row
--- versions at two or three per job. With the default settings (vacuum at 20 % dead) a
--- `latency` run had 30,502 dead beside 10,187 live rows and no autovacuum yet; a job fetch walks
--- the partial fetch index past the dead entries. Vacuum it after a fixed number of dead rows,
+-- versions at two or three per job; a job fetch walks the partial fetch index past the dead
+-- entries. (A `latency` run had 30,502 dead beside 10,187 live rows, on a server whose
+-- autovacuum is off: ferry also vacuums this table itself, src/queue/vacuum.rs.) Vacuum it after a fixed number of dead rows,
 -- however large the table, and without the cost-based pause: it is small, and kept small.
 ALTER TABLE apalis.jobs SET (
     autovacuum_vacuum_scale_factor = 0,

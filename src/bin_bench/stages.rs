@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use ferry::queue::stages::Stage;
 use serde::Serialize;
 
 /// The metric's bucket counts per stage: stage → (upper bound in seconds, cumulative count).
@@ -62,7 +63,6 @@ impl StageHistograms {
     /// Percentiles of what was recorded between `earlier` and `self`, stages in the order
     /// they happen.
     pub fn since(&self, earlier: &Self) -> Vec<StageTiming> {
-        let order = ["fetched", "posting_started", "posting_committed", "handled"];
         let mut timings: Vec<StageTiming> = self
             .0
             .iter()
@@ -86,7 +86,7 @@ impl StageHistograms {
                 })
             })
             .collect();
-        timings.sort_by_key(|t| order.iter().position(|o| *o == t.stage));
+        timings.sort_by_key(|t| Stage::ALL.iter().position(|s| s.as_str() == t.stage));
         timings
     }
 }

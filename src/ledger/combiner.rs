@@ -27,8 +27,8 @@ pub type PostingOutcome = Result<Vec<PostedTransfer>, Arc<PostingError>>;
 
 struct Waiting {
     transfer_ids: Vec<Uuid>,
-    /// For `ferry_transfer_stage_seconds`; `None` for a job that carries no clock.
-    clock: Option<JobClock>,
+    /// For `ferry_transfer_stage_seconds`.
+    clock: JobClock,
     reply: oneshot::Sender<PostingOutcome>,
 }
 
@@ -48,7 +48,7 @@ impl PostingCombiner {
 
     /// Posts `transfer_ids`, possibly together with other jobs' transfers; records the
     /// posting stages on `clock`.
-    pub async fn post(&self, transfer_ids: Vec<Uuid>, clock: Option<JobClock>) -> PostingOutcome {
+    pub async fn post(&self, transfer_ids: Vec<Uuid>, clock: JobClock) -> PostingOutcome {
         let (reply, outcome) = oneshot::channel();
         let stopped = || Arc::new(PostingError::Stopped);
         self.queue
@@ -101,10 +101,8 @@ async fn post_group(engine: &PostingEngine, group: Vec<Waiting>) {
         Err(PostingError::Invariant(_)) if group.len() > 1 => {
             for waiting in group {
                 let outcome = engine.post(&waiting.transfer_ids).await;
-                if outcome.is_ok()
-                    && let Some(clock) = waiting.clock
-                {
-                    clock.record(Stage::PostingCommitted);
+                if outcome.is_ok() {
+                    waiting.clock.record(Stage::PostingCommitted);
                 }
                 let _ = waiting
                     .reply
@@ -122,8 +120,8 @@ async fn post_group(engine: &PostingEngine, group: Vec<Waiting>) {
 }
 
 fn record_stage(group: &[Waiting], stage: Stage) {
-    for clock in group.iter().filter_map(|waiting| waiting.clock) {
-        clock.record(stage);
+    for waiting in group {
+        waiting.clock.record(stage);
     }
 }
 

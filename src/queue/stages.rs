@@ -49,29 +49,34 @@ impl Stage {
 /// When one posting job was written, and how many transfers it carries.
 #[derive(Debug, Clone, Copy)]
 pub struct JobClock {
-    written_at_ms: u64,
+    /// `None` for an id that is not a ULID (not written by apalis-postgres): nothing is
+    /// recorded for such a job.
+    written_at_ms: Option<u64>,
     transfers: usize,
 }
 
 impl JobClock {
-    /// The clock of the job `id` carrying `transfers`; `None` for an id that is not a ULID
-    /// (not written by apalis-postgres).
-    pub fn of(id: &TaskId, transfers: usize) -> Option<Self> {
-        match id {
-            TaskId::Ulid(ulid) => Some(Self {
-                written_at_ms: ulid.timestamp_ms(),
-                transfers,
-            }),
+    /// The clock of the job `id` carrying `transfers`.
+    pub fn of(id: &TaskId, transfers: usize) -> Self {
+        let written_at_ms = match id {
+            TaskId::Ulid(ulid) => Some(ulid.timestamp_ms()),
             _ => None,
+        };
+        Self {
+            written_at_ms,
+            transfers,
         }
     }
 
     /// Records that the job's transfers reached `stage` now.
     pub fn record(self, stage: Stage) {
+        let Some(written_at_ms) = self.written_at_ms else {
+            return;
+        };
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_millis());
-        let elapsed_ms = now_ms.saturating_sub(u128::from(self.written_at_ms));
+        let elapsed_ms = now_ms.saturating_sub(u128::from(written_at_ms));
         // Milliseconds are what the ULID carries; f64 holds them exactly.
         let seconds = elapsed_ms as f64 / 1000.0;
         metrics::histogram!("ferry_transfer_stage_seconds", "stage" => stage.as_str())

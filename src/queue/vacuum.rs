@@ -22,17 +22,23 @@ pub const DEAD_ROWS_MAX: i64 = 5_000;
 /// `pg_try_advisory_lock` key of the vacuum (ASCII "ferryvac").
 const LOCK_KEY: i64 = 0x6665_7272_7976_6163;
 
-/// Vacuums `apalis.jobs` if it has more than [`DEAD_ROWS_MAX`] dead rows and no other process
-/// is at it; whether it did.
-pub async fn vacuum_if_due(pool: &PgPool) -> Result<bool, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
+/// Dead row versions in `apalis.jobs`, as PostgreSQL's statistics last counted them.
+pub async fn dead_rows(conn: &mut sqlx::PgConnection) -> Result<i64, sqlx::Error> {
     let dead: Option<i64> = sqlx::query_scalar(
         "SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = 'apalis' \
          AND relname = 'jobs'",
     )
-    .fetch_optional(&mut *conn)
+    .fetch_optional(conn)
     .await?;
-    if dead.unwrap_or(0) < DEAD_ROWS_MAX {
+    Ok(dead.unwrap_or(0))
+}
+
+/// Vacuums `apalis.jobs` if it has more than [`DEAD_ROWS_MAX`] dead rows and no other process
+/// is at it; whether it did.
+pub async fn vacuum_if_due(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let dead = dead_rows(&mut conn).await?;
+    if dead < DEAD_ROWS_MAX {
         return Ok(false);
     }
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")

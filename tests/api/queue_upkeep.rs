@@ -5,13 +5,10 @@ use ferry::queue::vacuum::{DEAD_ROWS_MAX, vacuum_if_due};
 use crate::helpers::test_database;
 
 async fn dead_rows(pool: &sqlx::PgPool) -> i64 {
-    sqlx::query_scalar(
-        "SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = 'apalis' \
-         AND relname = 'jobs'",
-    )
-    .fetch_one(pool)
-    .await
-    .expect("dead rows")
+    let mut conn = pool.acquire().await.expect("connection");
+    ferry::queue::vacuum::dead_rows(&mut conn)
+        .await
+        .expect("dead rows")
 }
 
 #[tokio::test]
