@@ -19,6 +19,13 @@ pub const DEAD_JOBS_PAGE_LEN_MAX: i64 = 500;
 /// apalis job ids are ULIDs (26 characters); anything much longer is not one.
 const JOB_ID_LEN_MAX: usize = 64;
 
+/// Whether `s` could be a job id: ASCII letters and digits, 1 to [`JOB_ID_LEN_MAX`] of them.
+/// apalis writes ULIDs; anything else (a NUL byte, which PostgreSQL's `text` refuses, or
+/// other bytes no id has) is turned away here rather than sent to the database.
+fn is_job_id_shaped(s: &str) -> bool {
+    !s.is_empty() && s.len() <= JOB_ID_LEN_MAX && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadJobsQuery {
@@ -67,13 +74,9 @@ pub async fn dead(
         DEAD_JOBS_PAGE_LEN_DEFAULT,
         DEAD_JOBS_PAGE_LEN_MAX,
     )?;
-    if query
-        .after
-        .as_ref()
-        .is_some_and(|a| a.len() > JOB_ID_LEN_MAX)
-    {
+    if query.after.as_deref().is_some_and(|a| !is_job_id_shaped(a)) {
         return Err(ApiError::InvalidBody(format!(
-            "after must be at most {JOB_ID_LEN_MAX} characters"
+            "after must be a job id: 1 to {JOB_ID_LEN_MAX} ASCII letters and digits"
         )));
     }
     let jobs = state
@@ -153,7 +156,7 @@ async fn change(
 ) -> Result<Json<DeadJob>, ApiError> {
     let actor = caller.actor();
     caller.require(Scope::Admin)?;
-    if id.is_empty() || id.len() > JOB_ID_LEN_MAX {
+    if !is_job_id_shaped(&id) {
         return Err(ApiError::JobNotFound);
     }
     let job = state

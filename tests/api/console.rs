@@ -441,6 +441,48 @@ async fn dead_jobs_are_listed_retried_and_discarded_through_the_api() {
     assert_eq!(empty.body["jobs"], json!([]));
 }
 
+/// A cursor or path id no job could have (a NUL byte PostgreSQL's `text` refuses, bytes
+/// outside ASCII, an overlong id) is a clear 400 or 404, never a 500 (schemathesis found
+/// `after=%C2%9A%18y%00wr`).
+#[tokio::test]
+async fn job_ids_no_job_could_have_are_refused_before_the_database() {
+    let app = console_app().await;
+    for after in [
+        "%C2%9A%18y%00wr",
+        "abc%00",
+        "%C3%A9t%C3%A9",
+        "a-b",
+        &"A".repeat(65),
+    ] {
+        let page = app.get(&format!("/v1/jobs/dead?after={after}")).await;
+        assert_eq!(
+            page.status,
+            StatusCode::BAD_REQUEST,
+            "{after}: {}",
+            page.body
+        );
+        assert_eq!(page.body["code"], "invalid_body", "{after}");
+    }
+    let ok = app
+        .get("/v1/jobs/dead?after=01JF0000000000000000000000")
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    for id in ["abc%00", "%C2%9A%18y%00wr", "a.b"] {
+        for action in ["retry", "discard"] {
+            let changed = app
+                .post_json(&format!("/v1/jobs/{id}/{action}"), &json!({}))
+                .await;
+            assert_eq!(
+                changed.status,
+                StatusCode::NOT_FOUND,
+                "{id}: {}",
+                changed.body
+            );
+            assert_eq!(changed.body["code"], "job_not_found");
+        }
+    }
+}
+
 /// chromedriver on a free port, killed (by pid) when dropped.
 struct Driver {
     child: Child,

@@ -268,3 +268,25 @@ async fn a_body_that_is_not_a_json_object_is_invalid_body_on_every_route() {
         0
     );
 }
+
+/// A `%00` in any query parameter is `invalid_body`: PostgreSQL's `text` cannot hold a NUL,
+/// so it must not reach a query (`/v1/jobs/dead?after=…%00…` was a 500).
+#[tokio::test]
+async fn a_nul_byte_in_a_query_parameter_is_invalid_body() {
+    let app = spawn_app().await;
+    for path in [
+        "/v1/transfers?idempotency_key=a%00b",
+        "/v1/accounts/a/entries?cursor=%00",
+        "/v1/events?types=transfer.posted%00",
+        "/v1/ledgers?cursor=x%00",
+    ] {
+        let reply = app.get(path).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {}",
+            reply.body
+        );
+        assert_eq!(reply.body["code"], "invalid_body", "{path}");
+    }
+}
