@@ -61,14 +61,7 @@ pub fn judge(
     };
     let velocity = &rules.velocity;
     if let Some(counts) = counts.filter(|c| c.transfers >= velocity.count) {
-        hit(
-            Rule::Velocity,
-            serde_json::json!({
-                "transfers": counts.transfers,
-                "threshold": velocity.count,
-                "window_secs": velocity.window_secs,
-            }),
-        );
+        hit(Rule::Velocity, velocity_detail(counts.transfers, rules));
     }
     let threshold = rules.large_amount.threshold(&candidate.currency);
     if candidate.amount > threshold {
@@ -85,16 +78,59 @@ pub fn judge(
     if let Some(counts) = counts.filter(|c| c.same_amount >= duplicate.count) {
         hit(
             Rule::DuplicateAmount,
-            serde_json::json!({
-                "amount": candidate.amount.to_string(),
-                "currency": candidate.currency.code(),
-                "transfers": counts.same_amount,
-                "threshold": duplicate.count,
-                "window_secs": duplicate.window_secs,
-            }),
+            duplicate_detail(candidate, counts.same_amount, rules),
         );
     }
     hits
+}
+
+/// The hits of transfers judged before `candidate` but accepted after it, that it brought to
+/// exactly a window rule's count (`late_velocity`, `late_same_amount`: their ids, from the
+/// windows). They are out of `candidate`'s account, and of its amount for the second rule.
+pub fn judge_late(
+    candidate: &Candidate,
+    late_velocity: &[Uuid],
+    late_same_amount: &[Uuid],
+    rules: &RuleSettings,
+) -> Vec<Hit> {
+    let hit = |transfer_id: Uuid, rule: Rule, detail: serde_json::Value| Hit {
+        transfer_id,
+        account: candidate.account.clone(),
+        rule,
+        action: rules.action(rule),
+        detail,
+    };
+    let velocity = late_velocity.iter().map(|id| {
+        let detail = velocity_detail(rules.velocity.count, rules);
+        hit(*id, Rule::Velocity, detail)
+    });
+    let duplicate = late_same_amount.iter().map(|id| {
+        let detail = duplicate_detail(candidate, rules.duplicate_amount.count, rules);
+        hit(*id, Rule::DuplicateAmount, detail)
+    });
+    velocity.chain(duplicate).collect()
+}
+
+fn velocity_detail(transfers: u64, rules: &RuleSettings) -> serde_json::Value {
+    serde_json::json!({
+        "transfers": transfers,
+        "threshold": rules.velocity.count,
+        "window_secs": rules.velocity.window_secs,
+    })
+}
+
+fn duplicate_detail(
+    candidate: &Candidate,
+    transfers: u64,
+    rules: &RuleSettings,
+) -> serde_json::Value {
+    serde_json::json!({
+        "amount": candidate.amount.to_string(),
+        "currency": candidate.currency.code(),
+        "transfers": transfers,
+        "threshold": rules.duplicate_amount.count,
+        "window_secs": rules.duplicate_amount.window_secs,
+    })
 }
 
 /// The failed-streak hit of a transfer whose account has failed `streak` times in a row (with

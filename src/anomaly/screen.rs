@@ -22,7 +22,9 @@ use sqlx::PgPool;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use super::rules::{AnomalySeverity, Candidate, Hit, Rule, RuleAction, judge, judge_streak};
+use super::rules::{
+    AnomalySeverity, Candidate, Hit, Rule, RuleAction, judge, judge_late, judge_streak,
+};
 use super::settings::{AnomalySettings, RuleSettings};
 use super::windows::{self, Counted, SkipReason, StreakStep};
 use super::{record, review};
@@ -32,8 +34,8 @@ use crate::alerts::payload::{Action, AlertEvent};
 use crate::domain::{LedgerName, Severity};
 use crate::redis_slot::RedisSlot;
 
-/// How long after an alerted large-amount or failed-streak hit further hits of that kind on
-/// the account join the same incident (the window rules use their own window).
+/// How long after the last large-amount or failed-streak hit on an account further hits of
+/// that kind join the same anomaly (the window rules use their own window).
 pub const INCIDENT_QUIET_SECS: u64 = 300;
 
 #[derive(Clone)]
@@ -103,9 +105,13 @@ impl Screener {
         for (n, ((candidate, step, rules), (_, _, windows))) in
             judged.iter().zip(&windows_of).enumerate()
         {
-            let counted = counted.as_ref().ok().map(|all| all[n]);
+            let counted = counted.as_ref().ok().map(|all| &all[n]);
             if windows.is_some() {
                 hits.extend(judge(candidate, counted.map(|c| c.windows), rules));
+            }
+            if let Some(counted) = counted {
+                let (velocity, same_amount) = (&counted.late_velocity, &counted.late_same_amount);
+                hits.extend(judge_late(candidate, velocity, same_amount, rules));
             }
             // A streak set to `review` holds the account's next transfer, judged before posting.
             let flags_streak = rules.failed_streak.action == RuleAction::Flag;
@@ -167,7 +173,7 @@ impl Screener {
         let mut hits: Vec<Hit> = Vec::new();
         let mut held_ids: Vec<Uuid> = Vec::new();
         for (n, (candidate, rules)) in judged.iter().enumerate() {
-            let counted: Option<Counted> = counted.as_ref().ok().map(|all| all[n]);
+            let counted: Option<&Counted> = counted.as_ref().ok().map(|all| &all[n]);
             let mut own = judge(candidate, counted.map(|c| c.windows), rules);
             let reviews_streak = rules.failed_streak.action == RuleAction::Review;
             if let Some(counted) = counted.filter(|_| reviews_streak) {
@@ -183,6 +189,12 @@ impl Screener {
                 held_ids.push(candidate.transfer_id);
             }
             hits.extend(own);
+            // Transfers judged before this one that it brings to a rule's count: judged,
+            // so not held now (they may be posted already) — flagged.
+            if let Some(counted) = counted {
+                let (velocity, same_amount) = (&counted.late_velocity, &counted.late_same_amount);
+                hits.extend(judge_late(candidate, velocity, same_amount, rules));
+            }
         }
         let windows_checked = counted.is_ok();
         if let Err(reason) = counted {
@@ -193,11 +205,11 @@ impl Screener {
         self.watch_skips(pool, windows_checked).await;
     }
 
-    /// Moves the transfers of `held_ids` still pending to `in_review` and stores `hits`, raising
-    /// an alert for each hit that opens an incident, all in one transaction; a hit whose
-    /// transfer was not held (it proceeds, or was posted meanwhile) is a flag. Returns how many
-    /// were held. A database that cannot do it holds nothing and stores nothing: counted as a
-    /// skip.
+    /// Moves the transfers of `held_ids` still pending to `in_review` and stores `hits`, each
+    /// opening or joining its incident, an incident opened now raising an alert and an
+    /// `anomaly.flagged` event, all in one transaction; a hit whose transfer was not held (it
+    /// proceeds, or was posted meanwhile) is a flag. Returns how many were held. A database
+    /// that cannot do it holds nothing and stores nothing: counted as a skip.
     async fn record(
         &self,
         pool: &PgPool,
@@ -210,10 +222,10 @@ impl Screener {
         }
         let recorded = async {
             let mut tx = pool.begin().await?;
-            // Holds and hits are announced as events. Holding locks transfer rows that posting
-            // also locks, so then the event lock comes first, as in posting; hits alone lock
-            // no row posting takes, so the event lock waits until the events are written and
-            // is held only for that and the commit (README, "Events and webhooks").
+            // Locks in one order for every writer: incidents, then the event lock (the
+            // posting gate), then transfer rows — posting takes the last two in that order
+            // (README, "Events and webhooks").
+            record::lock_incidents(&mut tx, &hits).await?;
             let holds = !held_ids.is_empty();
             if holds {
                 crate::events::lock_sequence(&mut tx).await?;
@@ -225,11 +237,17 @@ impl Screener {
                 }
             }
             let stored = self.store(&mut tx, &hits, rules).await?;
-            if !holds {
+            let opened: Vec<i64> = stored
+                .iter()
+                .filter(|s| s.opens_incident)
+                .map(|s| s.anomaly_id)
+                .collect();
+            // Hits that join an open incident write no event: most batches of a busy account
+            // never wait for the gate.
+            if !holds && !opened.is_empty() {
                 crate::events::lock_sequence(&mut tx).await?;
             }
-            let ids: Vec<i64> = stored.iter().map(|(id, _)| *id).collect();
-            record::record_events(&mut tx, &ids).await?;
+            record::record_events(&mut tx, &opened).await?;
             let held_now: Vec<Uuid> = held.iter().copied().collect();
             crate::events::transfer::record_changes(&mut tx, &held_now).await?;
             tx.commit().await?;
@@ -237,9 +255,12 @@ impl Screener {
         };
         match recorded.await {
             Ok((held, stored)) => {
-                for (_, rule) in stored {
-                    metrics::counter!("ferry_anomalies_total", "rule" => rule.as_str())
-                        .increment(1);
+                for stored in stored {
+                    let rule = stored.hit.rule.as_str();
+                    metrics::counter!("ferry_anomaly_hits_total", "rule" => rule).increment(1);
+                    if stored.opens_incident {
+                        metrics::counter!("ferry_anomalies_total", "rule" => rule).increment(1);
+                    }
                 }
                 held
             }
@@ -265,18 +286,18 @@ impl Screener {
         }
     }
 
-    /// Stores `hits` in `tx` and raises an alert for each that opens an incident; returns the
-    /// ids and rules of the hits stored (not stored before).
+    /// Stores `hits` in `tx` and raises an alert for each incident opened now; returns the
+    /// hits stored (not stored before), with their incidents.
     async fn store(
         &self,
         tx: &mut sqlx::PgConnection,
         hits: &[Hit],
         rules: &HashMap<LedgerName, RuleSettings>,
-    ) -> Result<Vec<(i64, Rule)>, OutboxError> {
+    ) -> Result<Vec<record::Stored>, OutboxError> {
         if hits.is_empty() {
             return Ok(Vec::new());
         }
-        let incident_secs = |hit: &Hit| {
+        let window_secs = |hit: &Hit| {
             let rules = &rules[&hit.account.ledger];
             match hit.rule {
                 Rule::Velocity => rules.velocity.window_secs,
@@ -284,11 +305,12 @@ impl Screener {
                 Rule::LargeAmount | Rule::FailedStreak => INCIDENT_QUIET_SECS,
             }
         };
-        let stored = record::store(&mut *tx, hits, incident_secs).await?;
+        let stored = record::store(&mut *tx, hits, window_secs).await?;
         for stored in stored.iter().filter(|s| s.opens_incident) {
-            outbox::raise(&mut *tx, &self.alerts, &hit_event(&stored.hit), None).await?;
+            let event = hit_event(&stored.hit, stored.anomaly_id);
+            outbox::raise(&mut *tx, &self.alerts, &event, None).await?;
         }
-        Ok(stored.iter().map(|s| (s.id, s.hit.rule)).collect())
+        Ok(stored)
     }
 
     /// Raises a `medium` alert once the windows have gone unchecked for longer than
@@ -347,9 +369,9 @@ impl Screener {
     }
 }
 
-/// The alert of a hit that opens an incident: `anomaly.<rule>`, critical for the high-severity
-/// rules, medium for the others.
-fn hit_event(hit: &Hit) -> AlertEvent {
+/// The alert of a hit that opens incident `anomaly_id`: `anomaly.<rule>`, critical for the
+/// high-severity rules, medium for the others.
+fn hit_event(hit: &Hit, anomaly_id: i64) -> AlertEvent {
     let severity = match hit.rule.severity() {
         AnomalySeverity::High => Severity::Critical,
         AnomalySeverity::Medium => Severity::Medium,
@@ -360,7 +382,8 @@ fn hit_event(hit: &Hit) -> AlertEvent {
         RuleAction::Review => " (transfer held for review)",
     };
     outbox::event(
-        format!("ferry:anomaly:{rule}:{account}:{}", hit.transfer_id),
+        // One incident, one alert: the dedup key is the anomaly's.
+        format!("ferry:anomaly:{rule}:{account}:{anomaly_id}"),
         Action::Trigger,
         format!("anomaly.{rule}"),
         severity,
@@ -370,6 +393,7 @@ fn hit_event(hit: &Hit) -> AlertEvent {
             "action": hit.action.as_str(),
             "ledger": account.ledger.as_str(),
             "account_id": account.id.as_str(),
+            "anomaly_id": anomaly_id,
             "transfer_id": hit.transfer_id,
             "detail": hit.detail,
         }),

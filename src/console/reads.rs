@@ -146,8 +146,9 @@ pub async fn timeline(
         "SELECT at, 'audit' AS source, action AS what, detail::text AS detail FROM audit_events \
            WHERE target = $1 AND at >= $4 \
          UNION ALL \
-         SELECT at, 'anomaly', rule || ' (' || severity || ')', detail::text FROM anomalies \
-           WHERE transfer_id = $5 \
+         SELECT h.at, 'anomaly', h.rule || ' (' || a.severity || ', anomaly #' || a.id || ')', \
+           h.detail::text FROM anomaly_hits h JOIN anomalies a ON a.id = h.anomaly_id \
+           WHERE h.transfer_id = $5 \
          UNION ALL \
          SELECT created_at, 'event', type || ' #' || seq, NULL FROM events \
            WHERE id >= $2 AND id < $3 AND subject = $1 \
@@ -219,13 +220,17 @@ pub struct AnomalyRow {
     pub rule: String,
     pub severity: String,
     pub detail: String,
+    /// Transfers that tripped it so far.
+    pub transfers: i64,
     pub at: DateTime<Utc>,
+    pub last_hit_at: DateTime<Utc>,
 }
 
-/// The newest anomaly hits in every ledger.
+/// The newest anomalies (incidents) in every ledger.
 pub async fn recent_anomalies(pool: &PgPool) -> Result<Vec<AnomalyRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT transfer_id, ledger, account_id, rule, severity, detail::text AS detail, at \
+        "SELECT transfer_id, ledger, account_id, rule, severity, detail::text AS detail, \
+           transfers, at, last_hit_at \
          FROM anomalies ORDER BY id DESC LIMIT $1",
     )
     .bind(LIST_ROWS)

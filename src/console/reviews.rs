@@ -53,13 +53,15 @@ pub async fn page(
             }
         }).collect(), "Nothing waits for review."))
         h2 { "Recent anomalies" }
-        (table(&["at", "rule", "severity", "ledger", "account", "transfer", "detail"], anomalies.iter().map(|a| html! {
+        (table(&["opened", "last hit", "rule", "severity", "ledger", "account", "transfers", "first transfer", "detail"], anomalies.iter().map(|a| html! {
             tr {
                 td { (time(a.at)) }
+                td { (time(a.last_hit_at)) }
                 td { (a.rule) }
                 td { (status(&a.severity)) }
                 td { (a.ledger) }
                 td { a href={ "/console/ledgers/" (a.ledger) "/accounts/" (a.account_id) } { (a.account_id) } }
+                td.num { (a.transfers) }
                 td { a href={ "/console/transfers/" (a.transfer_id) } { (short_id(&a.transfer_id.to_string())) } }
                 td { code.small { (a.detail) } }
             }

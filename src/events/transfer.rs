@@ -133,7 +133,7 @@ pub async fn attach_flags<'a, 'c>(
     }
     let ids: Vec<Uuid> = views.iter().map(|v| v.id).collect();
     let rows: Vec<(Uuid, String)> = sqlx::query_as(
-        "SELECT transfer_id, rule FROM anomalies WHERE transfer_id = ANY($1) ORDER BY id",
+        "SELECT transfer_id, rule FROM anomaly_hits WHERE transfer_id = ANY($1) ORDER BY id",
     )
     .bind(&ids)
     .fetch_all(db)

@@ -78,6 +78,8 @@ pub enum ApiError {
     TransferNotReversible(String),
     #[error("reconciliation run not found")]
     ReconciliationNotFound,
+    #[error("anomaly not found")]
+    AnomalyNotFound,
     /// A webhook URL ferry must not send to (README, "Events and webhooks": SSRF).
     #[error("url refused: {0}")]
     WebhookUrlRefused(String),
@@ -142,6 +144,7 @@ impl ApiError {
             | Self::TransferNotFound
             | Self::JobNotFound
             | Self::ReconciliationNotFound
+            | Self::AnomalyNotFound
             | Self::WebhookEndpointNotFound
             | Self::KeyNotFound
             | Self::RouteNotFound => StatusCode::NOT_FOUND,
@@ -200,6 +203,7 @@ impl ApiError {
             Self::CaptureExceedsHold(_) => ErrorCode::CaptureExceedsHold,
             Self::TransferNotReversible(_) => ErrorCode::TransferNotReversible,
             Self::ReconciliationNotFound => ErrorCode::ReconciliationNotFound,
+            Self::AnomalyNotFound => ErrorCode::AnomalyNotFound,
             Self::WebhookUrlRefused(_) => ErrorCode::WebhookUrlRefused,
             Self::WebhookEndpointNotFound => ErrorCode::WebhookEndpointNotFound,
             Self::LedgerExists(_) => ErrorCode::LedgerExists,
@@ -266,6 +270,7 @@ pub enum ErrorCode {
     CaptureExceedsHold,
     TransferNotReversible,
     ReconciliationNotFound,
+    AnomalyNotFound,
     WebhookUrlRefused,
     WebhookEndpointNotFound,
     LedgerExists,
@@ -282,7 +287,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 42] = [
+    pub const ALL: [ErrorCode; 43] = [
         Self::Unauthorized,
         Self::Forbidden,
         Self::IdempotencyKeyMissing,
@@ -312,6 +317,7 @@ impl ErrorCode {
         Self::CaptureExceedsHold,
         Self::TransferNotReversible,
         Self::ReconciliationNotFound,
+        Self::AnomalyNotFound,
         Self::WebhookUrlRefused,
         Self::WebhookEndpointNotFound,
         Self::LedgerExists,
@@ -358,6 +364,7 @@ impl ErrorCode {
             Self::CaptureExceedsHold => "capture_exceeds_hold",
             Self::TransferNotReversible => "transfer_not_reversible",
             Self::ReconciliationNotFound => "reconciliation_not_found",
+            Self::AnomalyNotFound => "anomaly_not_found",
             Self::WebhookUrlRefused => "webhook_url_refused",
             Self::WebhookEndpointNotFound => "webhook_endpoint_not_found",
             Self::LedgerExists => "ledger_exists",
@@ -563,6 +570,7 @@ mod tests {
                 | ErrorCode::CaptureExceedsHold
                 | ErrorCode::TransferNotReversible
                 | ErrorCode::ReconciliationNotFound
+                | ErrorCode::AnomalyNotFound
                 | ErrorCode::WebhookUrlRefused
                 | ErrorCode::WebhookEndpointNotFound
                 | ErrorCode::LedgerExists

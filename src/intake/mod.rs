@@ -146,6 +146,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(api_keys::revoke))
         .routes(routes!(audit::list))
         .routes(routes!(anomalies::list))
+        .routes(routes!(anomalies::transfers))
         .routes(routes!(events::list))
         .routes(routes!(webhooks::create, webhooks::list))
         .routes(routes!(webhooks::get, webhooks::delete))

@@ -126,29 +126,30 @@ async fn the_seeds_demonstration_six_rapid_transfers_flag_velocity_then_duplicat
     let listed = app.get("/v1/anomalies?account=card").await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
     let hits = listed.body["anomalies"].as_array().expect("anomalies");
-    let summary: Vec<(String, String)> = hits
+    let summary: Vec<(String, String, i64)> = hits
         .iter()
         .map(|h| {
             (
                 h["rule"].as_str().expect("rule").to_owned(),
                 h["severity"].as_str().expect("severity").to_owned(),
+                h["transfers"].as_i64().expect("transfers"),
             )
         })
         .collect();
-    let pair = |r: &str, s: &str| (r.to_owned(), s.to_owned());
+    let anomaly = |r: &str, s: &str, n| (r.to_owned(), s.to_owned(), n);
+    // Two velocity hits on one account within its window: one anomaly of two transfers.
     assert_eq!(
         summary,
         [
-            pair("velocity", "high"),
-            pair("velocity", "high"),
-            pair("duplicate_amount", "medium")
+            anomaly("velocity", "high", 2),
+            anomaly("duplicate_amount", "medium", 1)
         ]
     );
     assert_eq!(hits[0]["detail"]["transfers"], 5);
     assert_eq!(hits[0]["detail"]["threshold"], 5);
     assert_eq!(hits[0]["detail"]["window_secs"], 60);
-    assert_eq!(hits[2]["detail"]["transfers"], 3);
-    assert_eq!(hits[2]["detail"]["amount"], "10.00");
+    assert_eq!(hits[1]["detail"]["transfers"], 3);
+    assert_eq!(hits[1]["detail"]["amount"], "10.00");
     assert_eq!(hits[0]["ledger"], "default");
     assert_eq!(hits[0]["account_id"], "card");
     // Two hits of velocity on one account within its window: one incident.
@@ -179,17 +180,30 @@ async fn a_burst_of_fifty_transfers_opens_one_incident_per_rule() {
     app.run_until_idle(Duration::from_secs(20)).await;
     jobs_done(&app).await;
     let listed = app.get("/v1/anomalies?limit=1000").await.body;
-    let count = |rule: &str| {
+    let transfers = |rule: &str| {
         listed["anomalies"]
             .as_array()
             .expect("list")
             .iter()
             .filter(|h| h["rule"] == rule)
-            .count()
+            .map(|h| h["transfers"].as_i64().expect("transfers"))
+            .collect::<Vec<_>>()
     };
     // The 5th to the 50th are a burst; the 3rd to the 50th repeat an amount (so that rule
-    // trips first).
-    assert_eq!((count("velocity"), count("duplicate_amount")), (46, 48));
+    // trips first): one anomaly each, counting them.
+    assert_eq!(
+        (transfers("velocity"), transfers("duplicate_amount")),
+        (vec![46], vec![48])
+    );
+    let flagged = app
+        .count("SELECT count(*) FROM anomaly_hits WHERE rule = 'velocity'")
+        .await;
+    assert_eq!(flagged, 46, "each transfer keeps its flag");
+    // One `anomaly.flagged` event per anomaly, not per transfer.
+    let events = app
+        .count("SELECT count(*) FROM events WHERE type = 'anomaly.flagged'")
+        .await;
+    assert_eq!(events, 2);
     assert_eq!(
         anomaly_alerts(&app).await,
         [
@@ -480,11 +494,11 @@ async fn each_ledger_has_its_thresholds_and_sees_only_its_anomalies() {
 async fn the_listing_filters_pages_and_refuses_bad_parameters() {
     let app = spawn_app().await;
     app.create_account("treasury", "USD", true).await;
-    for account in ["b", "c"] {
+    for account in ["b", "c", "d"] {
         app.create_account(account, "USD", true).await;
     }
-    // b: three large amounts; c: one.
-    for (n, from) in ["b", "b", "c", "b"].iter().enumerate() {
+    // b: two large amounts (one anomaly of two transfers); c and d: one each.
+    for (n, from) in ["b", "c", "b", "d"].iter().enumerate() {
         let done = send(
             &app,
             &format!("big-{n}"),
@@ -512,19 +526,18 @@ async fn the_listing_filters_pages_and_refuses_bad_parameters() {
             .map(|h| h["account_id"].as_str().expect("account").to_owned())
             .collect()
     };
-    assert_eq!(accounts(&page("").await), ["b", "b", "c", "b"]);
-    assert_eq!(
-        accounts(&page("?account=b&rule=large_amount").await),
-        ["b", "b", "b"]
-    );
+    assert_eq!(accounts(&page("").await), ["b", "c", "d"]);
+    let own = page("?account=b&rule=large_amount").await;
+    assert_eq!(accounts(&own), ["b"]);
+    assert_eq!(own["anomalies"][0]["transfers"], 2);
     assert_eq!(
         accounts(&page("?rule=velocity").await),
         Vec::<String>::new()
     );
-    let first = page("?limit=3").await;
+    let first = page("?limit=2").await;
     let after = first["next_after"].as_i64().expect("a full page goes on");
     let rest = page(&format!("?after={after}")).await;
-    assert_eq!(accounts(&rest), ["b"]);
+    assert_eq!(accounts(&rest), ["d"]);
     assert!(rest.get("next_after").is_none());
     app.assert_bad_queries(
         "/v1/anomalies",
@@ -650,4 +663,273 @@ async fn an_exempt_account_is_never_judged_and_the_others_still_are() {
         .count("SELECT count(*) FROM anomalies WHERE account_id = 'treasury'")
         .await;
     assert_eq!(hits_on_treasury, 0);
+}
+
+/// The transfers of `candidates` (one account, accepted in this order) a velocity rule of
+/// `count` within 60 s trips when posting judges them in `order`, `per_call` at a time: the
+/// index of each, whether its own count tripped it or a transfer judged after it did.
+async fn tripped_when_judged(
+    candidates: &[Candidate],
+    order: &[usize],
+    per_call: usize,
+    count: u64,
+) -> Vec<usize> {
+    let client = redis::Client::open("redis://127.0.0.1:6379").expect("url");
+    let mut connection = redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("Redis");
+    let namespace = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let rules = RuleSettings {
+        velocity: WindowRule {
+            count,
+            window_secs: 60,
+            action: RuleAction::Flag,
+        },
+        ..RuleSettings::default()
+    };
+    let mut tripped = Vec::new();
+    for call in order.chunks(per_call) {
+        let judged: Vec<_> = call
+            .iter()
+            .map(|n| (&candidates[*n], StreakStep::Posted, Some(&rules)))
+            .collect();
+        let counted = windows::count(&mut connection, &namespace, &judged, Duration::from_secs(1))
+            .await
+            .expect("counted");
+        for (n, counted) in call.iter().zip(&counted) {
+            if counted.windows.transfers >= count {
+                tripped.push(*n);
+            }
+            for late in &counted.late_velocity {
+                let index = candidates.iter().position(|c| c.transfer_id == *late);
+                tripped.push(index.expect("a transfer of the burst"));
+            }
+        }
+    }
+    tripped.sort_unstable();
+    tripped
+}
+
+/// `n` transfers out of `card`, accepted 100 ms apart in this order.
+fn burst(n: usize) -> Vec<Candidate> {
+    (0..n)
+        .map(|i| Candidate {
+            transfer_id: uuid::Uuid::now_v7(),
+            account: AccountKey::new(
+                LedgerName::default_ledger(),
+                AccountId::parse("card").expect("id"),
+            ),
+            amount: format!("{}.00", i + 1).parse().expect("amount"),
+            currency: Currency::parse("USD").expect("USD"),
+            accepted_at_ms: 1_700_000_000_000 + i as i64 * 100,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_burst_judged_out_of_order_still_trips_its_rule() {
+    // Exactly five within the window: only the fifth trips a rule of five, whatever order
+    // posting judges them in (two workers, a retried job, a batch split across jobs).
+    let five = burst(5);
+    for order in [
+        vec![0, 1, 2, 3, 4],
+        // The case: the 4th judged after the 5th (each then counted four).
+        vec![0, 1, 2, 4, 3],
+        vec![4, 3, 2, 1, 0],
+        vec![2, 4, 0, 3, 1],
+    ] {
+        for per_call in [1, 5] {
+            assert_eq!(
+                tripped_when_judged(&five, &order, per_call, 5).await,
+                [4],
+                "order {order:?}, {per_call} per call"
+            );
+        }
+    }
+    // Six: the fifth and the sixth, in any order.
+    let six = burst(6);
+    for order in [
+        vec![5, 4, 3, 2, 1, 0],
+        vec![0, 5, 1, 4, 2, 3],
+        vec![3, 0, 1, 2, 5, 4],
+    ] {
+        assert_eq!(
+            tripped_when_judged(&six, &order, 1, 5).await,
+            [4, 5],
+            "order {order:?}"
+        );
+    }
+    // Four are no burst, in any order.
+    assert_eq!(
+        tripped_when_judged(&burst(4), &[3, 2, 1, 0], 1, 5).await,
+        Vec::<usize>::new()
+    );
+}
+
+#[tokio::test]
+async fn the_screener_flags_the_fifth_of_a_burst_it_judges_in_reverse() {
+    let app = spawn_app().await;
+    let tasks = tokio_util::task::TaskTracker::new();
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let redis = ferry::redis_slot::RedisSlot::connect(
+        "redis://127.0.0.1:6379",
+        1_000,
+        "test",
+        &tasks,
+        &stopping,
+    )
+    .await
+    .expect("Redis");
+    let screener = ferry::anomaly::screen::Screener::new(
+        std::sync::Arc::new(ferry::anomaly::settings::AnomalySettings::default()),
+        redis,
+        &format!("test_{}", uuid::Uuid::new_v4().simple()),
+        std::sync::Arc::default(),
+    );
+    let five = burst(5);
+    // One job at a time, newest first: each is judged before the ones accepted earlier.
+    for candidate in five.iter().rev() {
+        screener
+            .judge(&app.pool, &[(candidate.clone(), false)])
+            .await;
+    }
+    let flagged: Vec<(uuid::Uuid, Value)> =
+        sqlx::query_as("SELECT transfer_id, detail FROM anomaly_hits WHERE rule = 'velocity'")
+            .fetch_all(&app.pool)
+            .await
+            .expect("hits");
+    assert_eq!(flagged.len(), 1, "{flagged:?}");
+    assert_eq!(flagged[0].0, five[4].transfer_id, "the fifth, flagged late");
+    assert_eq!(flagged[0].1["transfers"], 5);
+    stopping.cancel();
+}
+
+#[tokio::test]
+async fn hits_on_one_account_are_one_anomaly_until_its_window_passes_quietly() {
+    // Two transfers within 2 s trip velocity.
+    let app = spawn_app_with(|config| {
+        config.anomaly.velocity = WindowRule {
+            count: 2,
+            window_secs: 2,
+            action: RuleAction::Flag,
+        };
+    })
+    .await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("b", "USD", false).await;
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        sent.push(
+            send(
+                &app,
+                &format!("first-{n}"),
+                "treasury",
+                "b",
+                &format!("{n}.01"),
+            )
+            .await,
+        );
+    }
+    // Quiet for longer than the window: the next hit opens a new anomaly.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    for n in 0..2 {
+        sent.push(
+            send(
+                &app,
+                &format!("then-{n}"),
+                "treasury",
+                "b",
+                &format!("{n}.02"),
+            )
+            .await,
+        );
+    }
+    let flagged: Vec<Vec<&str>> = sent.iter().map(flags).collect();
+    assert_eq!(
+        flagged,
+        [
+            vec![],
+            vec!["velocity"],
+            vec!["velocity"],
+            vec![],
+            vec!["velocity"]
+        ],
+        "each transfer keeps its flag"
+    );
+    let listed = app.get("/v1/anomalies?rule=velocity").await.body;
+    let anomalies = listed["anomalies"].as_array().expect("anomalies");
+    let counts: Vec<i64> = anomalies
+        .iter()
+        .map(|a| a["transfers"].as_i64().expect("transfers"))
+        .collect();
+    assert_eq!(counts, [2, 1], "{listed}");
+    assert_eq!(
+        anomalies[0]["transfer_id"], sent[1]["id"],
+        "opened by the 2nd"
+    );
+    assert!(anomalies[0]["last_hit_at"].as_str() > anomalies[0]["at"].as_str());
+    // One event and one alert per anomaly.
+    let events = app
+        .count("SELECT count(*) FROM events WHERE type = 'anomaly.flagged'")
+        .await;
+    assert_eq!(events, 2);
+    assert_eq!(
+        anomaly_alerts(&app).await,
+        [
+            alert("anomaly.velocity", "trigger", "critical"),
+            alert("anomaly.velocity", "trigger", "critical")
+        ]
+    );
+
+    // Its transfers, paged.
+    let first = anomalies[0]["id"].as_i64().expect("id");
+    let page = app
+        .get(&format!("/v1/anomalies/{first}/transfers?limit=1"))
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(page.body["transfers"][0]["transfer_id"], sent[1]["id"]);
+    assert_eq!(page.body["transfers"][0]["action"], "flag");
+    assert_eq!(page.body["transfers"][0]["detail"]["transfers"], 2);
+    let after = page.body["next_after"]
+        .as_i64()
+        .expect("a full page has a cursor");
+    let rest = app
+        .get(&format!("/v1/anomalies/{first}/transfers?after={after}"))
+        .await;
+    let rest = rest.body["transfers"]
+        .as_array()
+        .expect("transfers")
+        .clone();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0]["transfer_id"], sent[2]["id"]);
+
+    // No such anomaly, in this ledger or at all: 404; bad paging: 400.
+    create_ledger(&app.pool, "other").await;
+    let other_key = create_ledger_key(&app.pool, "other", "transfers:read").await;
+    let elsewhere = app
+        .get_as(&other_key, &format!("/v1/anomalies/{first}/transfers"))
+        .await;
+    assert_eq!(
+        elsewhere.status,
+        StatusCode::NOT_FOUND,
+        "{}",
+        elsewhere.body
+    );
+    assert_eq!(elsewhere.body["code"], "anomaly_not_found");
+    for id in ["999999", "0", "-1", "abc", "1e3", "99999999999999999999"] {
+        let reply = app.get(&format!("/v1/anomalies/{id}/transfers")).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{id}: {}", reply.body);
+        assert_eq!(reply.body["code"], "anomaly_not_found");
+    }
+    for query in ["limit=0", "limit=1001", "after=-1", "after=x", "bogus=1"] {
+        let reply = app
+            .get(&format!("/v1/anomalies/{first}/transfers?{query}"))
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{query}: {}",
+            reply.body
+        );
+    }
 }

@@ -31,6 +31,7 @@ const ROUTES: &[&str] = &[
     "GET /v1/api-keys",
     "GET /v1/audit-events",
     "GET /v1/anomalies",
+    "GET /v1/anomalies/{id}/transfers",
     "GET /v1/events",
     "GET /v1/jobs/dead",
     "GET /v1/ledgers",

@@ -137,7 +137,7 @@ async fn a_held_transfer_moves_nothing_until_approved_then_posts_once() {
     assert_eq!(refused["code"], "transfer_not_in_review");
     // Judged again after posting, the hit is not stored twice; one job, one decision recorded.
     let hits = app
-        .count("SELECT count(*) FROM anomalies WHERE rule = 'large_amount'")
+        .count("SELECT count(*) FROM anomaly_hits WHERE rule = 'large_amount'")
         .await;
     assert_eq!(hits, 1);
     assert_eq!(audit_actions(&app).await, ["transfer.approved"]);
@@ -287,11 +287,13 @@ async fn velocity_set_to_review_in_one_ledger_holds_the_fifth_of_a_burst_there_o
         ]
     );
     jobs_done(&app).await;
-    let actions: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT ledger, rule, action FROM anomalies ORDER BY ledger, id")
-            .fetch_all(&app.pool)
-            .await
-            .expect("anomalies");
+    let actions: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT a.ledger, h.rule, h.action FROM anomaly_hits h \
+             JOIN anomalies a ON a.id = h.anomaly_id ORDER BY a.ledger, h.id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("anomalies");
     let hit =
         |ledger: &str, action: &str| (ledger.to_owned(), "velocity".to_owned(), action.to_owned());
     assert_eq!(
@@ -325,7 +327,7 @@ async fn a_failed_streak_set_to_review_holds_the_accounts_next_transfer() {
     }
     assert_eq!(seen, ["failed", "failed", "failed", "in_review"]);
     let detail: Value =
-        sqlx::query_scalar("SELECT detail FROM anomalies WHERE rule = 'failed_streak'")
+        sqlx::query_scalar("SELECT detail FROM anomaly_hits WHERE rule = 'failed_streak'")
             .fetch_one(&app.pool)
             .await
             .expect("one failed-streak hit");
