@@ -12,6 +12,11 @@
 -- Currency has none: a ledger holds a handful of currencies, so it narrows by a small factor
 -- and the primary-key scan with a filter stays cheap.
 --
+-- EXPLAIN ANALYZE on 200,000 accounts (1 % frozen, 5 % EUR, 5,000 owners): a later plain page
+-- and a later page of frozen ones are index-only scans of 100 rows (0.06 / 0.18 ms); one
+-- owner's 40 accounts a bitmap scan of the GIN index (5.7 ms); the last 100 s of creations an
+-- index scan of 98 rows (0.2 ms); EUR the primary key with 1,900 rows filtered (0.3 ms).
+--
 -- None of these columns is written by posting (balances and reservations are), so posting's
 -- updates of accounts stay HOT (fillfactor 70, migration posting_speed).
 CREATE INDEX accounts_by_status ON accounts (ledger, status, id);
