@@ -1,5 +1,5 @@
 //! The command line: `serve`, `migrate`, `api-key create|list|revoke`, `ledger create|list`,
-//! `reconcile`, `bench`, `alerts test`, `events tail`.
+//! `account list`, `reconcile`, `bench`, `alerts test`, `events tail`.
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +33,9 @@ pub enum Command {
     /// Manage ledgers.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Look at accounts.
+    #[command(subcommand)]
+    Account(AccountCommand),
     /// Run one reconciliation now, in the foreground; exits 1 if it finds anything critical.
     Reconcile(ReconcileArgs),
     /// Measure scenarios against throwaway databases on DATABASE_URL's server.
@@ -43,6 +46,55 @@ pub enum Command {
     /// Producer events (README, "Events and webhooks").
     #[command(subcommand)]
     Events(EventsCommand),
+}
+
+impl Command {
+    /// The log level when `RUST_LOG` does not say: `serve` runs for days and its logs are how
+    /// an operator follows it; every other command prints its result, and only warnings and
+    /// errors belong beside it (sqlx logs PostgreSQL's notices at INFO, e.g. "relation
+    /// already exists, skipping" from each migration's `IF NOT EXISTS`).
+    pub fn default_log_level(&self) -> tracing::Level {
+        match self {
+            Self::Serve { .. } => tracing::Level::INFO,
+            _ => tracing::Level::WARN,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// List a ledger's accounts by id (README, HTTP API: `GET /v1/accounts`), read from the
+    /// database: id, status, currency, balance, available, created, metadata.
+    List(AccountListArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AccountListArgs {
+    /// The ledger to list.
+    #[arg(long, value_parser = parse_ledger, default_value = "default")]
+    pub ledger: crate::domain::LedgerName,
+    /// Only accounts with this status: active, frozen or closed.
+    #[arg(long, value_parser = parse_account_status)]
+    pub status: Option<crate::domain::AccountStatus>,
+    /// Only accounts in this currency (ISO 4217, e.g. USD).
+    #[arg(long, value_parser = parse_currency)]
+    pub currency: Option<crate::domain::Currency>,
+    /// Only accounts whose metadata has the top-level key KEY holding the string VALUE;
+    /// repeat for more conditions (all must hold).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub metadata: Vec<String>,
+    /// Only accounts created after this RFC 3339 instant.
+    #[arg(long)]
+    pub created_after: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn parse_account_status(text: &str) -> Result<crate::domain::AccountStatus, String> {
+    crate::domain::AccountStatus::parse_known(text)
+        .map_err(|_| format!("{text:?} is not a status: active, frozen or closed"))
+}
+
+fn parse_currency(text: &str) -> Result<crate::domain::Currency, String> {
+    crate::domain::Currency::parse(text).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,13 +10,14 @@ use anyhow::Context;
 use clap::Parser;
 use ferry::app::{Application, shutdown_signal};
 use ferry::cli::{
-    AlertsCommand, ApiKeyCommand, BarProgress, BenchArgs, Cli, Command, EventsCommand,
-    LedgerCommand, ReconcileArgs, TailArgs,
+    AccountCommand, AccountListArgs, AlertsCommand, ApiKeyCommand, BarProgress, BenchArgs, Cli,
+    Command, EventsCommand, LedgerCommand, ReconcileArgs, TailArgs,
 };
 use ferry::config::Config;
-use ferry::domain::{ApiKeyName, KeyLifetime, LedgerName, Scopes};
+use ferry::domain::{AccountId, ApiKeyName, KeyLifetime, LedgerName, MetadataMatch, Scopes};
 use ferry::reconcile::runs::{self, Trigger};
 use ferry::reconcile::window::Window;
+use ferry::store::accounts::{self, AccountFilter};
 use ferry::store::api_keys::{self, KeySpec, MissingLedger, RevokeKeyError};
 use ferry::store::audit::{self, Actor, AuditAction};
 use ferry::store::ledgers::{self, CreateLedgerError};
@@ -24,8 +25,9 @@ use ferry::{db, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init_logging();
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    telemetry::init_logging(cli.command.default_log_level());
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry: {e:#}");
@@ -57,6 +59,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alerts(AlertsCommand::Test) => alerts_test(&config).await,
         Command::ApiKey(command) => api_key(&config, command).await,
         Command::Ledger(command) => ledger(&config, command).await,
+        Command::Account(AccountCommand::List(args)) => list_accounts(&config, args).await,
         Command::Events(EventsCommand::Tail(args)) => events_tail(args).await,
     }
 }
@@ -290,6 +293,61 @@ async fn ledger(config: &Config, command: LedgerCommand) -> anyhow::Result<()> {
         }
     }
 }
+
+/// `ferry account list`: the rows `GET /v1/accounts` pages through, read from the database by
+/// the same query, every page.
+async fn list_accounts(config: &Config, args: AccountListArgs) -> anyhow::Result<()> {
+    let mut metadata = MetadataMatch::default();
+    for pair in &args.metadata {
+        metadata.require_pair(pair).context("--metadata")?;
+    }
+    let mut filter = AccountFilter {
+        ledger: args.ledger,
+        status: args.status,
+        currency: args.currency,
+        metadata,
+        created_after: args.created_after,
+        after: None,
+    };
+    let pool = connect_migrated(config).await?;
+    let mut rows = vec![
+        [
+            "ID",
+            "STATUS",
+            "CURRENCY",
+            "BALANCE",
+            "AVAILABLE",
+            "CREATED",
+            "METADATA",
+        ]
+        .map(str::to_owned),
+    ];
+    loop {
+        let page = accounts::list(&pool, &filter, CLI_PAGE_LEN).await?;
+        for account in &page {
+            rows.push([
+                account.id.clone(),
+                account.status.clone(),
+                account.currency.clone(),
+                account.balance.clone(),
+                account.available.clone(),
+                time(account.created_at),
+                account.metadata.to_string(),
+            ]);
+        }
+        match page.last() {
+            Some(last) if page.len() as i64 == CLI_PAGE_LEN => {
+                filter.after = Some(AccountId::from_trusted(last.id.clone()));
+            }
+            _ => break,
+        }
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+/// Rows per query when a CLI command reads a whole listing.
+const CLI_PAGE_LEN: i64 = 1000;
 
 /// A time as the CLI prints it: RFC 3339, UTC, whole seconds.
 fn time(at: chrono::DateTime<chrono::Utc>) -> String {

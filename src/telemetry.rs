@@ -4,6 +4,7 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 
 /// Histogram buckets for `*_seconds` metrics: 1 ms to 10 s.
 const SECONDS_BUCKETS: [f64; 14] = [
@@ -17,10 +18,11 @@ const STAGE_BUCKETS: [f64; 22] = [
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`), `FERRY_LOG_FORMAT=json` for JSON lines.
-pub fn init_logging() {
+/// Logs to stderr; `RUST_LOG` filters (default `default_level`: see
+/// `Command::default_log_level`), `FERRY_LOG_FORMAT=json` for JSON lines.
+pub fn init_logging(default_level: tracing::Level) {
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(env_filter())
+        .with_env_filter(env_filter_or(default_level))
         .with_writer(std::io::stderr);
     let result = if std::env::var("FERRY_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()
@@ -33,18 +35,20 @@ pub fn init_logging() {
 
 /// Logs for tests: written through libtest's capture, so `cargo test` shows a test's logs
 /// only when that test fails (`--nocapture` shows them all). Same filter as
-/// [`init_logging`]; the first call in a process wins.
+/// [`init_logging`] for `serve`; the first call in a process wins.
 pub fn init_test_logging() {
     let result = tracing_subscriber::fmt()
-        .with_env_filter(env_filter())
+        .with_env_filter(env_filter_or(tracing::Level::INFO))
         .with_test_writer()
         .try_init();
     drop(result);
 }
 
-/// `RUST_LOG`, or `info` when unset or invalid.
-fn env_filter() -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+/// `RUST_LOG`, or `default_level` when unset or invalid.
+fn env_filter_or(default_level: tracing::Level) -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::default().add_directive(LevelFilter::from_level(default_level).into())
+    })
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

@@ -8,13 +8,15 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::Options;
-use super::openloop::{self, Mode, Step};
+use serde::Serialize;
+
+use super::openloop::{self, Mode, Percentiles, Step};
 use super::pipeline::{self, DRAIN_TIMEOUT, Posting};
 use super::plot::{Panel, Series};
 use super::processes::{BenchedFerry, ChildSettings, Layout};
 use super::throughput;
 use super::workload::{PlannedTransfer, Planner, Shape, seed_accounts};
+use super::{Options, Row};
 
 /// Offered load of each step, as a fraction of the saturation rate measured in the same run.
 pub const STEP_FRACTIONS: [f64; 8] = [0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25];
@@ -25,10 +27,20 @@ pub const QUIET_POSTED_MS: f64 = 100.0;
 /// …sent this often…
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 
+/// What a `latency` run measured: every step in order, each mode's saturation run, and the
+/// curves a script reads from `--json` (`latency`).
+pub struct Measured {
+    pub steps: Vec<Step>,
+    /// The closed-loop saturation runs, single requests first.
+    pub saturation_rows: Vec<Row>,
+    pub curves: Curves,
+}
+
 /// The steps of both modes, in order; draws them into `options.plot` if asked.
-pub async fn run(config: &ferry::config::Config, options: &Options) -> anyhow::Result<Vec<Step>> {
+pub async fn run(config: &ferry::config::Config, options: &Options) -> anyhow::Result<Measured> {
     let mut steps = Vec::new();
     let mut saturation = HashMap::new();
+    let mut saturation_rows = Vec::new();
     // Each mode on a database and processes of its own: the last steps overload ferry, and
     // what an overload leaves behind (a long queue, a slow job fetch until the purge) is not
     // what the next mode's first steps should measure.
@@ -48,9 +60,10 @@ pub async fn run(config: &ferry::config::Config, options: &Options) -> anyhow::R
         }
         .await;
         super::finish(scratch, pool).await;
-        let (mode_steps, rate) = result?;
+        let (mode_steps, row) = result?;
         steps.extend(mode_steps);
-        saturation.insert(mode, rate);
+        saturation.insert(mode, row.transfers_per_sec);
+        saturation_rows.push(row);
     }
     print_steps(&steps, &saturation);
     if let Some(at_target) = steps.iter().find(|s| {
@@ -79,17 +92,108 @@ pub async fn run(config: &ferry::config::Config, options: &Options) -> anyhow::R
         )?;
         eprintln!("plot written to {}", path.display());
     }
-    Ok(steps)
+    let curves = curves(&steps, &saturation);
+    Ok(Measured {
+        steps,
+        saturation_rows,
+        curves,
+    })
 }
 
-/// One mode's saturation rate, then its steps.
+/// The `latency` scenario in `--json`: for each mode, the saturation it measured and every
+/// step as a fraction of it, so a script can find the step the target is read at (BENCHMARKS.md,
+/// "The latency scenario's JSON").
+#[derive(Debug, Clone, Serialize)]
+pub struct Curves {
+    /// The fraction of saturation whose p99 time to posted is the target ([`TARGET_FRACTION`]).
+    pub target_fraction: f64,
+    /// Single requests first, then batches; a mode whose saturation was not measured is left
+    /// out.
+    pub modes: Vec<Curve>,
+}
+
+/// One mode's curve.
+#[derive(Debug, Clone, Serialize)]
+pub struct Curve {
+    pub mode: Mode,
+    /// Closed-loop transfers/s, first request to last posted (the plot's "saturation" line).
+    pub saturation_per_sec: f64,
+    /// In the order run: offered load rising.
+    pub steps: Vec<CurveStep>,
+}
+
+/// One step of a curve.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurveStep {
+    /// Offered load ÷ the mode's saturation: one of [`STEP_FRACTIONS`] exactly (`0.5` is the
+    /// target's step).
+    pub fraction_of_saturation: f64,
+    pub offered_per_sec: f64,
+    /// Transfers posted per second in the step.
+    pub achieved_per_sec: f64,
+    /// From each transfer's scheduled send to its `transfer.posted` event.
+    pub to_posted: Percentiles,
+    /// From each request's scheduled send to its answer.
+    pub intake: Percentiles,
+    pub errors: u64,
+    pub unposted: u64,
+    /// The wait before the step for ferry to post promptly again.
+    pub quiet_after_secs: f64,
+}
+
+/// Builds [`Curves`] from the measured steps and each mode's saturation (pure: tested without
+/// running the bench).
+pub fn curves(steps: &[Step], saturation: &HashMap<Mode, f64>) -> Curves {
+    let modes = [Mode::Single, Mode::Batch]
+        .into_iter()
+        .filter_map(|mode| {
+            let saturation_per_sec = *saturation.get(&mode)?;
+            let steps = steps
+                .iter()
+                .filter(|s| s.mode == mode)
+                .map(|s| CurveStep {
+                    fraction_of_saturation: fraction_of(s.offered_per_sec, saturation_per_sec),
+                    offered_per_sec: s.offered_per_sec,
+                    achieved_per_sec: s.achieved_per_sec,
+                    to_posted: s.to_posted,
+                    intake: s.intake,
+                    errors: s.errors,
+                    unposted: s.unposted,
+                    quiet_after_secs: s.quiet_after_secs,
+                })
+                .collect();
+            Some(Curve {
+                mode,
+                saturation_per_sec,
+                steps,
+            })
+        })
+        .collect();
+    Curves {
+        target_fraction: TARGET_FRACTION,
+        modes,
+    }
+}
+
+/// `offered ÷ saturation`, given as the planned fraction when it is one (the division of the
+/// product it was planned as leaves rounding noise: 0.49999999999999994 for 0.5).
+fn fraction_of(offered_per_sec: f64, saturation_per_sec: f64) -> f64 {
+    let fraction = offered_per_sec / saturation_per_sec.max(f64::EPSILON);
+    STEP_FRACTIONS
+        .into_iter()
+        .find(|planned| (fraction - planned).abs() < 1e-9)
+        .unwrap_or(fraction)
+}
+
+/// One mode's saturation run, then its steps.
 async fn curve(
     ferry: &BenchedFerry,
     mode: Mode,
     options: &Options,
-) -> anyhow::Result<(Vec<Step>, f64)> {
+) -> anyhow::Result<(Vec<Step>, Row)> {
     let mut planner = Planner::new(Shape::Uniform, options.accounts, 7);
-    let rate = saturation_rate(ferry, &mut planner, mode, options).await?;
+    let saturation = saturation_rate(ferry, &mut planner, mode, options).await?;
+    let rate = saturation.transfers_per_sec;
     eprintln!("{} saturation: {rate:.0} transfers/s", mode.as_str());
     let mut steps = Vec::new();
     for fraction in STEP_FRACTIONS {
@@ -114,22 +218,25 @@ async fn curve(
         );
         steps.push(step);
     }
-    Ok((steps, rate))
+    Ok((steps, saturation))
 }
 
-/// Closed-loop transfers/s, first request to last posted, after a warm-up.
+/// Closed-loop transfers/s, first request to last posted, after a warm-up: a row named
+/// `saturation-single` or `saturation-batch`.
 pub async fn saturation_rate(
     ferry: &BenchedFerry,
     planner: &mut Planner,
     mode: Mode,
     options: &Options,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Row> {
     let name = format!("saturation-{}", mode.as_str());
     match mode {
         Mode::Batch => {
             let mut sizes = HashMap::new();
-            let row = throughput::uniform_on(&name, ferry, planner, options, &mut sizes).await?;
-            Ok(row.transfers_per_sec)
+            let mut row =
+                throughput::uniform_on(&name, ferry, planner, options, &mut sizes).await?;
+            row.note = "closed loop, batches of 100 from 8 clients".to_owned();
+            Ok(row)
         }
         Mode::Single => {
             let warmup = planner.take(options.transfers.min(throughput::WARMUP_ROUND_TRANSFERS));
@@ -142,7 +249,13 @@ pub async fn saturation_rate(
             let started = Instant::now();
             // `intake` returns once every accepted transfer is posted.
             pipeline::intake(&name, ferry, Posting::Concurrent, &measured).await?;
-            Ok(measured.len() as f64 / started.elapsed().as_secs_f64())
+            Ok(Row::measured(
+                &name,
+                measured.len() as u64,
+                started.elapsed().as_secs_f64(),
+                &[],
+                "closed loop, single requests from 64 clients".to_owned(),
+            ))
         }
     }
 }
@@ -297,5 +410,87 @@ pub fn print_steps(steps: &[Step], saturation: &HashMap<Mode, f64>) {
             s.offered_per_sec,
             super::stages::summary(&s.stages)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A step at `fraction` of `saturation`, offered as `curve` plans it (rate × fraction),
+    /// with its time to posted p99 a marker of which step it is.
+    fn step(mode: Mode, saturation: f64, fraction: f64) -> Step {
+        let ms = |p99_ms| Percentiles {
+            p50_ms: 1.0,
+            p99_ms,
+            p999_ms: p99_ms + 1.0,
+            max_ms: p99_ms + 2.0,
+        };
+        Step {
+            label: String::new(),
+            mode,
+            offered_per_sec: saturation * fraction,
+            sent: 10,
+            achieved_per_sec: saturation * fraction * 0.9,
+            errors: 0,
+            unposted: 0,
+            intake: ms(5.0),
+            to_posted: ms(fraction * 1000.0),
+            quiet_after_secs: 0.5,
+            stages: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_json_names_each_modes_saturation_and_each_steps_fraction_of_it() {
+        // Rates whose products leave rounding noise (2761 × 0.5 ÷ 2761 is not exactly 0.5
+        // for every rate), as measured ones do.
+        let saturation = HashMap::from([(Mode::Single, 2761.3), (Mode::Batch, 3760.7)]);
+        let steps: Vec<Step> = [Mode::Single, Mode::Batch]
+            .into_iter()
+            .flat_map(|mode| STEP_FRACTIONS.map(|fraction| step(mode, saturation[&mode], fraction)))
+            .collect();
+        let json = serde_json::to_value(curves(&steps, &saturation)).expect("serializes");
+
+        assert_eq!(json["target_fraction"], 0.5);
+        let modes = json["modes"].as_array().expect("modes");
+        assert_eq!(modes.len(), 2);
+        for (curve, (mode, rate)) in modes.iter().zip([("single", 2761.3), ("batch", 3760.7)]) {
+            assert_eq!(curve["mode"], mode);
+            assert_eq!(curve["saturation_per_sec"], rate);
+            let fractions: Vec<f64> = curve["steps"]
+                .as_array()
+                .expect("steps")
+                .iter()
+                .map(|s| s["fraction_of_saturation"].as_f64().expect("a number"))
+                .collect();
+            assert_eq!(fractions, STEP_FRACTIONS);
+            let half = curve["steps"]
+                .as_array()
+                .and_then(|steps| steps.iter().find(|s| s["fraction_of_saturation"] == 0.5))
+                .expect("the target's step");
+            assert_eq!(half["offered_per_sec"], rate * 0.5);
+            assert_eq!(half["achieved_per_sec"], rate * 0.5 * 0.9);
+            assert_eq!(half["to_posted"]["p50_ms"], 1.0);
+            assert_eq!(half["to_posted"]["p99_ms"], 500.0);
+            assert_eq!(half["to_posted"]["p999_ms"], 501.0);
+            assert_eq!(half["intake"]["p99_ms"], 5.0);
+            assert_eq!(half["errors"], 0);
+            assert_eq!(half["unposted"], 0);
+        }
+    }
+
+    #[test]
+    fn a_mode_without_a_measured_saturation_is_left_out() {
+        let saturation = HashMap::from([(Mode::Batch, 100.0)]);
+        let steps = vec![
+            step(Mode::Single, 50.0, 0.5),
+            step(Mode::Batch, 100.0, 0.25),
+        ];
+        let built = curves(&steps, &saturation);
+        assert_eq!(built.modes.len(), 1);
+        assert_eq!(built.modes[0].mode, Mode::Batch);
+        assert_eq!(built.modes[0].steps.len(), 1);
+        assert_eq!(built.modes[0].steps[0].fraction_of_saturation, 0.25);
     }
 }

@@ -177,6 +177,9 @@ pub struct Report {
     pub rows: Vec<Summary>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub latency_steps: Vec<openloop::Step>,
+    /// `latency`: each mode's saturation and its steps as fractions of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<latency::Curves>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub soak_samples: Vec<soak::Sample>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -202,8 +205,16 @@ pub async fn run(
             }
         }
         "latency" => {
-            let steps = latency::run(config, options).await?;
-            report.latency_steps = steps;
+            let measured = latency::run(config, options).await?;
+            report.rows = summarize(
+                measured
+                    .saturation_rows
+                    .into_iter()
+                    .map(|row| (row.scenario.clone(), vec![row]))
+                    .collect(),
+            );
+            report.latency_steps = measured.steps;
+            report.latency = Some(measured.curves);
         }
         "growth" => {
             let (rows, steps) = growth::run(config, options).await?;

@@ -34,7 +34,7 @@ pub mod severity;
 pub mod side;
 pub mod transfer;
 
-pub use account::{AccountId, AccountKey, AccountStatus};
+pub use account::{AccountId, AccountKey, AccountStatus, MetadataMatch, MetadataMatchError};
 pub use anomaly::{AnomalySeverity, Rule, RuleAction};
 pub use api_key::{ApiKeyName, KeyLifetime, Scope, Scopes};
 pub use event::EventType;

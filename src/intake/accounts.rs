@@ -1,4 +1,4 @@
-//! `/v1/accounts`: create accounts, read balances and entries.
+//! `/v1/accounts`: create and list accounts, read balances and entries.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -7,14 +7,17 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::auth::Caller;
+use super::auth::requested_ledger;
 use super::error::{ApiError, Problem};
 use super::json::{JsonBody, reject_nul};
 use super::paging::{next_cursor, page_len};
 use super::query::QueryParams;
-use crate::domain::{AccountId, AccountKey, Currency, LedgerName, Scope};
+use crate::domain::{
+    AccountId, AccountKey, AccountStatus, Currency, LedgerName, MetadataMatch, Scope,
+};
 use crate::store::accounts::{
-    self, AccountView, BalanceView, CreateAccountError, EntryView, NewAccount, StatusChange,
-    StatusChangeError,
+    self, AccountFilter, AccountView, BalanceView, CreateAccountError, EntryView, NewAccount,
+    StatusChange, StatusChangeError,
 };
 use crate::store::api_keys::ApiKeyIdentity;
 
@@ -22,6 +25,12 @@ use crate::store::api_keys::ApiKeyIdentity;
 pub const ENTRIES_PAGE_LEN_DEFAULT: i64 = 50;
 /// Most entries per page.
 pub const ENTRIES_PAGE_LEN_MAX: i64 = 500;
+/// Accounts per page of `GET /v1/accounts` when the client does not say.
+pub const ACCOUNTS_PAGE_LEN_DEFAULT: i64 = 100;
+/// Most accounts per page.
+pub const ACCOUNTS_PAGE_LEN_MAX: i64 = 1000;
+/// The prefix of a metadata condition's query parameter: `metadata.KEY=VALUE`.
+const METADATA_PARAM_PREFIX: &str = "metadata.";
 
 /// The body of `POST /v1/accounts`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -155,6 +164,176 @@ pub async fn create(
         })
         .await?;
     Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `GET /v1/accounts`'s query, parsed: the filter and the page length.
+#[derive(Debug)]
+struct ListQuery {
+    ledger: Option<String>,
+    status: Option<AccountStatus>,
+    currency: Option<Currency>,
+    metadata: MetadataMatch,
+    created_after: Option<chrono::DateTime<chrono::Utc>>,
+    after: Option<AccountId>,
+    limit: Option<i64>,
+}
+
+impl ListQuery {
+    /// Parses the query's pairs. A struct with `deny_unknown_fields` cannot take the open set
+    /// of `metadata.KEY` names, so the pairs are read here, with the same rules: an unknown
+    /// or repeated parameter is `invalid_body`.
+    fn parse(pairs: Vec<(String, String)>) -> Result<Self, ApiError> {
+        let mut query = Self {
+            ledger: None,
+            status: None,
+            currency: None,
+            metadata: MetadataMatch::default(),
+            created_after: None,
+            after: None,
+            limit: None,
+        };
+        let mut seen = std::collections::HashSet::new();
+        for (name, value) in pairs {
+            if let Some(key) = name.strip_prefix(METADATA_PARAM_PREFIX) {
+                query
+                    .metadata
+                    .require(key, &value)
+                    .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+                continue;
+            }
+            if !seen.insert(name.clone()) {
+                return Err(ApiError::InvalidBody(format!("{name} is given twice")));
+            }
+            query.set(&name, value)?;
+        }
+        Ok(query)
+    }
+
+    /// Sets the one parameter `name` (not a metadata condition).
+    fn set(&mut self, name: &str, value: String) -> Result<(), ApiError> {
+        match name {
+            "ledger" => self.ledger = Some(value),
+            "status" => {
+                let status = AccountStatus::parse_known(&value).map_err(|_| {
+                    ApiError::InvalidBody(format!(
+                        "status must be active, frozen or closed, not {value:?}"
+                    ))
+                })?;
+                self.status = Some(status);
+            }
+            "currency" => {
+                let currency = Currency::parse(&value)
+                    .map_err(|e| ApiError::InvalidCurrency(e.to_string()))?;
+                self.currency = Some(currency);
+            }
+            "created_after" => {
+                let at = chrono::DateTime::parse_from_rfc3339(&value).map_err(|e| {
+                    ApiError::InvalidBody(format!(
+                        "created_after must be an RFC 3339 instant ({e}): {value:?}"
+                    ))
+                })?;
+                self.created_after = Some(at.with_timezone(&chrono::Utc));
+            }
+            "after" => {
+                let after = AccountId::parse(&value).map_err(|_| {
+                    ApiError::InvalidBody("after must be an account id this API returned".into())
+                })?;
+                self.after = Some(after);
+            }
+            "limit" => {
+                let limit = value.parse().map_err(|_| {
+                    ApiError::InvalidBody(format!("limit must be a whole number, not {value:?}"))
+                })?;
+                self.limit = Some(limit);
+            }
+            other => {
+                return Err(ApiError::InvalidBody(format!(
+                    "unknown query parameter {other:?} (metadata conditions are \
+                     metadata.KEY=VALUE)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A page of accounts, by id.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AccountsPage {
+    accounts: Vec<AccountView>,
+    /// Pass as `after` for the next page; absent when this page is the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_after: Option<String>,
+}
+
+/// Lists a ledger's accounts by id, optionally narrowed by status, currency, metadata and
+/// creation time.
+#[utoipa::path(
+    get,
+    path = "/accounts",
+    tag = "accounts",
+    operation_id = "listAccounts",
+    description = "Scope: `accounts:read` (or `admin`). The caller's ledger's accounts (an \
+        `admin` key names one with `ledger`, default `default`), ordered by `id`, paged with \
+        `after` = `next_after`. Conditions combine with AND. Metadata conditions are query \
+        parameters `metadata.KEY=VALUE` (up to 10, each key once): the account's metadata has \
+        the top-level key `KEY` holding the string `VALUE` (a number or boolean does not \
+        match its text).",
+    params(
+        ("ledger" = Option<String>, Query, pattern = "^[a-z0-9_-]{1,64}$",
+            description = "For `admin` keys: the ledger to list; a ledger-bound key may name \
+                only its own."),
+        ("status" = Option<String>, Query, pattern = "^(active|frozen|closed)$",
+            description = "Only accounts with this status."),
+        ("currency" = Option<String>, Query, pattern = "^[A-Z]{3}$",
+            description = "Only accounts in this currency."),
+        ("created_after" = Option<String>, Query, format = DateTime,
+            description = "Only accounts created after this RFC 3339 instant."),
+        ("after" = Option<String>, Query, pattern = "^[A-Za-z0-9_.:-]{1,64}$",
+            description = "Only accounts whose id sorts after this one: `next_after` of the \
+                previous page."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000,
+            description = "Accounts per page; default 100."),
+    ),
+    responses(
+        (status = 200, description = "A page of accounts.", body = AccountsPage),
+        (status = 400, description = "`invalid_body`: a bad `status`, `created_after`, \
+            `after`, `limit` or metadata condition, an unknown parameter; \
+            `invalid_currency`, `invalid_ledger`: a malformed `currency` or `ledger`.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`ledger_forbidden`: a ledger-bound key named another \
+            ledger.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = ["accounts:read"])),
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(pairs): QueryParams<Vec<(String, String)>>,
+) -> Result<Json<AccountsPage>, ApiError> {
+    let caller = caller.require(Scope::AccountsRead)?;
+    let query = ListQuery::parse(pairs)?;
+    let limit = page_len(
+        query.limit,
+        ACCOUNTS_PAGE_LEN_DEFAULT,
+        ACCOUNTS_PAGE_LEN_MAX,
+    )?;
+    let filter = AccountFilter {
+        ledger: requested_ledger(caller, query.ledger.as_deref())?,
+        status: query.status,
+        currency: query.currency,
+        metadata: query.metadata,
+        created_after: query.created_after,
+        after: query.after,
+    };
+    let accounts = state
+        .db(accounts::list(&state.pool, &filter, limit))
+        .await?;
+    let next_after = next_cursor(&accounts, limit, |a| a.id.clone());
+    Ok(Json(AccountsPage {
+        accounts,
+        next_after,
+    }))
 }
 
 /// Reads an account and its balance.

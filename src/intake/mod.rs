@@ -121,7 +121,7 @@ impl AppState {
 /// (`openapi.rs`). Add routes here, never on the plain `Router` below.
 pub(crate) fn api() -> OpenApiRouter<AppState> {
     let v1 = OpenApiRouter::new()
-        .routes(routes!(accounts::create))
+        .routes(routes!(accounts::create, accounts::list))
         .routes(routes!(accounts::get))
         .routes(routes!(accounts::entries))
         .routes(routes!(accounts::balance))

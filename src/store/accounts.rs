@@ -7,7 +7,9 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::audit::{self, Actor, AuditAction};
-use crate::domain::{AccountKey, AccountStatus, Currency, EventType, Side};
+use crate::domain::{
+    AccountId, AccountKey, AccountStatus, Currency, EventType, LedgerName, MetadataMatch, Side,
+};
 use crate::events::NewEvent;
 
 /// A new account as accepted by the API.
@@ -344,6 +346,67 @@ pub async fn change_status(
         account,
         changed: true,
     })
+}
+
+/// Which of a ledger's accounts [`list`] returns (README, "HTTP API": `GET /v1/accounts`).
+#[derive(Debug, Clone)]
+pub struct AccountFilter {
+    pub ledger: LedgerName,
+    pub status: Option<AccountStatus>,
+    pub currency: Option<Currency>,
+    /// Every condition must hold; empty: any metadata.
+    pub metadata: MetadataMatch,
+    /// Only accounts created strictly after this instant.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only accounts whose id sorts after this one: the last id of the previous page.
+    pub after: Option<AccountId>,
+}
+
+/// One page of a ledger's accounts matching `filter`, by id.
+///
+/// The statement names only the conditions asked for, rather than `$n IS NULL OR …` for each:
+/// with those, a generic plan cannot use `id > $after` as an index bound, and every later page
+/// would read the ledger from its first account again. Each condition has an index
+/// (`accounts_pkey`, and the migration `accounts_listing`); the planner picks the most
+/// selective one.
+pub async fn list(
+    pool: &PgPool,
+    filter: &AccountFilter,
+    limit: i64,
+) -> Result<Vec<AccountView>, sqlx::Error> {
+    let mut query = sqlx::QueryBuilder::<sqlx::Postgres>::new(format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE ledger = "
+    ));
+    query.push_bind(filter.ledger.as_str());
+    if let Some(after) = &filter.after {
+        query.push(" AND id > ").push_bind(after.as_str());
+    }
+    if let Some(status) = filter.status {
+        query.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(currency) = filter.currency {
+        // `currency` is char(3): compare as that type, not as text.
+        query
+            .push(" AND currency = ")
+            .push_bind(currency.code())
+            .push("::char(3)");
+    }
+    if !filter.metadata.is_empty() {
+        let wanted: serde_json::Map<String, serde_json::Value> = filter
+            .metadata
+            .pairs()
+            .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v.to_owned())))
+            .collect();
+        query
+            .push(" AND metadata @> ")
+            .push_bind(serde_json::Value::Object(wanted));
+    }
+    if let Some(at) = filter.created_after {
+        query.push(" AND created_at > ").push_bind(at);
+    }
+    query.push(" ORDER BY id LIMIT ").push_bind(limit);
+    let rows = query.build_query_as::<AccountRow>().fetch_all(pool).await?;
+    Ok(rows.into_iter().map(AccountView::from).collect())
 }
 
 /// One page of an account's entries, newest first, starting below `before_entry_id`.

@@ -266,6 +266,44 @@ async fn the_latency_scenario_steps_up_to_saturation_and_draws_the_plot() {
         table.contains("single requests at 50% of saturation"),
         "{table}"
     );
+    // Issue 27: the JSON says what the plot draws — each mode's saturation, and each step as
+    // a fraction of it — and the saturation runs are its rows.
+    let saturation_rows: Vec<&str> = rows(&report).iter().map(scenario).collect();
+    assert_eq!(saturation_rows, ["saturation-single", "saturation-batch"]);
+    let latency = &report["latency"];
+    assert_eq!(latency["target_fraction"], 0.5, "{latency}");
+    let modes = latency["modes"].as_array().expect("latency.modes");
+    assert_eq!(modes.len(), 2, "{latency}");
+    for ((curve, mode), (row, of_mode)) in modes
+        .iter()
+        .zip(["single", "batch"])
+        .zip(rows(&report).iter().zip(steps.chunks(8)))
+    {
+        assert_eq!(curve["mode"], mode, "{curve}");
+        let saturation = number(curve, "saturation_per_sec");
+        assert_eq!(saturation, number(row, "transfers_per_sec"), "{curve}");
+        let curve_steps = curve["steps"].as_array().expect("steps");
+        let fractions: Vec<f64> = curve_steps
+            .iter()
+            .map(|s| number(s, "fraction_of_saturation"))
+            .collect();
+        assert_eq!(
+            fractions,
+            [0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25],
+            "{curve}"
+        );
+        for (step, measured) in curve_steps.iter().zip(of_mode) {
+            assert_eq!(
+                step["offered_per_sec"], measured["offered_per_sec"],
+                "{step}"
+            );
+            assert_eq!(
+                step["achieved_per_sec"], measured["achieved_per_sec"],
+                "{step}"
+            );
+            assert_eq!(step["to_posted"], measured["to_posted"], "{step}");
+        }
+    }
     let svg = std::fs::read_to_string(&plot).expect("plot written");
     let _ = std::fs::remove_file(&plot);
     assert!(svg.contains("<svg"), "not an SVG");

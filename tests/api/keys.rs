@@ -791,3 +791,53 @@ async fn key_secrets_never_reach_the_logs() {
         assert!(!logs.contains(random) && !cli_logs.contains(random));
     }
 }
+
+/// Issue 27: `ferry api-key create` printed sqlx's `INFO … already exists, skipping` lines
+/// (PostgreSQL's notices from the migrations' `IF NOT EXISTS`) before the key. A one-shot
+/// command logs warnings and errors only unless `RUST_LOG` says otherwise; `serve` keeps INFO.
+#[tokio::test]
+async fn api_key_create_prints_its_key_and_no_info_logs() {
+    let database = crate::helpers::test_database().await;
+    let create = |name: &'static str| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+        for (var, _) in std::env::vars_os() {
+            let var_text = var.to_string_lossy();
+            if var_text.starts_with("FERRY_") || var_text == "RUST_LOG" {
+                command.env_remove(var);
+            }
+        }
+        command
+            .args([
+                "api-key",
+                "create",
+                "--name",
+                name,
+                "--scopes",
+                "accounts:read",
+            ])
+            .env("DATABASE_URL", database.url())
+            .kill_on_drop(true);
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), command.output())
+                .await
+                .expect("ferry finishes")
+                .expect("ferry runs")
+        }
+    };
+    // The first run migrates the fresh database; the second finds it migrated, which is when
+    // every `IF NOT EXISTS` notices something.
+    for name in ["first", "second"] {
+        let output = create(name).await;
+        let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+        assert!(output.status.success(), "{stderr}");
+        for line in stdout.lines().chain(stderr.lines()) {
+            assert!(!line.contains("INFO"), "{name}: an INFO line: {line}");
+        }
+        let key = stdout.lines().last().unwrap_or_default();
+        assert!(
+            key.starts_with("ferry_") && key.len() == 70,
+            "{name}: {stdout}"
+        );
+        assert_eq!(stdout.lines().count(), 3, "{name}: {stdout}");
+    }
+}

@@ -24,6 +24,7 @@ const ROUTES: &[&str] = &[
     "GET /metrics",
     "GET /openapi.json",
     "GET /readyz",
+    "GET /v1/accounts",
     "GET /v1/accounts/{id}",
     "GET /v1/accounts/{id}/balance",
     "GET /v1/accounts/{id}/entries",
