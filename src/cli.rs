@@ -149,7 +149,8 @@ pub struct BenchArgs {
     /// Throughput scenarios (repeated, each with what it is compared with): baseline-uniform,
     /// uniform, hold-capture, hold-capture-single, uniform-anomaly-off, uniform-review,
     /// uniform-webhook, baseline-hot, hot, intake, intake-while-posting,
-    /// intake-while-posting-anomaly-off. Measured once: balance-at, webhook-lag, reconcile.
+    /// intake-while-posting-anomaly-off — one, or several separated by commas, run
+    /// interleaved (`uniform,hot`). Measured once: balance-at, webhook-lag, reconcile.
     /// `all` runs those. By name only: latency, growth, scale-out, soak.
     #[arg(long, default_value = "all")]
     pub scenario: String,

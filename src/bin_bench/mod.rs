@@ -228,13 +228,21 @@ pub async fn run(
         "soak" => report.soak_samples = soak::run(config, options).await?,
         "console" => report.console_timings = console::run(config, options).await?,
         one if ONCE.contains(&one) => report.rows = run_once(config, one, options).await?,
-        one if THROUGHPUT.contains(&one) => {
-            // The scenario with what it is compared with, transitively, baselines first.
-            let mut names = vec![one];
-            while let Some(other) = names.last().and_then(|n| compared_with(n)) {
-                names.push(other);
+        list if list.split(',').all(|name| THROUGHPUT.contains(&name)) => {
+            // The scenarios named (`uniform,hot`: one run, interleaved, so their figures can
+            // be compared) with what each is compared with, transitively, baselines first.
+            let mut names: Vec<&str> = Vec::new();
+            for one in list.split(',') {
+                let mut chain = vec![one];
+                while let Some(other) = chain.last().and_then(|n| compared_with(n)) {
+                    chain.push(other);
+                }
+                for name in chain.into_iter().rev() {
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
             }
-            names.reverse();
             report.rows = summarize(throughput::repeated(config, &names, options).await?);
         }
         other => anyhow::bail!(
