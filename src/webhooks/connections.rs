@@ -19,7 +19,7 @@ use uuid::Uuid;
 /// Attempts in flight at once, per process, to an endpoint whose receiver closes connections
 /// (or has not answered yet): below Python's listen backlog of 5, the smallest in common use,
 /// so their handshakes always fit in its accept queue. 4 attempts of about 2 ms each are
-/// still about 1,500 deliveries/s on loopback (BENCHMARKS.md).
+/// still about 1,400 deliveries/s on loopback (BENCHMARKS.md).
 pub const OPENING_MAX: usize = 4;
 
 /// Endpoints remembered; past this the memory is forgotten and each endpoint learns again
