@@ -150,12 +150,13 @@ pub struct BenchArgs {
     /// uniform, hold-capture, hold-capture-single, uniform-anomaly-off, uniform-review,
     /// uniform-webhook, baseline-hot, hot, intake, intake-while-posting,
     /// intake-while-posting-anomaly-off — one, or several separated by commas, run
-    /// interleaved (`uniform,hot`). Measured once: balance-at, webhook-lag, reconcile.
+    /// interleaved (`uniform,hot`). Measured once: balance-at, webhook-lag,
+    /// webhook-lag-close (its receiver closes each connection), reconcile.
     /// `all` runs those. By name only: latency, growth, scale-out, soak.
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// The least transfers a measured run moves (for reconcile: the ledger size; for
-    /// webhook-lag: how many it sends).
+    /// webhook-lag(-close): how many it sends).
     #[arg(long, default_value_t = 20_000)]
     pub transfers: u64,
     /// Runs of each throughput scenario, interleaved with the others'.

@@ -1,7 +1,10 @@
 //! The one harness `ferry bench` and the integration tests share (ARCHITECTURE.md,
 //! `src/harness.rs`): a uniquely named database on a PostgreSQL server, dropped when it goes out
-//! of scope, and ferry running inside the calling process on a database of one's choosing.
+//! of scope, ferry running inside the calling process on a database of one's choosing, and a
+//! webhook receiver that closes every connection.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -144,4 +147,92 @@ pub async fn spawn_in_process(config: Config) -> anyhow::Result<RunningFerry> {
         pool,
         stop: Some(stop),
     })
+}
+
+/// Python's `socketserver.TCPServer.request_queue_size`: the listen backlog of
+/// `http.server`, the smallest in common use.
+pub const PYTHON_LISTEN_BACKLOG: u32 = 5;
+
+/// Bytes of a request's head a [`ClosingReceiver`] reads at most; webhooks' are far smaller.
+const REQUEST_HEAD_BYTES_MAX: usize = 64 * 1024;
+
+/// A webhook receiver that closes the connection after each answer, as Python's `http.server`
+/// with HTTP/1.0 does (README, "Events and webhooks": receivers that close connections): it
+/// listens on loopback with Python's backlog of 5, reads one request, waits `answer_after`,
+/// answers `HTTP/1.0 204`, closes, and then calls `answered(webhook_id, body)`.
+pub struct ClosingReceiver {
+    pub addr: SocketAddr,
+}
+
+impl ClosingReceiver {
+    pub fn start<F>(answer_after: Duration, answered: F) -> std::io::Result<Self>
+    where
+        F: Fn(&str, &[u8]) + Send + Sync + 'static,
+    {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let listener = socket.listen(PYTHON_LISTEN_BACKLOG)?;
+        let addr = listener.local_addr()?;
+        let answered = Arc::new(answered);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let answered = answered.clone();
+                tokio::spawn(async move {
+                    if let Some((id, body)) = answer_once(stream, answer_after).await {
+                        answered(&id, &body);
+                    }
+                });
+            }
+        });
+        Ok(Self { addr })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+}
+
+/// Reads one request, answers `HTTP/1.0 204` after `answer_after` and closes; the request's
+/// `webhook-id` and body, if it was answered.
+async fn answer_once(
+    mut stream: tokio::net::TcpStream,
+    answer_after: Duration,
+) -> Option<(String, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = Vec::new();
+    let mut buffer = [0_u8; 4_096];
+    let head_len = loop {
+        if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if request.len() > REQUEST_HEAD_BYTES_MAX {
+            return None;
+        }
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => request.extend_from_slice(&buffer[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&request[..head_len]).to_ascii_lowercase();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
+    };
+    let body_len: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let id = header("webhook-id").unwrap_or_default();
+    while request.len() < head_len + body_len {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => request.extend_from_slice(&buffer[..n]),
+        }
+    }
+    tokio::time::sleep(answer_after).await;
+    let answer = b"HTTP/1.0 204 No Content\r\nServer: closing\r\n\r\n";
+    stream.write_all(answer).await.ok()?;
+    stream.shutdown().await.ok()?;
+    let body = request.split_off(head_len);
+    Some((id, body))
 }

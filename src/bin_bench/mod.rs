@@ -145,7 +145,12 @@ pub const THROUGHPUT: [&str; 12] = [
     "intake-while-posting-anomaly-off",
 ];
 /// Scenarios measured once per `all` (latencies of reads and of deliveries, run times).
-pub const ONCE: [&str; 3] = ["balance-at", "webhook-lag", "reconcile"];
+pub const ONCE: [&str; 4] = [
+    "balance-at",
+    "webhook-lag",
+    "webhook-lag-close",
+    "reconcile",
+];
 /// Scenarios run only by name: each takes minutes.
 pub const BY_NAME: [&str; 5] = ["latency", "growth", "scale-out", "soak", "console"];
 
@@ -266,7 +271,9 @@ async fn run_once(
         "reconcile" => {
             reconcile::run(&config.database.url, options.transfers, &config.reconcile).await?
         }
-        "balance-at" | "webhook-lag" => vec![read_or_deliver(config, name, options).await?],
+        "balance-at" | "webhook-lag" | "webhook-lag-close" => {
+            vec![read_or_deliver(config, name, options).await?]
+        }
         other => anyhow::bail!("{other} is not measured once"),
     };
     Ok(summarize(
@@ -276,7 +283,7 @@ async fn run_once(
     ))
 }
 
-/// `balance-at` or `webhook-lag` on a scratch database of their own.
+/// `balance-at` or `webhook-lag(-close)` on a scratch database of their own.
 async fn read_or_deliver(
     config: &ferry::config::Config,
     name: &str,
@@ -284,7 +291,7 @@ async fn read_or_deliver(
 ) -> anyhow::Result<Row> {
     use processes::{BenchedFerry, ChildSettings, Layout};
     let mut settings = ChildSettings::default();
-    if name == "webhook-lag" {
+    if name.starts_with("webhook-lag") {
         // The receiver is on loopback, in this process.
         settings = settings.with_env("FERRY_WEBHOOKS_ALLOW_INSECURE", "true");
     }
@@ -297,7 +304,12 @@ async fn read_or_deliver(
         } else {
             let plan = workload::Planner::new(workload::Shape::Uniform, options.accounts, 1)
                 .take(options.transfers);
-            webhooks::lag(name, &ferry, &plan).await
+            let connections = if name == "webhook-lag-close" {
+                webhooks::Connections::Closed
+            } else {
+                webhooks::Connections::KeptAlive
+            };
+            webhooks::lag(name, &ferry, &plan, connections).await
         };
         ferry.stop().await;
         row

@@ -1,7 +1,9 @@
 //! The cost of producer webhooks (README, "Events and webhooks"): `uniform-webhook` is
 //! `uniform` with one endpoint subscribed to every transfer event, delivering to a receiver in
 //! this process; `webhook-lag` sends at a fixed 1,000 transfers/s and measures each event's lag
-//! from its commit (its `created_at`) to its arrival at the receiver.
+//! from its commit (its `created_at`) to its arrival at the receiver; `webhook-lag-close` is
+//! `webhook-lag` with a receiver that closes each connection (HTTP/1.0, Python's listen backlog
+//! of 5: `ferry::harness::ClosingReceiver`), answering after 1 ms.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
+use ferry::harness::ClosingReceiver;
 use serde_json::json;
 
 use super::Row;
@@ -22,6 +25,17 @@ pub const LAG_RATE_PER_SEC: u64 = 1_000;
 const LAG_BATCH_LEN: usize = 10;
 /// Longest wait for the last deliveries.
 const DELIVERY_TIMEOUT_SECS: u64 = 300;
+/// How long the closing receiver of `webhook-lag-close` takes to answer (the issue's 1 ms).
+const CLOSING_ANSWER_MS: u64 = 1;
+
+/// How the receiver treats connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connections {
+    /// HTTP/1.1, kept alive (axum).
+    KeptAlive,
+    /// HTTP/1.0, closed after each answer, backlog 5.
+    Closed,
+}
 
 /// A receiver on loopback that answers 204 and notes, per event, when it arrived and how long
 /// after its commit.
@@ -34,10 +48,24 @@ struct Receiver {
 impl Receiver {
     /// A receiver, started, with one endpoint of `ferry` subscribed to every transfer event;
     /// the endpoint's id.
-    async fn subscribed(ferry: &BenchedFerry) -> anyhow::Result<(Self, String)> {
+    async fn subscribed(
+        ferry: &BenchedFerry,
+        connections: Connections,
+    ) -> anyhow::Result<(Self, String)> {
         let receiver = Self::default();
-        let endpoint = subscribe(ferry, &receiver.start().await?).await?;
+        let url = match connections {
+            Connections::KeptAlive => receiver.start().await?,
+            Connections::Closed => receiver.start_closing()?,
+        };
+        let endpoint = subscribe(ferry, &url).await?;
         Ok((receiver, endpoint))
+    }
+
+    fn start_closing(&self) -> anyhow::Result<String> {
+        let state = self.clone();
+        let answer_after = Duration::from_millis(CLOSING_ANSWER_MS);
+        let closing = ClosingReceiver::start(answer_after, move |id, body| state.note(id, body))?;
+        Ok(closing.url())
     }
 
     async fn start(&self) -> anyhow::Result<String> {
@@ -47,7 +75,11 @@ impl Receiver {
         let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
             let state = state.clone();
             async move {
-                state.note(&headers, &body);
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                state.note(id, &body);
                 axum::http::StatusCode::NO_CONTENT
             }
         });
@@ -55,13 +87,12 @@ impl Receiver {
         Ok(format!("http://{addr}/hook"))
     }
 
-    fn note(&self, headers: &HeaderMap, body: &[u8]) {
-        let id = headers
-            .get("webhook-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let first = self.seen.lock().map(|mut s| s.insert(id)).unwrap_or(false);
+    fn note(&self, id: &str, body: &[u8]) {
+        let first = self
+            .seen
+            .lock()
+            .map(|mut s| s.insert(id.to_owned()))
+            .unwrap_or(false);
         if !first {
             return;
         }
@@ -145,7 +176,7 @@ pub async fn uniform(
     ferry: &BenchedFerry,
     transfers: &[PlannedTransfer],
 ) -> anyhow::Result<Row> {
-    let (receiver, endpoint) = Receiver::subscribed(ferry).await?;
+    let (receiver, endpoint) = Receiver::subscribed(ferry, Connections::KeptAlive).await?;
     let started = Instant::now();
     let mut row = batched(scenario, ferry, transfers).await?;
     let delivered_when_posted = receiver.delivered();
@@ -164,14 +195,16 @@ pub async fn uniform(
     Ok(row)
 }
 
-/// `webhook-lag`: 1,000 transfers/s offered open-loop (a batch of 10 every 10 ms, whether or
-/// not earlier ones were answered) with one endpoint subscribed; p50/p99 = event lag.
+/// `webhook-lag` (and `-close`): 1,000 transfers/s offered open-loop (a batch of 10 every
+/// 10 ms, whether or not earlier ones were answered) with one endpoint subscribed; p50/p99 =
+/// event lag; deliveries/s from the first transfer sent to the last event delivered.
 pub async fn lag(
     scenario: &str,
     ferry: &BenchedFerry,
     transfers: &[PlannedTransfer],
+    connections: Connections,
 ) -> anyhow::Result<Row> {
-    let (receiver, _endpoint) = Receiver::subscribed(ferry).await?;
+    let (receiver, _endpoint) = Receiver::subscribed(ferry, connections).await?;
     let url = format!("{}/v1/transfers/batch", ferry.base_url);
     let client = reqwest::Client::new();
     let interval = Duration::from_secs(1) * LAG_BATCH_LEN as u32 / LAG_RATE_PER_SEC as u32;
@@ -207,7 +240,13 @@ pub async fn lag(
         failed_contention: 0,
         note: format!(
             "{LAG_RATE_PER_SEC} transfers/s offered open-loop (batches of {LAG_BATCH_LEN}), one \
-             endpoint subscribed; p50/p99 = event lag (commit → receiver), max {:.0} ms",
+             endpoint subscribed, its receiver {}; {:.0} deliveries/s (first sent → last \
+             delivered); p50/p99 = event lag (commit → receiver), max {:.0} ms",
+            match connections {
+                Connections::KeptAlive => "keeping connections alive",
+                Connections::Closed => "closing each connection (HTTP/1.0, backlog 5)",
+            },
+            transfers.len() as f64 / seconds.max(f64::EPSILON),
             lags.last().copied().unwrap_or(0.0)
         ),
     })

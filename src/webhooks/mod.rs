@@ -5,12 +5,14 @@
 //! - `fanout.rs`: events → one delivery row per subscribed endpoint (a cursor per endpoint);
 //! - `deliveries.rs`: delivery rows as a queue (claim with a lease, settle), endpoint health;
 //! - `send.rs`: one HTTP attempt and its classification;
+//! - `connections.rs`: how many attempts at once each endpoint's receiver is sent;
 //! - `breaker.rs`: the per-endpoint circuit (Redis, with a per-process fallback);
 //! - `ssrf.rs`: which URLs and addresses ferry may send to.
 //!
 //! [`Dispatcher::run`] drives it all in the worker role.
 
 pub mod breaker;
+pub mod connections;
 pub mod deliveries;
 pub mod fanout;
 pub mod send;
@@ -32,8 +34,9 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use self::breaker::{Breakers, Permit, Transition};
+use self::connections::Connections;
 use self::deliveries::{Attempt, Claimed, DeliveryStatus, Settled};
-use self::send::{Message, Outcome};
+use self::send::{Message, Outcome, Sent};
 use self::ssrf::UrlPolicy;
 use crate::alerts::config::{AlertConfig, decode_webhook_secret};
 use crate::alerts::payload::Action;
@@ -141,6 +144,8 @@ pub struct Dispatcher {
     policy: Arc<UrlPolicy>,
     client: reqwest::Client,
     breakers: Breakers,
+    /// Paces endpoints whose receivers close connections (`connections.rs`).
+    connections: Connections,
     alerts: Arc<AlertConfig>,
     in_flight: Arc<Semaphore>,
     /// Batches writing their results at once: however many endpoints are being delivered to,
@@ -165,6 +170,7 @@ impl Dispatcher {
         let client = send::client(policy.clone(), settings.timeout);
         Arc::new(Self {
             breakers: Breakers::new(settings.breaker, redis, namespace),
+            connections: Connections::default(),
             in_flight: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             writing: Semaphore::new(WRITERS_MAX),
             pool,
@@ -265,9 +271,11 @@ impl Dispatcher {
         batch.sort_by_key(|d| std::cmp::Reverse(d.seq));
         let mut settled = Vec::with_capacity(batch.len());
         let mut wait = Duration::ZERO;
-        let started = std::time::Instant::now();
-        // Chunks run one after another; a slow endpoint must not outlive the claim's lease.
-        while !batch.is_empty() && started.elapsed() < self.settings.lease() / 2 {
+        // Attempts start no later than this (each then ends within the timeout): a slow
+        // endpoint must not outlive the claim's lease, chunks and paced attempts
+        // (`connections.rs`) included.
+        let start_by = tokio::time::Instant::now() + self.settings.lease() / 2;
+        while !batch.is_empty() && tokio::time::Instant::now() < start_by {
             let permit = self.breakers.permit(endpoint_id, now_ms()).await;
             let chunk_len = match permit {
                 Permit::Allowed { budget } => budget,
@@ -278,24 +286,12 @@ impl Dispatcher {
                 }
             };
             let chunk = batch.split_off(batch.len().saturating_sub(chunk_len));
-            let attempted = self.attempt_all(chunk).await;
+            let attempted = self.attempt_all(chunk, start_by).await;
             self.feed_breaker(endpoint_id, &attempted).await;
             settled.extend(attempted);
         }
         // Deliveries the circuit holds back wait — counted nothing, dropped nothing.
-        for delivery in batch {
-            let jitter = Duration::from_millis(rand::random_range(0..=250));
-            settled.push(Settled {
-                id: delivery.id,
-                lease: delivery.lease,
-                endpoint_id,
-                event_id: delivery.event_id,
-                status: DeliveryStatus::Pending,
-                next_attempt_at: Some(after(wait + jitter)),
-                attempt: None,
-                breaker_outcome: None,
-            });
-        }
+        settled.extend(batch.into_iter().map(|delivery| held_back(&delivery, wait)));
         let Ok(_writer) = self.writing.acquire().await else {
             return;
         };
@@ -305,16 +301,26 @@ impl Dispatcher {
         self.after_attempts(endpoint_id, &settled).await;
     }
 
-    /// Sends each delivery once, a few at a time.
-    async fn attempt_all(&self, batch: Vec<Claimed>) -> Vec<Settled> {
+    /// Sends each delivery once, a few at a time (fewer to a receiver that closes
+    /// connections: `connections.rs`).
+    async fn attempt_all(
+        &self,
+        batch: Vec<Claimed>,
+        start_by: tokio::time::Instant,
+    ) -> Vec<Settled> {
         futures::stream::iter(batch)
-            .map(|delivery| self.attempt(delivery))
+            .map(|delivery| self.attempt(delivery, start_by))
             .buffer_unordered(16)
             .collect()
             .await
     }
 
-    async fn attempt(&self, delivery: Claimed) -> Settled {
+    /// One attempt, if it can start by `start_by`; otherwise the delivery waits, uncounted.
+    async fn attempt(&self, delivery: Claimed, start_by: tokio::time::Instant) -> Settled {
+        let admitting = self.connections.admit(delivery.endpoint_id);
+        let Ok(_admission) = tokio::time::timeout_at(start_by, admitting).await else {
+            return held_back(&delivery, Duration::ZERO);
+        };
         let message_id = delivery.event_id.to_string();
         let signing = decode_webhook_secret(&delivery.secret).and_then(|key| {
             let body = delivery
@@ -322,7 +328,9 @@ impl Dispatcher {
                 .map_err(|e| format!("the event does not serialize: {e}"))?;
             Ok((key, body))
         });
-        let (outcome, duration) = match signing {
+        let Sent {
+            outcome, duration, ..
+        } = match signing {
             Ok((key, body)) => {
                 let message = Message {
                     url: &delivery.url,
@@ -330,17 +338,20 @@ impl Dispatcher {
                     message_id: &message_id,
                     body: &body,
                 };
-                send::send(&self.client, &self.policy, &message).await
+                let sent = send::send(&self.client, &self.policy, &message).await;
+                self.connections.learn(delivery.endpoint_id, sent.reuse);
+                sent
             }
-            Err(e) => (
-                Outcome::Retry {
+            Err(e) => Sent {
+                outcome: Outcome::Retry {
                     status: None,
                     retry_after: None,
                     error: format!("not sent: {e}"),
                     trips_breaker: false,
                 },
-                Duration::ZERO,
-            ),
+                duration: Duration::ZERO,
+                reuse: None,
+            },
         };
         metrics::counter!("ferry_webhook_deliveries_total", "outcome" => outcome.label())
             .increment(1);
@@ -477,6 +488,22 @@ impl Dispatcher {
                 Err(error) => warn!(%error, %endpoint_id, "webhook endpoint could not be disabled"),
             }
         }
+    }
+}
+
+/// A delivery not attempted this time (its circuit is open, or it could not start in time):
+/// due again after `wait` and a little jitter, its attempts not counted.
+fn held_back(delivery: &Claimed, wait: Duration) -> Settled {
+    let jitter = Duration::from_millis(rand::random_range(0..=250));
+    Settled {
+        id: delivery.id,
+        lease: delivery.lease,
+        endpoint_id: delivery.endpoint_id,
+        event_id: delivery.event_id,
+        status: DeliveryStatus::Pending,
+        next_attempt_at: Some(after(wait + jitter)),
+        attempt: None,
+        breaker_outcome: None,
     }
 }
 

@@ -10,6 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use reqwest::Version;
+use reqwest::header::{CONNECTION, HeaderMap};
+
+use super::connections::Reuse;
 use super::ssrf::{GuardedResolver, UrlPolicy, host_ip};
 use crate::alerts::deliver::{retry_after, transport_error};
 use crate::alerts::payload::sign;
@@ -87,12 +91,16 @@ pub struct Message<'a> {
     pub body: &'a [u8],
 }
 
+/// One attempt's result.
+pub struct Sent {
+    pub outcome: Outcome,
+    pub duration: Duration,
+    /// What the answer said about its connection; `None` without an answer.
+    pub reuse: Option<Reuse>,
+}
+
 /// Sends one message; the URL's host (an IP literal skips the resolver) is checked again.
-pub async fn send(
-    client: &reqwest::Client,
-    policy: &UrlPolicy,
-    message: &Message<'_>,
-) -> (Outcome, Duration) {
+pub async fn send(client: &reqwest::Client, policy: &UrlPolicy, message: &Message<'_>) -> Sent {
     let started = Instant::now();
     if let Err(refused) = literal_host_allowed(policy, message.url) {
         let outcome = Outcome::Retry {
@@ -101,7 +109,11 @@ pub async fn send(
             error: refused,
             trips_breaker: true,
         };
-        return (outcome, started.elapsed());
+        return Sent {
+            outcome,
+            duration: started.elapsed(),
+            reuse: None,
+        };
     }
     let timestamp = chrono::Utc::now().timestamp();
     let signature = sign(message.key, message.message_id, timestamp, message.body);
@@ -112,16 +124,52 @@ pub async fn send(
         .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signature)
         .body(message.body.to_vec());
-    let outcome = match request.send().await {
-        Ok(response) => classify(response).await,
-        Err(e) => Outcome::Retry {
-            status: None,
-            retry_after: None,
-            error: transport_error(&e, "<endpoint url>"),
-            trips_breaker: true,
-        },
+    let (outcome, reuse) = match request.send().await {
+        Ok(response) => {
+            let reuse = reuse(response.version(), response.headers());
+            (classify(response).await, Some(reuse))
+        }
+        Err(e) => {
+            let outcome = Outcome::Retry {
+                status: None,
+                retry_after: None,
+                error: transport_error(&e, "<endpoint url>"),
+                trips_breaker: true,
+            };
+            (outcome, None)
+        }
     };
-    (outcome, started.elapsed())
+    Sent {
+        outcome,
+        duration: started.elapsed(),
+        reuse,
+    }
+}
+
+/// Whether the receiver keeps the connection for the next request: HTTP/1.1 (and HTTP/2)
+/// does unless it says `Connection: close`; HTTP/1.0 does only if it says
+/// `Connection: keep-alive` (RFC 9112, section 9.3).
+pub fn reuse(version: Version, headers: &HeaderMap) -> Reuse {
+    let says = |token: &str| {
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let kept = if says("close") {
+        false
+    } else if version <= Version::HTTP_10 {
+        says("keep-alive")
+    } else {
+        true
+    };
+    if kept {
+        Reuse::KeptAlive
+    } else {
+        Reuse::Closed
+    }
 }
 
 fn literal_host_allowed(policy: &UrlPolicy, url: &str) -> Result<(), String> {
@@ -156,5 +204,46 @@ async fn classify(mut response: reqwest::Response) -> Outcome {
         retry_after,
         error: format!("HTTP {status}: {}", text.trim()),
         trips_breaker: matches!(status, 408 | 429 | 500..=599),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(connection: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = connection {
+            headers.insert(CONNECTION, value.parse().expect("header value"));
+        }
+        headers
+    }
+
+    #[test]
+    fn http_1_1_keeps_the_connection_unless_it_says_close() {
+        assert_eq!(reuse(Version::HTTP_11, &headers(None)), Reuse::KeptAlive);
+        assert_eq!(reuse(Version::HTTP_2, &headers(None)), Reuse::KeptAlive);
+        assert_eq!(
+            reuse(Version::HTTP_11, &headers(Some("Close"))),
+            Reuse::Closed
+        );
+        assert_eq!(
+            reuse(Version::HTTP_11, &headers(Some("upgrade, close"))),
+            Reuse::Closed
+        );
+    }
+
+    #[test]
+    fn http_1_0_closes_the_connection_unless_it_says_keep_alive() {
+        assert_eq!(reuse(Version::HTTP_10, &headers(None)), Reuse::Closed);
+        assert_eq!(reuse(Version::HTTP_09, &headers(None)), Reuse::Closed);
+        assert_eq!(
+            reuse(Version::HTTP_10, &headers(Some("Keep-Alive"))),
+            Reuse::KeptAlive
+        );
+        assert_eq!(
+            reuse(Version::HTTP_10, &headers(Some("keep-alive, close"))),
+            Reuse::Closed
+        );
     }
 }

@@ -110,6 +110,7 @@ async fn every_bench_scenario_runs_and_reports_a_row() {
             "intake-while-posting-anomaly-off",
             "balance-at",
             "webhook-lag",
+            "webhook-lag-close",
             "reconcile-full"
         ]
     );
