@@ -176,6 +176,26 @@ pub fn compared_with(scenario: &str) -> Option<&'static str> {
     }
 }
 
+/// The throughput scenarios of `list` (one, or several separated by commas: one run,
+/// interleaved, so their figures compare) with what each is compared with, transitively,
+/// baselines first, each once; `None` if a name is not a throughput scenario.
+pub fn throughput_runs(list: &str) -> Option<Vec<&'static str>> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for one in list.split(',') {
+        let one = THROUGHPUT.iter().find(|name| **name == one)?;
+        let mut chain = vec![*one];
+        while let Some(other) = chain.last().and_then(|n| compared_with(n)) {
+            chain.push(other);
+        }
+        for name in chain.into_iter().rev() {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    Some(names)
+}
+
 /// Every table and series a bench run produced.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -233,21 +253,8 @@ pub async fn run(
         "soak" => report.soak_samples = soak::run(config, options).await?,
         "console" => report.console_timings = console::run(config, options).await?,
         one if ONCE.contains(&one) => report.rows = run_once(config, one, options).await?,
-        list if list.split(',').all(|name| THROUGHPUT.contains(&name)) => {
-            // The scenarios named (`uniform,hot`: one run, interleaved, so their figures can
-            // be compared) with what each is compared with, transitively, baselines first.
-            let mut names: Vec<&str> = Vec::new();
-            for one in list.split(',') {
-                let mut chain = vec![one];
-                while let Some(other) = chain.last().and_then(|n| compared_with(n)) {
-                    chain.push(other);
-                }
-                for name in chain.into_iter().rev() {
-                    if !names.contains(&name) {
-                        names.push(name);
-                    }
-                }
-            }
+        list if throughput_runs(list).is_some() => {
+            let names = throughput_runs(list).unwrap_or_default();
             report.rows = summarize(throughput::repeated(config, &names, options).await?);
         }
         other => anyhow::bail!(
@@ -458,6 +465,21 @@ mod tests {
             run,
             ..Row::measured(scenario, 100, 100.0 / per_sec, &[], String::new())
         }
+    }
+
+    #[test]
+    fn scenarios_named_together_run_with_their_baselines_once() {
+        assert_eq!(
+            throughput_runs("uniform,hot"),
+            Some(vec!["baseline-uniform", "uniform", "baseline-hot", "hot"])
+        );
+        assert_eq!(
+            throughput_runs("uniform-webhook,uniform"),
+            Some(vec!["baseline-uniform", "uniform", "uniform-webhook"])
+        );
+        assert_eq!(throughput_runs("hot"), Some(vec!["baseline-hot", "hot"]));
+        assert_eq!(throughput_runs("uniform,latency"), None);
+        assert_eq!(throughput_runs("uniform,"), None);
     }
 
     #[test]
