@@ -73,48 +73,40 @@ pub async fn store(
         return Ok(Vec::new());
     }
     // The hits of each (ledger, account, rule), in the order given.
-    let mut incidents: Vec<(String, Vec<&Hit>)> = Vec::new();
+    let mut incidents: Vec<Vec<&Hit>> = Vec::new();
     let mut index_of: HashMap<String, usize> = HashMap::new();
     for hit in fresh {
-        let key = incident_key(hit);
-        let index = *index_of.entry(key.clone()).or_insert_with(|| {
-            incidents.push((key, Vec::new()));
+        let index = *index_of.entry(incident_key(hit)).or_insert_with(|| {
+            incidents.push(Vec::new());
             incidents.len() - 1
         });
-        incidents[index].1.push(hit);
+        incidents[index].push(hit);
     }
-    let firsts: Vec<&Hit> = incidents.iter().map(|(_, hits)| hits[0]).collect();
-    let mut open = open_incidents(&mut *tx, &firsts, &window_secs).await?;
-    let opening: Vec<(usize, &Hit, i64)> = incidents
+    let transfers = |hits: &[&Hit]| i64::try_from(hits.len()).unwrap_or(i64::MAX);
+    let firsts: Vec<&Hit> = incidents.iter().map(|hits| hits[0]).collect();
+    let open = open_incidents(&mut *tx, &firsts, &window_secs).await?;
+    let joined: Vec<(i64, i64)> = open
         .iter()
-        .enumerate()
-        .filter(|(n, _)| !open.contains_key(n))
-        .map(|(n, (_, hits))| (n, hits[0], i64::try_from(hits.len()).unwrap_or(i64::MAX)))
-        .collect();
-    let opened = open_new(&mut *tx, &opening).await?;
-    let joined: Vec<(i64, i64)> = incidents
-        .iter()
-        .enumerate()
-        .filter_map(|(n, (_, hits))| {
-            let id = open.get(&n)?;
-            Some((*id, i64::try_from(hits.len()).unwrap_or(i64::MAX)))
-        })
+        .map(|(n, id)| (*id, transfers(&incidents[*n])))
         .collect();
     grow(&mut *tx, &joined).await?;
-    open.extend(opened.iter().map(|(n, id)| (*n, *id)));
-    let opened: HashSet<usize> = opened.iter().map(|(n, _)| *n).collect();
+    let opening: Vec<(usize, &Hit, i64)> = (0..incidents.len())
+        .filter(|n| !open.contains_key(n))
+        .map(|n| (n, incidents[n][0], transfers(&incidents[n])))
+        .collect();
+    let opened: HashMap<usize, i64> = open_new(&mut *tx, &opening).await?.into_iter().collect();
     let mut stored = Vec::new();
-    for (n, (_, hits)) in incidents.iter().enumerate() {
-        let Some(anomaly_id) = open.get(&n) else {
-            continue;
+    for (n, hits) in incidents.iter().enumerate() {
+        let (anomaly_id, opens) = match (open.get(&n), opened.get(&n)) {
+            (Some(id), _) => (*id, false),
+            (None, Some(id)) => (*id, true),
+            (None, None) => continue,
         };
-        for (k, hit) in hits.iter().enumerate() {
-            stored.push(Stored {
-                anomaly_id: *anomaly_id,
-                hit: (*hit).clone(),
-                opens_incident: k == 0 && opened.contains(&n),
-            });
-        }
+        stored.extend(hits.iter().enumerate().map(|(k, hit)| Stored {
+            anomaly_id,
+            hit: (*hit).clone(),
+            opens_incident: opens && k == 0,
+        }));
     }
     insert_hits(&mut *tx, &stored).await?;
     Ok(stored)

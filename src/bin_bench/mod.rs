@@ -221,6 +221,10 @@ pub async fn run(
     // alert client installs the same one (in ferry's processes).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut report = Report::default();
+    if let Some(names) = throughput_runs(scenario) {
+        report.rows = summarize(throughput::repeated(config, &names, options).await?);
+        return Ok(report);
+    }
     match scenario {
         "all" => {
             let runs = throughput::repeated(config, &THROUGHPUT, options).await?;
@@ -253,10 +257,6 @@ pub async fn run(
         "soak" => report.soak_samples = soak::run(config, options).await?,
         "console" => report.console_timings = console::run(config, options).await?,
         one if ONCE.contains(&one) => report.rows = run_once(config, one, options).await?,
-        list if throughput_runs(list).is_some() => {
-            let names = throughput_runs(list).unwrap_or_default();
-            report.rows = summarize(throughput::repeated(config, &names, options).await?);
-        }
         other => anyhow::bail!(
             "unknown scenario {other:?} (scenarios: {}, {}, {}, all)",
             THROUGHPUT.join(", "),

@@ -316,11 +316,7 @@ async fn a_transfer_after_the_window_is_not_counted() {
 
 #[tokio::test]
 async fn a_batch_counted_again_counts_as_it_did_the_first_time() {
-    let client = redis::Client::open("redis://127.0.0.1:6379").expect("url");
-    let mut connection = redis::aio::ConnectionManager::new(client)
-        .await
-        .expect("Redis");
-    let namespace = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let (mut connection, namespace) = windows_of_its_own().await;
     let rules = RuleSettings::default();
     // Three transfers accepted in one commit: one acceptance time, ids in acceptance order.
     let candidates: Vec<Candidate> = (0..3)
@@ -367,14 +363,22 @@ async fn a_batch_counted_again_counts_as_it_did_the_first_time() {
     );
 }
 
+/// A connection to the shared Redis and a key namespace no other test uses.
+async fn windows_of_its_own() -> (redis::aio::ConnectionManager, String) {
+    let client = redis::Client::open("redis://127.0.0.1:6379").expect("url");
+    let connection = redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("Redis");
+    (
+        connection,
+        format!("test_{}", uuid::Uuid::new_v4().simple()),
+    )
+}
+
 /// Counts `(at_secs, amount)` transfers out of one account, one script call each, under a
 /// 10 s velocity window and a 100 s duplicate window; returns (transfers, same amount) each.
 async fn count_one_by_one(transfers: &[(i64, &str)]) -> Vec<(u64, u64)> {
-    let client = redis::Client::open("redis://127.0.0.1:6379").expect("url");
-    let mut connection = redis::aio::ConnectionManager::new(client)
-        .await
-        .expect("Redis");
-    let namespace = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let (mut connection, namespace) = windows_of_its_own().await;
     let window = |window_secs| WindowRule {
         count: 2,
         window_secs,
@@ -674,11 +678,7 @@ async fn tripped_when_judged(
     per_call: usize,
     count: u64,
 ) -> Vec<usize> {
-    let client = redis::Client::open("redis://127.0.0.1:6379").expect("url");
-    let mut connection = redis::aio::ConnectionManager::new(client)
-        .await
-        .expect("Redis");
-    let namespace = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let (mut connection, namespace) = windows_of_its_own().await;
     let rules = RuleSettings {
         velocity: WindowRule {
             count,
