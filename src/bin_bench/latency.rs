@@ -411,6 +411,16 @@ pub fn print_steps(steps: &[Step], saturation: &HashMap<Mode, f64>) {
             super::stages::summary(&s.stages)
         );
     }
+    println!("posting transactions, mean ms per step (`ferry_posting_step_seconds`):");
+    for s in steps {
+        println!(
+            "{:<14} {:<7} {:>9.0}  {}",
+            if s.label.is_empty() { "-" } else { &s.label },
+            s.mode.as_str(),
+            s.offered_per_sec,
+            super::stages::posting_summary(&s.posting_steps)
+        );
+    }
 }
 
 #[cfg(test)]
@@ -438,6 +448,7 @@ mod tests {
             to_posted: ms(fraction * 1000.0),
             quiet_after_secs: 0.5,
             stages: Vec::new(),
+            posting_steps: Vec::new(),
         }
     }
 

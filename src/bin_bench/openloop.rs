@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 
 use super::pipeline::{BATCH_LEN, item, single};
 use super::processes::BenchedFerry;
-use super::stages::{self, StageTiming};
+use super::stages::{self, PostingStepMean, StageTiming};
 use super::workload::{PlannedTransfer, Planner};
 
 /// How long the feed poller waits after an empty page.
@@ -108,6 +108,8 @@ pub struct Step {
     pub quiet_after_secs: f64,
     /// Where the step's transfers spent their time, by ferry's own stage histograms.
     pub stages: Vec<StageTiming>,
+    /// The step's posting transactions: each step's mean (`ferry_posting_step_seconds`).
+    pub posting_steps: Vec<PostingStepMean>,
 }
 
 /// One request's result: when it was due, when answered, and the transfers it got accepted.
@@ -184,9 +186,9 @@ pub async fn step(
     let _ = stop_feed.send(true);
     follower.await??;
     let posted = posted.lock().map(|p| p.clone()).unwrap_or_default();
-    let stages = stages::scrape(&endpoint.client, &endpoint.base_url)
-        .await
-        .since(&stages_before);
+    let stages_after = stages::scrape(&endpoint.client, &endpoint.base_url).await;
+    let posting_steps = stages_after.posting_steps_since(&stages_before);
+    let stages = stages_after.since(&stages_before);
 
     let ms = |later: Instant, earlier: Instant| later.duration_since(earlier).as_secs_f64() * 1e3;
     let intake: Vec<f64> = answers.iter().map(|a| ms(a.answered, a.due)).collect();
@@ -217,6 +219,7 @@ pub async fn step(
         to_posted: Percentiles::of(to_posted).unwrap_or_default(),
         quiet_after_secs: 0.0,
         stages,
+        posting_steps,
     })
 }
 

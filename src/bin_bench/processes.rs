@@ -183,8 +183,12 @@ impl BenchedFerry {
         self.pool.close().await;
     }
 
-    pub async fn pending(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT count(*) FROM transfers WHERE status = 'pending'")
+    /// Whether any transfer is still `pending`. `EXISTS`, not a count: the drain below asks
+    /// every 10 ms while posting works off a backlog of tens of thousands, and counting them
+    /// took 4.5 ms of the database's CPU per question (`pg_stat_statements`, a `uniform` run:
+    /// 2.7 s of the run's ~15 s), time the benched ferry lost and its baseline did not.
+    pub async fn any_pending(&self) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM transfers WHERE status = 'pending')")
             .fetch_one(&self.pool)
             .await
     }
@@ -192,7 +196,7 @@ impl BenchedFerry {
     /// Waits until no transfer is `pending`.
     pub async fn drain(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
-        while self.pending().await? > 0 {
+        while self.any_pending().await? {
             anyhow::ensure!(Instant::now() < deadline, "transfers still pending");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -4,12 +4,27 @@
 
 use std::collections::BTreeMap;
 
+use ferry::ledger::PostingStep;
 use ferry::queue::stages::Stage;
 use serde::Serialize;
 
-/// The metric's bucket counts per stage: stage → (upper bound in seconds, cumulative count).
+/// The metric's bucket counts per stage: stage → (upper bound in seconds, cumulative count);
+/// and, to tell where a posting transaction's time goes, each `ferry_posting_step_seconds`
+/// step's (sum, count).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct StageHistograms(BTreeMap<String, Vec<(f64, f64)>>);
+pub struct StageHistograms {
+    stages: BTreeMap<String, Vec<(f64, f64)>>,
+    posting_steps: BTreeMap<String, (f64, f64)>,
+}
+
+/// One posting step's mean within a bench step (`gate`, `load`, …, `commit`: the laps of a
+/// posting transaction, `ledger::posting`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PostingStepMean {
+    pub step: String,
+    pub transactions: u64,
+    pub mean_ms: f64,
+}
 
 /// One stage's percentiles within a step, in ms from the commit that wrote the job.
 #[derive(Debug, Clone, Serialize)]
@@ -21,24 +36,40 @@ pub struct StageTiming {
 }
 
 const METRIC: &str = "ferry_transfer_stage_seconds_bucket{";
+const POSTING_STEP_SUM: &str = "ferry_posting_step_seconds_sum{";
+const POSTING_STEP_COUNT: &str = "ferry_posting_step_seconds_count{";
 
 impl StageHistograms {
     /// Reads the stage buckets out of a Prometheus text exposition.
     pub fn parse(exposition: &str) -> Self {
         let mut stages: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut posting_steps: BTreeMap<String, (f64, f64)> = BTreeMap::new();
         for line in exposition.lines() {
+            for (prefix, is_sum) in [(POSTING_STEP_SUM, true), (POSTING_STEP_COUNT, false)] {
+                let Some((labels, value)) = line
+                    .strip_prefix(prefix)
+                    .and_then(|rest| rest.split_once("} "))
+                else {
+                    continue;
+                };
+                if let (Some(step), Ok(value)) =
+                    (label(labels, "step"), value.trim().parse::<f64>())
+                {
+                    let entry = posting_steps.entry(step).or_default();
+                    if is_sum {
+                        entry.0 = value;
+                    } else {
+                        entry.1 = value;
+                    }
+                }
+            }
             let Some(rest) = line.strip_prefix(METRIC) else {
                 continue;
             };
             let Some((labels, count)) = rest.split_once("} ") else {
                 continue;
             };
-            let label = |name: &str| {
-                labels.split(',').find_map(|pair| {
-                    let (key, value) = pair.split_once('=')?;
-                    (key.trim() == name).then(|| value.trim_matches('"').to_owned())
-                })
-            };
+            let label = |name: &str| label(labels, name);
             let (Some(stage), Some(le)) = (label("stage"), label("le")) else {
                 continue;
             };
@@ -57,17 +88,41 @@ impl StageHistograms {
         for buckets in stages.values_mut() {
             buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         }
-        Self(stages)
+        Self {
+            stages,
+            posting_steps,
+        }
+    }
+
+    /// Each posting step's mean over the transactions between `earlier` and `self`, in the
+    /// order a transaction runs them.
+    pub fn posting_steps_since(&self, earlier: &Self) -> Vec<PostingStepMean> {
+        let mut means: Vec<PostingStepMean> = self
+            .posting_steps
+            .iter()
+            .filter_map(|(step, &(sum, count))| {
+                let (sum_before, count_before) =
+                    earlier.posting_steps.get(step).copied().unwrap_or_default();
+                let transactions = count - count_before;
+                (transactions > 0.0).then(|| PostingStepMean {
+                    step: step.clone(),
+                    transactions: transactions as u64,
+                    mean_ms: (sum - sum_before) / transactions * 1e3,
+                })
+            })
+            .collect();
+        means.sort_by_key(|m| PostingStep::ALL.iter().position(|s| s.as_str() == m.step));
+        means
     }
 
     /// Percentiles of what was recorded between `earlier` and `self`, stages in the order
     /// they happen.
     pub fn since(&self, earlier: &Self) -> Vec<StageTiming> {
         let mut timings: Vec<StageTiming> = self
-            .0
+            .stages
             .iter()
             .filter_map(|(stage, buckets)| {
-                let before = earlier.0.get(stage);
+                let before = earlier.stages.get(stage);
                 let delta: Vec<(f64, f64)> = buckets
                     .iter()
                     .map(|&(upper, count)| {
@@ -89,6 +144,14 @@ impl StageHistograms {
         timings.sort_by_key(|t| Stage::ALL.iter().position(|s| s.as_str() == t.stage));
         timings
     }
+}
+
+/// The value of label `name` in a Prometheus label list (`a="x",b="y"`).
+fn label(labels: &str, name: &str) -> Option<String> {
+    labels.split(',').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key.trim() == name).then(|| value.trim_matches('"').to_owned())
+    })
 }
 
 /// The `q` quantile of cumulative buckets, interpolated linearly within its bucket (as
@@ -144,6 +207,23 @@ pub fn summary(timings: &[StageTiming]) -> String {
         .join(" · ")
 }
 
+/// `gate 0.4 · load 0.3 · …` (mean ms per transaction), or `-` when nothing was posted.
+pub fn posting_summary(means: &[PostingStepMean]) -> String {
+    if means.is_empty() {
+        return "-".to_owned();
+    }
+    let total: f64 = means.iter().map(|m| m.mean_ms).sum();
+    let transactions = means.iter().map(|m| m.transactions).max().unwrap_or(0);
+    let steps: Vec<String> = means
+        .iter()
+        .map(|m| format!("{} {:.2}", m.step, m.mean_ms))
+        .collect();
+    format!(
+        "{transactions} transactions, {total:.2} ms each: {}",
+        steps.join(" · ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +260,40 @@ ferry_transfer_stage_seconds_count{stage=\"handled\"} 100
         let handled = &timings[1];
         assert_eq!(handled.stage, "handled");
         assert!((handled.p50_ms - 15.0).abs() < 1e-9, "{}", handled.p50_ms);
+    }
+
+    #[test]
+    fn posting_steps_are_mean_ms_per_transaction_within_the_step_in_run_order() {
+        let before = "\
+ferry_posting_step_seconds_sum{step=\"commit\"} 1.0
+ferry_posting_step_seconds_count{step=\"commit\"} 100
+";
+        let after = "\
+ferry_posting_step_seconds_sum{step=\"commit\"} 1.5
+ferry_posting_step_seconds_count{step=\"commit\"} 200
+ferry_posting_step_seconds_sum{step=\"gate\"} 0.02
+ferry_posting_step_seconds_count{step=\"gate\"} 10
+ferry_posting_step_seconds_sum{step=\"idle\"} 9
+ferry_posting_step_seconds_count{step=\"idle\"} 0
+";
+        let means =
+            StageHistograms::parse(after).posting_steps_since(&StageHistograms::parse(before));
+        let read: Vec<(&str, u64, f64)> = means
+            .iter()
+            .map(|m| {
+                (
+                    m.step.as_str(),
+                    m.transactions,
+                    (m.mean_ms * 1e6).round() / 1e6,
+                )
+            })
+            .collect();
+        // 100 more commits took 0.5 s: 5 ms each; gate comes first, as a transaction runs.
+        assert_eq!(read, [("gate", 10, 2.0), ("commit", 100, 5.0)]);
+        assert_eq!(
+            posting_summary(&means),
+            "100 transactions, 7.00 ms each: gate 2.00 · commit 5.00"
+        );
     }
 
     #[test]

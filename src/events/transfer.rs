@@ -149,6 +149,38 @@ pub async fn attach_flags<'a, 'c>(
     Ok(())
 }
 
+/// A `transfers` row with its anomaly flags, read in one statement: [`TRANSFER_COLUMNS`] and
+/// [`flags_column`] (posting's status update returns these, saving a round trip under the
+/// posting gate).
+#[derive(sqlx::FromRow)]
+pub struct FlaggedTransferRow {
+    #[sqlx(flatten)]
+    row: TransferRow,
+    flags: Vec<String>,
+}
+
+/// The `flags` column of [`FlaggedTransferRow`] for transfers aliased `alias`: the rules the
+/// transfer tripped, in the order of its hits (as [`attach_flags`] reads them).
+pub fn flags_column(alias: &str) -> String {
+    format!(
+        "ARRAY(SELECT h.rule FROM anomaly_hits h WHERE h.transfer_id = {alias}.id \
+         ORDER BY h.id) AS flags"
+    )
+}
+
+impl TryFrom<FlaggedTransferRow> for TransferView {
+    type Error = sqlx::Error;
+    fn try_from(flagged: FlaggedTransferRow) -> Result<Self, Self::Error> {
+        let mut view = TransferView::from(flagged.row);
+        view.flags = flagged
+            .flags
+            .iter()
+            .map(|rule| Rule::parse_known(rule).map_err(|e| sqlx::Error::Decode(e.into())))
+            .collect::<Result<_, _>>()?;
+        Ok(view)
+    }
+}
+
 /// A `transfers` row with the columns of `TRANSFER_COLUMNS`; status and failure code read
 /// back strictly: a value this version does not know is an error, never a default.
 #[derive(sqlx::FromRow)]
@@ -299,17 +331,8 @@ pub async fn record_changes(conn: &mut PgConnection, ids: &[Uuid]) -> Result<usi
     record_views(conn, &views).await
 }
 
-/// [`record_changes`] for rows the caller already has (posting's status update returns them).
-pub async fn record_rows(
-    conn: &mut PgConnection,
-    rows: Vec<TransferRow>,
-) -> Result<usize, sqlx::Error> {
-    let mut views: Vec<TransferView> = rows.into_iter().map(TransferView::from).collect();
-    attach_flags(&mut *conn, views.iter_mut()).await?;
-    record_views(conn, &views).await
-}
-
-async fn record_views(
+/// Writes each view's event (none for a status that has no event).
+pub async fn record_views(
     conn: &mut PgConnection,
     views: &[TransferView],
 ) -> Result<usize, sqlx::Error> {

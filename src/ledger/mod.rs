@@ -7,4 +7,4 @@ pub mod combiner;
 pub mod expiry;
 pub mod posting;
 
-pub use posting::{PostedTransfer, PostingEngine, PostingError, PostingReport};
+pub use posting::{PostedTransfer, PostingEngine, PostingError, PostingReport, PostingStep};

@@ -29,28 +29,38 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::apply::{
-    AccountDelta, Applied, Instruction, LockedAccount, Outcome, PendingTransfer, apply_batch,
-    entries_balance,
+    AccountDelta, Applied, EntryLine, HoldLine, Instruction, LockedAccount, Outcome,
+    PendingTransfer, apply_batch, entries_balance,
 };
 use crate::domain::{
     AccountId, AccountKey, AccountStatus, Amount, Currency, LedgerName, TransferStatus,
 };
-use crate::events::{self, transfer::TransferRow};
+use crate::events::{
+    self,
+    transfer::{FlaggedTransferRow, TransferView},
+};
 use crate::failpoint::Failpoint;
 use crate::retry::{RetryClass, RetryPolicy, classify};
 
-/// Statements that open every posting transaction (one round trip, no snapshot taken).
-/// The timeouts stop a stuck poster from holding the gate: a lock wait ends as 55P03
+/// Statements that open every posting transaction, `BEGIN` included: one round trip (a simple
+/// query), and no snapshot taken before the gate is held. Each round trip under the gate costs
+/// every job queued behind it (BENCHMARKS.md, "Round trips under the gate"). The timeouts stop a stuck poster from holding the gate: a lock wait ends as 55P03
 /// (transient), an abandoned open transaction is killed by the server.
 /// Every statement of a posting transaction looks rows up by key, so each is planned as index
 /// probes: O(batch), whatever the size of the ledger. Left to itself the planner hashed all of
 /// `accounts` for every batch of a few thousand (measured: 31–66 ms per batch at 100k accounts,
-/// growing with the table; 12 ms as index probes — BENCHMARKS.md).
-const POSTING_PREAMBLE: &str = "SET LOCAL lock_timeout = '10s'; \
+/// growing with the table; 12 ms as index probes — BENCHMARKS.md). Since those plans do not
+/// depend on the parameters, each statement is planned once per connection and the plan kept
+/// (`force_generic_plan`): PostgreSQL otherwise re-planned every one of them on every call, as
+/// a custom plan for its arrays, at 0.2–0.3 ms each under the gate (`pg_stat_statements`:
+/// plans = calls), more than most of them took to run for a small batch.
+const POSTING_BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE; \
+     SET LOCAL lock_timeout = '10s'; \
      SET LOCAL idle_in_transaction_session_timeout = '30s'; \
      SET LOCAL enable_seqscan = off; \
      SET LOCAL enable_hashjoin = off; \
      SET LOCAL enable_mergejoin = off; \
+     SET LOCAL plan_cache_mode = force_generic_plan; \
      LOCK TABLE ledger_posting_gate IN EXCLUSIVE MODE";
 
 #[derive(Debug, thiserror::Error)]
@@ -142,14 +152,10 @@ impl PostingEngine {
 
     async fn post_once(&self, transfer_ids: &[Uuid]) -> Result<PostingReport, PostingError> {
         let mut steps = StepTimer::new();
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
-            .await?;
-        sqlx::raw_sql(POSTING_PREAMBLE).execute(&mut *tx).await?;
-        steps.lap("gate");
+        let mut tx = self.pool.begin_with(POSTING_BEGIN).await?;
+        steps.lap(PostingStep::Gate);
         let transfers = load_pending(&mut tx, transfer_ids).await?;
-        steps.lap("load");
+        steps.lap(PostingStep::Load);
         if transfers.is_empty() {
             tx.commit().await?;
             return Ok(PostingReport {
@@ -158,30 +164,66 @@ impl PostingEngine {
             });
         }
         let mut accounts = lock_accounts(&mut tx, &transfers).await?;
-        steps.lap("lock");
+        steps.lap(PostingStep::Lock);
         let applied = apply_batch(&mut accounts, &transfers);
         if !entries_balance(&applied.entries) {
             return Err(PostingError::Invariant(
                 "batch entries do not sum to zero".into(),
             ));
         }
-        insert_entries(&mut tx, &applied, &accounts).await?;
-        steps.lap("entries");
-        insert_hold_lines(&mut tx, &applied, &accounts).await?;
-        steps.lap("hold_lines");
-        update_balances(&mut tx, &applied, &accounts).await?;
-        steps.lap("balances");
+        write_ledger(&mut tx, &applied, &accounts).await?;
+        steps.lap(PostingStep::Ledger);
         let changed = update_statuses(&mut tx, &applied, &transfers).await?;
-        steps.lap("statuses");
+        steps.lap(PostingStep::Statuses);
         // The gate taken above is the event sequence lock too (README, "Events and webhooks").
-        events::transfer::record_rows(&mut tx, changed).await?;
-        steps.lap("events");
+        events::transfer::record_views(&mut tx, &changed).await?;
+        steps.lap(PostingStep::Events);
         self.failpoint.hit(Failpoint::CrashBeforeCommit);
         tx.commit().await?;
-        steps.lap("commit");
+        steps.lap(PostingStep::Commit);
         self.failpoint.hit(Failpoint::CrashAfterCommit);
         debug!(transfers = transfers.len(), steps = %steps, "posting transaction");
         Ok(summarise(&applied, transfers, transfer_ids.len()))
+    }
+}
+
+/// A step of a posting transaction, timed by `ferry_posting_step_seconds{step}` (README,
+/// "Metrics"); `ferry bench --scenario latency` prints each one's mean per transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostingStep {
+    /// `BEGIN`, the preamble, and the wait for `ledger_posting_gate`.
+    Gate,
+    Load,
+    Lock,
+    /// Entries, hold lines, balances and reservations (one statement).
+    Ledger,
+    /// Statuses, returning the transfers as their events show them (anomaly flags included).
+    Statuses,
+    Events,
+    Commit,
+}
+
+impl PostingStep {
+    pub const ALL: [PostingStep; 7] = [
+        Self::Gate,
+        Self::Load,
+        Self::Lock,
+        Self::Ledger,
+        Self::Statuses,
+        Self::Events,
+        Self::Commit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gate => "gate",
+            Self::Load => "load",
+            Self::Lock => "lock",
+            Self::Ledger => "ledger",
+            Self::Statuses => "statuses",
+            Self::Events => "events",
+            Self::Commit => "commit",
+        }
     }
 }
 
@@ -189,7 +231,7 @@ impl PostingEngine {
 /// `ferry_posting_step_seconds` histogram).
 struct StepTimer {
     last: Instant,
-    laps: Vec<(&'static str, f64)>,
+    laps: Vec<(PostingStep, f64)>,
 }
 
 impl StepTimer {
@@ -200,10 +242,10 @@ impl StepTimer {
         }
     }
 
-    fn lap(&mut self, step: &'static str) {
+    fn lap(&mut self, step: PostingStep) {
         let now = Instant::now();
         let seconds = (now - self.last).as_secs_f64();
-        metrics::histogram!("ferry_posting_step_seconds", "step" => step).record(seconds);
+        metrics::histogram!("ferry_posting_step_seconds", "step" => step.as_str()).record(seconds);
         self.laps.push((step, seconds));
         self.last = now;
     }
@@ -212,7 +254,7 @@ impl StepTimer {
 impl std::fmt::Display for StepTimer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (step, seconds) in &self.laps {
-            write!(f, "{step}={:.1}ms ", seconds * 1000.0)?;
+            write!(f, "{}={:.1}ms ", step.as_str(), seconds * 1000.0)?;
         }
         Ok(())
     }
@@ -409,43 +451,207 @@ fn parse_currency(code: String) -> Result<Currency, PostingError> {
         .map_err(|e| PostingError::Invariant(format!("stored currency is invalid: {e}")))
 }
 
-async fn insert_entries(
+/// Writes what the batch did to the ledger in one statement (one round trip under the gate):
+/// entries (with each account's balance after them), hold lines, and each touched account's
+/// balance and reservations; then checks that the database agrees with the in-memory result.
+async fn write_ledger(
     tx: &mut Transaction<'_, Postgres>,
     applied: &Applied,
     accounts: &HashMap<AccountKey, LockedAccount>,
 ) -> Result<(), PostingError> {
-    if applied.entries.is_empty() {
-        return Ok(());
-    }
-    let transfer_ids: Vec<Uuid> = applied.entries.iter().map(|e| e.transfer_id).collect();
-    let account_nos = applied
-        .entries
-        .iter()
-        .map(|e| locked(accounts, &e.account).map(|a| a.no))
-        .collect::<Result<Vec<i64>, _>>()?;
-    let sides: Vec<&str> = applied.entries.iter().map(|e| e.side.as_str()).collect();
-    let amounts: Vec<Decimal> = applied.entries.iter().map(|e| e.amount).collect();
-    let currencies: Vec<&str> = applied.entries.iter().map(|e| e.currency.code()).collect();
-    let balances_after: Vec<Decimal> = applied.entries.iter().map(|e| e.balance_after).collect();
+    let entries = EntryColumns::of(&applied.entries, accounts)?;
+    let hold_lines = HoldLineColumns::of(&applied.hold_lines, accounts)?;
+    let balances = BalanceColumns::of(&applied.deltas, accounts)?;
     // `statement_timestamp()`, not the transaction's start: this statement runs under the
     // gate, after the previous holder committed, so within an account `created_at` grows
-    // with `id` — what balance-at-an-instant reads rely on.
-    let inserted = sqlx::query(
-        "INSERT INTO entries (transfer_id, account_no, side, amount, currency, balance_after, \
-           created_at) \
-         SELECT t.*, statement_timestamp() FROM unnest($1::uuid[], $2::int8[], $3::text[], \
-           $4::numeric[], $5::text[], $6::numeric[]) AS t",
+    // with `id` — what balance-at-an-instant reads rely on. The three parts touch different
+    // tables, so running them as one statement's parts (one snapshot) changes nothing they see.
+    let written: WrittenLedger = sqlx::query_as(
+        "WITH new_entries AS ( \
+           INSERT INTO entries (transfer_id, account_no, side, amount, currency, balance_after, \
+             created_at) \
+           SELECT t.*, statement_timestamp() FROM unnest($1::uuid[], $2::int8[], $3::text[], \
+             $4::numeric[], $5::text[], $6::numeric[]) AS t \
+           RETURNING 1 \
+         ), new_hold_lines AS ( \
+           INSERT INTO hold_lines (transfer_id, account_no, kind, pending_debits_after, \
+             created_at) \
+           SELECT t.*, statement_timestamp() FROM unnest($7::uuid[], $8::int8[], $9::text[], \
+             $10::numeric[]) AS t \
+           RETURNING 1 \
+         ), balances AS ( \
+           UPDATE accounts AS a SET balance = a.balance + d.balance, \
+             pending_debits = a.pending_debits + d.pending_debits, \
+             pending_credits = a.pending_credits + d.pending_credits \
+           FROM unnest($11::int8[], $12::numeric[], $13::numeric[], $14::numeric[]) \
+             AS d(no, balance, pending_debits, pending_credits) \
+           WHERE a.no = d.no RETURNING a.no, a.balance, a.pending_debits, a.pending_credits \
+         ) \
+         SELECT (SELECT count(*) FROM new_entries) AS entries, \
+           (SELECT count(*) FROM new_hold_lines) AS hold_lines, \
+           coalesce(array_agg(b.no), '{}') AS nos, \
+           coalesce(array_agg(b.balance), '{}') AS balances, \
+           coalesce(array_agg(b.pending_debits), '{}') AS pending_debits, \
+           coalesce(array_agg(b.pending_credits), '{}') AS pending_credits \
+         FROM balances b",
     )
-    .bind(&transfer_ids)
-    .bind(&account_nos)
-    .bind(&sides)
-    .bind(&amounts)
-    .bind(&currencies)
-    .bind(&balances_after)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    expect_rows("entries inserted", inserted, applied.entries.len())
+    .bind(&entries.transfer_ids)
+    .bind(&entries.account_nos)
+    .bind(&entries.sides)
+    .bind(&entries.amounts)
+    .bind(&entries.currencies)
+    .bind(&entries.balances_after)
+    .bind(&hold_lines.transfer_ids)
+    .bind(&hold_lines.account_nos)
+    .bind(&hold_lines.kinds)
+    .bind(&hold_lines.pending_debits_after)
+    .bind(&balances.nos)
+    .bind(&balances.deltas.balance)
+    .bind(&balances.deltas.pending_debits)
+    .bind(&balances.deltas.pending_credits)
+    .fetch_one(&mut **tx)
+    .await?;
+    expect_rows(
+        "entries inserted",
+        written.entries as u64,
+        applied.entries.len(),
+    )?;
+    expect_rows(
+        "hold lines inserted",
+        written.hold_lines as u64,
+        applied.hold_lines.len(),
+    )?;
+    expect_rows(
+        "balances updated",
+        written.nos.len() as u64,
+        balances.nos.len(),
+    )?;
+    for (n, no) in written.nos.iter().enumerate() {
+        let Some((key, computed)) = balances.computed.get(no) else {
+            return Err(PostingError::Invariant(format!(
+                "account number {no} was updated but not asked for"
+            )));
+        };
+        let stored = AccountDelta {
+            balance: written.balances[n],
+            pending_debits: written.pending_debits[n],
+            pending_credits: written.pending_credits[n],
+        };
+        if *computed != stored {
+            return Err(PostingError::Invariant(format!(
+                "account {key}: database has {stored:?} but posting computed {computed:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What [`write_ledger`]'s statement reports: rows inserted, and each updated account's
+/// balance and reservations as stored (arrays of one length, in no particular order).
+#[derive(sqlx::FromRow)]
+struct WrittenLedger {
+    entries: i64,
+    hold_lines: i64,
+    nos: Vec<i64>,
+    balances: Vec<Decimal>,
+    pending_debits: Vec<Decimal>,
+    pending_credits: Vec<Decimal>,
+}
+
+/// The batch's entries as the statement's column arrays.
+struct EntryColumns<'a> {
+    transfer_ids: Vec<Uuid>,
+    account_nos: Vec<i64>,
+    sides: Vec<&'a str>,
+    amounts: Vec<Decimal>,
+    currencies: Vec<&'a str>,
+    balances_after: Vec<Decimal>,
+}
+
+impl<'a> EntryColumns<'a> {
+    fn of(
+        entries: &'a [EntryLine],
+        accounts: &HashMap<AccountKey, LockedAccount>,
+    ) -> Result<Self, PostingError> {
+        Ok(Self {
+            transfer_ids: entries.iter().map(|e| e.transfer_id).collect(),
+            account_nos: entries
+                .iter()
+                .map(|e| locked(accounts, &e.account).map(|a| a.no))
+                .collect::<Result<_, _>>()?,
+            sides: entries.iter().map(|e| e.side.as_str()).collect(),
+            amounts: entries.iter().map(|e| e.amount).collect(),
+            currencies: entries.iter().map(|e| e.currency.code()).collect(),
+            balances_after: entries.iter().map(|e| e.balance_after).collect(),
+        })
+    }
+}
+
+/// Reservation history: one line on the source account for each hold placed or released.
+struct HoldLineColumns {
+    transfer_ids: Vec<Uuid>,
+    account_nos: Vec<i64>,
+    kinds: Vec<&'static str>,
+    pending_debits_after: Vec<Decimal>,
+}
+
+impl HoldLineColumns {
+    fn of(
+        lines: &[HoldLine],
+        accounts: &HashMap<AccountKey, LockedAccount>,
+    ) -> Result<Self, PostingError> {
+        Ok(Self {
+            transfer_ids: lines.iter().map(|l| l.transfer_id).collect(),
+            account_nos: lines
+                .iter()
+                .map(|l| locked(accounts, &l.account).map(|a| a.no))
+                .collect::<Result<_, _>>()?,
+            kinds: lines.iter().map(|l| l.kind.as_str()).collect(),
+            pending_debits_after: lines.iter().map(|l| l.pending_debits_after).collect(),
+        })
+    }
+}
+
+/// Each touched account's net change as column arrays, and what posting computed it is left
+/// at (`apply_batch` left the locked accounts as the batch leaves them), by account number.
+struct BalanceColumns<'a> {
+    nos: Vec<i64>,
+    deltas: DeltaColumns,
+    computed: HashMap<i64, (&'a AccountKey, AccountDelta)>,
+}
+
+#[derive(Default)]
+struct DeltaColumns {
+    balance: Vec<Decimal>,
+    pending_debits: Vec<Decimal>,
+    pending_credits: Vec<Decimal>,
+}
+
+impl<'a> BalanceColumns<'a> {
+    fn of(
+        deltas: &'a HashMap<AccountKey, AccountDelta>,
+        accounts: &HashMap<AccountKey, LockedAccount>,
+    ) -> Result<Self, PostingError> {
+        let mut columns = Self {
+            nos: Vec::with_capacity(deltas.len()),
+            deltas: DeltaColumns::default(),
+            computed: HashMap::with_capacity(deltas.len()),
+        };
+        for (key, delta) in deltas {
+            let account = locked(accounts, key)?;
+            columns.nos.push(account.no);
+            columns.deltas.balance.push(delta.balance);
+            columns.deltas.pending_debits.push(delta.pending_debits);
+            columns.deltas.pending_credits.push(delta.pending_credits);
+            let after = AccountDelta {
+                balance: account.balance,
+                pending_debits: account.pending_debits,
+                pending_credits: account.pending_credits,
+            };
+            columns.computed.insert(account.no, (key, after));
+        }
+        Ok(columns)
+    }
 }
 
 /// A locked account; an entry or delta on an account posting did not lock is an invariant
@@ -459,121 +665,13 @@ fn locked<'a>(
         .ok_or_else(|| PostingError::Invariant(format!("account {key} was not locked")))
 }
 
-/// Reservation history: one line on the source account for each hold placed or released.
-async fn insert_hold_lines(
-    tx: &mut Transaction<'_, Postgres>,
-    applied: &Applied,
-    accounts: &HashMap<AccountKey, LockedAccount>,
-) -> Result<(), PostingError> {
-    if applied.hold_lines.is_empty() {
-        return Ok(());
-    }
-    let lines = &applied.hold_lines;
-    let transfer_ids: Vec<Uuid> = lines.iter().map(|l| l.transfer_id).collect();
-    let account_nos = lines
-        .iter()
-        .map(|l| locked(accounts, &l.account).map(|a| a.no))
-        .collect::<Result<Vec<i64>, _>>()?;
-    let kinds: Vec<&str> = lines.iter().map(|l| l.kind.as_str()).collect();
-    let debits: Vec<Decimal> = lines.iter().map(|l| l.pending_debits_after).collect();
-    let inserted = sqlx::query(
-        "INSERT INTO hold_lines (transfer_id, account_no, kind, pending_debits_after, \
-           created_at) \
-         SELECT t.*, statement_timestamp() FROM unnest($1::uuid[], $2::int8[], $3::text[], \
-           $4::numeric[]) AS t",
-    )
-    .bind(&transfer_ids)
-    .bind(&account_nos)
-    .bind(&kinds)
-    .bind(&debits)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    expect_rows("hold lines inserted", inserted, lines.len())
-}
-
-async fn update_balances(
-    tx: &mut Transaction<'_, Postgres>,
-    applied: &Applied,
-    expected: &HashMap<AccountKey, LockedAccount>,
-) -> Result<(), PostingError> {
-    if applied.deltas.is_empty() {
-        return Ok(());
-    }
-    let len = applied.deltas.len();
-    let (mut nos, mut balances, mut debits, mut credits) = (
-        Vec::with_capacity(len),
-        Vec::with_capacity(len),
-        Vec::with_capacity(len),
-        Vec::with_capacity(len),
-    );
-    let mut computed = HashMap::with_capacity(len);
-    for (key, delta) in &applied.deltas {
-        let account = locked(expected, key)?;
-        nos.push(account.no);
-        balances.push(delta.balance);
-        debits.push(delta.pending_debits);
-        credits.push(delta.pending_credits);
-        // `apply_batch` left the locked accounts as the batch leaves them.
-        let after = AccountDelta {
-            balance: account.balance,
-            pending_debits: account.pending_debits,
-            pending_credits: account.pending_credits,
-        };
-        computed.insert(account.no, (key, after));
-    }
-    let rows: Vec<UpdatedBalance> = sqlx::query_as(
-        "UPDATE accounts AS a SET balance = a.balance + d.balance, \
-           pending_debits = a.pending_debits + d.pending_debits, \
-           pending_credits = a.pending_credits + d.pending_credits \
-         FROM unnest($1::int8[], $2::numeric[], $3::numeric[], $4::numeric[]) \
-           AS d(no, balance, pending_debits, pending_credits) \
-         WHERE a.no = d.no RETURNING a.no, a.balance, a.pending_debits, a.pending_credits",
-    )
-    .bind(&nos)
-    .bind(&balances)
-    .bind(&debits)
-    .bind(&credits)
-    .fetch_all(&mut **tx)
-    .await?;
-    expect_rows("balances updated", rows.len() as u64, nos.len())?;
-    for row in rows {
-        let Some((key, computed)) = computed.get(&row.no) else {
-            return Err(PostingError::Invariant(format!(
-                "account number {} was updated but not asked for",
-                row.no
-            )));
-        };
-        let stored = AccountDelta {
-            balance: row.balance,
-            pending_debits: row.pending_debits,
-            pending_credits: row.pending_credits,
-        };
-        if *computed != stored {
-            return Err(PostingError::Invariant(format!(
-                "account {key}: database has {stored:?} but posting computed {computed:?}"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// An account's balance and reservations as the balance UPDATE returns them.
-#[derive(sqlx::FromRow)]
-struct UpdatedBalance {
-    no: i64,
-    balance: Decimal,
-    pending_debits: Decimal,
-    pending_credits: Decimal,
-}
-
-/// Moves the batch's transfers to their outcomes; returns them as they now are, for their
-/// events. A placed hold starts its expiry clock here; a capture records what it moved.
+/// Moves the batch's transfers to their outcomes; returns them as they now are, as their
+/// events show them. A placed hold starts its expiry clock here; a capture records what it moved.
 async fn update_statuses(
     tx: &mut Transaction<'_, Postgres>,
     applied: &Applied,
     transfers: &[PendingTransfer],
-) -> Result<Vec<TransferRow>, PostingError> {
+) -> Result<Vec<TransferView>, PostingError> {
     let captures: HashMap<Uuid, Decimal> = transfers
         .iter()
         .filter_map(|t| match t.instruction {
@@ -603,7 +701,7 @@ async fn update_statuses(
                 .filter(|_| *outcome == Outcome::Posted),
         );
     }
-    let updated: Vec<TransferRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let updated: Vec<FlaggedTransferRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE transfers AS t SET status = u.status, failure_code = u.failure_code, \
            attempts = CASE WHEN t.status = 'pending' THEN t.attempts + 1 ELSE t.attempts END, \
            updated_at = now(), last_error = NULL, \
@@ -618,9 +716,10 @@ async fn update_statuses(
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[]) \
            AS u(id, status, failure_code, captured) \
          WHERE t.id = u.id AND {} \
-         RETURNING {}",
+         RETURNING {}, {}",
         postable("t"),
-        events::transfer::qualified_columns("t")
+        events::transfer::qualified_columns("t"),
+        events::transfer::flags_column("t")
     )))
     .bind(&ids)
     .bind(&statuses)
@@ -629,7 +728,10 @@ async fn update_statuses(
     .fetch_all(&mut **tx)
     .await?;
     expect_rows("transfer statuses updated", updated.len() as u64, ids.len())?;
-    Ok(updated)
+    updated
+        .into_iter()
+        .map(|row| TransferView::try_from(row).map_err(PostingError::Database))
+        .collect()
 }
 
 fn expect_rows(what: &str, actual: u64, expected: usize) -> Result<(), PostingError> {

@@ -214,6 +214,50 @@ async fn a_serialization_failure_that_never_clears_is_tried_ten_times_then_given
 }
 
 #[tokio::test]
+async fn a_balance_the_database_stores_differently_from_posting_stops_posting_as_an_invariant() {
+    let (app, id) = one_pending_transfer().await;
+    // A writer behind ferry's back: every balance update stores one cent more than asked.
+    sqlx::raw_sql(
+        "CREATE FUNCTION skim() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN NEW.balance := NEW.balance + 0.01; RETURN NEW; END $$; \
+         CREATE TRIGGER skim BEFORE UPDATE OF balance ON accounts \
+           FOR EACH ROW WHEN (NEW.id = 'b') EXECUTE FUNCTION skim();",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("install the skim");
+    let engine = ferry::ledger::PostingEngine::new(app.pool.clone(), Failpoint::None);
+    let error = engine
+        .post(&[id])
+        .await
+        .expect_err("a stored balance other than the computed one ends the run");
+    assert!(
+        matches!(&error, ferry::ledger::PostingError::Invariant(m)
+            if m.contains("account default/b") && m.contains("posting computed")),
+        "{error:?}"
+    );
+    let (status, entries, balance): (String, i64, rust_decimal::Decimal) = sqlx::query_as(
+        "SELECT status, (SELECT count(*) FROM entries), \
+           (SELECT balance FROM accounts WHERE id = 'b') FROM transfers",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("transfer");
+    assert_eq!(
+        (status.as_str(), entries, balance.to_string().as_str()),
+        ("pending", 0, "0"),
+        "rolled back whole"
+    );
+    sqlx::raw_sql("DROP TRIGGER skim ON accounts")
+        .execute(&app.pool)
+        .await
+        .expect("remove the skim");
+    let report = engine.post(&[id]).await.expect("posts once removed");
+    assert_eq!(report.posted, 1);
+    assert_ledger_invariants(&app.pool).await;
+}
+
+#[tokio::test]
 async fn a_stored_currency_this_version_does_not_know_stops_posting_as_an_invariant() {
     let (app, id) = one_pending_transfer().await;
     let engine = ferry::ledger::PostingEngine::new(app.pool.clone(), Failpoint::None);

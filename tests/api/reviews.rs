@@ -120,6 +120,17 @@ async fn a_held_transfer_moves_nothing_until_approved_then_posts_once() {
     assert_eq!(approved["review"]["decision"], "approved");
     let posted = app.wait_until_terminal(id).await;
     assert_eq!(posted["status"], "posted", "{posted}");
+    // The event posting wrote shows the transfer as the API does, its flag included (posting
+    // reads the flags in the statement that sets the status).
+    let feed = app.get("/v1/events?types=transfer.posted&limit=500").await;
+    let event = feed.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["data"]["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no transfer.posted for {id}: {}", feed.body));
+    assert_eq!(event["data"]["flags"], json!(["large_amount"]), "{event}");
     jobs_done(&app).await;
     let moved = dec("150");
     assert_eq!(
