@@ -105,7 +105,7 @@ impl BenchedFerry {
     }
 
     fn spawn(&self, roles: &str, port: Option<u16>) -> anyhow::Result<Child> {
-        let mut command = Command::new(std::env::current_exe()?);
+        let mut command = Command::new(server_binary()?);
         command
             .args(["serve", "--roles", roles])
             .env("DATABASE_URL", &self.database_url)
@@ -209,6 +209,16 @@ impl BenchedFerry {
         )
         .fetch_one(&self.pool)
         .await
+    }
+}
+
+/// The binary the benched processes run: this one, or `FERRY_BENCH_SERVER` — another build
+/// (the commit before a change, say) driven by this build's load and measured by its
+/// harness, so that a comparison differs only in the server (README, "Benchmarks").
+fn server_binary() -> anyhow::Result<std::path::PathBuf> {
+    match std::env::var_os("FERRY_BENCH_SERVER") {
+        Some(path) => Ok(path.into()),
+        None => Ok(std::env::current_exe()?),
     }
 }
 
