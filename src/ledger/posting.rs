@@ -12,10 +12,15 @@
 //! 3. apply them in memory one by one ([`super::apply`]): move money, place a hold, capture or
 //!    void one;
 //! 4. write entries (with each account's balance after them), hold lines, balances and
-//!    reservations, and statuses in set-based statements, checking that the database agrees
-//!    with the in-memory result before COMMIT;
+//!    reservations in one statement, checking that the database agrees with the in-memory
+//!    result before COMMIT; then statuses, which return each transfer with its anomaly flags;
 //! 5. write each transfer's event (`transfer.posted`, `.failed`, `.held`, `.voided`,
 //!    `.reversed`; one statement).
+//!
+//! Seven round trips in all, every one under the gate and so paid by every job waiting
+//! behind it: `BEGIN` with the session settings and the gate, load, lock, ledger, statuses,
+//! events, `COMMIT` (README, "Jobs, retries and crashes": where a posting transaction's time
+//! goes).
 //!
 //! A serialization failure re-runs the whole transaction (backon, full jitter, 10 tries).
 
@@ -44,8 +49,11 @@ use crate::retry::{RetryClass, RetryPolicy, classify};
 
 /// Statements that open every posting transaction, `BEGIN` included: one round trip (a simple
 /// query), and no snapshot taken before the gate is held. Each round trip under the gate costs
-/// every job queued behind it (BENCHMARKS.md, "Round trips under the gate"). The timeouts stop a stuck poster from holding the gate: a lock wait ends as 55P03
+/// every job queued behind it (BENCHMARKS.md, "Where the database's time goes").
+///
+/// The timeouts stop a stuck poster from holding the gate: a lock wait ends as 55P03
 /// (transient), an abandoned open transaction is killed by the server.
+///
 /// Every statement of a posting transaction looks rows up by key, so each is planned as index
 /// probes: O(batch), whatever the size of the ledger. Left to itself the planner hashed all of
 /// `accounts` for every batch of a few thousand (measured: 31–66 ms per batch at 100k accounts,
