@@ -261,10 +261,26 @@ async fn the_latency_scenario_steps_up_to_saturation_and_draws_the_plot() {
         for step in of_mode {
             assert_eq!(step["mode"], *mode, "{step}");
             assert_step(step);
+            // Issue 26: where the step's posting transactions spent their time, each step of
+            // a transaction in the order it runs, from the benched ferry's own histogram.
+            let posting = step["posting_steps"].as_array().expect("posting_steps");
+            let names: Vec<&str> = posting.iter().filter_map(|s| s["step"].as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    "gate", "load", "lock", "ledger", "statuses", "events", "commit"
+                ],
+                "{step}"
+            );
+            assert!(posting.iter().all(|s| number(s, "mean_ms") > 0.0), "{step}");
         }
     }
     assert!(
         table.contains("single requests at 50% of saturation"),
+        "{table}"
+    );
+    assert!(
+        table.contains("posting transactions, mean ms per step"),
         "{table}"
     );
     // Issue 27: the JSON says what the plot draws — each mode's saturation, and each step as
