@@ -7,8 +7,8 @@
 //!    contention and turn a hot account into a retry storm). Throughput comes from batch size,
 //!    not from concurrent posters, which on shared accounts can only fail each other.
 //! 2. read the batch's still-`pending` transfers and its `held` holds claimed for a capture or
-//!    void (the status guard that makes a redelivered job a no-op), lock their accounts in id
-//!    order (`FOR UPDATE`, also fencing writers outside ferry);
+//!    void (the status guard that makes a redelivered job a no-op), and lock their accounts in
+//!    id order (`FOR UPDATE`, also fencing writers outside ferry), in one statement;
 //! 3. apply them in memory one by one ([`super::apply`]): move money, place a hold, capture or
 //!    void one;
 //! 4. write entries (with each account's balance after them), hold lines, balances and
@@ -17,8 +17,8 @@
 //! 5. write each transfer's event (`transfer.posted`, `.failed`, `.held`, `.voided`,
 //!    `.reversed`; one statement).
 //!
-//! Seven round trips in all, every one under the gate and so paid by every job waiting
-//! behind it: `BEGIN` with the session settings and the gate, load, lock, ledger, statuses,
+//! Six round trips in all, every one under the gate and so paid by every job waiting behind
+//! it: `BEGIN` with the session settings and the gate, load (and lock), ledger, statuses,
 //! events, `COMMIT` (README, "Jobs, retries and crashes": where a posting transaction's time
 //! goes).
 //!
@@ -162,7 +162,7 @@ impl PostingEngine {
         let mut steps = StepTimer::new();
         let mut tx = self.pool.begin_with(POSTING_BEGIN).await?;
         steps.lap(PostingStep::Gate);
-        let transfers = load_pending(&mut tx, transfer_ids).await?;
+        let (transfers, mut accounts) = load_and_lock(&mut tx, transfer_ids).await?;
         steps.lap(PostingStep::Load);
         if transfers.is_empty() {
             tx.commit().await?;
@@ -171,8 +171,6 @@ impl PostingEngine {
                 ..PostingReport::default()
             });
         }
-        let mut accounts = lock_accounts(&mut tx, &transfers).await?;
-        steps.lap(PostingStep::Lock);
         let applied = apply_batch(&mut accounts, &transfers);
         if !entries_balance(&applied.entries) {
             return Err(PostingError::Invariant(
@@ -195,14 +193,15 @@ impl PostingEngine {
     }
 }
 
-/// A step of a posting transaction, timed by `ferry_posting_step_seconds{step}` (README,
-/// "Metrics"); `ferry bench --scenario latency` prints each one's mean per transaction.
+/// A step of a posting transaction, timed by `ferry_posting_step_seconds{step}` (README, "Jobs,
+/// retries and crashes"); `ferry bench --scenario latency` prints each one's mean per
+/// transaction. Each is one round trip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PostingStep {
     /// `BEGIN`, the preamble, and the wait for `ledger_posting_gate`.
     Gate,
+    /// The postable transfers and their accounts, locked.
     Load,
-    Lock,
     /// Entries, hold lines, balances and reservations (one statement).
     Ledger,
     /// Statuses, returning the transfers as their events show them (anomaly flags included).
@@ -212,10 +211,9 @@ pub enum PostingStep {
 }
 
 impl PostingStep {
-    pub const ALL: [PostingStep; 7] = [
+    pub const ALL: [PostingStep; 6] = [
         Self::Gate,
         Self::Load,
-        Self::Lock,
         Self::Ledger,
         Self::Statuses,
         Self::Events,
@@ -226,7 +224,6 @@ impl PostingStep {
         match self {
             Self::Gate => "gate",
             Self::Load => "load",
-            Self::Lock => "lock",
             Self::Ledger => "ledger",
             Self::Statuses => "statuses",
             Self::Events => "events",
@@ -312,22 +309,140 @@ fn postable(alias: &str) -> String {
     )
 }
 
-async fn load_pending(
+/// Reads the batch's postable transfers, in acceptance order, and locks the accounts they name
+/// — one statement, one round trip under the gate. The accounts are locked in (ledger, id)
+/// order, as every other writer of account rows does (`locked`, evaluated once before any row
+/// is returned); each transfer row then carries its two accounts as that lock left them (a row
+/// changed since the transaction's snapshot fails the `FOR UPDATE` with 40001, so what is read
+/// is what is locked). An account that does not exist in the transfer's ledger reads as NULLs.
+async fn load_and_lock(
     tx: &mut Transaction<'_, Postgres>,
     transfer_ids: &[Uuid],
-) -> Result<Vec<PendingTransfer>, PostingError> {
-    let rows: Vec<PendingTransferRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT id, ledger, from_account, to_account, amount, currency, status, mode, \
-           hold_action, capture_amount, \
-           (extract(epoch FROM created_at) * 1000)::bigint AS accepted_at_ms FROM transfers t \
-         WHERE id = ANY($1) AND {} \
-         ORDER BY created_at, id",
-        postable("t")
+) -> Result<(Vec<PendingTransfer>, HashMap<AccountKey, LockedAccount>), PostingError> {
+    let account_columns = |alias: &str| {
+        [
+            "no",
+            "currency",
+            "balance",
+            "pending_debits",
+            "pending_credits",
+            "allow_overdraft",
+            "status",
+        ]
+        .iter()
+        .map(|column| format!("{alias}.{column} AS {alias}_{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    };
+    let rows: Vec<PendingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH pending AS MATERIALIZED ( \
+           SELECT id, ledger, from_account, to_account, amount, currency, status, mode, \
+             hold_action, capture_amount, created_at FROM transfers t \
+           WHERE id = ANY($1) AND {postable} \
+         ), locked AS MATERIALIZED ( \
+           SELECT a.no FROM accounts a \
+           JOIN (SELECT ledger, from_account AS id FROM pending \
+                 UNION SELECT ledger, to_account FROM pending) AS k \
+             ON a.ledger = k.ledger AND a.id = k.id \
+           ORDER BY a.ledger, a.id FOR UPDATE OF a \
+         ) \
+         SELECT p.id, p.ledger, p.from_account, p.to_account, p.amount, p.currency, p.status, \
+           p.mode, p.hold_action, p.capture_amount, \
+           (extract(epoch FROM p.created_at) * 1000)::bigint AS accepted_at_ms, {from}, {to} \
+         FROM pending p \
+         LEFT JOIN accounts f ON f.ledger = p.ledger AND f.id = p.from_account \
+         LEFT JOIN accounts t ON t.ledger = p.ledger AND t.id = p.to_account \
+         WHERE (SELECT count(*) FROM locked) >= 0 \
+         ORDER BY p.created_at, p.id",
+        postable = postable("t"),
+        from = account_columns("f"),
+        to = account_columns("t"),
     )))
     .bind(transfer_ids)
     .fetch_all(&mut **tx)
     .await?;
-    rows.into_iter().map(PendingTransfer::try_from).collect()
+    let mut transfers = Vec::with_capacity(rows.len());
+    let mut accounts = HashMap::new();
+    for row in rows {
+        let transfer = PendingTransfer::try_from(row.transfer)?;
+        for (key, columns) in [
+            (&transfer.from_account, row.from),
+            (&transfer.to_account, row.to),
+        ] {
+            if let Some(account) = columns.locked()? {
+                accounts.insert(key.clone(), account);
+            }
+        }
+        transfers.push(transfer);
+    }
+    Ok((transfers, accounts))
+}
+
+/// A transfer as [`load_and_lock`] reads it, with its two accounts.
+struct PendingRow {
+    transfer: PendingTransferRow,
+    from: AccountColumns,
+    to: AccountColumns,
+}
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for PendingRow {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            transfer: PendingTransferRow::from_row(row)?,
+            from: AccountColumns::read(row, "f")?,
+            to: AccountColumns::read(row, "t")?,
+        })
+    }
+}
+
+/// An account's columns as [`load_and_lock`] reads them (prefixed `f_` or `t_`); all NULL
+/// when the account does not exist in the transfer's ledger.
+struct AccountColumns {
+    no: Option<i64>,
+    currency: Option<String>,
+    balance: Option<Decimal>,
+    pending_debits: Option<Decimal>,
+    pending_credits: Option<Decimal>,
+    allow_overdraft: Option<bool>,
+    status: Option<String>,
+}
+
+impl AccountColumns {
+    fn read(row: &sqlx::postgres::PgRow, alias: &str) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        let column = |name: &str| format!("{alias}_{name}");
+        Ok(Self {
+            no: row.try_get(column("no").as_str())?,
+            currency: row.try_get(column("currency").as_str())?,
+            balance: row.try_get(column("balance").as_str())?,
+            pending_debits: row.try_get(column("pending_debits").as_str())?,
+            pending_credits: row.try_get(column("pending_credits").as_str())?,
+            allow_overdraft: row.try_get(column("allow_overdraft").as_str())?,
+            status: row.try_get(column("status").as_str())?,
+        })
+    }
+
+    /// The locked account; `None` when it does not exist. Its currency is parsed as in
+    /// [`PendingTransferRow`], its status strictly (an unknown status fails the batch rather
+    /// than moving money).
+    fn locked(self) -> Result<Option<LockedAccount>, PostingError> {
+        let Some(no) = self.no else {
+            return Ok(None);
+        };
+        let missing = || PostingError::Invariant(format!("account number {no} read incomplete"));
+        let status = self.status.ok_or_else(missing)?;
+        Ok(Some(LockedAccount {
+            no,
+            currency: parse_currency(self.currency.ok_or_else(missing)?)?,
+            balance: self.balance.ok_or_else(missing)?,
+            pending_debits: self.pending_debits.ok_or_else(missing)?,
+            pending_credits: self.pending_credits.ok_or_else(missing)?,
+            allow_overdraft: self.allow_overdraft.ok_or_else(missing)?,
+            status: AccountStatus::try_from(status.clone()).map_err(|_| {
+                PostingError::Invariant(format!("account number {no} has status {status:?}"))
+            })?,
+        }))
+    }
 }
 
 /// A postable `transfers` row as posting reads it. The currency is parsed after decoding, so a
@@ -390,68 +505,6 @@ impl TryFrom<PendingTransferRow> for PendingTransfer {
             instruction,
         })
     }
-}
-
-async fn lock_accounts(
-    tx: &mut Transaction<'_, Postgres>,
-    transfers: &[PendingTransfer],
-) -> Result<HashMap<AccountKey, LockedAccount>, PostingError> {
-    let mut keys: Vec<&AccountKey> = transfers
-        .iter()
-        .flat_map(|t| [&t.from_account, &t.to_account])
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let (ledgers, ids): (Vec<&str>, Vec<&str>) = keys
-        .into_iter()
-        .map(|k| (k.ledger.as_str(), k.id.as_str()))
-        .unzip();
-    // Locked in (ledger, id) order, as every other writer of account rows does.
-    let rows: Vec<LockedAccountRow> = sqlx::query_as(
-        "SELECT a.ledger, a.id, a.no, a.currency, a.balance, a.pending_debits, \
-           a.pending_credits, a.allow_overdraft, a.status \
-         FROM accounts a JOIN unnest($1::text[], $2::text[]) AS k(ledger, id) \
-           ON a.ledger = k.ledger AND a.id = k.id \
-         ORDER BY a.ledger, a.id FOR UPDATE OF a",
-    )
-    .bind(&ledgers)
-    .bind(&ids)
-    .fetch_all(&mut **tx)
-    .await?;
-    rows.into_iter()
-        .map(|row| {
-            let key = AccountKey::new(
-                LedgerName::from_trusted(row.ledger),
-                AccountId::from_trusted(row.id),
-            );
-            let account = LockedAccount {
-                no: row.no,
-                currency: parse_currency(row.currency)?,
-                balance: row.balance,
-                pending_debits: row.pending_debits,
-                pending_credits: row.pending_credits,
-                allow_overdraft: row.allow_overdraft,
-                status: row.status,
-            };
-            Ok((key, account))
-        })
-        .collect()
-}
-
-/// An `accounts` row locked for posting; its currency is parsed as in [`PendingTransferRow`],
-/// its status strictly (an unknown status fails the batch rather than moving money).
-#[derive(sqlx::FromRow)]
-struct LockedAccountRow {
-    ledger: String,
-    id: String,
-    no: i64,
-    currency: String,
-    balance: Decimal,
-    pending_debits: Decimal,
-    pending_credits: Decimal,
-    allow_overdraft: bool,
-    #[sqlx(try_from = "String")]
-    status: AccountStatus,
 }
 
 fn parse_currency(code: String) -> Result<Currency, PostingError> {
