@@ -399,26 +399,28 @@ pub fn print_steps(steps: &[Step], saturation: &HashMap<Mode, f64>) {
          closed-loop saturation; quiet s = wait before the step until probe transfers posted \
          within 100 ms)"
     );
-    println!(
-        "where the time went, by ferry's stage histograms (p50/p99 ms since the job's commit):"
+    print_per_step(
+        steps,
+        "where the time went, by ferry's stage histograms (p50/p99 ms since the job's commit):",
+        |s| super::stages::summary(&s.stages),
     );
+    print_per_step(
+        steps,
+        "posting transactions, mean ms per step (`ferry_posting_step_seconds`):",
+        |s| super::stages::posting_summary(&s.posting_steps),
+    );
+}
+
+/// A heading, then one line per step: label, mode, offered rate and `what` of it.
+fn print_per_step(steps: &[Step], heading: &str, what: impl Fn(&Step) -> String) {
+    println!("{heading}");
     for s in steps {
         println!(
             "{:<14} {:<7} {:>9.0}  {}",
             if s.label.is_empty() { "-" } else { &s.label },
             s.mode.as_str(),
             s.offered_per_sec,
-            super::stages::summary(&s.stages)
-        );
-    }
-    println!("posting transactions, mean ms per step (`ferry_posting_step_seconds`):");
-    for s in steps {
-        println!(
-            "{:<14} {:<7} {:>9.0}  {}",
-            if s.label.is_empty() { "-" } else { &s.label },
-            s.mode.as_str(),
-            s.offered_per_sec,
-            super::stages::posting_summary(&s.posting_steps)
+            what(s)
         );
     }
 }

@@ -69,8 +69,7 @@ impl StageHistograms {
             let Some((labels, count)) = rest.split_once("} ") else {
                 continue;
             };
-            let label = |name: &str| label(labels, name);
-            let (Some(stage), Some(le)) = (label("stage"), label("le")) else {
+            let (Some(stage), Some(le)) = (label(labels, "stage"), label(labels, "le")) else {
                 continue;
             };
             let upper = if le == "+Inf" {

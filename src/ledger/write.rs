@@ -28,6 +28,11 @@ pub(super) async fn write_ledger(
     applied: &Applied,
     accounts: &HashMap<AccountKey, LockedAccount>,
 ) -> Result<(), PostingError> {
+    // Every entry and hold line changes an account, so no delta means nothing to write (a
+    // batch whose transfers all failed): no round trip.
+    if applied.deltas.is_empty() {
+        return Ok(());
+    }
     let entries = EntryColumns::of(&applied.entries, accounts)?;
     let hold_lines = HoldLineColumns::of(&applied.hold_lines, accounts)?;
     let balances = BalanceColumns::of(&applied.deltas, accounts)?;
@@ -144,10 +149,7 @@ impl<'a> EntryColumns<'a> {
     ) -> Result<Self, PostingError> {
         Ok(Self {
             transfer_ids: entries.iter().map(|e| e.transfer_id).collect(),
-            account_nos: entries
-                .iter()
-                .map(|e| locked(accounts, &e.account).map(|a| a.no))
-                .collect::<Result<_, _>>()?,
+            account_nos: account_nos(entries.iter().map(|e| &e.account), accounts)?,
             sides: entries.iter().map(|e| e.side.as_str()).collect(),
             amounts: entries.iter().map(|e| e.amount).collect(),
             currencies: entries.iter().map(|e| e.currency.code()).collect(),
@@ -171,10 +173,7 @@ impl HoldLineColumns {
     ) -> Result<Self, PostingError> {
         Ok(Self {
             transfer_ids: lines.iter().map(|l| l.transfer_id).collect(),
-            account_nos: lines
-                .iter()
-                .map(|l| locked(accounts, &l.account).map(|a| a.no))
-                .collect::<Result<_, _>>()?,
+            account_nos: account_nos(lines.iter().map(|l| &l.account), accounts)?,
             kinds: lines.iter().map(|l| l.kind.as_str()).collect(),
             pending_debits_after: lines.iter().map(|l| l.pending_debits_after).collect(),
         })
@@ -219,6 +218,15 @@ impl<'a> BalanceColumns<'a> {
         }
         Ok(columns)
     }
+}
+
+/// The numbers (`accounts.no`) of locked accounts, by which the statement names them.
+fn account_nos<'k>(
+    keys: impl Iterator<Item = &'k AccountKey>,
+    accounts: &HashMap<AccountKey, LockedAccount>,
+) -> Result<Vec<i64>, PostingError> {
+    keys.map(|key| locked(accounts, key).map(|a| a.no))
+        .collect()
 }
 
 /// A locked account; an entry or delta on an account posting did not lock is an invariant
