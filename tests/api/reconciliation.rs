@@ -46,6 +46,9 @@ async fn app_with_posted_transfer() -> (TestApp, String) {
     app.create_account("b", "USD", false).await;
     app.post_transfer("fund", &transfer("treasury", "a", "50.00"))
         .await;
+    // Posted before the payment is sent: two jobs may post in either order (two workers), and
+    // a payment posted first fails for want of funds.
+    app.run_until_idle(Duration::from_secs(20)).await;
     let reply = app.post_transfer("pay", &transfer("a", "b", "20.00")).await;
     let id = reply.body["id"].as_str().expect("id").to_owned();
     app.run_until_idle(Duration::from_secs(20)).await;
