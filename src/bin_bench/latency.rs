@@ -448,6 +448,7 @@ mod tests {
             unposted: 0,
             intake: ms(5.0),
             to_posted: ms(fraction * 1000.0),
+            to_posted_ms: Vec::new(),
             quiet_after_secs: 0.5,
             stages: Vec::new(),
             posting_steps: Vec::new(),

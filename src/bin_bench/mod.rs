@@ -205,8 +205,8 @@ pub struct Report {
     /// `latency`: each mode's saturation and its steps as fractions of it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<latency::Curves>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub soak_samples: Vec<soak::Sample>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<soak::Soak>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub console_timings: Vec<console::Timing>,
 }
@@ -254,7 +254,7 @@ pub async fn run(
             let names = ["scale-out-1", "scale-out-2", "scale-out-4"];
             report.rows = summarize(throughput::repeated(config, &names, options).await?);
         }
-        "soak" => report.soak_samples = soak::run(config, options).await?,
+        "soak" => report.soak = Some(soak::run(config, options).await?),
         "console" => report.console_timings = console::run(config, options).await?,
         one if ONCE.contains(&one) => report.rows = run_once(config, one, options).await?,
         other => anyhow::bail!(

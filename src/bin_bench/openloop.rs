@@ -103,6 +103,10 @@ pub struct Step {
     pub intake: Percentiles,
     /// From a transfer's scheduled time to its `transfer.posted` event read from the feed.
     pub to_posted: Percentiles,
+    /// Every posted transfer's time to posted, ms, unsorted: for percentiles over several
+    /// steps (`soak`'s first and last five minutes).
+    #[serde(skip)]
+    pub to_posted_ms: Vec<f64>,
     /// How long ferry took, before the step, to post probe transfers promptly again after
     /// the previous load (0 where not waited for).
     pub quiet_after_secs: f64,
@@ -216,7 +220,8 @@ pub async fn step(
         errors,
         unposted: accepted as u64 - posted_count,
         intake: Percentiles::of(intake).unwrap_or_default(),
-        to_posted: Percentiles::of(to_posted).unwrap_or_default(),
+        to_posted: Percentiles::of(to_posted.clone()).unwrap_or_default(),
+        to_posted_ms: to_posted,
         quiet_after_secs: 0.0,
         stages,
         posting_steps,

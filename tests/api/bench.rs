@@ -267,7 +267,7 @@ async fn the_latency_scenario_steps_up_to_saturation_and_draws_the_plot() {
             let names: Vec<&str> = posting.iter().filter_map(|s| s["step"].as_str()).collect();
             assert_eq!(
                 names,
-                ["gate", "load", "ledger", "statuses", "events", "commit"],
+                ["gate", "load", "write", "events", "commit"],
                 "{step}"
             );
             assert!(posting.iter().all(|s| number(s, "mean_ms") > 0.0), "{step}");
@@ -389,16 +389,29 @@ async fn the_soak_scenario_samples_jobs_memory_and_time_to_posted() {
         "500",
     ])
     .await;
-    let samples = report["soak_samples"].as_array().expect("samples");
+    let samples = report["soak"]["samples"].as_array().expect("samples");
     assert!(!samples.is_empty(), "{table}");
     for sample in samples {
         assert!(number(sample, "rss_mib") > 1.0, "RSS not read: {sample}");
         assert!(number(sample, "jobs_rows") >= 1.0, "{sample}");
+        assert!(number(sample, "jobs_dead_rows") >= 0.0, "{sample}");
+        assert!(number(sample, "transfers_dead_rows") >= 0.0, "{sample}");
         assert!(number(sample, "to_posted_p99_ms") > 0.0, "{sample}");
         assert_eq!(sample["errors"], 0, "{sample}");
         assert_eq!(sample["unposted"], 0, "{sample}");
     }
     assert!(table.contains("finished jobs kept 300s"), "{table}");
+    // One sample is both windows: the verdict compares it with itself.
+    let verdict = &report["soak"]["verdict"];
+    assert_eq!(verdict["window_samples"], 1, "{verdict}");
+    assert_eq!(verdict["p99_ratio"], 1.0, "{verdict}");
+    assert!(number(verdict, "first_window_p99_ms") > 0.0, "{verdict}");
+    assert!(number(verdict, "jobs_rows_max") >= 1.0, "{verdict}");
+    assert!(
+        table.contains("soak verdict: time to posted p99"),
+        "{table}"
+    );
+    assert!(report["soak"]["reconciliations"].is_array(), "{report}");
 }
 
 #[tokio::test]
