@@ -171,7 +171,7 @@ impl Application {
                 self.config.workers.queue.rescue_after,
                 self.stopping.clone(),
             ));
-            self.tasks.spawn(crate::store::vacuum::run(
+            self.tasks.spawn(crate::queue::vacuum::run(
                 self.pool.clone(),
                 self.stopping.clone(),
             ));

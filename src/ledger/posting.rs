@@ -11,15 +11,15 @@
 //!    id order (`FOR UPDATE`, also fencing writers outside ferry), in one statement;
 //! 3. apply them in memory one by one ([`super::apply`]): move money, place a hold, capture or
 //!    void one;
-//! 4. write entries (with each account's balance after them), hold lines, balances,
-//!    reservations and statuses in one statement, which checks that the database agrees with
-//!    the in-memory result before COMMIT and returns each transfer with its anomaly flags;
+//! 4. write entries (with each account's balance after them), hold lines, balances and
+//!    reservations in one statement, checking that the database agrees with the in-memory
+//!    result before COMMIT; then statuses, which return each transfer with its anomaly flags;
 //! 5. write each transfer's event (`transfer.posted`, `.failed`, `.held`, `.voided`,
 //!    `.reversed`; one statement).
 //!
-//! Five round trips in all, every one under the gate and so paid by every job waiting behind
-//! it: `BEGIN` with the session settings and the gate, load (and lock), write, events,
-//! `COMMIT` (README, "Jobs, retries and crashes": where a posting transaction's time
+//! Six round trips in all, every one under the gate and so paid by every job waiting behind
+//! it: `BEGIN` with the session settings and the gate, load (and lock), ledger, statuses,
+//! events, `COMMIT` (README, "Jobs, retries and crashes": where a posting transaction's time
 //! goes).
 //!
 //! A serialization failure re-runs the whole transaction (backon, full jitter, 10 tries).
@@ -34,7 +34,7 @@ use uuid::Uuid;
 
 use super::apply::{Applied, Outcome, PendingTransfer, apply_batch, entries_balance};
 use super::load::load_and_lock;
-use super::write::write_batch;
+use super::write::{update_statuses, write_ledger};
 use crate::events;
 use crate::failpoint::Failpoint;
 use crate::retry::{RetryClass, RetryPolicy, classify};
@@ -169,8 +169,10 @@ impl PostingEngine {
                 "batch entries do not sum to zero".into(),
             ));
         }
-        let changed = write_batch(&mut tx, &applied, &accounts, &transfers).await?;
-        steps.lap(PostingStep::Write);
+        write_ledger(&mut tx, &applied, &accounts).await?;
+        steps.lap(PostingStep::Ledger);
+        let changed = update_statuses(&mut tx, &applied, &transfers).await?;
+        steps.lap(PostingStep::Statuses);
         // The gate taken above is the event sequence lock too (README, "Events and webhooks").
         events::transfer::record_views(&mut tx, &changed).await?;
         steps.lap(PostingStep::Events);
@@ -192,18 +194,20 @@ pub enum PostingStep {
     Gate,
     /// The postable transfers and their accounts, locked.
     Load,
-    /// Entries, hold lines, balances and reservations, and statuses returning the transfers
-    /// as their events show them (anomaly flags included): one statement.
-    Write,
+    /// Entries, hold lines, balances and reservations (one statement).
+    Ledger,
+    /// Statuses, returning the transfers as their events show them (anomaly flags included).
+    Statuses,
     Events,
     Commit,
 }
 
 impl PostingStep {
-    pub const ALL: [PostingStep; 5] = [
+    pub const ALL: [PostingStep; 6] = [
         Self::Gate,
         Self::Load,
-        Self::Write,
+        Self::Ledger,
+        Self::Statuses,
         Self::Events,
         Self::Commit,
     ];
@@ -212,7 +216,8 @@ impl PostingStep {
         match self {
             Self::Gate => "gate",
             Self::Load => "load",
-            Self::Write => "write",
+            Self::Ledger => "ledger",
+            Self::Statuses => "statuses",
             Self::Events => "events",
             Self::Commit => "commit",
         }

@@ -13,6 +13,7 @@ pub mod rescue;
 pub mod restart;
 pub mod stages;
 pub mod table;
+pub mod vacuum;
 pub mod wakeups;
 
 use std::time::Duration;

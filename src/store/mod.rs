@@ -1,5 +1,5 @@
 //! Intake-side persistence: API keys, ledgers, the audit trail, accounts, transfer rows with
-//! their jobs, and reviewers' decisions; and the upkeep of the tables that churn (`vacuum`).
+//! their jobs, and reviewers' decisions.
 
 pub mod accounts;
 pub mod api_keys;
@@ -10,5 +10,4 @@ pub mod ledgers;
 pub mod reversals;
 pub mod reviews;
 pub mod transfers;
-pub mod vacuum;
 pub mod webhook_endpoints;

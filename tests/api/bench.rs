@@ -267,7 +267,7 @@ async fn the_latency_scenario_steps_up_to_saturation_and_draws_the_plot() {
             let names: Vec<&str> = posting.iter().filter_map(|s| s["step"].as_str()).collect();
             assert_eq!(
                 names,
-                ["gate", "load", "write", "events", "commit"],
+                ["gate", "load", "ledger", "statuses", "events", "commit"],
                 "{step}"
             );
             assert!(posting.iter().all(|s| number(s, "mean_ms") > 0.0), "{step}");
