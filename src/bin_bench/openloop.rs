@@ -73,12 +73,17 @@ pub struct Percentiles {
 impl Percentiles {
     pub fn of(mut latencies_ms: Vec<f64>) -> Option<Self> {
         latencies_ms.sort_by(f64::total_cmp);
-        let at = |p| super::workload::percentile(&latencies_ms, p);
+        Self::of_sorted(&latencies_ms)
+    }
+
+    /// The same of latencies already in ascending order.
+    pub fn of_sorted(sorted_ms: &[f64]) -> Option<Self> {
+        let at = |p| super::workload::percentile(sorted_ms, p);
         Some(Self {
             p50_ms: at(50.0)?,
             p99_ms: at(99.0)?,
             p999_ms: at(99.9)?,
-            max_ms: *latencies_ms.last()?,
+            max_ms: *sorted_ms.last()?,
         })
     }
 }
@@ -103,8 +108,8 @@ pub struct Step {
     pub intake: Percentiles,
     /// From a transfer's scheduled time to its `transfer.posted` event read from the feed.
     pub to_posted: Percentiles,
-    /// Every posted transfer's time to posted, ms, unsorted: for percentiles over several
-    /// steps (`soak`'s first and last five minutes).
+    /// Every posted transfer's time to posted, ms, in ascending order: for percentiles over
+    /// several steps (`soak`'s first and last five minutes).
     #[serde(skip)]
     pub to_posted_ms: Vec<f64>,
     /// How long ferry took, before the step, to post probe transfers promptly again after
@@ -206,6 +211,7 @@ pub async fn step(
             }
         }
     }
+    to_posted.sort_by(f64::total_cmp);
     let posted_count = to_posted.len() as u64;
     Ok(Step {
         label: String::new(),
@@ -220,7 +226,7 @@ pub async fn step(
         errors,
         unposted: accepted as u64 - posted_count,
         intake: Percentiles::of(intake).unwrap_or_default(),
-        to_posted: Percentiles::of(to_posted.clone()).unwrap_or_default(),
+        to_posted: Percentiles::of_sorted(&to_posted).unwrap_or_default(),
         to_posted_ms: to_posted,
         quiet_after_secs: 0.0,
         stages,

@@ -36,21 +36,6 @@ pub(super) async fn load_and_lock(
     tx: &mut Transaction<'_, Postgres>,
     transfer_ids: &[Uuid],
 ) -> Result<(Vec<PendingTransfer>, HashMap<AccountKey, LockedAccount>), PostingError> {
-    let account_columns = |alias: &str| {
-        [
-            "no",
-            "currency",
-            "balance",
-            "pending_debits",
-            "pending_credits",
-            "allow_overdraft",
-            "status",
-        ]
-        .iter()
-        .map(|column| format!("{alias}.{column} AS {alias}_{column}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-    };
     let rows: Vec<PendingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH pending AS MATERIALIZED ( \
            SELECT id, ledger, from_account, to_account, amount, currency, status, mode, \
@@ -72,8 +57,8 @@ pub(super) async fn load_and_lock(
          WHERE (SELECT count(*) FROM locked) >= 0 \
          ORDER BY p.created_at, p.id",
         postable = postable("t"),
-        from = account_columns("f"),
-        to = account_columns("t"),
+        from = AccountColumns::select("f"),
+        to = AccountColumns::select("t"),
     )))
     .bind(transfer_ids)
     .fetch_all(&mut **tx)
@@ -125,6 +110,24 @@ struct AccountColumns {
 }
 
 impl AccountColumns {
+    /// The select list that [`Self::read`] reads: the columns of `accounts` aliased `alias`,
+    /// each renamed `{alias}_{column}`.
+    fn select(alias: &str) -> String {
+        [
+            "no",
+            "currency",
+            "balance",
+            "pending_debits",
+            "pending_credits",
+            "allow_overdraft",
+            "status",
+        ]
+        .iter()
+        .map(|column| format!("{alias}.{column} AS {alias}_{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+
     fn read(row: &sqlx::postgres::PgRow, alias: &str) -> Result<Self, sqlx::Error> {
         use sqlx::Row;
         let column = |name: &str| format!("{alias}_{name}");
