@@ -1,8 +1,11 @@
 //! The reconciliation checks (README, "Reconciliation"), each one set-based SQL inside the run's snapshot.
 //!
-//! Transfer-level checks cost O(window): they look at transfers whose last change falls in
-//! the window, plus the subjects of findings still open (so an open finding is resolved only
-//! when its problem is really gone). The balance check costs O(accounts + new entries):
+//! The transfer check costs O(window): it looks at transfers whose last change falls in the
+//! window, page by page, plus the subjects of findings still open (so an open finding is
+//! resolved only when its problem is really gone). The orphan check reads the new entries
+//! and, as PostgreSQL plans it, hashes every transfer id: O(ledger), but cheaper than probing
+//! the transfers' index once per new entry (1M new entries on a 3M-transfer ledger: 2.2 s
+//! against 5.6 s). The balance check costs O(accounts + new entries):
 //! per-(ledger, account) sums of entries are kept in `reconciliation_checkpoints` and each run
 //! folds in only the entries added since the last one. Entries are append-only (a trigger
 //! refuses UPDATE and DELETE), and posting transactions commit one at a time behind
@@ -37,6 +40,9 @@ struct TransferCheckRow {
     credits: Option<i64>,
     mismatched: Option<i64>,
     checked_count: i64,
+    /// The summary row's: where the scope's last transfer is, to start the next page after it.
+    last_updated_at: Option<DateTime<Utc>>,
+    last_id: Option<Uuid>,
 }
 
 /// The `status` column of [`TransferCheckRow`], NULL only in the summary row.
@@ -63,23 +69,93 @@ fn ledger_param(ledger: Option<&LedgerName>) -> Option<&str> {
     ledger.map(LedgerName::as_str)
 }
 
-/// Transfer-level problems among transfers of `ledger` (every ledger when `None`) changed in
-/// `[from, to)` or listed in `recheck`. A posted transfer's two entries must be in its own
-/// ledger: an entry in another one counts as not matching it. Returns the observations and
-/// how many transfers were looked at.
+/// Transfers one statement of the transfer check reads.
+#[derive(Debug, Clone, Copy)]
+pub enum TransferScope<'a> {
+    /// The subjects of open findings changed outside `[from, to)`: those inside are read with
+    /// the window's pages.
+    Recheck {
+        ids: &'a [Uuid],
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
+    /// The next [`TRANSFER_PAGE_ROWS`] transfers changed in `[from, to)`, in `(updated_at, id)`
+    /// order after `after` (from the start when `None`).
+    Window {
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<Cursor>,
+    },
+}
+
+/// Transfers one page of the window's transfer check reads. A page joins its transfers to
+/// their entries by index probes, so it costs O(page) however large the ledger; one statement
+/// over a 500,000-transfer window merge-joined every entry of a 6M-entry ledger instead
+/// (15.3 s against ~0.1 s per page, BENCHMARKS.md, "Reconciliation run time").
+pub const TRANSFER_PAGE_ROWS: i64 = 10_000;
+
+/// Makes the run's transaction join by index probes only (`true`), for the transfer check's
+/// pages, or lets the planner choose again (`false`). A page joins a few thousand transfers
+/// to their entries, but with statistics older than the table's growth (a table that grew
+/// since its last ANALYZE) the planner merge-joined every entry of the ledger into each page:
+/// in a soak at 1,500 transfers/s one 5-minute run took over 2 minutes (BENCHMARKS.md,
+/// "Fourth sitting"). Posting plans its statements the same way (`src/ledger/`).
+pub async fn join_by_index_probes(conn: &mut PgConnection, only: bool) -> Result<(), sqlx::Error> {
+    let enabled = if only { "off" } else { "on" };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL enable_hashjoin = {enabled}; SET LOCAL enable_mergejoin = {enabled}"
+    )))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What one statement of the transfer check found: the problems, how many transfers it looked
+/// at, and where the window's next page starts (`None`: this was its last, or a recheck).
+pub struct TransferPage {
+    pub observations: Vec<Observation>,
+    pub checked: i64,
+    pub next: Option<Cursor>,
+}
+
+/// Transfer-level problems among transfers of `ledger` (every ledger when `None`) in `scope`.
+/// A posted transfer's two entries must be in its own ledger: an entry in another one counts
+/// as not matching it. `updated_at >= cursor` repeats the row comparison in a form the
+/// `updated_at` index can start from, so each page costs O(page), not a rescan of the pages
+/// before it.
 pub async fn transfers(
     conn: &mut PgConnection,
     ledger: Option<&LedgerName>,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    recheck: &[Uuid],
-) -> Result<(Vec<Observation>, i64), sqlx::Error> {
-    let rows = sqlx::query_as::<_, TransferCheckRow>(
+    scope: TransferScope<'_>,
+) -> Result<TransferPage, sqlx::Error> {
+    const CHANGED_IN_WINDOW: &str = "updated_at >= $1 AND updated_at < $2";
+    let (which, from, to, ids, after, limit) = match scope {
+        TransferScope::Recheck { ids, from, to } => (
+            format!("id = ANY($3) AND NOT ({CHANGED_IN_WINDOW})"),
+            from,
+            to,
+            Some(ids),
+            None,
+            None,
+        ),
+        TransferScope::Window { from, to, after } => (
+            format!("$3::uuid[] IS NULL AND {CHANGED_IN_WINDOW}"),
+            from,
+            to,
+            None,
+            after,
+            Some(TRANSFER_PAGE_ROWS),
+        ),
+    };
+    let rows = sqlx::query_as::<_, TransferCheckRow>(sqlx::AssertSqlSafe(format!(
         "WITH scope AS MATERIALIZED ( \
            SELECT id, ledger, status, coalesce(captured_amount, amount) AS amount, currency, \
-             from_account, to_account FROM transfers \
-           WHERE ((updated_at >= $1 AND updated_at < $2) OR id = ANY($3)) \
-             AND ($4::text IS NULL OR ledger = $4)), \
+             from_account, to_account, updated_at FROM transfers \
+           WHERE ($4::text IS NULL OR ledger = $4) AND {which} \
+             AND updated_at >= coalesce($5, '-infinity'::timestamptz) \
+             AND (updated_at, id) > (coalesce($5, '-infinity'::timestamptz), \
+                                     coalesce($6, '00000000-0000-0000-0000-000000000000'::uuid)) \
+           ORDER BY updated_at, id LIMIT $7), \
          checked AS ( \
            SELECT s.id, s.ledger, s.status, \
              count(e.id) AS entries, \
@@ -92,29 +168,44 @@ pub async fn transfers(
                OR e.currency <> s.currency OR a.ledger IS DISTINCT FROM s.ledger) AS mismatched \
            FROM scope s LEFT JOIN entries e ON e.transfer_id = s.id \
              LEFT JOIN accounts a ON a.no = e.account_no \
-           GROUP BY s.id, s.ledger, s.status) \
+           GROUP BY s.id, s.ledger, s.status), \
+         last AS (SELECT updated_at, id FROM scope ORDER BY updated_at DESC, id DESC LIMIT 1) \
          SELECT id, ledger, status, entries, debits, credits, mismatched, \
-           (SELECT count(*) FROM scope) AS checked_count \
+           (SELECT count(*) FROM scope) AS checked_count, \
+           NULL::timestamptz AS last_updated_at, NULL::uuid AS last_id \
          FROM checked \
          WHERE debits > 1 OR credits > 1 \
             OR (status <> 'posted' AND entries > 0) \
             OR (status = 'posted' AND (debits <> 1 OR credits <> 1 OR mismatched > 0)) \
          UNION ALL \
-         SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM scope)",
-    )
+         SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM scope), \
+           (SELECT updated_at FROM last), (SELECT id FROM last)"
+    )))
     .bind(from)
     .bind(to)
-    .bind(recheck)
+    .bind(ids)
     .bind(ledger_param(ledger))
+    .bind(after.map(|c| c.since))
+    .bind(after.map(|c| c.id))
+    .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    let mut checked = 0;
-    let mut found = Vec::new();
+    let mut page = TransferPage {
+        observations: Vec::new(),
+        checked: 0,
+        next: None,
+    };
     for row in rows {
-        checked = row.checked_count;
-        found.extend(row.observation()?);
+        page.checked = row.checked_count;
+        if let (Some(since), Some(id)) = (row.last_updated_at, row.last_id) {
+            page.next = Some(Cursor { since, id });
+        }
+        page.observations.extend(row.observation()?);
     }
-    Ok((found, checked))
+    if limit.is_none_or(|limit| page.checked < limit) {
+        page.next = None;
+    }
+    Ok(page)
 }
 
 impl TransferCheckRow {
@@ -490,9 +581,10 @@ impl Waiting {
     }
 }
 
-/// Where the next page of [`waiting`] starts: after this `(since, id)`.
+/// Where the next page of a keyset-paged check ([`waiting`], [`transfers`]) starts: after
+/// this `(since, id)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WaitingCursor {
+pub struct Cursor {
     pub since: DateTime<Utc>,
     pub id: Uuid,
 }
@@ -515,8 +607,8 @@ pub async fn waiting(
     which: Waiting,
     ledger: Option<&LedgerName>,
     older_than: DateTime<Utc>,
-    after: Option<WaitingCursor>,
-) -> Result<Page<WaitingCursor>, sqlx::Error> {
+    after: Option<Cursor>,
+) -> Result<Page<Cursor>, sqlx::Error> {
     let since = which.since_column();
     let rows = sqlx::query_as::<_, WaitingRow>(sqlx::AssertSqlSafe(format!(
         "SELECT id, ledger, {since} AS since, attempts FROM transfers \
@@ -535,7 +627,7 @@ pub async fn waiting(
     .fetch_all(&mut *conn)
     .await?;
     let page_full = rows.len() == PAGE_ROWS;
-    let next = rows.last().map(|row| WaitingCursor {
+    let next = rows.last().map(|row| Cursor {
         since: row.since,
         id: row.id,
     });

@@ -339,6 +339,52 @@ async fn a_posted_transfer_marked_failed_is_failed_with_entries() {
     assert_eq!(resolved_kinds(&repaired), ["failed_with_entries"]);
 }
 
+#[tokio::test]
+async fn a_window_past_one_page_is_checked_whole_and_ties_across_a_page_boundary_are_not_skipped() {
+    let (app, id) = app_with_posted_transfer().await;
+    // More transfers than one page of the transfer check, every one changed at the same
+    // instant (as a posting batch stamps them), with ids below any v7 id: the broken transfer
+    // below sorts after all of them, on the second page, among ties of the first page's last
+    // row. A cursor on `updated_at` alone skips it, and so does a check that stops at a page.
+    let page_rows = ferry::reconcile::checks::TRANSFER_PAGE_ROWS;
+    let fillers = page_rows + 50;
+    sqlx::query(
+        "INSERT INTO transfers (id, ledger, api_key_id, idempotency_key, request_fingerprint, \
+           from_account, to_account, amount, currency, status, failure_code, failed_at, \
+           created_at, updated_at) \
+         SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid, 'default', \
+           k.id, 'filler' || n, '\\x00', 'a', 'b', 1, 'USD', 'failed', 'insufficient_funds', \
+           now(), now() - interval '10 minutes', now() - interval '10 minutes' \
+         FROM generate_series(1, $1) AS n, (SELECT id FROM api_keys LIMIT 1) AS k",
+    )
+    .bind(fillers)
+    .execute(&app.pool)
+    .await
+    .expect("filler transfers");
+    tamper(
+        &app,
+        &format!(
+            "UPDATE transfers SET status = 'failed', failure_code = 'insufficient_funds', \
+               posted_at = NULL, failed_at = now(), \
+               updated_at = (SELECT updated_at FROM transfers WHERE idempotency_key = 'filler1') \
+             WHERE id = '{id}'"
+        ),
+    )
+    .await;
+    let run = reconcile(&app, false).await;
+    assert_eq!(
+        findings(&run),
+        vec![finding(
+            "failed_with_entries",
+            &format!("transfer:{id}"),
+            "critical"
+        )],
+        "{run}"
+    );
+    // The fillers, the broken one and the treasury's funding transfer, each once.
+    assert_eq!(run["transfers_checked"], fillers + 2, "{run}");
+}
+
 /// Queues a posting job for `transfer_ids` due in an hour: their job is alive.
 pub async fn enqueue_posting_in_an_hour(app: &TestApp, transfer_ids: Vec<uuid::Uuid>) {
     let mut conn = app.pool.acquire().await.expect("conn");
