@@ -288,8 +288,9 @@ async fn begin_snapshot(
     // entries table even for a 10k window (measured: 0.9 s instead of 0.06 s on 2M entries).
     // A run shares the machine with posting: one backend, no parallel workers (the orphan
     // check's parallel hash over every transfer took three processes on two cores), no JIT
-    // (compiling costs more than these statements save), and each paged statement planned for
-    // its own bounds rather than a generic plan that cannot see a page's LIMIT.
+    // (PostgreSQL compiled 30-44 functions for each of these statements; not measured apart),
+    // and each paged statement planned for its own bounds rather than a generic plan that
+    // cannot see a page's LIMIT.
     sqlx::raw_sql(
         "SET LOCAL lock_timeout = '120s'; \
          SET LOCAL work_mem = '256MB'; \
