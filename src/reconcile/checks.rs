@@ -88,6 +88,27 @@ pub enum TransferScope<'a> {
     },
 }
 
+impl<'a> TransferScope<'a> {
+    /// The statement after this one, given where its page ended (`next` of its
+    /// [`TransferPage`]): the rechecked transfers come first, then the window page by page;
+    /// `None` once the window's last page is read.
+    pub fn following(self, next: Option<Cursor>) -> Option<Self> {
+        match (self, next) {
+            (Self::Recheck { from, to, .. }, _) => Some(Self::Window {
+                from,
+                to,
+                after: None,
+            }),
+            (Self::Window { from, to, .. }, Some(after)) => Some(Self::Window {
+                from,
+                to,
+                after: Some(after),
+            }),
+            (Self::Window { .. }, None) => None,
+        }
+    }
+}
+
 /// Transfers one page of the window's transfer check reads. A page joins its transfers to
 /// their entries by index probes, so it costs O(page) however large the ledger; one statement
 /// over a 500,000-transfer window merge-joined every entry of a 6M-entry ledger instead

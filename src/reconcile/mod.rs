@@ -338,32 +338,17 @@ async fn check_ledger(
     progress.step("open findings");
     let recheck = findings::open_transfer_subjects(tx, &RECHECKED_KINDS, ledger).await?;
     progress.step("transfers and their entries");
-    let from = window.start - chrono::Duration::seconds(WINDOW_OVERLAP_SECS);
-    let to = window.end;
-    let mut scope = TransferScope::Recheck {
+    let mut scope = Some(TransferScope::Recheck {
         ids: &recheck,
-        from,
-        to,
-    };
+        from: window.start - chrono::Duration::seconds(WINDOW_OVERLAP_SECS),
+        to: window.end,
+    });
     checks::join_by_index_probes(tx, true).await?;
-    loop {
-        let page = checks::transfers(tx, ledger, scope).await?;
+    while let Some(this) = scope {
+        let page = checks::transfers(tx, ledger, this).await?;
         recorder.record(tx, page.observations).await?;
         outcome.transfers_checked += page.checked;
-        // The rechecked transfers first, then the window page by page.
-        scope = match (scope, page.next) {
-            (TransferScope::Recheck { .. }, _) => TransferScope::Window {
-                from,
-                to,
-                after: None,
-            },
-            (TransferScope::Window { .. }, Some(after)) => TransferScope::Window {
-                from,
-                to,
-                after: Some(after),
-            },
-            (TransferScope::Window { .. }, None) => break,
-        };
+        scope = this.following(page.next);
     }
     checks::join_by_index_probes(tx, false).await?;
     recorder.checked(&TRANSFER_KINDS);

@@ -306,26 +306,34 @@ async fn a_second_debit_and_credit_for_one_transfer_is_double_posted() {
     assert_eq!(resolved_kinds(&repaired), ["double_posted"]);
 }
 
-#[tokio::test]
-async fn a_posted_transfer_marked_failed_is_failed_with_entries() {
-    let (app, id) = app_with_posted_transfer().await;
+/// Marks posted transfer `id` failed behind ferry's back, keeping its entries; `also_set` adds
+/// assignments (", updated_at = …").
+async fn mark_failed(app: &TestApp, id: &str, also_set: &str) {
     tamper(
-        &app,
+        app,
         &format!(
             "UPDATE transfers SET status = 'failed', failure_code = 'insufficient_funds', \
-               posted_at = NULL, failed_at = now() WHERE id = '{id}'"
+               posted_at = NULL, failed_at = now(){also_set} WHERE id = '{id}'"
         ),
     )
     .await;
+}
+
+/// What a run lists when transfer `id` is failed but has entries, and nothing else is wrong.
+fn failed_with_entries(id: &str) -> Vec<FindingKey> {
+    vec![finding(
+        "failed_with_entries",
+        &format!("transfer:{id}"),
+        "critical",
+    )]
+}
+
+#[tokio::test]
+async fn a_posted_transfer_marked_failed_is_failed_with_entries() {
+    let (app, id) = app_with_posted_transfer().await;
+    mark_failed(&app, &id, "").await;
     let run = reconcile(&app, false).await;
-    assert_eq!(
-        findings(&run),
-        vec![finding(
-            "failed_with_entries",
-            &format!("transfer:{id}"),
-            "critical"
-        )]
-    );
+    assert_eq!(findings(&run), failed_with_entries(&id), "{run}");
     tamper(
         &app,
         &format!(
@@ -361,26 +369,14 @@ async fn a_window_past_one_page_is_checked_whole_and_ties_across_a_page_boundary
     .execute(&app.pool)
     .await
     .expect("filler transfers");
-    tamper(
+    mark_failed(
         &app,
-        &format!(
-            "UPDATE transfers SET status = 'failed', failure_code = 'insufficient_funds', \
-               posted_at = NULL, failed_at = now(), \
-               updated_at = (SELECT updated_at FROM transfers WHERE idempotency_key = 'filler1') \
-             WHERE id = '{id}'"
-        ),
+        &id,
+        ", updated_at = (SELECT updated_at FROM transfers WHERE idempotency_key = 'filler1')",
     )
     .await;
     let run = reconcile(&app, false).await;
-    assert_eq!(
-        findings(&run),
-        vec![finding(
-            "failed_with_entries",
-            &format!("transfer:{id}"),
-            "critical"
-        )],
-        "{run}"
-    );
+    assert_eq!(findings(&run), failed_with_entries(&id), "{run}");
     // The fillers, the broken one and the treasury's funding transfer, each once.
     assert_eq!(run["transfers_checked"], fillers + 2, "{run}");
 }
