@@ -131,6 +131,64 @@ async fn entries_are_listed_newest_first_with_a_cursor() {
     }
 }
 
+/// Entries of one posting transaction share their `created_at`, and the account's entries are
+/// read by `(created_at, id)`: a page that ends inside such a group must go on with the rest of
+/// it, not skip to an older time.
+#[tokio::test]
+async fn pages_of_entries_that_share_a_posting_time_skip_and_repeat_nothing() {
+    let app = spawn_app().await;
+    app.create_account("treasury", "USD", true).await;
+    app.create_account("a", "USD", false).await;
+    let items: Vec<serde_json::Value> = (1..=7)
+        .map(|n| {
+            json!({"idempotency_key": format!("tie-{n}"), "from_account": "treasury",
+                   "to_account": "a", "amount": format!("{n}.00"), "currency": "USD"})
+        })
+        .collect();
+    let reply = app
+        .post_json("/v1/transfers/batch", &json!({"transfers": items}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    app.run_until_idle(Duration::from_secs(20)).await;
+    let whole = app.get("/v1/accounts/a/entries?limit=100").await.body;
+    let times: Vec<&str> = whole["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["created_at"].as_str().expect("created_at"))
+        .collect();
+    assert_eq!(times.len(), 7);
+    assert!(
+        times.windows(2).any(|w| w[0] == w[1]),
+        "the batch posted in one transaction, so its entries share a time: {times:?}"
+    );
+    let mut paged = Vec::new();
+    let mut path = "/v1/accounts/a/entries?limit=2".to_owned();
+    loop {
+        let page = app.get(&path).await.body;
+        paged.extend(ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/accounts/a/entries?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, ids(&whole));
+    let numbers: Vec<i64> = paged.iter().map(|id| id.parse().expect("id")).collect();
+    assert!(
+        numbers.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {numbers:?}"
+    );
+}
+
+fn ids(page: &serde_json::Value) -> Vec<String> {
+    page["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
 fn amounts(page: &serde_json::Value) -> Vec<String> {
     page["entries"]
         .as_array()

@@ -1,0 +1,14 @@
+-- One index of entries by account instead of two.
+--
+-- `entries_by_account (account_no, id)` and `entries_by_account_time (account_no, created_at,
+-- id)` hold the same order: posting writes entries under the ledger's gate with
+-- `statement_timestamp()`, so within an account `created_at` never decreases as `id` grows
+-- (migration holds). Every read that used the first (an account's entries newest first, the
+-- reconciliation sums of one ledger) is served by the second or by the primary key.
+--
+-- What the first cost: an insert into an index by account lands on a leaf chosen by the
+-- account, so once a ledger's indexes outgrow shared buffers each entry touches a leaf page
+-- nobody else touched lately, and the first touch after a checkpoint writes the whole 8 KiB
+-- page to the WAL. On a 10M-entry ledger the two indexes were 430 and 464 MB, written at
+-- random, two of every entry's five index inserts (BENCHMARKS.md, "Fifth sitting").
+DROP INDEX entries_by_account;
