@@ -101,7 +101,7 @@ async fn entries_are_listed_newest_first_with_a_cursor() {
     }
     let page = app.get("/v1/accounts/a/entries?limit=2").await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
-    assert_eq!(amounts(&page.body), ["5.00", "4.00"]);
+    assert_eq!(entry_fields(&page.body, "amount"), ["5.00", "4.00"]);
     let cursor = page.body["next_cursor"]
         .as_str()
         .expect("cursor")
@@ -109,7 +109,7 @@ async fn entries_are_listed_newest_first_with_a_cursor() {
     let page = app
         .get(&format!("/v1/accounts/a/entries?limit=10&cursor={cursor}"))
         .await;
-    assert_eq!(amounts(&page.body), ["3.00", "2.00", "1.00"]);
+    assert_eq!(entry_fields(&page.body, "amount"), ["3.00", "2.00", "1.00"]);
     assert!(page.body.get("next_cursor").is_none());
     let treasury = app.get("/v1/accounts/treasury/entries").await;
     assert_eq!(treasury.body["entries"][0]["amount"], "-5.00");
@@ -151,12 +151,7 @@ async fn pages_of_entries_that_share_a_posting_time_skip_and_repeat_nothing() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     app.run_until_idle(Duration::from_secs(20)).await;
     let whole = app.get("/v1/accounts/a/entries?limit=100").await.body;
-    let times: Vec<&str> = whole["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| e["created_at"].as_str().expect("created_at"))
-        .collect();
+    let times = entry_fields(&whole, "created_at");
     assert_eq!(times.len(), 7);
     assert!(
         times.windows(2).any(|w| w[0] == w[1]),
@@ -166,13 +161,13 @@ async fn pages_of_entries_that_share_a_posting_time_skip_and_repeat_nothing() {
     let mut path = "/v1/accounts/a/entries?limit=2".to_owned();
     loop {
         let page = app.get(&path).await.body;
-        paged.extend(ids(&page));
+        paged.extend(entry_fields(&page, "id"));
         match page["next_cursor"].as_str() {
             Some(cursor) => path = format!("/v1/accounts/a/entries?limit=2&cursor={cursor}"),
             None => break,
         }
     }
-    assert_eq!(paged, ids(&whole));
+    assert_eq!(paged, entry_fields(&whole, "id"));
     let numbers: Vec<i64> = paged.iter().map(|id| id.parse().expect("id")).collect();
     assert!(
         numbers.windows(2).all(|w| w[0] > w[1]),
@@ -180,21 +175,18 @@ async fn pages_of_entries_that_share_a_posting_time_skip_and_repeat_nothing() {
     );
 }
 
-fn ids(page: &serde_json::Value) -> Vec<String> {
+/// One field of every entry on a page of `GET /v1/accounts/{id}/entries`, in page order.
+fn entry_fields(page: &serde_json::Value, field: &str) -> Vec<String> {
     page["entries"]
         .as_array()
         .expect("entries")
         .iter()
-        .map(|e| e["id"].as_str().expect("id").to_owned())
-        .collect()
-}
-
-fn amounts(page: &serde_json::Value) -> Vec<String> {
-    page["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| e["amount"].as_str().unwrap_or("").to_owned())
+        .map(|e| {
+            e[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("an entry without {field}: {e}"))
+                .to_owned()
+        })
         .collect()
 }
 
