@@ -10,5 +10,5 @@
 -- account, so once a ledger's indexes outgrow shared buffers each entry touches a leaf page
 -- nobody else touched lately, and the first touch after a checkpoint writes the whole 8 KiB
 -- page to the WAL. On a 10M-entry ledger the two indexes were 430 and 464 MB, written at
--- random, two of every entry's five index inserts (BENCHMARKS.md, "Fifth sitting").
+-- random: two of the four index inserts each entry makes (BENCHMARKS.md, "Fifth sitting").
 DROP INDEX entries_by_account;
