@@ -177,14 +177,19 @@ async fn pages_of_entries_that_share_a_posting_time_skip_and_repeat_nothing() {
 
 /// One field of every entry on a page of `GET /v1/accounts/{id}/entries`, in page order.
 fn entry_fields(page: &serde_json::Value, field: &str) -> Vec<String> {
-    page["entries"]
+    listed_fields(page, "entries", field)
+}
+
+/// One string field of every item of the list `list` on a page, in page order.
+fn listed_fields(page: &serde_json::Value, list: &str, field: &str) -> Vec<String> {
+    page[list]
         .as_array()
-        .expect("entries")
+        .unwrap_or_else(|| panic!("a page without {list}: {page}"))
         .iter()
-        .map(|e| {
-            e[field]
+        .map(|item| {
+            item[field]
                 .as_str()
-                .unwrap_or_else(|| panic!("an entry without {field}: {e}"))
+                .unwrap_or_else(|| panic!("an item of {list} without {field}: {item}"))
                 .to_owned()
         })
         .collect()
@@ -235,12 +240,7 @@ async fn open_account(app: &crate::helpers::TestApp, body: serde_json::Value) ->
 
 /// The ids of a page of `GET /v1/accounts`.
 fn listed_ids(page: &serde_json::Value) -> Vec<String> {
-    page["accounts"]
-        .as_array()
-        .expect("accounts")
-        .iter()
-        .map(|a| a["id"].as_str().expect("id").to_owned())
-        .collect()
+    listed_fields(page, "accounts", "id")
 }
 
 /// Every id `GET /v1/accounts{query}` lists as `api_key`, following `next_after`; each page's
