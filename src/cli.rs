@@ -152,7 +152,7 @@ pub struct BenchArgs {
     /// intake-while-posting-anomaly-off — one, or several separated by commas, run
     /// interleaved (`uniform,hot`). Measured once: balance-at, webhook-lag,
     /// webhook-lag-close (its receiver closes each connection), reconcile.
-    /// `all` runs those. By name only: latency, growth, scale-out, soak.
+    /// `all` runs those. By name only: latency, steady, growth, scale-out, soak, console.
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// The least transfers a measured run moves (for reconcile: the ledger size; for
@@ -168,14 +168,16 @@ pub struct BenchArgs {
     /// The least a measured run lasts: its size is set from the warm-up's rate.
     #[arg(long, default_value_t = 10.0)]
     pub measure_secs: f64,
-    /// latency: how long each step of offered load lasts (also growth's time-to-posted step).
+    /// latency and steady: how long each step of offered load lasts (also growth's
+    /// time-to-posted step).
     #[arg(long, default_value_t = 10.0)]
     pub step_secs: f64,
     /// latency and growth: the longest wait, before a step, for probe transfers to post
     /// within 100 ms again (the wait is reported).
     #[arg(long, default_value_t = 30.0)]
     pub quiet_timeout_secs: f64,
-    /// growth and soak: the offered rate of single requests whose time to posted is measured.
+    /// growth, soak and steady: the offered rate of single requests whose time to posted is
+    /// measured.
     #[arg(long, default_value_t = 1_000.0)]
     pub rate: f64,
     /// growth: entries of the large ledger.

@@ -18,6 +18,7 @@ mod processes;
 pub mod reconcile;
 mod soak;
 mod stages;
+mod steady;
 mod throughput;
 mod webhooks;
 pub mod workload;
@@ -152,7 +153,14 @@ pub const ONCE: [&str; 4] = [
     "reconcile",
 ];
 /// Scenarios run only by name: each takes minutes.
-pub const BY_NAME: [&str; 5] = ["latency", "growth", "scale-out", "soak", "console"];
+pub const BY_NAME: [&str; 6] = [
+    "latency",
+    "steady",
+    "growth",
+    "scale-out",
+    "soak",
+    "console",
+];
 
 /// The suffix of the scenarios run with anomaly detection off.
 pub const ANOMALY_OFF: &str = "-anomaly-off";
@@ -207,6 +215,9 @@ pub struct Report {
     pub latency: Option<latency::Curves>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub soak: Option<soak::Soak>,
+    /// `steady`: each step at the fixed rate, with CPU per transfer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steady: Vec<steady::SteadyStep>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub console_timings: Vec<console::Timing>,
 }
@@ -255,6 +266,7 @@ pub async fn run(
             report.rows = summarize(throughput::repeated(config, &names, options).await?);
         }
         "soak" => report.soak = Some(soak::run(config, options).await?),
+        "steady" => report.steady = steady::run(config, options).await?,
         "console" => report.console_timings = console::run(config, options).await?,
         one if ONCE.contains(&one) => report.rows = run_once(config, one, options).await?,
         other => anyhow::bail!(

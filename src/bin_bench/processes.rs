@@ -163,6 +163,11 @@ impl BenchedFerry {
         &self.pool
     }
 
+    /// The ferry processes' ids, in start order (those still running).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(Child::id).collect()
+    }
+
     /// Resident memory of every ferry process, in KiB (Linux), in start order.
     pub fn rss_kib(&self) -> Vec<Option<u64>> {
         self.children

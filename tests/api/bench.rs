@@ -327,6 +327,39 @@ async fn the_latency_scenario_steps_up_to_saturation_and_draws_the_plot() {
     }
 }
 
+/// `steady` (issue 26): every step at the one rate asked for, on one ferry, with the CPU
+/// ferry and PostgreSQL spent on it.
+#[tokio::test]
+async fn the_steady_scenario_holds_one_rate_and_says_what_it_cost() {
+    let (report, table) = ferry_bench(&[
+        "--scenario",
+        "steady",
+        "--rate",
+        "200",
+        "--step-secs",
+        "1",
+        "--reps",
+        "2",
+        "--warmup-secs",
+        "0",
+        "--quiet-timeout-secs",
+        "3",
+    ])
+    .await;
+    let steps = report["steady"].as_array().expect("steady");
+    assert_eq!(steps.len(), 2, "{table}");
+    for (rep, step) in steps.iter().enumerate() {
+        assert_eq!(step["label"], format!("rep {}", rep + 1), "{step}");
+        assert_eq!(step["mode"], "single", "{step}");
+        assert_eq!(number(step, "offered_per_sec"), 200.0, "{step}");
+        assert_step(step);
+        // Both processes did work in the step: a reading of zero is a broken reading.
+        assert!(number(step, "ferry_cpu_ms_per_1k") > 0.0, "{step}");
+        assert!(number(step, "postgres_cpu_ms_per_1k") > 0.0, "{step}");
+    }
+    assert!(table.contains("median of 2 steps at 200/s"), "{table}");
+}
+
 #[tokio::test]
 async fn growth_and_scale_out_compare_with_their_base() {
     let mut args = QUICK.to_vec();

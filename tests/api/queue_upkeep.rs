@@ -41,3 +41,169 @@ async fn the_job_table_is_vacuumed_once_it_has_enough_dead_rows() {
     assert!(after < 100, "{after} dead rows left after the vacuum");
     assert!(!vacuum_if_due(&pool).await.expect("check"));
 }
+
+/// A migrated database with `count` jobs of queue `ferry.test` claimed by worker `worker`
+/// through apalis's own fetch.
+async fn jobs_claimed_by(
+    worker: &str,
+    count: i64,
+) -> (ferry::harness::ScratchDatabase, sqlx::PgPool) {
+    let database = test_database().await;
+    let pool = sqlx::PgPool::connect(database.url()).await.expect("pool");
+    ferry::db::migrate(&pool).await.expect("migrated");
+    sqlx::query(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name, layers) \
+         VALUES ($1, 'ferry.test', 'PgStorage', '')",
+    )
+    .bind(worker)
+    .execute(&pool)
+    .await
+    .expect("worker registered");
+    sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
+           priority, metadata) \
+         SELECT apalis.generate_ulid(), 'ferry.test', '\\x7b7d', 'Pending', 0, 5, \
+           now() - interval '1 second', 0, ''::hstore FROM generate_series(1, $1)",
+    )
+    .bind(count)
+    .execute(&pool)
+    .await
+    .expect("jobs queued");
+    let claimed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM apalis.get_jobs($1, 'ferry.test', $2::int)")
+            .bind(worker)
+            .bind(count)
+            .fetch_one(&pool)
+            .await
+            .expect("jobs fetched");
+    assert_eq!(claimed, count);
+    (database, pool)
+}
+
+/// Acknowledges `ids` as done, as apalis does after a handler returns.
+async fn acknowledge_done(pool: &sqlx::PgPool, worker: &str, ids: &[String]) -> u64 {
+    use apalis_core::backend::TaskResult;
+    use apalis_core::task::{status::Status, task_id::TaskId};
+    let results: Vec<apalis_postgres::queries::ResultPayload> = ids
+        .iter()
+        .map(|id| TaskResult {
+            task_id: TaskId::from_string(id.clone()),
+            attempt: 1,
+            status: Status::Done,
+            result: Ok(serde_json::Value::Null),
+        })
+        .collect();
+    let refs: Vec<&apalis_postgres::queries::ResultPayload> = results.iter().collect();
+    let mut conn = pool.acquire().await.expect("connection");
+    apalis_postgres::queries::handle_results(&mut *conn, &refs, worker)
+        .await
+        .expect("acknowledged")
+}
+
+/// apalis acknowledges jobs by their worker's name (`lock_by`), and a finished job used to
+/// keep it: each acknowledgement read every job its worker had finished since the last purge,
+/// a sequential scan of the table at 2.2 ms (BENCHMARKS.md, issue 26, "Sixth sitting"). A
+/// finished job now lets go of the name, so the name matches only the jobs the worker holds.
+#[tokio::test]
+async fn a_finished_job_no_longer_carries_its_workers_name() {
+    let worker = "ferry-test-worker";
+    let (_database, pool) = jobs_claimed_by(worker, 2_000).await;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM apalis.jobs ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .expect("ids");
+    let (finished, held) = ids.split_at(ids.len() - 3);
+    for chunk in finished.chunks(500) {
+        assert_eq!(
+            acknowledge_done(&pool, worker, chunk).await,
+            chunk.len() as u64
+        );
+    }
+
+    let named: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM apalis.jobs WHERE lock_by = $1 ORDER BY id")
+            .bind(worker)
+            .fetch_all(&pool)
+            .await
+            .expect("named");
+    assert_eq!(named, held, "only the jobs the worker holds carry its name");
+    let done: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status = 'Done'")
+        .fetch_one(&pool)
+        .await
+        .expect("done");
+    assert_eq!(
+        done,
+        finished.len() as i64,
+        "acknowledged as done all the same"
+    );
+
+    // The jobs still held are acknowledged as before, by the same worker's name.
+    assert_eq!(acknowledge_done(&pool, worker, held).await, 3);
+    let named: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE lock_by IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .expect("named");
+    assert_eq!(named, 0);
+}
+
+/// ferry's copy of apalis's fetch (migration 20261207000003) is PL/pgSQL, so its plan is
+/// cached, and fetches as apalis's does: the highest priority first, then the earliest due,
+/// never a job not yet due, never one another transaction holds.
+#[tokio::test]
+async fn the_job_fetch_is_apaliss_own_planned_once() {
+    let worker = "ferry-test-worker";
+    let (_database, pool) = jobs_claimed_by(worker, 1).await;
+    let language: String = sqlx::query_scalar(
+        "SELECT l.lanname::text FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang \
+         WHERE p.oid = 'apalis.get_jobs(text, text, integer)'::regprocedure",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("language");
+    assert_eq!(language, "plpgsql");
+
+    let queued: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
+           priority, metadata) \
+         SELECT apalis.generate_ulid(), 'ferry.test', '\\x7b7d', 'Pending', 0, 5, \
+           now() + make_interval(secs => due_in), priority, ''::hstore \
+         FROM (VALUES (-30, 0), (-20, 0), (-10, 7), (-5, 7), (3600, 9)) AS v(due_in, priority) \
+         RETURNING id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("queued");
+    let (older_low, newer_low, older_high, newer_high) =
+        (&queued[0], &queued[1], &queued[2], &queued[3]);
+
+    // Another transaction holds the oldest high-priority job: skipped, not waited for.
+    let mut holder = pool.begin().await.expect("holder");
+    sqlx::query("SELECT 1 FROM apalis.jobs WHERE id = $1 FOR UPDATE")
+        .bind(older_high)
+        .execute(&mut *holder)
+        .await
+        .expect("held");
+    let mut fetched: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM apalis.get_jobs($1, 'ferry.test', 2)")
+            .bind(worker)
+            .fetch_all(&pool)
+            .await
+            .expect("fetched");
+    fetched.sort();
+    // The free high-priority job, then of the low ones the earliest due.
+    let mut expected = vec![newer_high.clone(), older_low.clone()];
+    expected.sort();
+    assert_eq!(fetched, expected);
+    holder.rollback().await.expect("released");
+
+    let rest: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM apalis.get_jobs($1, 'ferry.test', 10) ORDER BY id")
+            .bind(worker)
+            .fetch_all(&pool)
+            .await
+            .expect("fetched");
+    let mut expected = vec![older_high.clone(), newer_low.clone()];
+    expected.sort();
+    assert_eq!(rest, expected, "the job due in an hour is not fetched");
+}
