@@ -13,9 +13,9 @@ use serde::Serialize;
 use super::openloop::{self, Mode, Percentiles, Step};
 use super::pipeline::{self, DRAIN_TIMEOUT, Posting};
 use super::plot::{Panel, Series};
-use super::processes::{BenchedFerry, ChildSettings, Layout};
+use super::processes::{BenchedFerry, ChildSettings, Layout, SeededFerry};
 use super::throughput;
-use super::workload::{PlannedTransfer, Planner, Shape, seed_accounts};
+use super::workload::{PlannedTransfer, Planner, Shape};
 use super::{Options, Row};
 
 /// Offered load of each step, as a fraction of the saturation rate measured in the same run.
@@ -45,22 +45,16 @@ pub async fn run(config: &ferry::config::Config, options: &Options) -> anyhow::R
     // what an overload leaves behind (a long queue, a slow job fetch until the purge) is not
     // what the next mode's first steps should measure.
     for mode in [Mode::Single, Mode::Batch] {
-        let (scratch, pool) = super::scratch_database(&config.database.url).await?;
-        let result = async {
-            seed_accounts(&pool, options.accounts).await?;
-            let ferry = BenchedFerry::start(
-                scratch.url(),
-                Layout::IntakeAndWorker,
-                ChildSettings::default(),
-            )
-            .await?;
-            let measured = curve(&ferry, mode, options).await;
-            ferry.stop().await;
-            measured
-        }
-        .await;
-        super::finish(scratch, pool).await;
-        let (mode_steps, row) = result?;
+        let seeded = SeededFerry::start(
+            config,
+            options.accounts,
+            Layout::IntakeAndWorker,
+            ChildSettings::default(),
+        )
+        .await?;
+        let measured = curve(&seeded.ferry, mode, options).await;
+        seeded.finish().await;
+        let (mode_steps, row) = measured?;
         steps.extend(mode_steps);
         saturation.insert(mode, row.transfers_per_sec);
         saturation_rows.push(row);

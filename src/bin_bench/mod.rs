@@ -308,34 +308,28 @@ async fn read_or_deliver(
     name: &str,
     options: &Options,
 ) -> anyhow::Result<Row> {
-    use processes::{BenchedFerry, ChildSettings, Layout};
+    use processes::{ChildSettings, Layout, SeededFerry};
     let mut settings = ChildSettings::default();
     if name.starts_with("webhook-lag") {
         // The receiver is on loopback, in this process.
         settings = settings.with_env("FERRY_WEBHOOKS_ALLOW_INSECURE", "true");
     }
-    let (scratch, pool) = scratch_database(&config.database.url).await?;
-    let result = async {
-        workload::seed_accounts(&pool, options.accounts).await?;
-        let ferry = BenchedFerry::start(scratch.url(), Layout::IntakeAndWorker, settings).await?;
-        let row = if name == "balance-at" {
-            holds::balance_at(name, &ferry, options.history_entries).await
+    let seeded =
+        SeededFerry::start(config, options.accounts, Layout::IntakeAndWorker, settings).await?;
+    let row = if name == "balance-at" {
+        holds::balance_at(name, &seeded.ferry, options.history_entries).await
+    } else {
+        let plan = workload::Planner::new(workload::Shape::Uniform, options.accounts, 1)
+            .take(options.transfers);
+        let connections = if name == "webhook-lag-close" {
+            webhooks::Connections::Closed
         } else {
-            let plan = workload::Planner::new(workload::Shape::Uniform, options.accounts, 1)
-                .take(options.transfers);
-            let connections = if name == "webhook-lag-close" {
-                webhooks::Connections::Closed
-            } else {
-                webhooks::Connections::KeptAlive
-            };
-            webhooks::lag(name, &ferry, &plan, connections).await
+            webhooks::Connections::KeptAlive
         };
-        ferry.stop().await;
-        row
-    }
-    .await;
-    finish(scratch, pool).await;
-    result
+        webhooks::lag(name, &seeded.ferry, &plan, connections).await
+    };
+    seeded.finish().await;
+    row
 }
 
 /// A scenario's runs, summed up: the median run's figures, the spread of its rates, and the

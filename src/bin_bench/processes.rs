@@ -50,6 +50,47 @@ impl ChildSettings {
     }
 }
 
+/// What most scenarios measure against: one ferry (`layout`) on a scratch database of its own,
+/// seeded with the scenario's accounts. [`SeededFerry::finish`] stops ferry and drops the
+/// database (or keeps it: `FERRY_BENCH_KEEP_DB`), whatever the measurement returned.
+pub struct SeededFerry {
+    scratch: ferry::harness::ScratchDatabase,
+    pool: sqlx::PgPool,
+    pub ferry: BenchedFerry,
+}
+
+impl SeededFerry {
+    pub async fn start(
+        config: &ferry::config::Config,
+        accounts: u32,
+        layout: Layout,
+        settings: ChildSettings,
+    ) -> anyhow::Result<Self> {
+        let (scratch, pool) = super::scratch_database(&config.database.url).await?;
+        let started = async {
+            super::workload::seed_accounts(&pool, accounts).await?;
+            BenchedFerry::start(scratch.url(), layout, settings).await
+        }
+        .await;
+        match started {
+            Ok(ferry) => Ok(Self {
+                scratch,
+                pool,
+                ferry,
+            }),
+            Err(error) => {
+                super::finish(scratch, pool).await;
+                Err(error)
+            }
+        }
+    }
+
+    pub async fn finish(self) {
+        self.ferry.stop().await;
+        super::finish(self.scratch, self.pool).await;
+    }
+}
+
 /// ferry running as child processes on a scratch database, with an admin key.
 pub struct BenchedFerry {
     pub base_url: String,

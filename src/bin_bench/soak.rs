@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::Options;
 use super::openloop::{self, Mode, Percentiles};
-use super::processes::{BenchedFerry, ChildSettings, Layout};
-use super::workload::{Planner, Shape, seed_accounts};
+use super::processes::{BenchedFerry, ChildSettings, Layout, SeededFerry};
+use super::workload::{Planner, Shape};
 
 /// Length of each sample's open-loop step.
 pub const SAMPLE_SECS: f64 = 30.0;
@@ -118,22 +118,22 @@ impl Verdict {
 }
 
 pub async fn run(config: &ferry::config::Config, options: &Options) -> anyhow::Result<Soak> {
-    let (scratch, pool) = super::scratch_database(&config.database.url).await?;
+    let settings = ChildSettings::default().with_env(
+        "FERRY_JOB_RETENTION_DONE_SECS",
+        options.soak_job_retention_secs.to_string(),
+    );
+    let seeded = SeededFerry::start(config, options.accounts, Layout::Everything, settings).await?;
     let result = async {
-        seed_accounts(&pool, options.accounts).await?;
-        let settings = ChildSettings::default().with_env(
-            "FERRY_JOB_RETENTION_DONE_SECS",
-            options.soak_job_retention_secs.to_string(),
-        );
-        let ferry = BenchedFerry::start(scratch.url(), Layout::Everything, settings).await?;
-        let started_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&pool).await?;
-        let sampled = samples(&ferry, options).await;
-        let reconciliations = reconciliations_since(&pool, started_at).await;
-        ferry.stop().await;
-        Ok::<_, anyhow::Error>((sampled?, reconciliations?))
+        let ferry = &seeded.ferry;
+        let started_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(ferry.pool())
+            .await?;
+        let sampled = samples(ferry, options).await?;
+        let reconciliations = reconciliations_since(ferry.pool(), started_at).await?;
+        Ok::<_, anyhow::Error>((sampled, reconciliations))
     }
     .await;
-    super::finish(scratch, pool).await;
+    seeded.finish().await;
     let (sampled, reconciliations) = result?;
     let verdict =
         Verdict::of(&sampled).ok_or_else(|| anyhow::anyhow!("the soak posted nothing to judge"))?;

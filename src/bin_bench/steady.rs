@@ -16,8 +16,8 @@ use serde::Serialize;
 use super::Options;
 use super::latency;
 use super::openloop::{self, Mode, Step};
-use super::processes::{BenchedFerry, ChildSettings, Layout};
-use super::workload::{Planner, Shape, seed_accounts};
+use super::processes::{BenchedFerry, ChildSettings, Layout, SeededFerry};
+use super::workload::{Planner, Shape};
 
 /// One step and what it cost.
 #[derive(Debug, Clone, Serialize)]
@@ -36,22 +36,16 @@ pub async fn run(
     options: &Options,
 ) -> anyhow::Result<Vec<SteadyStep>> {
     anyhow::ensure!(options.reps > 0, "steady needs at least one rep");
-    let (scratch, pool) = super::scratch_database(&config.database.url).await?;
-    let result = async {
-        seed_accounts(&pool, options.accounts).await?;
-        let ferry = BenchedFerry::start(
-            scratch.url(),
-            Layout::IntakeAndWorker,
-            ChildSettings::default(),
-        )
-        .await?;
-        let measured = steps(&ferry, options).await;
-        ferry.stop().await;
-        measured
-    }
-    .await;
-    super::finish(scratch, pool).await;
-    let steps = result?;
+    let seeded = SeededFerry::start(
+        config,
+        options.accounts,
+        Layout::IntakeAndWorker,
+        ChildSettings::default(),
+    )
+    .await?;
+    let measured = steps(&seeded.ferry, options).await;
+    seeded.finish().await;
+    let steps = measured?;
     print(&steps);
     Ok(steps)
 }
@@ -104,34 +98,34 @@ async fn steps(ferry: &BenchedFerry, options: &Options) -> anyhow::Result<Vec<St
 }
 
 fn print(steps: &[SteadyStep]) {
+    // The steps' own table, stage histograms and posting transactions, as `latency` prints
+    // them; then what each step cost.
     let plain: Vec<Step> = steps.iter().map(|s| s.step.clone()).collect();
     latency::print_steps(&plain, &Default::default());
     println!(
-        "{:<8} {:>18} {:>22}   stages",
+        "{:<8} {:>18} {:>22}",
         "step", "ferry CPU ms/1k", "PostgreSQL CPU ms/1k"
     );
     for s in steps {
         println!(
-            "{:<8} {:>18.0} {:>22.0}   {}",
-            s.step.label,
-            s.ferry_cpu_ms_per_1k,
-            s.postgres_cpu_ms_per_1k,
-            super::stages::summary(&s.step.stages)
+            "{:<8} {:>18.0} {:>22.0}",
+            s.step.label, s.ferry_cpu_ms_per_1k, s.postgres_cpu_ms_per_1k,
         );
     }
-    let median = |mut values: Vec<f64>| {
+    let median = |of: fn(&SteadyStep) -> f64| {
+        let mut values: Vec<f64> = steps.iter().map(of).collect();
         values.sort_by(f64::total_cmp);
-        values.get(values.len() / 2).copied().unwrap_or_default()
+        super::median_of(&values).unwrap_or_default()
     };
     println!(
         "median of {} steps at {:.0}/s: to posted p99 {:.1} ms, p99.9 {:.1} ms; CPU per 1k: \
          ferry {:.0} ms, PostgreSQL {:.0} ms",
         steps.len(),
         steps.first().map_or(0.0, |s| s.step.offered_per_sec),
-        median(steps.iter().map(|s| s.step.to_posted.p99_ms).collect()),
-        median(steps.iter().map(|s| s.step.to_posted.p999_ms).collect()),
-        median(steps.iter().map(|s| s.ferry_cpu_ms_per_1k).collect()),
-        median(steps.iter().map(|s| s.postgres_cpu_ms_per_1k).collect()),
+        median(|s| s.step.to_posted.p99_ms),
+        median(|s| s.step.to_posted.p999_ms),
+        median(|s| s.ferry_cpu_ms_per_1k),
+        median(|s| s.postgres_cpu_ms_per_1k),
     );
 }
 
