@@ -212,3 +212,58 @@ async fn the_job_fetch_is_apaliss_own_planned_once() {
     expected.sort();
     assert_eq!(rest, expected, "the job due in an hour is not fetched");
 }
+
+/// Every job is written into each index of `apalis.jobs` three times (insert, `Queued`,
+/// `Done`); an index that another one already is costs that for nothing. apalis 1.0.0 left
+/// five such twins from its first migration (migration `apalis_index_twins`); the one a
+/// foreign key is bound to stays.
+#[tokio::test]
+async fn apaliss_tables_carry_no_index_twice() {
+    let database = test_database().await;
+    let pool = sqlx::PgPool::connect(database.url()).await.expect("pool");
+    ferry::db::migrate(&pool).await.expect("migrated");
+    let twins: Vec<(String, String)> = sqlx::query_as(
+        "SELECT a.indexrelid::regclass::text, b.indexrelid::regclass::text \
+         FROM pg_index a JOIN pg_index b \
+           ON a.indrelid = b.indrelid AND a.indexrelid < b.indexrelid \
+          AND a.indkey::text = b.indkey::text AND a.indclass::text = b.indclass::text \
+          AND a.indoption::text = b.indoption::text \
+          AND pg_get_expr(a.indpred, a.indrelid) IS NOT DISTINCT FROM pg_get_expr(b.indpred, b.indrelid) \
+          AND pg_get_expr(a.indexprs, a.indrelid) IS NOT DISTINCT FROM pg_get_expr(b.indexprs, b.indrelid) \
+         WHERE a.indrelid IN ('apalis.jobs'::regclass, 'apalis.workers'::regclass) \
+           AND NOT EXISTS (SELECT 1 FROM pg_constraint c \
+                           WHERE c.conindid IN (a.indexrelid, b.indexrelid) AND c.contype = 'f') \
+         ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("indexes");
+    assert_eq!(
+        twins,
+        Vec::<(String, String)>::new(),
+        "indexes that are twins"
+    );
+
+    // What apalis's own queries need is still there: the fetch's partial index, the
+    // acknowledgement's `lock_by`, each table's key.
+    let kept: Vec<String> = sqlx::query_scalar(
+        "SELECT indexrelid::regclass::text FROM pg_index \
+         WHERE indrelid IN ('apalis.jobs'::regclass, 'apalis.workers'::regclass) ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("indexes");
+    for needed in [
+        "apalis.jobs_pkey",
+        "apalis.idx_apalis_jobs_fetch_partial",
+        "apalis.idx_apalis_jobs_lock_by",
+        "apalis.idx_jobs_idempotency_key",
+        "apalis.workers_pkey",
+        "apalis.idx_apalis_workers_last_seen",
+    ] {
+        assert!(
+            kept.iter().any(|k| k == needed),
+            "{needed} missing: {kept:?}"
+        );
+    }
+}
