@@ -27,13 +27,12 @@ DECLARE
     twin text[];
 BEGIN
     FOREACH twin SLICE 1 IN ARRAY twins LOOP
-        IF to_regclass('apalis.' || twin[1]) IS NOT NULL
-           AND to_regclass('apalis.' || twin[2]) IS NOT NULL
-           AND EXISTS (
+        -- to_regclass: NULL, so no row, for an index that is not there.
+        IF EXISTS (
                SELECT 1
                FROM pg_index a, pg_index b
-               WHERE a.indexrelid = ('apalis.' || twin[1])::regclass
-                 AND b.indexrelid = ('apalis.' || twin[2])::regclass
+               WHERE a.indexrelid = to_regclass('apalis.' || twin[1])
+                 AND b.indexrelid = to_regclass('apalis.' || twin[2])
                  AND a.indrelid = b.indrelid
                  AND a.indkey::text = b.indkey::text
                  AND a.indclass::text = b.indclass::text
@@ -43,7 +42,7 @@ BEGIN
                  AND (b.indisunique OR NOT a.indisunique)
            )
            AND NOT EXISTS (
-               SELECT 1 FROM pg_constraint WHERE conindid = ('apalis.' || twin[1])::regclass
+               SELECT 1 FROM pg_constraint WHERE conindid = to_regclass('apalis.' || twin[1])
            )
         THEN
             EXECUTE format('DROP INDEX apalis.%I', twin[1]);

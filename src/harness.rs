@@ -81,7 +81,7 @@ impl Drop for ScratchDatabase {
         let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
         let redis_url = std::env::var("REDIS_URL")
             .unwrap_or_else(|_| crate::intake::rate_limit::RedisSettings::default().url);
-        let redis_keys = format!("ferry:{}:*", self.name);
+        let redis_keys = crate::redis_slot::namespace_keys(&self.name);
         // Drop usually runs inside an async runtime, where blocking on another one panics; a
         // fresh thread has none.
         let dropped = std::thread::spawn(move || {
@@ -117,8 +117,8 @@ impl Drop for ScratchDatabase {
 /// Longest a dropped database's Redis keys are looked for; they expire on their own anyway.
 const REDIS_CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Removes the Redis keys matching `pattern` (a dropped database's: ferry names them
-/// `ferry:<database>:…`); how many there were.
+/// Removes the Redis keys matching `pattern` (a dropped database's,
+/// [`crate::redis_slot::namespace_keys`]); how many there were.
 ///
 /// They would expire by themselves, within the hour, but a benchmarking session leaves
 /// millions (measured: 1.9M keys, 540 MB, after ~30 bench runs), and a Redis expiring that

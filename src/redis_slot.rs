@@ -15,6 +15,13 @@ pub const REDIS_RECONNECT_MS: u64 = 5_000;
 /// Longest one connection attempt may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
+/// The pattern of every key a deployment keeps in Redis under `namespace` (its database's
+/// name, `db::database_name`): anomaly windows and webhook breakers are named
+/// `ferry:<namespace>:…`, so deployments sharing a Redis keep apart.
+pub fn namespace_keys(namespace: &str) -> String {
+    format!("ferry:{namespace}:*")
+}
+
 /// The connection, once made; `None` until then. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct RedisSlot {

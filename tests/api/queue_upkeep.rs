@@ -14,8 +14,8 @@ async fn dead_rows(pool: &sqlx::PgPool) -> i64 {
 #[tokio::test]
 async fn the_job_table_is_vacuumed_once_it_has_enough_dead_rows() {
     let database = test_database().await;
+    // `test_database` has migrated it.
     let pool = sqlx::PgPool::connect(database.url()).await.expect("pool");
-    ferry::db::migrate(&pool).await.expect("migrated");
     // Few dead rows: nothing to do.
     assert!(!vacuum_if_due(&pool).await.expect("check"));
 
@@ -49,8 +49,8 @@ async fn jobs_claimed_by(
     count: i64,
 ) -> (ferry::harness::ScratchDatabase, sqlx::PgPool) {
     let database = test_database().await;
+    // `test_database` has migrated it.
     let pool = sqlx::PgPool::connect(database.url()).await.expect("pool");
-    ferry::db::migrate(&pool).await.expect("migrated");
     sqlx::query(
         "INSERT INTO apalis.workers (id, worker_type, storage_name, layers) \
          VALUES ($1, 'ferry.test', 'PgStorage', '')",
@@ -220,8 +220,8 @@ async fn the_job_fetch_is_apaliss_own_planned_once() {
 #[tokio::test]
 async fn apaliss_tables_carry_no_index_twice() {
     let database = test_database().await;
+    // `test_database` has migrated it.
     let pool = sqlx::PgPool::connect(database.url()).await.expect("pool");
-    ferry::db::migrate(&pool).await.expect("migrated");
     let twins: Vec<(String, String)> = sqlx::query_as(
         "SELECT a.indexrelid::regclass::text, b.indexrelid::regclass::text \
          FROM pg_index a JOIN pg_index b \
