@@ -28,37 +28,44 @@ pub(super) fn postable(alias: &str) -> String {
 
 /// Reads the batch's postable transfers, in acceptance order, and locks the accounts they name
 /// — one statement, one round trip under the gate. The accounts are locked in (ledger, id)
-/// order, as every other writer of account rows does (`locked`, evaluated once before any row
-/// is returned); each transfer row then carries its two accounts as that lock left them (a row
-/// changed since the transaction's snapshot fails the `FOR UPDATE` with 40001, so what is read
-/// is what is locked). An account that does not exist in the transfer's ledger reads as NULLs.
+/// order, as every other writer of account rows does, and come back as rows of their own,
+/// exactly as the lock left them (a row changed since the transaction's snapshot fails the
+/// `FOR UPDATE` with 40001, so what is read is what is locked). Reading them from the lock
+/// rather than joining each transfer to its two accounts again saves two index probes per
+/// transfer (BENCHMARKS.md, issue 26, "Eighth sitting"). An account that does not exist in the
+/// transfer's ledger has no row, and posting fails the transfer as `account_not_found`.
 pub(super) async fn load_and_lock(
     tx: &mut Transaction<'_, Postgres>,
     transfer_ids: &[Uuid],
 ) -> Result<(Vec<PendingTransfer>, HashMap<AccountKey, LockedAccount>), PostingError> {
-    let rows: Vec<PendingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let rows: Vec<LoadedRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH pending AS MATERIALIZED ( \
            SELECT id, ledger, from_account, to_account, amount, currency, status, mode, \
              hold_action, capture_amount, created_at FROM transfers t \
            WHERE id = ANY($1) AND {postable} \
          ), locked AS MATERIALIZED ( \
-           SELECT a.no FROM accounts a \
+           SELECT a.ledger, a.id, a.no, a.currency, a.balance, a.pending_debits, \
+             a.pending_credits, a.allow_overdraft, a.status FROM accounts a \
            JOIN (SELECT ledger, from_account AS id FROM pending \
                  UNION SELECT ledger, to_account FROM pending) AS k \
              ON a.ledger = k.ledger AND a.id = k.id \
            ORDER BY a.ledger, a.id FOR UPDATE OF a \
          ) \
-         SELECT p.id, p.ledger, p.from_account, p.to_account, p.amount, p.currency, p.status, \
-           p.mode, p.hold_action, p.capture_amount, \
-           (extract(epoch FROM p.created_at) * 1000)::bigint AS accepted_at_ms, {from}, {to} \
+         SELECT false AS is_account, p.id, p.ledger, p.from_account, p.to_account, p.amount, \
+           p.currency, p.status, p.mode, p.hold_action, p.capture_amount, p.created_at, \
+           (extract(epoch FROM p.created_at) * 1000)::bigint AS accepted_at_ms, \
+           NULL::text AS account_id, NULL::int8 AS account_no, NULL::text AS account_currency, \
+           NULL::numeric AS balance, NULL::numeric AS pending_debits, \
+           NULL::numeric AS pending_credits, NULL::bool AS allow_overdraft, \
+           NULL::text AS account_status \
          FROM pending p \
-         LEFT JOIN accounts f ON f.ledger = p.ledger AND f.id = p.from_account \
-         LEFT JOIN accounts t ON t.ledger = p.ledger AND t.id = p.to_account \
-         WHERE (SELECT count(*) FROM locked) >= 0 \
-         ORDER BY p.created_at, p.id",
+         UNION ALL \
+         SELECT true, NULL, l.ledger, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+           NULL, l.id, l.no, l.currency, l.balance, l.pending_debits, l.pending_credits, \
+           l.allow_overdraft, l.status \
+         FROM locked l \
+         ORDER BY is_account, created_at, id",
         postable = postable("t"),
-        from = AccountColumns::select("f"),
-        to = AccountColumns::select("t"),
     )))
     .bind(transfer_ids)
     .fetch_all(&mut **tx)
@@ -66,102 +73,67 @@ pub(super) async fn load_and_lock(
     let mut transfers = Vec::with_capacity(rows.len());
     let mut accounts = HashMap::new();
     for row in rows {
-        let transfer = PendingTransfer::try_from(row.transfer)?;
-        for (key, columns) in [
-            (&transfer.from_account, row.from),
-            (&transfer.to_account, row.to),
-        ] {
-            if let Some(account) = columns.locked()? {
-                accounts.insert(key.clone(), account);
+        match row {
+            LoadedRow::Transfer(transfer) => transfers.push(PendingTransfer::try_from(transfer)?),
+            LoadedRow::Account(key, account) => {
+                accounts.insert(key, account.locked()?);
             }
         }
-        transfers.push(transfer);
     }
     Ok((transfers, accounts))
 }
 
-/// A transfer as [`load_and_lock`] reads it, with its two accounts.
-struct PendingRow {
-    transfer: PendingTransferRow,
-    from: AccountColumns,
-    to: AccountColumns,
+/// A row of [`load_and_lock`]'s answer: a postable transfer, or one of the accounts it locked.
+enum LoadedRow {
+    Transfer(PendingTransferRow),
+    Account(AccountKey, AccountColumns),
 }
 
-impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for PendingRow {
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for LoadedRow {
     fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            transfer: PendingTransferRow::from_row(row)?,
-            from: AccountColumns::read(row, "f")?,
-            to: AccountColumns::read(row, "t")?,
-        })
+        use sqlx::Row;
+        if !row.try_get::<bool, _>("is_account")? {
+            return Ok(Self::Transfer(PendingTransferRow::from_row(row)?));
+        }
+        let ledger: String = row.try_get("ledger")?;
+        let id: String = row.try_get("account_id")?;
+        let key = AccountKey::new(
+            LedgerName::from_trusted(ledger),
+            AccountId::from_trusted(id),
+        );
+        Ok(Self::Account(key, AccountColumns::from_row(row)?))
     }
 }
 
-/// An account's columns as [`load_and_lock`] reads them (prefixed `f_` or `t_`); all NULL
-/// when the account does not exist in the transfer's ledger.
+/// A locked account's columns as [`load_and_lock`] reads them.
+#[derive(sqlx::FromRow)]
 struct AccountColumns {
-    no: Option<i64>,
-    currency: Option<String>,
-    balance: Option<Decimal>,
-    pending_debits: Option<Decimal>,
-    pending_credits: Option<Decimal>,
-    allow_overdraft: Option<bool>,
-    status: Option<String>,
+    account_no: i64,
+    account_currency: String,
+    balance: Decimal,
+    pending_debits: Decimal,
+    pending_credits: Decimal,
+    allow_overdraft: bool,
+    account_status: String,
 }
 
 impl AccountColumns {
-    /// The select list that [`Self::read`] reads: the columns of `accounts` aliased `alias`,
-    /// each renamed `{alias}_{column}`.
-    fn select(alias: &str) -> String {
-        [
-            "no",
-            "currency",
-            "balance",
-            "pending_debits",
-            "pending_credits",
-            "allow_overdraft",
-            "status",
-        ]
-        .iter()
-        .map(|column| format!("{alias}.{column} AS {alias}_{column}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-    }
-
-    fn read(row: &sqlx::postgres::PgRow, alias: &str) -> Result<Self, sqlx::Error> {
-        use sqlx::Row;
-        let column = |name: &str| format!("{alias}_{name}");
-        Ok(Self {
-            no: row.try_get(column("no").as_str())?,
-            currency: row.try_get(column("currency").as_str())?,
-            balance: row.try_get(column("balance").as_str())?,
-            pending_debits: row.try_get(column("pending_debits").as_str())?,
-            pending_credits: row.try_get(column("pending_credits").as_str())?,
-            allow_overdraft: row.try_get(column("allow_overdraft").as_str())?,
-            status: row.try_get(column("status").as_str())?,
-        })
-    }
-
-    /// The locked account; `None` when it does not exist. Its currency is parsed as in
-    /// [`PendingTransferRow`], its status strictly (an unknown status fails the batch rather
-    /// than moving money).
-    fn locked(self) -> Result<Option<LockedAccount>, PostingError> {
-        let Some(no) = self.no else {
-            return Ok(None);
-        };
-        let missing = || PostingError::Invariant(format!("account number {no} read incomplete"));
-        let status = self.status.ok_or_else(missing)?;
-        Ok(Some(LockedAccount {
+    /// The locked account, its currency parsed as in [`PendingTransferRow`], its status
+    /// strictly (an unknown status fails the batch rather than moving money).
+    fn locked(self) -> Result<LockedAccount, PostingError> {
+        let no = self.account_no;
+        let status = self.account_status;
+        Ok(LockedAccount {
             no,
-            currency: parse_currency(self.currency.ok_or_else(missing)?)?,
-            balance: self.balance.ok_or_else(missing)?,
-            pending_debits: self.pending_debits.ok_or_else(missing)?,
-            pending_credits: self.pending_credits.ok_or_else(missing)?,
-            allow_overdraft: self.allow_overdraft.ok_or_else(missing)?,
+            currency: parse_currency(self.account_currency)?,
+            balance: self.balance,
+            pending_debits: self.pending_debits,
+            pending_credits: self.pending_credits,
+            allow_overdraft: self.allow_overdraft,
             status: AccountStatus::try_from(status.clone()).map_err(|_| {
                 PostingError::Invariant(format!("account number {no} has status {status:?}"))
             })?,
-        }))
+        })
     }
 }
 
