@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{PgPool, Postgres};
 
 /// `[database]`: where PostgreSQL is and how many connections a process holds (README,
@@ -66,7 +66,7 @@ pub async fn connect(
     connections_max: u32,
     acquire_timeout: Duration,
 ) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
+    let options = without_tls_on_loopback(url, url.parse().context("parsing the database URL")?);
     // Over a Unix socket there is no Nagle to turn off.
     let tcp_port = options.get_socket().is_none().then(|| options.get_port());
     PgPoolOptions::new()
@@ -84,6 +84,36 @@ pub async fn connect(
         .connect_with(options)
         .await
         .context("connecting to PostgreSQL")
+}
+
+/// No TLS to a server on this machine unless the URL (or `PGSSLMODE`) asks for it.
+///
+/// sqlx's default, `sslmode=prefer`, uses TLS whenever the server offers it, and verifies
+/// nothing, so over loopback it encrypts bytes that never leave the kernel and authenticates no
+/// one. It cost 6.5 % of PostgreSQL's CPU and ~8 % of ferry's under load (BENCHMARKS.md, issue
+/// 26, "Eighth sitting"). A URL that names `sslmode` (`require`, `verify-full`, …) is obeyed as
+/// written, whatever the host; a remote host keeps sqlx's default.
+fn without_tls_on_loopback(url: &str, options: PgConnectOptions) -> PgConnectOptions {
+    let asked_for = std::env::var_os("PGSSLMODE").is_some()
+        || url.split_once('?').is_some_and(|(_, query)| {
+            query.split('&').any(|pair| {
+                let key = pair.split_once('=').map_or(pair, |(key, _)| key);
+                key.eq_ignore_ascii_case("sslmode") || key.eq_ignore_ascii_case("ssl-mode")
+            })
+        });
+    if asked_for || !is_loopback(options.get_host()) {
+        return options;
+    }
+    options.ssl_mode(PgSslMode::Disable)
+}
+
+/// `localhost`, or an address of the loopback network (127.0.0.0/8, ::1).
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }
 
 /// Nagle's algorithm off on the database connections.
@@ -154,4 +184,40 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .await
         .context("migrating the ferry schema")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(url: &str) -> String {
+        let options = without_tls_on_loopback(url, url.parse().expect("a valid URL"));
+        format!("{:?}", options.get_ssl_mode())
+    }
+
+    #[test]
+    fn loopback_without_an_sslmode_connects_without_tls() {
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/ferry",
+            "postgres://postgres@localhost/ferry",
+            "postgres://postgres@[::1]:5432/ferry",
+            "postgres://postgres@127.0.0.2/ferry?application_name=ferry",
+        ] {
+            assert_eq!(mode(url), "Disable", "{url}");
+        }
+    }
+
+    #[test]
+    fn an_sslmode_in_the_url_or_a_remote_host_keeps_tls() {
+        assert_eq!(
+            mode("postgres://postgres@127.0.0.1/ferry?sslmode=require"),
+            "Require"
+        );
+        assert_eq!(
+            mode("postgres://postgres@localhost/ferry?application_name=x&sslmode=verify-full"),
+            "VerifyFull"
+        );
+        assert_eq!(mode("postgres://postgres@db.internal:5432/ferry"), "Prefer");
+        assert_eq!(mode("postgres://postgres@10.0.0.5/ferry"), "Prefer");
+    }
 }
