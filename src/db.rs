@@ -66,7 +66,7 @@ pub async fn connect(
     connections_max: u32,
     acquire_timeout: Duration,
 ) -> anyhow::Result<PgPool> {
-    let options = without_tls_on_loopback(url, url.parse().context("parsing the database URL")?);
+    let options = without_tls_on_loopback(url.parse().context("parsing the database URL")?);
     // Over a Unix socket there is no Nagle to turn off.
     let tcp_port = options.get_socket().is_none().then(|| options.get_port());
     PgPoolOptions::new()
@@ -86,22 +86,20 @@ pub async fn connect(
         .context("connecting to PostgreSQL")
 }
 
-/// No TLS to a server on this machine unless the URL (or `PGSSLMODE`) asks for it.
+/// No TLS to a server on this machine unless the URL (or `PGSSLMODE`) requires it.
 ///
-/// sqlx's default, `sslmode=prefer`, uses TLS whenever the server offers it, and verifies
+/// sqlx's default, `sslmode=prefer`, uses TLS whenever the server offers it and verifies
 /// nothing, so over loopback it encrypts bytes that never leave the kernel and authenticates no
 /// one. It cost 6.5 % of PostgreSQL's CPU and ~8 % of ferry's under load (BENCHMARKS.md, issue
-/// 26, "Eighth sitting"). A URL that names `sslmode` (`require`, `verify-full`, …) is obeyed as
-/// written, whatever the host; a remote host keeps sqlx's default.
-fn without_tls_on_loopback(url: &str, options: PgConnectOptions) -> PgConnectOptions {
-    let asked_for = std::env::var_os("PGSSLMODE").is_some()
-        || url.split_once('?').is_some_and(|(_, query)| {
-            query.split('&').any(|pair| {
-                let key = pair.split_once('=').map_or(pair, |(key, _)| key);
-                key.eq_ignore_ascii_case("sslmode") || key.eq_ignore_ascii_case("ssl-mode")
-            })
-        });
-    if asked_for || !is_loopback(options.get_host()) {
+/// 26, "Eighth sitting"). `prefer` and `allow` promise TLS only if it is there, so going
+/// without keeps their word; `require`, `verify-ca` and `verify-full` are obeyed whatever the
+/// host, and a remote host keeps what the URL says.
+fn without_tls_on_loopback(options: PgConnectOptions) -> PgConnectOptions {
+    let required = matches!(
+        options.get_ssl_mode(),
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    );
+    if required || !is_loopback(options.get_host()) {
         return options;
     }
     options.ssl_mode(PgSslMode::Disable)
@@ -191,7 +189,7 @@ mod tests {
     use super::*;
 
     fn mode(url: &str) -> String {
-        let options = without_tls_on_loopback(url, url.parse().expect("a valid URL"));
+        let options = without_tls_on_loopback(url.parse().expect("a valid URL"));
         format!("{:?}", options.get_ssl_mode())
     }
 
@@ -202,13 +200,14 @@ mod tests {
             "postgres://postgres@localhost/ferry",
             "postgres://postgres@[::1]:5432/ferry",
             "postgres://postgres@127.0.0.2/ferry?application_name=ferry",
+            "postgres://postgres@127.0.0.1/ferry?sslmode=prefer",
         ] {
             assert_eq!(mode(url), "Disable", "{url}");
         }
     }
 
     #[test]
-    fn an_sslmode_in_the_url_or_a_remote_host_keeps_tls() {
+    fn a_url_that_requires_tls_or_a_remote_host_keeps_it() {
         assert_eq!(
             mode("postgres://postgres@127.0.0.1/ferry?sslmode=require"),
             "Require"
