@@ -110,16 +110,19 @@ pub fn register_workers(
     posting: PostingJobContext,
     reconciling: ReconcileJobContext,
     alerting: AlertJobContext,
+    wakeups: &queue::wakeups::WakeupHub,
 ) -> Monitor {
     for index in 0..settings.posting_workers {
         let pool = pool.clone();
         let settings = settings.clone();
         let posting = posting.clone();
         let slot = Slot::new("posting", index);
+        let wakeups = wakeups.clone();
         monitor = monitor.register(move |restarts| {
             let backend = queue::wakeups::listen(
                 PostgresStorage::<PostTransfers>::new(&pool)
                     .with_config(settings.queue.backend_config(POST_TRANSFERS_QUEUE)),
+                &wakeups,
             );
             WorkerBuilder::new(slot.name(restarts).as_str())
                 .backend(slot.paced(backend, restarts))
@@ -131,10 +134,12 @@ pub fn register_workers(
     let alert_pool = pool.clone();
     let alert_settings = settings.clone();
     let alert_slot = Slot::new("alerts", 0);
+    let alert_wakeups = wakeups.clone();
     monitor = monitor.register(move |restarts| {
         let backend = queue::wakeups::listen(
             PostgresStorage::<DeliverAlert>::new(&alert_pool)
                 .with_config(alert_settings.queue.backend_config(ALERTS_QUEUE)),
+            &alert_wakeups,
         );
         WorkerBuilder::new(alert_slot.name(restarts).as_str())
             .backend(alert_slot.paced(backend, restarts))
@@ -145,10 +150,12 @@ pub fn register_workers(
     let pool = pool.clone();
     let settings = settings.clone();
     let slot = Slot::new("reconcile", 0);
+    let wakeups = wakeups.clone();
     monitor.register(move |restarts| {
         let backend = queue::wakeups::listen(
             PostgresStorage::<Reconcile>::new(&pool)
                 .with_config(settings.queue.backend_config(RECONCILE_QUEUE).batch_size(1)),
+            &wakeups,
         );
         WorkerBuilder::new(slot.name(restarts).as_str())
             .backend(slot.paced(backend, restarts))

@@ -25,6 +25,8 @@ use crate::jobs::reconcile::{ReconcileJobContext, SchedulerContext};
 use crate::jobs::{self, post_transfers::PostingJobContext};
 use crate::ledger::PostingEngine;
 use crate::ledger::combiner::PostingCombiner;
+use crate::queue::wakeups::WakeupHub;
+use crate::queue::{ALERTS_QUEUE, POST_TRANSFERS_QUEUE, RECONCILE_QUEUE};
 use crate::reconcile::schedule::parse_schedule;
 use crate::redis_slot::RedisSlot;
 use crate::store::api_keys::ApiKeyCache;
@@ -351,6 +353,12 @@ impl Application {
                 pool: self.pool.clone(),
                 alerting,
             };
+            let wakeups = WakeupHub::start(
+                self.pool.clone(),
+                &[POST_TRANSFERS_QUEUE, ALERTS_QUEUE, RECONCILE_QUEUE],
+                &self.tasks,
+                self.stopping.clone(),
+            );
             monitor = jobs::register_workers(
                 monitor,
                 &self.pool,
@@ -358,6 +366,7 @@ impl Application {
                 posting,
                 reconciling,
                 delivering,
+                &wakeups,
             );
         }
         if self.config.roles.scheduler {

@@ -1,40 +1,51 @@
-//! How an idle worker learns that a job is waiting: PostgreSQL notifications, drained
-//! whole, with a short re-check and a bounded polling fallback (README, "Jobs, retries and
-//! crashes").
+//! How an idle worker learns that a job is waiting: one LISTEN per process for every queue,
+//! each notification waking one idle worker of its queue, with a bounded polling fallback
+//! (README, "Jobs, retries and crashes").
 //!
-//! apalis's `with_pubsub()` polls its LISTEN stream once per worker poll and takes one
-//! notification each time. A burst sends each listener one notification per job, far more
-//! than the worker polls while every slot is busy, so after the burst the stream always had
-//! one ready: it never registered the worker's waker again, and a lone job waited for the
-//! next heartbeat — seconds, for as long as the backlog lasted (measured: 4.5 s with the
-//! 5 s heartbeat, for minutes; BENCHMARKS.md, "Posted in milliseconds";
-//! `docs/upstream/apalis-postgres-pubsub-backlog.md`). [`Wakeups`] is the same LISTEN stream
-//! behind apalis's own extension point (`PollWith` and a `PollStrategy`) used so that it
-//! cannot stall:
-//! - every waiting notification is taken at each poll (one fetch takes up to `fetch_batch`
-//!   jobs, so one wake-up is as good as many), which leaves the stream pending and the
-//!   worker's waker registered;
-//! - a notification that arrives while a fetch is already running may belong to a job that
-//!   fetch's snapshot missed; a re-check [`RECHECK`] after the last notification wakes the
-//!   worker for one more fetch, so that job does not wait for the fallback;
-//! - a fallback wake-up every [`fallback_for`] bounds what is left: notifications lost while
-//!   the listener reconnects, jobs due later (retries; PostgreSQL notifies only jobs due
-//!   now), a listener that could not connect (it is made again at the next fallback).
+//! apalis's `with_pubsub()` gives every worker a LISTEN connection of its own and takes one
+//! notification per worker poll. Two costs followed:
+//! - a burst sends each listener one notification per job, far more than a busy worker polls,
+//!   so after the burst the stream always had one ready, never registered the worker's waker
+//!   again, and a lone job waited for the next heartbeat — seconds, for as long as the backlog
+//!   lasted (BENCHMARKS.md, "Posted in milliseconds";
+//!   `docs/upstream/apalis-postgres-pubsub-backlog.md`);
+//! - every listener gets every queue's notifications (one channel, filtered by job type after
+//!   parsing), and every idle worker of a queue fetches on each of them: with two posting
+//!   workers a lone job cost three fetches, two of them empty (issue 26, "Eighth sitting").
+//!
+//! [`WakeupHub`] is one listener per process: it reads each notification once and wakes one
+//! idle worker of that queue ([`Notify::notify_one`]; with none idle, the next to ask for work
+//! fetches at once). The notification arrives after the job's commit, so the fetch it causes
+//! sees the job: a fetch already running when it came needs no re-check. [`Wakeups`], each
+//! worker's `PollStrategy` behind apalis's `PollWith` extension point, also fetches at least
+//! every [`fallback_for`] while idle, and is woken once more [`ACK_PICKUP`] after a
+//! notification (apalis records finished jobs only when the worker is polled). The fallback
+//! bounds what is left — notifications lost while the listener reconnects, jobs due later
+//! (retries; PostgreSQL notifies only jobs due now).
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use apalis_core::backend::ext::poll_strategy::{PollSnapshot, PollStrategy, PollWith};
-use apalis_postgres::{PostgresStorage, Pubsub};
-use futures::StreamExt;
+use apalis_postgres::PostgresStorage;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, futures::OwnedNotified};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::POST_TRANSFERS_QUEUE;
 
-/// How long after a notification the worker fetches once more, in case a fetch already under
-/// way when it came started before that job committed. A fetch takes 1–2 ms.
-pub const RECHECK: Duration = Duration::from_millis(20);
+/// How long after a notification's wake-up the worker is woken once more. apalis records a
+/// finished job (`Done`, `handle_result`) only when its worker is next polled, and a job
+/// usually finishes within this: without it, the acknowledgement of the last job before a
+/// pause waited for the fallback. Under load the next notification comes sooner and this never
+/// fires.
+pub const ACK_PICKUP: Duration = Duration::from_millis(20);
 /// Longest an idle posting worker goes without a fetch: what a lost notification can cost.
 pub const POSTING_FALLBACK: Duration = Duration::from_millis(250);
 /// The same for the other queues (alerts, reconciliation), where a second is nothing.
@@ -49,76 +60,184 @@ pub fn fallback_for(queue: &str) -> Duration {
     }
 }
 
-/// `storage`, woken by [`Wakeups`] on its queue.
-pub fn listen<Args>(storage: PostgresStorage<Args>) -> PollWith<PostgresStorage<Args>, Wakeups> {
+/// The channel apalis-postgres 1.0.0's insert trigger notifies, for every queue, with a JSON
+/// payload naming the job's queue (`job_type`) and id.
+const JOB_INSERT_CHANNEL: &str = "apalis::job::insert";
+/// Wait before connecting the listener again after it failed.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
+/// `storage`, woken by `hub` on its queue.
+pub fn listen<Args>(
+    storage: PostgresStorage<Args>,
+    hub: &WakeupHub,
+) -> PollWith<PostgresStorage<Args>, Wakeups> {
     let queue = storage.config().queue.to_string();
-    let wakeups = Wakeups::new(storage.pool().clone(), queue);
+    let wakeups = Wakeups::new(hub.notify_for(&queue), fallback_for(&queue));
     PollWith::new(storage, wakeups)
+}
+
+/// One LISTEN connection per process, waking one idle worker of a job's queue per
+/// notification (module docs).
+#[derive(Clone)]
+pub struct WakeupHub {
+    queues: Arc<HashMap<String, Arc<Notify>>>,
+}
+
+impl WakeupHub {
+    /// Listens for jobs of `queues` until `stopping` is cancelled or the pool closes; the task
+    /// is `tasks`'s.
+    pub fn start(
+        pool: sqlx::PgPool,
+        queues: &[&str],
+        tasks: &TaskTracker,
+        stopping: CancellationToken,
+    ) -> Self {
+        let hub = Self {
+            queues: Arc::new(
+                queues
+                    .iter()
+                    .map(|queue| ((*queue).to_owned(), Arc::new(Notify::new())))
+                    .collect(),
+            ),
+        };
+        tasks.spawn(hub.clone().run(pool, stopping));
+        hub
+    }
+
+    /// The wake-up of `queue`'s workers (each waits on it through [`Wakeups`]). A queue the hub
+    /// was not started with gets one nothing wakes: its workers live on the fallback alone.
+    pub fn notify_for(&self, queue: &str) -> Arc<Notify> {
+        self.queues.get(queue).cloned().unwrap_or_else(|| {
+            tracing::warn!(queue, "no job notifications for this queue; polling only");
+            Arc::new(Notify::new())
+        })
+    }
+
+    /// One idle worker of every queue fetches: for notifications that may have been missed.
+    fn wake_every_queue(&self) {
+        for notify in self.queues.values() {
+            notify.notify_one();
+        }
+    }
+
+    fn wake_for(&self, payload: &str) {
+        #[derive(serde::Deserialize)]
+        struct Inserted<'a> {
+            job_type: &'a str,
+        }
+        match serde_json::from_str::<Inserted<'_>>(payload) {
+            Ok(inserted) => {
+                if let Some(notify) = self.queues.get(inserted.job_type) {
+                    notify.notify_one();
+                }
+            }
+            // apalis changed what it sends: wake everyone rather than no one.
+            Err(error) => {
+                tracing::warn!(%error, payload, "unexpected job notification");
+                self.wake_every_queue();
+            }
+        }
+    }
+
+    async fn run(self, pool: sqlx::PgPool, stopping: CancellationToken) {
+        loop {
+            let connected = async {
+                let mut listener = PgListener::connect_with(&pool).await?;
+                listener.listen(JOB_INSERT_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            let mut listener = tokio::select! {
+                () = stopping.cancelled() => return,
+                connected = connected => match connected {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        if pool.is_closed() {
+                            return;
+                        }
+                        tracing::warn!(%error, "could not listen for job notifications; workers poll meanwhile");
+                        tokio::select! {
+                            () = stopping.cancelled() => return,
+                            () = tokio::time::sleep(RECONNECT_AFTER) => continue,
+                        }
+                    }
+                },
+            };
+            // Jobs inserted while no one listened were not announced.
+            self.wake_every_queue();
+            loop {
+                let received = tokio::select! {
+                    () = stopping.cancelled() => return,
+                    received = listener.try_recv() => received,
+                };
+                match received {
+                    Ok(Some(notification)) => self.wake_for(notification.payload()),
+                    // The connection was lost; the next call makes a new one.
+                    Ok(None) => self.wake_every_queue(),
+                    Err(error) => {
+                        if pool.is_closed() {
+                            return;
+                        }
+                        tracing::warn!(%error, "job notifications interrupted; listening again");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                () = stopping.cancelled() => return,
+                () = tokio::time::sleep(RECONNECT_AFTER) => {}
+            }
+        }
+    }
 }
 
 /// The wake-up strategy of one worker (module docs).
 pub struct Wakeups {
-    pool: sqlx::PgPool,
-    queue: String,
-    /// `None` after the stream ended (it could not connect); made again at the next fallback.
-    notices: Option<Pubsub>,
-    recheck: Option<Pin<Box<Sleep>>>,
+    notify: Arc<Notify>,
+    /// Waiting for the hub; made when the worker next asks for work, so only a worker that
+    /// asks is one the hub can pick.
+    notified: Option<Pin<Box<OwnedNotified>>>,
+    /// [`ACK_PICKUP`] after the last notification's wake-up.
+    ack_pickup: Option<Pin<Box<Sleep>>>,
     fallback_every: Duration,
     fallback: Pin<Box<Sleep>>,
 }
 
 impl Wakeups {
-    pub fn new(pool: sqlx::PgPool, queue: String) -> Self {
-        let fallback_every = fallback_for(&queue);
+    pub fn new(notify: Arc<Notify>, fallback_every: Duration) -> Self {
         Self {
-            notices: Some(Pubsub::new(pool.clone(), queue.clone())),
-            pool,
-            queue,
-            recheck: None,
+            notify,
+            notified: None,
+            ack_pickup: None,
             fallback_every,
             fallback: Box::pin(tokio::time::sleep(fallback_every)),
         }
-    }
-
-    /// Takes every notification waiting; how many there were.
-    fn drain_notices(&mut self, cx: &mut Context<'_>) -> usize {
-        let mut taken = 0;
-        while let Some(notices) = self.notices.as_mut() {
-            match notices.poll_next_unpin(cx) {
-                Poll::Ready(Some(_)) => taken += 1,
-                Poll::Ready(None) => self.notices = None,
-                Poll::Pending => break,
-            }
-        }
-        taken
     }
 }
 
 impl PollStrategy for Wakeups {
     fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
-        let noticed = self.drain_notices(cx);
-        let mut woken = noticed > 0;
-        if woken {
+        let notify = &self.notify;
+        let notified = self
+            .notified
+            .get_or_insert_with(|| Box::pin(notify.clone().notified_owned()));
+        let mut woken = false;
+        if notified.as_mut().poll(cx).is_ready() {
+            self.notified = None;
             metrics::counter!("ferry_worker_wakeups_total", "cause" => "notification").increment(1);
-            // After the last of a series: under steady intake every notification wakes the
-            // worker anyway; only the last one can be missed.
-            let at = Instant::now() + RECHECK;
-            match self.recheck.as_mut() {
-                Some(recheck) => recheck.as_mut().reset(at),
-                None => self.recheck = Some(Box::pin(tokio::time::sleep_until(at))),
+            woken = true;
+            let at = Instant::now() + ACK_PICKUP;
+            match self.ack_pickup.as_mut() {
+                Some(pickup) => pickup.as_mut().reset(at),
+                None => self.ack_pickup = Some(Box::pin(tokio::time::sleep_until(at))),
             }
         }
-        if let Some(recheck) = self.recheck.as_mut()
-            && recheck.as_mut().poll(cx).is_ready()
+        if let Some(pickup) = self.ack_pickup.as_mut()
+            && pickup.as_mut().poll(cx).is_ready()
         {
-            self.recheck = None;
+            self.ack_pickup = None;
             woken = true;
         }
         if self.fallback.as_mut().poll(cx).is_ready() {
-            if self.notices.is_none() {
-                self.notices = Some(Pubsub::new(self.pool.clone(), self.queue.clone()));
-                self.drain_notices(cx);
-            }
             self.fallback
                 .as_mut()
                 .reset(Instant::now() + self.fallback_every);

@@ -3,8 +3,9 @@
 //! A burst leaves thousands of job notifications behind. apalis's `with_pubsub()` took one of
 //! them per worker poll, so the stream always had one ready, never registered the worker's
 //! waker, and a lone transfer after the burst waited for the next heartbeat (seconds) for
-//! minutes on end (BENCHMARKS.md, "Posted in milliseconds"). Workers now drain every waiting
-//! notification at once (`queue::wakeups`): a probe after a burst posts as fast as before it.
+//! minutes on end (BENCHMARKS.md, "Posted in milliseconds"). Now one listener per process reads
+//! every notification as it comes and wakes one idle worker of its queue (`queue::wakeups`): a
+//! probe after a burst posts as fast as before it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,4 +123,87 @@ async fn after_a_burst_a_single_transfer_posts_within_100_ms() {
         "after a burst, a single transfer took {after:?} to post (median; before the burst: \
          {before:?})"
     );
+}
+
+/// Inserts a job of `queue`, due now, in its own transaction (apalis's trigger notifies at
+/// commit).
+async fn insert_job(pool: &sqlx::PgPool, queue: &str) {
+    sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, \
+           priority, metadata) \
+         VALUES (apalis.generate_ulid(), $1, '\\x7b7d', 'Pending', 0, 1, now(), 0, ''::hstore)",
+    )
+    .bind(queue)
+    .execute(pool)
+    .await
+    .expect("job inserted");
+}
+
+/// Whether `waiter` completes within `within`.
+async fn woken(
+    waiter: &mut std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
+    within: Duration,
+) -> bool {
+    tokio::time::timeout(within, waiter.as_mut()).await.is_ok()
+}
+
+#[tokio::test]
+async fn one_listener_wakes_one_idle_worker_of_the_jobs_queue_per_job() {
+    let database = crate::helpers::test_database().await;
+    let pool = sqlx::PgPool::connect(database.url()).await.expect("pool");
+    let tasks = tokio_util::task::TaskTracker::new();
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let hub = ferry::queue::wakeups::WakeupHub::start(
+        pool.clone(),
+        &["ferry.a", "ferry.b"],
+        &tasks,
+        stopping.clone(),
+    );
+    let queue_a = hub.notify_for("ferry.a");
+    let queue_b = hub.notify_for("ferry.b");
+    // The hub wakes every queue once when it starts listening (jobs nobody announced): wait
+    // for that before counting wake-ups.
+    let mut start_a = Box::pin(queue_a.clone().notified_owned());
+    let mut start_b = Box::pin(queue_b.clone().notified_owned());
+    assert!(
+        woken(&mut start_a, Duration::from_secs(10)).await,
+        "the hub never listened"
+    );
+    assert!(woken(&mut start_b, Duration::from_secs(1)).await);
+
+    // Two idle workers of queue a, one of queue b.
+    let mut first = Box::pin(queue_a.clone().notified_owned());
+    let mut second = Box::pin(queue_a.clone().notified_owned());
+    let mut other = Box::pin(queue_b.clone().notified_owned());
+    first.as_mut().enable();
+    second.as_mut().enable();
+    other.as_mut().enable();
+
+    insert_job(&pool, "ferry.a").await;
+    assert!(
+        woken(&mut first, Duration::from_secs(2)).await,
+        "a job of queue a woke no worker of it"
+    );
+    assert!(
+        !woken(&mut second, Duration::from_millis(300)).await,
+        "one job woke both workers of its queue"
+    );
+    assert!(
+        !woken(&mut other, Duration::from_millis(10)).await,
+        "a job of queue a woke queue b's worker"
+    );
+
+    insert_job(&pool, "ferry.a").await;
+    assert!(
+        woken(&mut second, Duration::from_secs(2)).await,
+        "the next job did not wake the worker still idle"
+    );
+    insert_job(&pool, "ferry.b").await;
+    assert!(woken(&mut other, Duration::from_secs(2)).await);
+
+    stopping.cancel();
+    tasks.close();
+    tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .expect("the hub stops when asked");
 }
