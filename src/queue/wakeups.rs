@@ -222,7 +222,6 @@ impl PollStrategy for Wakeups {
             .get_or_insert_with(|| Box::pin(notify.clone().notified_owned()));
         let mut woken = false;
         if notified.as_mut().poll(cx).is_ready() {
-            self.notified = None;
             metrics::counter!("ferry_worker_wakeups_total", "cause" => "notification").increment(1);
             woken = true;
             let at = Instant::now() + ACK_PICKUP;
@@ -245,6 +244,10 @@ impl PollStrategy for Wakeups {
             woken = true;
         }
         if woken {
+            // Asked again only when the worker next asks for work: a worker that fills its
+            // slots from this fetch must not stay the one the hub picks while another is idle
+            // (a wake-up it was given but had not seen yet is passed on to the next waiter).
+            self.notified = None;
             Poll::Ready(Some(()))
         } else {
             Poll::Pending
