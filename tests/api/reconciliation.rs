@@ -720,7 +720,14 @@ async fn finished_jobs_past_retention_are_purged() {
         ids.sort();
         ids
     };
-    let before = done_posting_jobs().await;
+    // apalis records a finished job when its worker is next polled (20 ms after a wake-up,
+    // or at the 250 ms fallback): wait for both to be recorded.
+    let waiting_since = std::time::Instant::now();
+    let mut before = done_posting_jobs().await;
+    while before.len() < 2 && waiting_since.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        before = done_posting_jobs().await;
+    }
     assert!(before.len() >= 2, "{before:?}");
     // One job two hours past its finish (retention: one hour), one just inside retention.
     let (expired, kept) = (&before[0], &before[1]);
