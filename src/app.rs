@@ -26,7 +26,6 @@ use crate::jobs::{self, post_transfers::PostingJobContext};
 use crate::ledger::PostingEngine;
 use crate::ledger::combiner::PostingCombiner;
 use crate::queue::wakeups::WakeupHub;
-use crate::queue::{ALERTS_QUEUE, POST_TRANSFERS_QUEUE, RECONCILE_QUEUE};
 use crate::reconcile::schedule::parse_schedule;
 use crate::redis_slot::RedisSlot;
 use crate::store::api_keys::ApiKeyCache;
@@ -353,12 +352,7 @@ impl Application {
                 pool: self.pool.clone(),
                 alerting,
             };
-            let wakeups = WakeupHub::start(
-                self.pool.clone(),
-                &[POST_TRANSFERS_QUEUE, ALERTS_QUEUE, RECONCILE_QUEUE],
-                &self.tasks,
-                self.stopping.clone(),
-            );
+            let wakeups = WakeupHub::start(self.pool.clone(), &self.tasks, self.stopping.clone());
             monitor = jobs::register_workers(
                 monitor,
                 &self.pool,

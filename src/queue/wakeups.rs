@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -77,45 +77,36 @@ pub fn listen<Args>(
 }
 
 /// One LISTEN connection per process, waking one idle worker of a job's queue per
-/// notification (module docs).
+/// notification (module docs). A queue's wake-up is made when its first worker asks for it.
 #[derive(Clone)]
 pub struct WakeupHub {
-    queues: Arc<HashMap<String, Arc<Notify>>>,
+    queues: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
 }
 
 impl WakeupHub {
-    /// Listens for jobs of `queues` until `stopping` is cancelled or the pool closes; the task
-    /// is `tasks`'s.
-    pub fn start(
-        pool: sqlx::PgPool,
-        queues: &[&str],
-        tasks: &TaskTracker,
-        stopping: CancellationToken,
-    ) -> Self {
+    /// Listens for jobs until `stopping` is cancelled or the pool closes; the task is
+    /// `tasks`'s.
+    pub fn start(pool: sqlx::PgPool, tasks: &TaskTracker, stopping: CancellationToken) -> Self {
         let hub = Self {
-            queues: Arc::new(
-                queues
-                    .iter()
-                    .map(|queue| ((*queue).to_owned(), Arc::new(Notify::new())))
-                    .collect(),
-            ),
+            queues: Arc::default(),
         };
         tasks.spawn(hub.clone().run(pool, stopping));
         hub
     }
 
-    /// The wake-up of `queue`'s workers (each waits on it through [`Wakeups`]). A queue the hub
-    /// was not started with gets one nothing wakes: its workers live on the fallback alone.
+    /// The wake-up of `queue`'s workers (each waits on it through [`Wakeups`]).
     pub fn notify_for(&self, queue: &str) -> Arc<Notify> {
-        self.queues.get(queue).cloned().unwrap_or_else(|| {
-            tracing::warn!(queue, "no job notifications for this queue; polling only");
-            Arc::new(Notify::new())
-        })
+        self.queues().entry(queue.to_owned()).or_default().clone()
+    }
+
+    /// The queues' wake-ups; held only to look one up, never across an await.
+    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// One idle worker of every queue fetches: for notifications that may have been missed.
     fn wake_every_queue(&self) {
-        for notify in self.queues.values() {
+        for notify in self.queues().values() {
             notify.notify_one();
         }
     }
@@ -127,7 +118,7 @@ impl WakeupHub {
         }
         match serde_json::from_str::<Inserted<'_>>(payload) {
             Ok(inserted) => {
-                if let Some(notify) = self.queues.get(inserted.job_type) {
+                if let Some(notify) = self.queues().get(inserted.job_type) {
                     notify.notify_one();
                 }
             }

@@ -153,12 +153,7 @@ async fn one_listener_wakes_one_idle_worker_of_the_jobs_queue_per_job() {
     let pool = sqlx::PgPool::connect(database.url()).await.expect("pool");
     let tasks = tokio_util::task::TaskTracker::new();
     let stopping = tokio_util::sync::CancellationToken::new();
-    let hub = ferry::queue::wakeups::WakeupHub::start(
-        pool.clone(),
-        &["ferry.a", "ferry.b"],
-        &tasks,
-        stopping.clone(),
-    );
+    let hub = ferry::queue::wakeups::WakeupHub::start(pool.clone(), &tasks, stopping.clone());
     let queue_a = hub.notify_for("ferry.a");
     let queue_b = hub.notify_for("ferry.b");
     // The hub wakes every queue once when it starts listening (jobs nobody announced): wait
