@@ -29,7 +29,7 @@ use crate::queue::wakeups::WakeupHub;
 use crate::reconcile::schedule::parse_schedule;
 use crate::redis_slot::RedisSlot;
 use crate::store::api_keys::ApiKeyCache;
-use crate::store::group_commit::GroupCommitter;
+use crate::store::group_commit::{GroupCommitter, GroupPacing};
 use crate::store::holds;
 use crate::webhooks::Dispatcher;
 use crate::{db, telemetry};
@@ -221,19 +221,15 @@ impl Application {
     /// Serves the HTTP API, if this process runs the intake role.
     fn start_intake(&mut self, metrics: PrometheusHandle) -> Option<RolePart> {
         let listener = self.listener.take()?;
+        let intake = &self.config.intake;
+        let pacing = GroupPacing::new(intake.committers, intake.db_timeout, intake.group_linger);
         let state = AppState {
             pool: self.pool.clone(),
             metrics,
-            intake: GroupCommitter::for_transfers(
-                self.pool.clone(),
-                self.config.intake.committers,
-                self.config.intake.db_timeout,
-                &self.tasks,
-            ),
+            intake: GroupCommitter::for_transfers(self.pool.clone(), pacing, &self.tasks),
             settlements: GroupCommitter::start(
                 self.pool.clone(),
-                self.config.intake.committers,
-                self.config.intake.db_timeout,
+                pacing,
                 &self.tasks,
                 |pool, requests| Box::pin(async move { holds::settle(&pool, &requests).await }),
             ),

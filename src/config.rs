@@ -156,6 +156,7 @@ const ENV: &[(&str, &str, Setter)] = env_table! {
     "FERRY_HTTP_CONNECTIONS_MAX" => "http.connections_max": set(http.connections_max),
     "FERRY_INTAKE_COMMITTERS" => "intake.committers": set(intake.committers),
     "FERRY_INTAKE_DB_TIMEOUT_MS" => "intake.db_timeout_ms": millis(intake.db_timeout),
+    "FERRY_INTAKE_GROUP_LINGER_MS" => "intake.group_linger_ms": millis(intake.group_linger),
     "FERRY_CONSOLE_REFRESH_MS" => "intake.console_refresh_ms": millis(intake.console_refresh),
     "FERRY_POSTING_WORKERS" => "workers.posting_workers": set(workers.posting_workers),
     "FERRY_POSTING_CONCURRENCY" => "workers.posting_concurrency": set(workers.posting_concurrency),
@@ -318,6 +319,11 @@ impl Config {
                 intake.db_timeout < ms(100),
                 "FERRY_INTAKE_DB_TIMEOUT_MS",
                 "must be at least 100",
+            ),
+            (
+                intake.group_linger > ms(100),
+                "FERRY_INTAKE_GROUP_LINGER_MS",
+                "must be at most 100",
             ),
             (
                 intake.console_refresh < ms(200),

@@ -51,6 +51,10 @@ use error::{ApiError, DATABASE_UNAVAILABLE};
 pub struct IntakeSettings {
     /// Group commits in flight at once.
     pub committers: usize,
+    /// Longest a group of single requests that already has company waits for more before it
+    /// commits (`store::group_commit`); zero turns waiting off.
+    #[serde(rename = "group_linger_ms", with = "crate::serde_duration::millis")]
+    pub group_linger: Duration,
     /// Longest a request waits on PostgreSQL (connection, statements, group commit) before it
     /// is answered `503 unavailable` ([`AppState::db`]).
     #[serde(rename = "db_timeout_ms", with = "crate::serde_duration::millis")]
@@ -68,6 +72,10 @@ impl Default for IntakeSettings {
             // measured best on two cores (BENCHMARKS.md: 1 committer 12k accepted/s, 2 → 10k,
             // 4 → 8k at 64 clients).
             committers: 1,
+            // 6 ms: at 2,768 single requests/s, PostgreSQL's CPU per transfer −10 to −15 % and
+            // ferry's −5 %; at 800/s −15 to −27 %; a lone request does not wait (BENCHMARKS.md,
+            // issue 26, "Ninth sitting").
+            group_linger: Duration::from_millis(6),
             // 1.5 s keeps answers during an outage within 2 s (README, HTTP API) and is ~75×
             // intake's p99 (BENCHMARKS.md).
             db_timeout: Duration::from_millis(1_500),

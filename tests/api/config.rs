@@ -38,6 +38,10 @@ fn each_broken_rule_names_its_variable() {
             Box::new(|c| c.intake.db_timeout = Duration::from_millis(99)),
         ),
         (
+            "FERRY_INTAKE_GROUP_LINGER_MS",
+            Box::new(|c| c.intake.group_linger = Duration::from_millis(101)),
+        ),
+        (
             "FERRY_HTTP_HEADER_READ_TIMEOUT_MS",
             Box::new(|c| c.http.header_read_timeout = Duration::from_millis(99)),
         ),
