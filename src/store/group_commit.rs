@@ -15,8 +15,9 @@
 //! insert, fetch and acknowledge, a screening — and at a few thousand single requests a
 //! second those fixed costs, paid per group of ten, filled the machine that the same requests
 //! in groups of thirty leave room on (README, "Jobs, retries and crashes"; BENCHMARKS.md,
-//! issue 26, "Ninth sitting"). A lone request still commits at once, and a group the size of
-//! every waiting client (a closed loop) does not wait for clients that are waiting on it.
+//! issue 26, "Ninth sitting"). A lone request still commits at once. A producer sending from
+//! N connections in a loop fills a group with all N and then waits the gap for nobody: from
+//! [`LINGER_GROUP_LEN`] connections on it never waits, with fewer it pays the gap per group.
 
 use std::sync::Arc;
 use std::time::Duration;
