@@ -338,9 +338,10 @@ impl Config {
             // A request waiting on the database must get its `503` before the request
             // timeout turns it into a `408`.
             (
-                http.request_timeout <= intake.db_timeout,
+                // A single request may linger for company, then wait out the database.
+                http.request_timeout <= intake.db_timeout + intake.group_linger,
                 "FERRY_HTTP_REQUEST_TIMEOUT_MS",
-                "must be longer than FERRY_INTAKE_DB_TIMEOUT_MS",
+                "must be longer than FERRY_INTAKE_DB_TIMEOUT_MS + FERRY_INTAKE_GROUP_LINGER_MS",
             ),
             (
                 http.connections_max == 0,

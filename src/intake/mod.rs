@@ -72,9 +72,10 @@ impl Default for IntakeSettings {
             // measured best on two cores (BENCHMARKS.md: 1 committer 12k accepted/s, 2 → 10k,
             // 4 → 8k at 64 clients).
             committers: 1,
-            // 6 ms: at 2,768 single requests/s, PostgreSQL's CPU per transfer −10 to −15 % and
-            // ferry's −5 %; at 800/s −15 to −27 %; a lone request does not wait (BENCHMARKS.md,
-            // issue 26, "Ninth sitting").
+            // 6 ms: PostgreSQL's CPU per transfer −8 to −12 % at 2,768 single requests/s and
+            // −15 to −27 % at 800/s, single requests' p99 at 50 % of saturation 116.8 → 79.2 ms
+            // (medians of three); a lone request does not wait (BENCHMARKS.md, issue 26,
+            // "Ninth sitting").
             group_linger: Duration::from_millis(6),
             // 1.5 s keeps answers during an outage within 2 s (README, HTTP API) and is ~75×
             // intake's p99 (BENCHMARKS.md).

@@ -272,10 +272,10 @@ mod tests {
         )
     }
 
-    fn send(
-        committer: &GroupCommitter<u32, usize>,
-        after_ms: u64,
-    ) -> tokio::task::JoinHandle<(usize, Duration)> {
+    /// A request sent `after_ms` from now: the size of its group, and how long it waited.
+    type Sent = tokio::task::JoinHandle<(usize, Duration)>;
+
+    fn send(committer: &GroupCommitter<u32, usize>, after_ms: u64) -> Sent {
         let committer = committer.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(after_ms)).await;
@@ -283,6 +283,18 @@ mod tests {
             let size = committer.submit(0).await.expect("committed");
             (size, sent.elapsed())
         })
+    }
+
+    /// The first request commits alone; the second and third arrive during its commit and
+    /// find each other waiting (a busy intake); the fourth comes 50 ms after those two were
+    /// taken.
+    fn four_requests(committer: &GroupCommitter<u32, usize>) -> [Sent; 4] {
+        [
+            send(committer, 0),
+            send(committer, 20),
+            send(committer, 30),
+            send(committer, COMMIT_MS + 50),
+        ]
     }
 
     #[tokio::test]
@@ -299,12 +311,9 @@ mod tests {
     #[tokio::test]
     async fn a_busy_group_waits_for_requests_that_keep_coming() {
         let committer = committer(Duration::from_secs(5), Duration::from_millis(400), 32);
-        // The first commits alone; two arrive during its commit and find each other (a busy
-        // intake), so their group lingers and takes in the fourth, sent 50 ms after they were
-        // picked up, then commits once 400 ms pass with nobody else.
-        let first = send(&committer, 0);
-        let (second, third) = (send(&committer, 20), send(&committer, 30));
-        let fourth = send(&committer, COMMIT_MS + 50);
+        // The second and third linger, take in the fourth, then commit once 400 ms pass
+        // with nobody else.
+        let [first, second, third, fourth] = four_requests(&committer);
         assert_eq!(first.await.unwrap().0, 1);
         for request in [second, third, fourth] {
             let (size, took) = request.await.unwrap();
@@ -322,9 +331,7 @@ mod tests {
     #[tokio::test]
     async fn a_lingering_group_commits_as_soon_as_it_is_full() {
         let committer = committer(Duration::from_secs(5), Duration::from_secs(5), 3);
-        let _first = send(&committer, 0);
-        let (second, third) = (send(&committer, 20), send(&committer, 30));
-        let fourth = send(&committer, COMMIT_MS + 50);
+        let [_first, second, third, fourth] = four_requests(&committer);
         // Full at three: no waiting for the gap or the cap.
         let (size, took) = fourth.await.unwrap();
         assert_eq!(size, 3);
@@ -339,9 +346,7 @@ mod tests {
     #[tokio::test]
     async fn no_linger_commits_what_is_waiting() {
         let committer = committer(Duration::ZERO, Duration::from_secs(5), 32);
-        let _first = send(&committer, 0);
-        let (second, third) = (send(&committer, 20), send(&committer, 30));
-        let fourth = send(&committer, COMMIT_MS + 50);
+        let [_first, second, third, fourth] = four_requests(&committer);
         assert_eq!(second.await.unwrap().0, 2);
         assert_eq!(third.await.unwrap().0, 2);
         assert_eq!(fourth.await.unwrap().0, 1);

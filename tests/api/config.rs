@@ -47,7 +47,7 @@ fn each_broken_rule_names_its_variable() {
         ),
         (
             "FERRY_HTTP_REQUEST_TIMEOUT_MS",
-            Box::new(|c| c.http.request_timeout = c.intake.db_timeout),
+            Box::new(|c| c.http.request_timeout = c.intake.db_timeout + c.intake.group_linger),
         ),
         (
             "FERRY_HTTP_CONNECTIONS_MAX",
