@@ -132,50 +132,40 @@ impl WakeupHub {
 
     async fn run(self, pool: sqlx::PgPool, stopping: CancellationToken) {
         loop {
-            let connected = async {
-                let mut listener = PgListener::connect_with(&pool).await?;
-                listener.listen(JOB_INSERT_CHANNEL).await?;
-                Ok::<_, sqlx::Error>(listener)
-            };
-            let mut listener = tokio::select! {
+            let (interrupted, error) = tokio::select! {
                 () = stopping.cancelled() => return,
-                connected = connected => match connected {
-                    Ok(listener) => listener,
-                    Err(error) => {
-                        if pool.is_closed() {
-                            return;
-                        }
-                        tracing::warn!(%error, "could not listen for job notifications; workers poll meanwhile");
-                        tokio::select! {
-                            () = stopping.cancelled() => return,
-                            () = tokio::time::sleep(RECONNECT_AFTER) => continue,
-                        }
-                    }
-                },
+                interrupted = self.listen(&pool) => interrupted,
             };
-            // Jobs inserted while no one listened were not announced.
-            self.wake_every_queue();
-            loop {
-                let received = tokio::select! {
-                    () = stopping.cancelled() => return,
-                    received = listener.try_recv() => received,
-                };
-                match received {
-                    Ok(Some(notification)) => self.wake_for(notification.payload()),
-                    // The connection was lost; the next call makes a new one.
-                    Ok(None) => self.wake_every_queue(),
-                    Err(error) => {
-                        if pool.is_closed() {
-                            return;
-                        }
-                        tracing::warn!(%error, "job notifications interrupted; listening again");
-                        break;
-                    }
-                }
+            if pool.is_closed() {
+                return;
             }
+            tracing::warn!(%error, "{interrupted}; workers poll meanwhile, listening again");
             tokio::select! {
                 () = stopping.cancelled() => return,
                 () = tokio::time::sleep(RECONNECT_AFTER) => {}
+            }
+        }
+    }
+
+    /// Listens and wakes workers until the listener fails; returns what failed.
+    async fn listen(&self, pool: &sqlx::PgPool) -> (&'static str, sqlx::Error) {
+        let connected = async {
+            let mut listener = PgListener::connect_with(pool).await?;
+            listener.listen(JOB_INSERT_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = match connected.await {
+            Ok(listener) => listener,
+            Err(error) => return ("could not listen for job notifications", error),
+        };
+        // Jobs inserted while no one listened were not announced.
+        self.wake_every_queue();
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => self.wake_for(notification.payload()),
+                // The connection was lost; the next call makes a new one.
+                Ok(None) => self.wake_every_queue(),
+                Err(error) => return ("job notifications interrupted", error),
             }
         }
     }
